@@ -1,0 +1,65 @@
+/**
+ * Guards on the contracts and the committed generated code: buf lint (STANDARD + COMMENTS) and buf format
+ * are clean, `buf generate` reproduces gen/ exactly, and nothing in proto/ breaks the previous commit
+ * (buf breaking, FILE rules).
+ */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+
+const root = new URL("../..", import.meta.url).pathname;
+const bin = join(root, "node_modules", ".bin");
+const env = { ...process.env, PATH: `${bin}:${process.env.PATH ?? ""}` };
+
+function buf(...args: string[]) {
+  return spawnSync(join(bin, "buf"), args, { cwd: root, env, encoding: "utf8" });
+}
+
+function listFiles(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: "utf8" })
+    .filter((f) => statSync(join(dir, f)).isFile())
+    .sort();
+}
+
+function gitHasParentWithProto(): boolean {
+  const r = spawnSync("git", ["cat-file", "-e", "HEAD~1:proto"], { cwd: root });
+  return r.status === 0;
+}
+
+describe("contracts", () => {
+  const out = mkdtempSync(join(tmpdir(), "kinfer-gen-"));
+  afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+  it("pass buf lint", () => {
+    const r = buf("lint");
+    expect(r.stdout + r.stderr).toBe("");
+    expect(r.status).toBe(0);
+  });
+
+  it("are formatted with buf format", () => {
+    const r = buf("format", "--diff", "--exit-code");
+    expect(r.stdout).toBe("");
+    expect(r.status).toBe(0);
+  });
+
+  it("regenerate to exactly the committed gen/", () => {
+    const r = buf("generate", "--output", out);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const committed = join(root, "gen");
+    const fresh = join(out, "gen");
+    expect(listFiles(fresh)).toEqual(listFiles(committed));
+    for (const file of listFiles(fresh)) {
+      const same = readFileSync(join(fresh, file), "utf8") === readFileSync(join(committed, file), "utf8");
+      expect(same, `gen/${file} is stale: run npm run generate`).toBe(true);
+    }
+  });
+
+  it.skipIf(!gitHasParentWithProto())("do not break the previous commit (buf breaking, FILE)", () => {
+    const r = buf("breaking", "--against", ".git#ref=HEAD~1");
+    expect(r.stdout + r.stderr).toBe("");
+    expect(r.status).toBe(0);
+  });
+});

@@ -1,0 +1,171 @@
+/**
+ * The scheduling proto's JSON form is the kube-scheduler extender wire format. The fixtures are shaped
+ * exactly as Go's encoding/json marshals kube-scheduler's ExtenderArgs (PascalCase struct keys, nil
+ * pointers as null, full v1.Pod and v1.NodeList with many fields we do not model).
+ */
+import { readFileSync } from "node:fs";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import {
+  BindRequestSchema,
+  FilterRequestSchema,
+  FilterResponseSchema,
+  PreemptRequestSchema,
+  PreemptResponseSchema,
+  PrioritizeRequestSchema,
+  PrioritizeResponseSchema,
+} from "../../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
+import { parseExtenderJson, toExtenderJson } from "../../../scheduler/extender/extender-json.js";
+
+const fixture = (name: string) => readFileSync(new URL(`../fixtures/${name}`, import.meta.url), "utf8");
+
+/** Recursively lower-cases the keys of the extender structs (not of the embedded Kubernetes objects). */
+function lowerCaseExtenderKeys(json: string): string {
+  return json.replace(/"(Pod|Nodes|NodeNames)":/g, (_, key: string) => `"${key.toLowerCase()}":`);
+}
+
+describe("parseExtenderJson", () => {
+  it("reads ExtenderArgs in nodeCacheCapable mode as kube-scheduler sends it", () => {
+    const args = parseExtenderJson(FilterRequestSchema, fixture("filter-args-node-cache.json"));
+    expect(args.nodeNames).toEqual(["gpu-node-1", "gpu-node-2", "gpu-node-3"]);
+    expect(args.nodes).toBeUndefined();
+    const pod = args.pod;
+    expect(pod?.metadata?.name).toBe("llama-3-8b-7d9f8c6b5-x2x4k");
+    expect(pod?.metadata?.namespace).toBe("kinfer-models");
+    expect(pod?.metadata?.uid).toBe("5f0c7c3e-8a1b-4d2e-9f3a-1b2c3d4e5f60");
+    expect(pod?.metadata?.labels["kinfer.io/model"]).toBe("llama-3-8b");
+    expect(pod?.metadata?.annotations["kinfer.io/placement-policy"]).toBe("fragmentation");
+    expect(pod?.spec?.schedulerName).toBe("gpu-scheduler");
+    expect(pod?.spec?.nodeSelector).toEqual({ "kinfer.io/gpu-pool": "inference" });
+    expect(pod?.spec?.containers[0]?.resources?.requests["nvidia.com/gpu"]).toBe("2");
+    expect(pod?.spec?.containers[0]?.resources?.limits["nvidia.com/gpu"]).toBe("2");
+    expect(pod?.spec?.initContainers[0]?.resources?.requests).toEqual({ cpu: "100m" });
+    expect(pod?.spec?.tolerations[1]).toMatchObject({
+      operator: "Exists",
+      effect: "NoExecute",
+      tolerationSeconds: 300n,
+    });
+    expect(pod?.status?.phase).toBe("Pending");
+  });
+
+  it("reads ExtenderArgs in full mode with a v1.NodeList", () => {
+    const args = parseExtenderJson(FilterRequestSchema, fixture("filter-args-full.json"));
+    expect(args.nodeNames).toEqual([]);
+    const [gpu, cpu] = args.nodes?.items ?? [];
+    expect(gpu?.metadata?.labels["nvidia.com/gpu.product"]).toBe("NVIDIA-H100-80GB-HBM3");
+    expect(gpu?.status?.allocatable["nvidia.com/gpu"]).toBe("8");
+    expect(gpu?.status?.conditions.find((c) => c.type === "Ready")?.status).toBe("True");
+    expect(gpu?.spec?.taints[0]).toMatchObject({ key: "nvidia.com/gpu", effect: "NoSchedule" });
+    expect(cpu?.spec?.unschedulable).toBe(true);
+  });
+
+  it("matches extender keys case-insensitively, as Go's encoding/json does", () => {
+    const canonical = parseExtenderJson(FilterRequestSchema, fixture("filter-args-node-cache.json"));
+    const lower = parseExtenderJson(
+      FilterRequestSchema,
+      lowerCaseExtenderKeys(fixture("filter-args-node-cache.json")),
+    );
+    expect(lower).toEqual(canonical);
+    const mixed = parseExtenderJson(PrioritizeRequestSchema, {
+      pOD: { metadata: { name: "p" } },
+      nodeNames: ["a"],
+    });
+    expect(mixed.pod?.metadata?.name).toBe("p");
+    expect(mixed.nodeNames).toEqual(["a"]);
+    const bind = parseExtenderJson(BindRequestSchema, {
+      podname: "p",
+      podNamespace: "ns",
+      PODUID: "u",
+      node: "n1",
+    });
+    expect(bind).toMatchObject({ podName: "p", podNamespace: "ns", podUid: "u", node: "n1" });
+  });
+
+  it("reads preemption args with victims keyed by node", () => {
+    const args = parseExtenderJson(PreemptRequestSchema, {
+      Pod: { metadata: { name: "big" } },
+      NodeNameToMetaVictims: { "gpu-node-1": { Pods: [{ UID: "v1" }, { uid: "v2" }], NumPDBViolations: 1 } },
+      NodeNameToVictims: null,
+    });
+    const victims = args.nodeNameToMetaVictims["gpu-node-1"];
+    expect(victims?.pods.map((p) => p.uid)).toEqual(["v1", "v2"]);
+    expect(victims?.numPdbViolations).toBe(1);
+  });
+
+  it.each([
+    ["malformed JSON", "{not json", /malformed JSON/],
+    ["a JSON array", "[1,2]", /expected a JSON object/],
+    ["null", "null", /expected a JSON object/],
+    ["NodeNames of the wrong type", '{"NodeNames":"gpu-node-1"}', /node_names.*expected Array/],
+    ["a Pod that is not an object", '{"Pod":42}', /Pod/],
+    ["a key given twice in different case", '{"Pod":{},"pod":{}}', /duplicate key "pod"/],
+    ["a node name that is not a string", '{"Pod":{},"NodeNames":[1]}', /node_names/],
+  ])("rejects %s with InvalidArgument and a message", (_, body, message) => {
+    let error: unknown;
+    try {
+      parseExtenderJson(FilterRequestSchema, body);
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConnectError);
+    expect((error as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((error as ConnectError).rawMessage).toMatch(message);
+  });
+});
+
+describe("toExtenderJson", () => {
+  it("writes ExtenderFilterResult in PascalCase, with NodeNames never null", () => {
+    const none = toExtenderJson(FilterResponseSchema, create(FilterResponseSchema, {}));
+    expect(none).toEqual({ NodeNames: [], FailedNodes: {}, FailedAndUnresolvableNodes: {}, Error: "" });
+    const some = toExtenderJson(
+      FilterResponseSchema,
+      create(FilterResponseSchema, {
+        nodeNames: ["gpu-node-1"],
+        failedNodes: { "gpu-node-2": "2 GPUs requested, 1 free" },
+        failedAndUnresolvableNodes: { "gpu-node-3": "GPU model A10 not accepted" },
+      }),
+    );
+    expect(JSON.stringify(some)).toBe(
+      '{"NodeNames":["gpu-node-1"],"FailedNodes":{"gpu-node-2":"2 GPUs requested, 1 free"},' +
+        '"FailedAndUnresolvableNodes":{"gpu-node-3":"GPU model A10 not accepted"},"Error":""}',
+    );
+  });
+
+  it("writes the full-mode node list that kube-scheduler reads back by name", () => {
+    const out = toExtenderJson(
+      FilterResponseSchema,
+      create(FilterResponseSchema, {
+        nodes: { items: [{ metadata: { name: "gpu-node-1" } }] },
+        nodeNames: ["gpu-node-1"],
+      }),
+    );
+    expect(out).toMatchObject({
+      Nodes: { items: [{ metadata: { name: "gpu-node-1" } }] },
+      NodeNames: ["gpu-node-1"],
+    });
+  });
+
+  it("writes the prioritize reply as a bare HostPriorityList array, zero scores included", () => {
+    const out = toExtenderJson(
+      PrioritizeResponseSchema,
+      create(PrioritizeResponseSchema, {
+        hostPriorities: [
+          { host: "a", score: 10 },
+          { host: "b", score: 0 },
+        ],
+      }),
+    );
+    expect(JSON.stringify(out)).toBe('[{"Host":"a","Score":10},{"Host":"b","Score":0}]');
+  });
+
+  it("writes ExtenderPreemptionResult in PascalCase", () => {
+    const out = toExtenderJson(
+      PreemptResponseSchema,
+      create(PreemptResponseSchema, {
+        nodeNameToMetaVictims: { n1: { pods: [{ uid: "v1" }], numPdbViolations: 0 } },
+      }),
+    );
+    expect(out).toEqual({ NodeNameToMetaVictims: { n1: { Pods: [{ UID: "v1" }], NumPDBViolations: 0 } } });
+  });
+});
