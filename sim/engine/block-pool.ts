@@ -6,7 +6,9 @@
  * order, and is evicted only when a new block is needed.
  *
  * Written here rather than taken from lru-cache: entries must be pinned while referenced and evicted only
- * on allocation, which an LRU map does not model. All operations are O(1) per block.
+ * on allocation, which an LRU map does not model. The free queue is an intrusive doubly linked list, as in
+ * vLLM's FreeKVCacheBlockQueue (a JavaScript Set degrades when its oldest entry is taken over and over:
+ * deleted slots pile up at its front). All operations are O(1) per block.
  */
 
 /** A prefix hash of one full block (see `hashBlocks`). */
@@ -16,17 +18,60 @@ interface Block {
   readonly id: number;
   refCount: number;
   hash: BlockHash | undefined;
+  /** Neighbours in the free queue; both null when the block is held. */
+  prev: Block | null;
+  next: Block | null;
+}
+
+/** Blocks with refCount 0, least recently used first. Cached ones keep their hash until evicted. */
+class FreeQueue {
+  readonly #head: Block;
+  readonly #tail: Block;
+  size = 0;
+
+  constructor() {
+    this.#head = { id: -1, refCount: 0, hash: undefined, prev: null, next: null };
+    this.#tail = { id: -2, refCount: 0, hash: undefined, prev: this.#head, next: null };
+    this.#head.next = this.#tail;
+  }
+
+  append(block: Block): void {
+    const last = this.#tail.prev as Block;
+    block.prev = last;
+    block.next = this.#tail;
+    last.next = block;
+    this.#tail.prev = block;
+    this.size++;
+  }
+
+  remove(block: Block): void {
+    (block.prev as Block).next = block.next;
+    (block.next as Block).prev = block.prev;
+    block.prev = null;
+    block.next = null;
+    this.size--;
+  }
+
+  first(): Block | undefined {
+    const first = this.#head.next as Block;
+    return first === this.#tail ? undefined : first;
+  }
 }
 
 export class BlockPool {
   readonly #blocks: Block[];
-  /** Blocks with refCount 0, least recently used first. Cached ones keep their hash until evicted. */
-  readonly #free = new Set<Block>();
+  readonly #free = new FreeQueue();
   readonly #byHash = new Map<BlockHash, Block>();
 
   constructor(numBlocks: number) {
-    this.#blocks = Array.from({ length: numBlocks }, (_, id) => ({ id, refCount: 0, hash: undefined }));
-    for (const block of this.#blocks) this.#free.add(block);
+    this.#blocks = Array.from({ length: numBlocks }, (_, id) => ({
+      id,
+      refCount: 0,
+      hash: undefined,
+      prev: null,
+      next: null,
+    }));
+    for (const block of this.#blocks) this.#free.append(block);
   }
 
   /** Total blocks. */
@@ -66,7 +111,7 @@ export class BlockPool {
     for (let i = 0; i < count; i++) {
       const block = this.#byHash.get(hashes[i] as BlockHash);
       if (block === undefined) throw new Error(`block hash ${hashes[i]} is not cached`);
-      if (block.refCount === 0) this.#free.delete(block);
+      if (block.refCount === 0) this.#free.remove(block);
       block.refCount++;
       ids.push(block.id);
     }
@@ -75,10 +120,9 @@ export class BlockPool {
 
   /** Allocates a fresh block, evicting the least recently used free one; undefined when none is free. */
   allocate(): number | undefined {
-    const first = this.#free.values().next();
-    if (first.done) return undefined;
-    const block = first.value;
-    this.#free.delete(block);
+    const block = this.#free.first();
+    if (block === undefined) return undefined;
+    this.#free.remove(block);
     if (block.hash !== undefined) {
       this.#byHash.delete(block.hash);
       block.hash = undefined;
@@ -106,7 +150,7 @@ export class BlockPool {
       const block = this.#blocks[ids[i] as number] as Block;
       if (block.refCount <= 0) throw new Error(`block ${block.id} released more often than acquired`);
       block.refCount--;
-      if (block.refCount === 0) this.#free.add(block);
+      if (block.refCount === 0) this.#free.append(block);
     }
   }
 }

@@ -29,8 +29,9 @@ export interface EngineOptions {
   /** Context length in tokens, prompt plus output (vLLM `--max-model-len`). Default 8192: Llama-3-8B's. */
   maxModelLen: number;
   /**
-   * Fixed cost of starting a sequence's prefill, in ms. Default 5: an estimate of scheduling, input
-   * preparation and kernel-launch cost (llm-d-inference-sim models the same term as its prefill overhead).
+   * Fixed cost of an engine step in which prefills start, in ms (paid once per step, however many
+   * sequences start). Default 5: an estimate of input preparation and kernel-launch cost
+   * (llm-d-inference-sim models the same term as its prefill overhead).
    */
   prefillOverheadMs: number;
   /** Prefill cost per uncached prompt token, in ms. Default 0.125 (8,000 tokens/s): SGLang's mock worker. */

@@ -7,7 +7,7 @@
  * KV cache has blocks for their uncached prompt; the head of the queue blocks those behind it. A step lasts
  *
  *   (decodeBaseMs + decodeMsPerSeq x decoding sequences + prefillMsPerToken x prefill tokens
- *    + prefillOverheadMs x prefills started) x slowdown
+ *    + prefillOverheadMs if any sequence starts its prefill in the step) x slowdown
  *
  * so inter-token latency grows with the batch and a long prefill delays everyone's next token. A lone
  * request's time to first token is therefore overhead + uncached prompt tokens x per-token time (+ one
@@ -303,17 +303,18 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
   function stepDuration(work: readonly PlannedWork[]): number {
     let decodes = 0;
     let prefillTokens = 0;
-    let prefillsStarted = 0;
+    let startsPrefill = false;
     for (const w of work) {
       if (w.prefill === 0) decodes++;
       prefillTokens += w.prefill;
-      if (w.startsPrefill) prefillsStarted++;
+      startsPrefill ||= w.startsPrefill;
     }
+    // The overhead is per step, not per sequence: a batched prefill launches its kernels once.
     const ms =
       opts.decodeBaseMs +
       opts.decodeMsPerSeq * decodes +
       opts.prefillMsPerToken * prefillTokens +
-      opts.prefillOverheadMs * prefillsStarted;
+      (startsPrefill ? opts.prefillOverheadMs : 0);
     return ms * opts.slowdown;
   }
 
