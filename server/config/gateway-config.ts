@@ -1,0 +1,237 @@
+/**
+ * The gateway's configuration: one schema for every timeout, limit and weight, each with its default.
+ * The file is YAML (deploy/local/gateway.yaml for `npm start`, a ConfigMap in a cluster); it is validated
+ * at start and on every reload, and an invalid file is reported with the path of the offending key
+ * (unknown keys included) and changes nothing.
+ */
+import { readFile } from "node:fs/promises";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+
+const ms = (max = 24 * 3600_000) => z.number().int().nonnegative().max(max);
+
+/** Routing policy of a model (see proto kinfer.admin.v1.RoutingPolicy). */
+export const routingPolicySchema = z
+  .object({
+    /** round-robin (the seed article's), least-outstanding, power-of-two-choices, resource-aware, prefix-aware. */
+    algorithm: z
+      .enum(["round-robin", "least-outstanding", "power-of-two-choices", "resource-aware", "prefix-aware"])
+      .default("prefix-aware"),
+    /** Scorer weights; llm-d's default recipe: queue 2, KV cache 2, prefix 3. */
+    weights: z
+      .object({
+        queue: z.number().nonnegative().default(2),
+        kvCache: z.number().nonnegative().default(2),
+        prefix: z.number().nonnegative().default(3),
+      })
+      .strict()
+      .default({ queue: 2, kvCache: 2, prefix: 3 }),
+    /** Skip replicas with more waiting requests than this while others are below it. Default 5. */
+    queueThreshold: z.number().int().nonnegative().default(5),
+    /** Skip replicas with KV-cache usage above this while others are below it. Default 0.8. */
+    kvCacheThreshold: z.number().min(0).max(1).default(0.8),
+    /** Scraped signals older than this are stale and ignored. Default 200 ms. */
+    signalMaxAgeMs: ms().default(200),
+    /**
+     * Prefix affinity keeps a warm replica only while its load is at most this many times the mean load of
+     * the version's replicas (plus one request), so a popular prefix never makes a hot spot. Default 1.25.
+     */
+    affinityLoadFactor: z.number().min(1).default(1.25),
+    /** Whether an affinity key (RoutingHints.affinity_key or the session header) pins a session. Default true. */
+    sessionAffinity: z.boolean().default(true),
+  })
+  .strict();
+
+export type RoutingPolicyConfig = z.infer<typeof routingPolicySchema>;
+
+const replicaUrl = z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$/, ""));
+
+const versionSchema = z
+  .object({
+    /** The version's name, unique within the model. */
+    name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, "lowercase letters, digits, '-' and '.'"),
+    /** Share of the model's traffic, relative to the other versions. Default 1. */
+    weight: z.number().int().min(0).max(10_000).default(1),
+    /** The model name the replicas serve (vLLM --served-model-name). Default: the model's name. */
+    servedModelName: z.string().min(1).optional(),
+    /** Replica base URLs (static discovery). */
+    replicas: z.array(replicaUrl).default([]),
+  })
+  .strict();
+
+const modelSchema = z
+  .object({
+    /** The name clients use. */
+    name: z.string().min(1).max(256),
+    /** Context length in tokens, reported by ListModels; 0 if unknown. */
+    maxContextTokens: z.number().int().nonnegative().default(0),
+    /** Routing policy; unset fields take the gateway-wide `routing` values. */
+    routing: routingPolicySchema.partial().optional(),
+    versions: z.array(versionSchema).min(1),
+  })
+  .strict()
+  .superRefine((model, ctx) => {
+    const names = new Set<string>();
+    for (const [i, v] of model.versions.entries()) {
+      if (names.has(v.name))
+        ctx.addIssue({ code: "custom", path: ["versions", i, "name"], message: "duplicate version" });
+      names.add(v.name);
+    }
+  });
+
+export const gatewayConfigSchema = z
+  .object({
+    listen: z
+      .object({
+        /** Default 127.0.0.1 (0.0.0.0 in a container). */
+        host: z.string().default("127.0.0.1"),
+        /** Default 8080. */
+        port: z.number().int().min(0).max(65_535).default(8080),
+        /** PEM files for TLS (ALPN h2 and http/1.1); unset serves cleartext (h2c and HTTP/1.1). */
+        tls: z.object({ certFile: z.string(), keyFile: z.string() }).strict().optional(),
+      })
+      .strict()
+      .default({ host: "127.0.0.1", port: 8080 }),
+    limits: z
+      .object({
+        /** Largest request message or body, in bytes. Default 4 MiB (grpc-js's default receive limit). */
+        maxRequestBytes: z
+          .number()
+          .int()
+          .positive()
+          .default(4 * 1024 * 1024),
+        /** Largest response message, in bytes. Default 4 MiB. */
+        maxResponseBytes: z
+          .number()
+          .int()
+          .positive()
+          .default(4 * 1024 * 1024),
+        /** Longest deadline a client may set; longer ones are rejected. Default 10 minutes. */
+        maxTimeoutMs: ms().default(600_000),
+        /** HTTP/2 streams per connection. Default 1000. */
+        maxConcurrentStreams: z.number().int().positive().max(100_000).default(1000),
+        /** Highest max_tokens a request may ask for. Default 8192. */
+        maxTokens: z.number().int().positive().default(8192),
+        /** max_tokens used when a request sets none. Default 1024. */
+        defaultMaxTokens: z.number().int().positive().default(1024),
+        /** Most stop sequences per request. Default 16. */
+        maxStopSequences: z.number().int().nonnegative().default(16),
+        /** Requests in flight across the gateway; beyond it, RESOURCE_EXHAUSTED. Default 10,000. */
+        maxInFlight: z.number().int().positive().default(10_000),
+      })
+      .strict()
+      .prefault({}),
+    timeouts: z
+      .object({
+        /** Connecting to a replica. Default 2 s. */
+        connectMs: ms().default(2000),
+        /** From sending a request to its first token (per attempt). Default 60 s. */
+        firstTokenMs: ms().default(60_000),
+        /** Between two tokens. Default 30 s. */
+        interTokenMs: ms().default(30_000),
+        /** On SIGTERM, how long in-flight streams may finish before they are cut. Default 30 s. */
+        drainMs: ms().default(30_000),
+      })
+      .strict()
+      .prefault({}),
+    retry: z
+      .object({
+        /** Attempts per request, the first included (only before the first token). Default 3. */
+        maxAttempts: z.number().int().min(1).max(10).default(3),
+        /** Retries in progress may not exceed this share of requests in flight... Default 0.2. */
+        budgetRatio: z.number().min(0).max(1).default(0.2),
+        /** ...or this many, whichever is more. Default 3. */
+        minRetries: z.number().int().nonnegative().default(3),
+      })
+      .strict()
+      .prefault({}),
+    ejection: z
+      .object({
+        /** Consecutive failures that eject a replica. Default 5. */
+        consecutiveFailures: z.number().int().positive().default(5),
+        /** First ejection; doubles on each further one. Default 5 s. */
+        baseMs: ms().default(5000),
+        /** Longest ejection. Default 60 s. */
+        maxMs: ms().default(60_000),
+      })
+      .strict()
+      .prefault({}),
+    scrape: z
+      .object({
+        /** How often each replica's /metrics and /health are read. Default 100 ms. */
+        intervalMs: z.number().int().min(10).default(100),
+        /** Timeout of one scrape. Default 1 s. */
+        timeoutMs: z.number().int().positive().default(1000),
+        /** Scrapes in flight at once. Default 16. */
+        concurrency: z.number().int().positive().default(16),
+      })
+      .strict()
+      .prefault({}),
+    /** Header that carries a session key for session affinity (besides RoutingHints.affinity_key). */
+    sessionHeader: z.string().toLowerCase().default("x-session-id"),
+    /** Header that pins a request to a model version (besides RoutingHints.version). */
+    versionHeader: z.string().toLowerCase().default("x-kinfer-version"),
+    /** Gateway-wide routing defaults. */
+    routing: routingPolicySchema.prefault({}),
+    /** Prefix affinity index: characters per hashed block and blocks kept. */
+    prefixIndex: z
+      .object({
+        blockChars: z.number().int().min(16).default(256),
+        maxBlocksPerRequest: z.number().int().positive().default(128),
+        maxEntries: z.number().int().positive().default(200_000),
+      })
+      .strict()
+      .prefault({}),
+    /** debug, info, warn or error. Default info. */
+    logLevel: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
+    models: z.array(modelSchema).default([]),
+  })
+  .strict()
+  .superRefine((config, ctx) => {
+    const names = new Set<string>();
+    for (const [i, m] of config.models.entries()) {
+      if (names.has(m.name))
+        ctx.addIssue({ code: "custom", path: ["models", i, "name"], message: "duplicate model" });
+      names.add(m.name);
+    }
+  });
+
+export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;
+export type ModelConfig = GatewayConfig["models"][number];
+
+/** An invalid configuration, with one line per problem naming the key. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+/** Validates a parsed config object; throws ConfigError naming every bad key. */
+export function parseGatewayConfig(input: unknown, source = "config"): GatewayConfig {
+  const result = gatewayConfigSchema.safeParse(input ?? {});
+  if (result.success) return result.data;
+  const lines = result.error.issues.map((issue) => {
+    const path = issue.path.join(".");
+    const keys =
+      issue.code === "unrecognized_keys"
+        ? ` (${issue.keys.map((k) => (path ? `${path}.${k}` : k)).join(", ")})`
+        : "";
+    return `${source}: ${path || "(root)"}: ${issue.message}${keys}`;
+  });
+  throw new ConfigError(lines.join("\n"));
+}
+
+/** Reads and validates a YAML config file. */
+export async function loadGatewayConfig(file: string): Promise<GatewayConfig> {
+  const text = await readFile(file, "utf8");
+  let parsed: unknown;
+  try {
+    parsed = parseYaml(text, { maxAliasCount: 100 });
+  } catch (err) {
+    throw new ConfigError(`${file}: not valid YAML: ${(err as Error).message}`);
+  }
+  return parseGatewayConfig(parsed, file);
+}
+
+/** A model's effective routing policy: its overrides over the gateway's defaults. */
+export function effectivePolicy(config: GatewayConfig, model: ModelConfig): RoutingPolicyConfig {
+  return routingPolicySchema.parse({ ...config.routing, ...model.routing });
+}

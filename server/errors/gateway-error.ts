@@ -1,0 +1,166 @@
+/**
+ * The gateway's errors, mapped in this one place: every failure becomes a ConnectError with a Code and an
+ * ErrorDetail (reason, retry-after), and the same error renders as an OpenAI-shaped JSON error with the
+ * matching HTTP status. Messages are written here, for clients: upstream exception text, URLs and stack
+ * traces never leave the gateway (they go to the logs).
+ */
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ErrorDetailSchema, ErrorReason } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
+
+/** Creates a client-facing error with its detail attached. */
+export function gatewayError(
+  code: Code,
+  reason: ErrorReason,
+  message: string,
+  retryAfterMs?: number,
+): ConnectError {
+  const detail = create(ErrorDetailSchema, {
+    reason,
+    ...(retryAfterMs !== undefined ? { retryAfter: durationFromMs(retryAfterMs) } : {}),
+  });
+  return new ConnectError(message, code, undefined, [{ desc: ErrorDetailSchema, value: detail }]);
+}
+
+export const invalidRequest = (message: string) =>
+  gatewayError(Code.InvalidArgument, ErrorReason.INVALID_REQUEST, message);
+
+export const modelNotFound = (model: string) =>
+  gatewayError(Code.NotFound, ErrorReason.MODEL_NOT_FOUND, `model "${model}" is not served here`);
+
+export const noHealthyReplica = (model: string) =>
+  gatewayError(
+    Code.Unavailable,
+    ErrorReason.NO_HEALTHY_REPLICA,
+    `no replica of model "${model}" is available`,
+  );
+
+/** The reason a relay attempt failed, as the relay classifies it. */
+export type UpstreamFailure =
+  | "connect" // could not connect, or the connection was reset before a response
+  | "overloaded" // 429
+  | "unavailable" // 503, or another 5xx
+  | "context-length" // 400 because the prompt is too long
+  | "rejected" // another 4xx
+  | "first-token-timeout"
+  | "inter-token-timeout"
+  | "broken-stream" // reset, in-band error event, or an end without finish/[DONE] after the first token
+  | "protocol"; // the replica answered something that is not vLLM's format
+
+/** Maps a failure that ends a request to what the client sees. */
+export function upstreamError(failure: UpstreamFailure, retryAfterMs?: number): ConnectError {
+  switch (failure) {
+    case "context-length":
+      return gatewayError(
+        Code.InvalidArgument,
+        ErrorReason.CONTEXT_LENGTH_EXCEEDED,
+        "the prompt plus max_tokens exceeds the model's context length",
+      );
+    case "rejected":
+      return gatewayError(
+        Code.InvalidArgument,
+        ErrorReason.INVALID_REQUEST,
+        "the model server rejected the request",
+      );
+    case "overloaded":
+      return gatewayError(
+        Code.ResourceExhausted,
+        ErrorReason.OVERLOADED,
+        "the model is overloaded",
+        retryAfterMs ?? 1000,
+      );
+    case "first-token-timeout":
+    case "inter-token-timeout":
+      return gatewayError(
+        Code.Unavailable,
+        ErrorReason.UPSTREAM_TIMEOUT,
+        "the model server stopped responding",
+      );
+    case "broken-stream":
+    case "protocol":
+      return gatewayError(
+        Code.Unavailable,
+        ErrorReason.UPSTREAM_FAILED,
+        "the model server failed during generation",
+      );
+    case "connect":
+    case "unavailable":
+      return gatewayError(
+        Code.Unavailable,
+        ErrorReason.NO_HEALTHY_REPLICA,
+        "no replica could serve the request",
+      );
+  }
+}
+
+/** The HTTP status of a Connect code, for the OpenAI-compatible surface. */
+export function httpStatusOf(code: Code): number {
+  switch (code) {
+    case Code.InvalidArgument:
+    case Code.OutOfRange:
+    case Code.FailedPrecondition:
+      return 400;
+    case Code.Unauthenticated:
+      return 401;
+    case Code.PermissionDenied:
+      return 403;
+    case Code.NotFound:
+      return 404;
+    case Code.ResourceExhausted:
+      return 429;
+    case Code.Canceled:
+      return 499;
+    case Code.Unimplemented:
+      return 501;
+    case Code.Unavailable:
+      return 503;
+    case Code.DeadlineExceeded:
+      return 504;
+    default:
+      return 500;
+  }
+}
+
+const OPENAI_TYPES: Partial<Record<Code, string>> = {
+  [Code.InvalidArgument]: "invalid_request_error",
+  [Code.NotFound]: "invalid_request_error",
+  [Code.Unauthenticated]: "authentication_error",
+  [Code.PermissionDenied]: "permission_error",
+  [Code.ResourceExhausted]: "rate_limit_error",
+};
+
+/**
+ * Normalises anything thrown to a client-safe ConnectError. ConnectErrors made by the gateway pass as they
+ * are; anything else (a bug, an unexpected library error) becomes INTERNAL with a fixed message.
+ */
+export function toClientError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  return new ConnectError("internal error", Code.Internal);
+}
+
+/** The OpenAI error body and HTTP status for an error. */
+export function openAiError(err: ConnectError): {
+  status: number;
+  body: unknown;
+  retryAfterSeconds?: number;
+} {
+  const retryAfter = err.findDetails(ErrorDetailSchema)[0]?.retryAfter;
+  const status = httpStatusOf(err.code);
+  return {
+    status,
+    body: {
+      error: {
+        message: err.rawMessage,
+        type: OPENAI_TYPES[err.code] ?? "server_error",
+        param: null,
+        code: ErrorReason[
+          err.findDetails(ErrorDetailSchema)[0]?.reason ?? ErrorReason.UNSPECIFIED
+        ].toLowerCase(),
+      },
+    },
+    ...(retryAfter !== undefined
+      ? { retryAfterSeconds: Math.max(1, Math.ceil(Number(retryAfter.seconds) + retryAfter.nanos / 1e9)) }
+      : {}),
+  };
+}

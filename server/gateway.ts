@@ -1,0 +1,230 @@
+/**
+ * Assembles a gateway from its parts: config -> discovery -> routing table -> scraper -> router ->
+ * relay -> pipeline -> protocol adapters -> one listener. `startGateway` is what the kinfer-gateway
+ * program and the integration tests call; `drain` is what SIGTERM does.
+ *
+ * Operational endpoints on the public port: GET /metrics (Prometheus), GET /healthz (liveness: the
+ * process serves), GET /readyz (readiness: not draining and at least one model has an eligible replica),
+ * grpc.health.v1 and gRPC reflection.
+ */
+import type { DescFile } from "@bufbuild/protobuf";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Agent } from "undici";
+import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
+import { file_grpc_reflection_v1alpha_reflection } from "../gen/es/grpc/reflection/v1alpha/reflection_pb.js";
+import { file_kinfer_inference_v1_inference } from "../gen/es/kinfer/inference/v1/inference_pb.js";
+import type { GatewayConfig } from "./config/gateway-config.js";
+import type { EndpointSource } from "./discovery/endpoint-source.js";
+import { createStaticSource } from "./discovery/static-source.js";
+import { createPipeline, type Pipeline } from "./inference/pipeline.js";
+import { createLogger, type Logger } from "./log/logger.js";
+import { createGatewayMetrics, type GatewayMetrics } from "./metrics/gateway-metrics.js";
+import { createHealthState, registerHealthService } from "./protocols/connect/health-service.js";
+import { registerInferenceService } from "./protocols/connect/inference-service.js";
+import { registerReflectionService } from "./protocols/connect/reflection-service.js";
+import { createOpenAiRoutes } from "./protocols/openai/openai-routes.js";
+import { createRetryBudget } from "./relay/retry-budget.js";
+import { createOutlierDetector } from "./replicas/outlier-detection.js";
+import { isEligible } from "./replicas/replica.js";
+import { type Scraper, startScraper } from "./replicas/scraper.js";
+import { createRouter } from "./routing/router.js";
+import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
+import { type Listener, listen, type RequestHandler } from "./serving/listener.js";
+
+export interface GatewayOptions {
+  config: GatewayConfig;
+  /** Where replicas come from. Default: the static replicas of the config. */
+  endpoints?: EndpointSource;
+  /** Default: JSON logs on stdout at config.logLevel. */
+  log?: Logger;
+}
+
+export interface Gateway {
+  /** e.g. http://127.0.0.1:8080 */
+  readonly url: string;
+  readonly port: number;
+  readonly table: RoutingTable;
+  readonly metrics: GatewayMetrics;
+  readonly pipeline: Pipeline;
+  /** Applies a reloaded config (models, weights, policies, static replicas). */
+  applyConfig(config: GatewayConfig): void;
+  /** Scrapes every replica once now. */
+  scrapeNow(): Promise<void>;
+  /**
+   * Graceful drain: health goes NOT_SERVING, then in-flight streams get up to `deadlineMs` (default
+   * timeouts.drainMs) to finish before the remaining ones are cut and the gateway closes.
+   */
+  drain(deadlineMs?: number): Promise<void>;
+  /** Closes at once. */
+  close(): Promise<void>;
+}
+
+const SERVICES = ["kinfer.inference.v1.InferenceService", "grpc.health.v1.Health"];
+const REFLECTION = ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+const DESCRIPTORS: DescFile[] = [
+  file_kinfer_inference_v1_inference,
+  file_grpc_health_v1_health,
+  file_grpc_reflection_v1_reflection,
+  file_grpc_reflection_v1alpha_reflection,
+];
+
+export async function startGateway(options: GatewayOptions): Promise<Gateway> {
+  let config = options.config;
+  const log = options.log ?? createLogger(config.logLevel);
+  const now = () => performance.now();
+  const staticSource = createStaticSource(config);
+  const endpoints = options.endpoints ?? staticSource;
+
+  const table = createRoutingTable();
+  const rebuild = () => table.apply(config, endpoints.endpoints(), endpoints.name);
+  rebuild();
+  const unsubscribe = endpoints.onChange(rebuild);
+
+  const metrics = createGatewayMetrics(() => table.replicas(), now);
+  const dispatcher = new Agent({
+    connect: { timeout: config.timeouts.connectMs },
+    keepAliveTimeout: 60_000,
+    // vLLM sends headers with the first token and may pause between tokens: the relay owns those timeouts.
+    headersTimeout: 0,
+    bodyTimeout: 0,
+  });
+  const router = createRouter({ now, prefixIndex: config.prefixIndex });
+  const outliers = createOutlierDetector(config.ejection);
+  const retryBudget = createRetryBudget(config.retry.budgetRatio, config.retry.minRetries);
+  const pipeline = createPipeline({
+    config: () => config,
+    table,
+    metrics,
+    log,
+    now,
+    relay: {
+      get config() {
+        return config;
+      },
+      router,
+      outliers,
+      retryBudget,
+      dispatcher,
+      now,
+      onRouted: metrics.routed,
+      onRetry: metrics.retried,
+      onEjected(replica) {
+        metrics.ejected(replica);
+        log.warn({ replica: replica.id, model: replica.model, version: replica.version }, "replica ejected");
+      },
+      onUpstreamFailure(replica, error, requestId) {
+        log.warn(
+          { requestId, replica: replica.id, failure: error.failure, detail: error.detail },
+          "upstream failure",
+        );
+      },
+    },
+  });
+  const scraper: Scraper = startScraper(
+    () => table.replicas(),
+    config.scrape,
+    now,
+    (replica, healthy) => log.info({ replica: replica.id, healthy }, "replica health changed"),
+  );
+
+  const health = createHealthState();
+  const shutdown = new AbortController();
+  const routes = (r: ConnectRouter) => {
+    registerInferenceService(r, pipeline, table, () => config, now);
+    registerHealthService(r, health, SERVICES);
+    registerReflectionService(r, DESCRIPTORS, [...SERVICES, ...REFLECTION]);
+  };
+  const connect = connectNodeAdapter({
+    routes,
+    readMaxBytes: config.limits.maxRequestBytes,
+    writeMaxBytes: config.limits.maxResponseBytes,
+    maxTimeoutMs: config.limits.maxTimeoutMs,
+    shutdownSignal: shutdown.signal,
+  });
+  const openai = createOpenAiRoutes(pipeline, table, () => config);
+
+  const ready = () =>
+    health.serving &&
+    table.models().some((m) => m.versions.some((v) => v.replicas.some((r) => isEligible(r, now()))));
+
+  const handler: RequestHandler = (req, res) => {
+    const path = (req.url ?? "").split("?")[0];
+    if (req.method === "GET" && path === "/metrics") {
+      metrics.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { "content-type": metrics.registry.contentType });
+          res.end(text);
+        },
+        () => {
+          res.writeHead(500);
+          res.end();
+        },
+      );
+      return;
+    }
+    if (req.method === "GET" && path === "/healthz") {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end("ok\n");
+      return;
+    }
+    if (req.method === "GET" && path === "/readyz") {
+      const ok = ready();
+      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
+      res.end(ok ? "ready\n" : "not ready\n");
+      return;
+    }
+    if (openai.handle(req, res)) return;
+    connect(req as never, res as never);
+  };
+
+  const listener: Listener = await listen(
+    {
+      host: config.listen.host,
+      port: config.listen.port,
+      tls: config.listen.tls,
+      maxConcurrentStreams: config.limits.maxConcurrentStreams,
+    },
+    handler,
+  );
+  log.info({ url: listener.url, models: table.models().map((m) => m.name) }, "gateway listening");
+
+  let closed = false;
+  async function close(): Promise<void> {
+    if (closed) return;
+    closed = true;
+    health.set(false);
+    unsubscribe();
+    shutdown.abort();
+    await listener.stopAccepting().catch(() => {});
+    listener.closeAll();
+    await scraper.close();
+    await dispatcher.close().catch(() => {});
+    await endpoints.close();
+  }
+
+  return {
+    url: listener.url,
+    port: listener.port,
+    table,
+    metrics,
+    pipeline,
+    applyConfig(next) {
+      config = next;
+      staticSource.update(next);
+      if (endpoints !== staticSource) rebuild();
+      listener.reloadTls();
+      log.info({ models: next.models.map((m) => m.name) }, "config applied");
+    },
+    scrapeNow: () => scraper.scrapeAll(),
+    async drain(deadlineMs = config.timeouts.drainMs) {
+      health.set(false);
+      log.info({ inFlight: pipeline.inFlight, deadlineMs }, "draining");
+      const until = now() + deadlineMs;
+      while (pipeline.inFlight > 0 && now() < until) await new Promise((r) => setTimeout(r, 50));
+      await close();
+    },
+    close,
+  };
+}

@@ -1,0 +1,77 @@
+/**
+ * The one internal request and event types. Every protocol adapter (Connect/gRPC/gRPC-Web from the
+ * proto, the OpenAI REST surface) turns its input into an InferenceRequest and renders InferenceEvents
+ * back; validation, routing, relaying and accounting see nothing else.
+ */
+
+/** Which adapter a request came through (a label of the request metrics). */
+export type Protocol = "grpc" | "grpc-web" | "connect" | "openai";
+
+export type ChatRole = "system" | "user" | "assistant" | "tool" | "developer";
+
+export interface ChatTurn {
+  readonly role: ChatRole;
+  readonly content: string;
+  readonly name?: string;
+}
+
+export interface SamplingParams {
+  readonly maxTokens?: number;
+  readonly temperature?: number;
+  readonly topP?: number;
+  readonly topK?: number;
+  readonly stop: readonly string[];
+  readonly seed?: number;
+  readonly presencePenalty?: number;
+  readonly frequencyPenalty?: number;
+}
+
+export type Priority = "critical" | "standard" | "sheddable";
+
+export interface InferenceRequest {
+  readonly requestId: string;
+  readonly protocol: Protocol;
+  readonly model: string;
+  /** A completion has a prompt; a chat has messages. */
+  readonly prompt?: string;
+  readonly messages?: readonly ChatTurn[];
+  readonly sampling: SamplingParams;
+  /** Session key for affinity; "" for none. */
+  readonly affinityKey: string;
+  readonly priority: Priority;
+  /** A pinned version; "" follows the traffic split. */
+  readonly version: string;
+  /**
+   * OpenAI request fields the gateway does not interpret, forwarded to vLLM unchanged (logprobs,
+   * response_format, ...). Empty for the gRPC surface.
+   */
+  readonly passthrough: Readonly<Record<string, unknown>>;
+  /** Aborted when the client goes away or its deadline passes (the reason says which). */
+  readonly signal: AbortSignal;
+}
+
+export interface Usage {
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  readonly cachedTokens: number;
+}
+
+export type FinishReason = "stop" | "length" | "abort" | "unspecified";
+
+export type InferenceEvent =
+  | { readonly type: "start"; readonly requestId: string; readonly model: string; readonly version: string }
+  | { readonly type: "delta"; readonly text: string; readonly tokenCount: number }
+  | {
+      readonly type: "finish";
+      readonly finishReason: FinishReason;
+      readonly matchedStop: string;
+      readonly usage: Usage;
+      readonly timeToFirstTokenMs: number;
+      readonly totalMs: number;
+    };
+
+/** The text routing hashes for prefix affinity: the prompt, or the conversation rendered plainly. */
+export function prefixTextOf(req: InferenceRequest): string {
+  if (req.prompt !== undefined) return req.prompt;
+  return (req.messages ?? []).map((m) => `<${m.role}>${m.content}\n`).join("");
+}

@@ -1,0 +1,72 @@
+/**
+ * kinfer-gateway: serves the inference API (gRPC, Connect, gRPC-Web, OpenAI REST) in front of vLLM replicas.
+ *
+ *   kinfer-gateway --config deploy/local/gateway.yaml
+ *
+ * The config file is reloaded when it changes (an invalid one is reported and ignored). SIGTERM or SIGINT
+ * drains: health goes NOT_SERVING and in-flight streams may finish for timeouts.drainMs.
+ */
+import { parseArgs } from "node:util";
+import { ConfigError, loadGatewayConfig } from "./config/gateway-config.js";
+import { watchConfigFile } from "./config/watch-config.js";
+import { startGateway } from "./gateway.js";
+import { createLogger } from "./log/logger.js";
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      config: { type: "string", default: "deploy/local/gateway.yaml" },
+      port: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    process.stdout.write("kinfer-gateway --config FILE [--port N]\n");
+    return;
+  }
+  const file = values.config;
+  let config = await loadGatewayConfig(file);
+  if (values.port !== undefined) {
+    const port = Number(values.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65_535)
+      throw new ConfigError(`--port: not a port: ${values.port}`);
+    config = { ...config, listen: { ...config.listen, port } };
+  }
+  const log = createLogger(config.logLevel);
+  const gateway = await startGateway({ config, log });
+  const watcher = watchConfigFile(
+    file,
+    (next) => gateway.applyConfig(values.port === undefined ? next : { ...next, listen: config.listen }),
+    (err) => log.error({ err: err.message }, "config reload failed; keeping the running config"),
+  );
+  process.stdout.write(
+    `kinfer-gateway: serving ${gateway.table
+      .models()
+      .map((m) => m.name)
+      .join(", ")} at ${gateway.url}\n` +
+      `  gRPC, Connect, gRPC-Web: ${gateway.url}/kinfer.inference.v1.InferenceService/\n` +
+      `  OpenAI:                  ${gateway.url}/v1/chat/completions\n` +
+      `  metrics:                 ${gateway.url}/metrics\n`,
+  );
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    watcher.close();
+    gateway.drain().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    console.error(`kinfer-gateway: ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(2);
+  });
+}

@@ -1,0 +1,181 @@
+/**
+ * The gateway's /metrics: one prom-client Registry per gateway instance. Request outcomes by model,
+ * version, protocol and code; time to first token and inter-token latency per model version (vLLM's
+ * buckets, so canary judgements compare like with like); tokens; in-flight requests; retries, ejections
+ * and routing decisions; and per-replica state and signals, read from the routing table when scraped.
+ */
+import type { Code } from "@connectrpc/connect";
+import { Code as Codes } from "@connectrpc/connect";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { UpstreamFailure } from "../errors/gateway-error.js";
+import type { Protocol } from "../inference/inference-request.js";
+import { type Replica, replicaStatus } from "../replicas/replica.js";
+import type { PickReason } from "../routing/pick-replica.js";
+
+const TTFT_BUCKETS = [
+  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+  80.0, 160.0, 640.0, 2560.0,
+];
+const ITL_BUCKETS = [
+  0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+];
+const DURATION_BUCKETS = [
+  0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
+  960.0,
+];
+
+/** snake_case name of a Connect code ("ok" for success), as gRPC tooling spells them. */
+export function codeName(code: Code | undefined): string {
+  if (code === undefined) return "ok";
+  return Codes[code].replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase();
+}
+
+export interface GatewayMetrics {
+  readonly registry: Registry;
+  requestStarted(model: string): void;
+  requestEnded(
+    model: string,
+    version: string,
+    protocol: Protocol,
+    code: Code | undefined,
+    seconds: number,
+  ): void;
+  firstToken(model: string, version: string, seconds: number): void;
+  interToken(model: string, version: string, seconds: number): void;
+  tokens(model: string, version: string, prompt: number, completion: number, cached: number): void;
+  routed(model: string, version: string, reason: PickReason): void;
+  retried(model: string, failure: UpstreamFailure): void;
+  ejected(replica: Replica): void;
+}
+
+export function createGatewayMetrics(replicas: () => readonly Replica[], now: () => number): GatewayMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+
+  const requests = new Counter({
+    name: "kinfer_gateway_requests_total",
+    help: "Inference requests by model, version, protocol and result code.",
+    labelNames: ["model", "version", "protocol", "code"],
+    registers,
+  });
+  const inFlight = new Gauge({
+    name: "kinfer_gateway_requests_in_flight",
+    help: "Inference requests being served.",
+    labelNames: ["model"],
+    registers,
+  });
+  const duration = new Histogram({
+    name: "kinfer_gateway_request_duration_seconds",
+    help: "Time from accepting a request to its end.",
+    labelNames: ["model", "version", "protocol"],
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
+  const ttft = new Histogram({
+    name: "kinfer_gateway_time_to_first_token_seconds",
+    help: "Time from accepting a request to relaying its first token.",
+    labelNames: ["model", "version"],
+    buckets: TTFT_BUCKETS,
+    registers,
+  });
+  const itl = new Histogram({
+    name: "kinfer_gateway_inter_token_latency_seconds",
+    help: "Time between two relayed tokens.",
+    labelNames: ["model", "version"],
+    buckets: ITL_BUCKETS,
+    registers,
+  });
+  const tokens = new Counter({
+    name: "kinfer_gateway_tokens_total",
+    help: "Tokens by kind: prompt, completion, cached (prompt tokens served from a replica's prefix cache).",
+    labelNames: ["model", "version", "kind"],
+    registers,
+  });
+  const routing = new Counter({
+    name: "kinfer_gateway_routing_decisions_total",
+    help: "Replica choices by reason (round-robin, least-outstanding, power-of-two-choices, score, prefix, session, stale-signals).",
+    labelNames: ["model", "version", "reason"],
+    registers,
+  });
+  const retries = new Counter({
+    name: "kinfer_gateway_retries_total",
+    help: "Requests retried on another replica before their first token, by the failure that caused it.",
+    labelNames: ["model", "failure"],
+    registers,
+  });
+  const ejections = new Counter({
+    name: "kinfer_gateway_ejections_total",
+    help: "Replicas ejected by outlier detection.",
+    labelNames: ["model", "version", "replica"],
+    registers,
+  });
+
+  const replicaGauge = (name: string, help: string, read: (r: Replica) => number | undefined) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["model", "version", "replica"],
+      registers,
+      collect() {
+        this.reset();
+        for (const r of replicas()) {
+          const v = read(r);
+          if (v !== undefined) this.set({ model: r.model, version: r.version, replica: r.id }, v);
+        }
+      },
+    });
+  replicaGauge(
+    "kinfer_gateway_replica_in_flight",
+    "Requests in flight on a replica from this gateway.",
+    (r) => r.inFlight,
+  );
+  replicaGauge(
+    "kinfer_gateway_replica_waiting",
+    "vllm:num_requests_waiting as last scraped.",
+    (r) => r.signals?.waiting,
+  );
+  replicaGauge(
+    "kinfer_gateway_replica_running",
+    "vllm:num_requests_running as last scraped.",
+    (r) => r.signals?.running,
+  );
+  replicaGauge(
+    "kinfer_gateway_replica_kv_cache_usage",
+    "vllm:kv_cache_usage_perc as last scraped.",
+    (r) => r.signals?.kvCacheUsage,
+  );
+  new Gauge({
+    name: "kinfer_gateway_replica_state",
+    help: "1 for the replica's current routing state (ready, draining, unhealthy, ejected).",
+    labelNames: ["model", "version", "replica", "state"],
+    registers,
+    collect() {
+      this.reset();
+      const t = now();
+      for (const r of replicas()) {
+        this.set({ model: r.model, version: r.version, replica: r.id, state: replicaStatus(r, t) }, 1);
+      }
+    },
+  });
+
+  return {
+    registry,
+    requestStarted: (model) => inFlight.inc({ model }),
+    requestEnded(model, version, protocol, code, seconds) {
+      inFlight.dec({ model });
+      requests.inc({ model, version, protocol, code: codeName(code) });
+      duration.observe({ model, version, protocol }, seconds);
+    },
+    firstToken: (model, version, seconds) => ttft.observe({ model, version }, seconds),
+    interToken: (model, version, seconds) => itl.observe({ model, version }, seconds),
+    tokens(model, version, prompt, completion, cached) {
+      tokens.inc({ model, version, kind: "prompt" }, prompt);
+      tokens.inc({ model, version, kind: "completion" }, completion);
+      tokens.inc({ model, version, kind: "cached" }, cached);
+    },
+    routed: (model, version, reason) => routing.inc({ model, version, reason }),
+    retried: (model, failure) => retries.inc({ model, failure }),
+    ejected: (r) => ejections.inc({ model: r.model, version: r.version, replica: r.id }),
+  };
+}

@@ -1,0 +1,171 @@
+/**
+ * kinfer.inference.v1.InferenceService over Connect, gRPC and gRPC-Web (connect-node serves all three):
+ * turns proto requests into InferenceRequests, runs them through the pipeline and renders its events as
+ * GenerateResponse/ChatResponse messages. Errors come out of the pipeline already client-safe, with an
+ * ErrorDetail attached. The response headers (x-request-id) go out with the first event, which the
+ * pipeline holds back until the first token.
+ */
+import { randomUUID } from "node:crypto";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
+import {
+  type ChatMessage,
+  FinishReason,
+  type GenerateResponseSchema,
+  InferenceService,
+  Priority,
+  Role,
+  type RoutingHints,
+  type SamplingParams,
+} from "../../../gen/es/kinfer/inference/v1/inference_pb.js";
+import type { GatewayConfig } from "../../config/gateway-config.js";
+import { invalidRequest } from "../../errors/gateway-error.js";
+import type {
+  ChatRole,
+  InferenceEvent,
+  InferenceRequest,
+  Priority as InternalPriority,
+  SamplingParams as InternalSampling,
+  Protocol,
+} from "../../inference/inference-request.js";
+import type { Pipeline } from "../../inference/pipeline.js";
+import { isEligible } from "../../replicas/replica.js";
+import type { RoutingTable } from "../../routing/routing-table.js";
+
+const ROLES: Partial<Record<Role, ChatRole>> = {
+  [Role.SYSTEM]: "system",
+  [Role.USER]: "user",
+  [Role.ASSISTANT]: "assistant",
+  [Role.TOOL]: "tool",
+};
+
+const PRIORITIES: Record<Priority, InternalPriority> = {
+  [Priority.UNSPECIFIED]: "standard",
+  [Priority.STANDARD]: "standard",
+  [Priority.CRITICAL]: "critical",
+  [Priority.SHEDDABLE]: "sheddable",
+};
+
+const FINISH: Record<string, FinishReason> = {
+  stop: FinishReason.STOP,
+  length: FinishReason.LENGTH,
+  abort: FinishReason.ABORT,
+  unspecified: FinishReason.UNSPECIFIED,
+};
+
+/** Which wire protocol carried the call, from its content type. */
+export function protocolOf(ctx: HandlerContext): Protocol {
+  const type = ctx.requestHeader.get("content-type") ?? "";
+  if (type.startsWith("application/grpc-web")) return "grpc-web";
+  if (type.startsWith("application/grpc")) return "grpc";
+  return "connect";
+}
+
+function sampling(s: SamplingParams | undefined): InternalSampling {
+  if (s === undefined) return { stop: [] };
+  if (
+    s.seed !== undefined &&
+    (s.seed > BigInt(Number.MAX_SAFE_INTEGER) || s.seed < -BigInt(Number.MAX_SAFE_INTEGER))
+  ) {
+    throw invalidRequest("seed must be within ±2^53");
+  }
+  return {
+    stop: s.stop,
+    ...(s.maxTokens !== undefined ? { maxTokens: s.maxTokens } : {}),
+    ...(s.temperature !== undefined ? { temperature: s.temperature } : {}),
+    ...(s.topP !== undefined ? { topP: s.topP } : {}),
+    ...(s.topK !== undefined ? { topK: s.topK } : {}),
+    ...(s.seed !== undefined ? { seed: Number(s.seed) } : {}),
+    ...(s.presencePenalty !== undefined ? { presencePenalty: s.presencePenalty } : {}),
+    ...(s.frequencyPenalty !== undefined ? { frequencyPenalty: s.frequencyPenalty } : {}),
+  };
+}
+
+function messages(list: readonly ChatMessage[]) {
+  return list.map((m, i) => {
+    const role = ROLES[m.role];
+    if (role === undefined) throw invalidRequest(`messages[${i}].role must be set`);
+    return { role, content: m.content, ...(m.name !== "" ? { name: m.name } : {}) };
+  });
+}
+
+export function registerInferenceService(
+  router: ConnectRouter,
+  pipeline: Pipeline,
+  table: RoutingTable,
+  config: () => GatewayConfig,
+  now: () => number,
+): void {
+  /** The fields every request shares; RoutingHints win over the session and version headers. */
+  function common(model: string, routing: RoutingHints | undefined, ctx: HandlerContext) {
+    const requestId = randomUUID();
+    ctx.responseHeader.set("x-request-id", requestId);
+    const c = config();
+    return {
+      requestId,
+      protocol: protocolOf(ctx),
+      model,
+      affinityKey: routing?.affinityKey || (ctx.requestHeader.get(c.sessionHeader) ?? ""),
+      version: routing?.version || (ctx.requestHeader.get(c.versionHeader) ?? ""),
+      priority: PRIORITIES[routing?.priority ?? Priority.UNSPECIFIED] ?? "standard",
+      passthrough: {},
+      signal: ctx.signal,
+    };
+  }
+
+  /** The proto event of an internal event (GenerateResponse and ChatResponse share the same oneof). */
+  function eventOf(e: InferenceEvent): NonNullable<MessageInitShape<typeof GenerateResponseSchema>["event"]> {
+    switch (e.type) {
+      case "start":
+        return { case: "start", value: { requestId: e.requestId, model: e.model, version: e.version } };
+      case "delta":
+        return { case: "delta", value: { text: e.text, tokenCount: e.tokenCount } };
+      case "finish":
+        return {
+          case: "finish",
+          value: {
+            finishReason: FINISH[e.finishReason] ?? FinishReason.UNSPECIFIED,
+            matchedStop: e.matchedStop,
+            usage: {
+              promptTokens: e.usage.promptTokens,
+              completionTokens: e.usage.completionTokens,
+              cachedTokens: e.usage.cachedTokens,
+            },
+            timeToFirstToken: durationFromMs(Math.round(e.timeToFirstTokenMs)),
+            totalTime: durationFromMs(Math.round(e.totalMs)),
+          },
+        };
+    }
+  }
+
+  router.service(InferenceService, {
+    async *generate(req, ctx) {
+      const request: InferenceRequest = {
+        ...common(req.model, req.routing, ctx),
+        prompt: req.prompt,
+        sampling: sampling(req.sampling),
+      };
+      for await (const e of pipeline.run(request)) yield { event: eventOf(e) };
+    },
+    async *chat(req, ctx) {
+      const request: InferenceRequest = {
+        ...common(req.model, req.routing, ctx),
+        messages: messages(req.messages),
+        sampling: sampling(req.sampling),
+      };
+      for await (const e of pipeline.run(request)) yield { event: eventOf(e) };
+    },
+    listModels() {
+      const t = now();
+      return {
+        models: table.models().map((m) => ({
+          name: m.name,
+          versions: m.versions.map((v) => v.name),
+          maxContextTokens: m.maxContextTokens,
+          available: m.versions.some((v) => v.weight > 0 && v.replicas.some((r) => isEligible(r, t))),
+        })),
+      };
+    },
+  });
+}

@@ -1,0 +1,280 @@
+/**
+ * The relay: takes a validated request to a replica and streams its tokens back, as an async generator
+ * that the protocol adapter pulls (so memory stays bounded whatever the client's speed).
+ *
+ * Before the first token, the client sees nothing; a connection failure, reset, 429, 503 (or other 5xx)
+ * or a first-token timeout is retried on a DIFFERENT replica of the same version, within maxAttempts, the
+ * retry budget and the client's deadline. Once a token has been relayed nothing is retried: a mid-stream
+ * failure (reset, vLLM's in-band error event, a stream that ends without finish or [DONE], an inter-token
+ * timeout) ends the stream with a typed error after the partial text. When the client cancels or its
+ * deadline passes, the upstream request is aborted at once, which makes vLLM free the sequence's KV cache.
+ */
+import type { Dispatcher } from "undici";
+import type { GatewayConfig } from "../config/gateway-config.js";
+import { noHealthyReplica, type UpstreamFailure, upstreamError } from "../errors/gateway-error.js";
+import type { FinishReason, InferenceEvent, InferenceRequest } from "../inference/inference-request.js";
+import { prefixTextOf } from "../inference/inference-request.js";
+import type { OutlierDetector } from "../replicas/outlier-detection.js";
+import type { Replica } from "../replicas/replica.js";
+import type { PickReason } from "../routing/pick-replica.js";
+import type { Router } from "../routing/router.js";
+import type { ModelEntry } from "../routing/routing-table.js";
+import type { RetryBudget } from "./retry-budget.js";
+import { openUpstream, UpstreamError, type UpstreamEvent, upstreamBody } from "./upstream-stream.js";
+
+export interface RelayDeps {
+  readonly config: GatewayConfig;
+  readonly router: Router;
+  readonly outliers: OutlierDetector;
+  readonly retryBudget: RetryBudget;
+  readonly dispatcher: Dispatcher;
+  /** Monotonic ms. */
+  readonly now: () => number;
+  readonly onRouted?: (model: string, version: string, reason: PickReason) => void;
+  readonly onRetry?: (model: string, failure: UpstreamFailure) => void;
+  readonly onEjected?: (replica: Replica) => void;
+  /** For logs: a failure's raw detail, never shown to clients. */
+  readonly onUpstreamFailure?: (replica: Replica, error: UpstreamError, requestId: string) => void;
+}
+
+/** What the relay did, filled in as it goes (for logs and metrics). */
+export interface RelayTrace {
+  version: string;
+  replica: string;
+  attempts: number;
+}
+
+/** Failures that leave the replica's health in doubt (429 and the client's own mistakes do not). */
+const COUNTS_AGAINST_REPLICA: ReadonlySet<UpstreamFailure> = new Set([
+  "connect",
+  "unavailable",
+  "first-token-timeout",
+  "inter-token-timeout",
+  "broken-stream",
+  "protocol",
+]);
+
+/** Failures before the first token that another replica may not have. */
+const RETRYABLE: ReadonlySet<UpstreamFailure> = new Set([
+  "connect",
+  "overloaded",
+  "unavailable",
+  "first-token-timeout",
+]);
+
+const FINISH_REASONS: Record<string, FinishReason> = { stop: "stop", length: "length", abort: "abort" };
+
+export async function* relay(
+  req: InferenceRequest,
+  model: ModelEntry,
+  deps: RelayDeps,
+  acceptedAt: number,
+  trace: RelayTrace,
+): AsyncGenerator<InferenceEvent> {
+  const { config, router } = deps;
+  const version = router.pickVersion(model, req.version);
+  trace.version = version.name;
+  const input = {
+    pinnedVersion: req.version,
+    affinityKey: req.affinityKey,
+    prefixHashes: router.hashPrompt(prefixTextOf(req)),
+  };
+  const body = upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
+  const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
+  const tried = new Set<string>();
+  let lastFailure: UpstreamError | undefined;
+  let releaseRetry: (() => void) | undefined;
+
+  try {
+    for (let attempt = 1; ; attempt++) {
+      if (req.signal.aborted) throw req.signal.reason;
+      const pick = router.pickReplica(model, version, input, tried);
+      if (pick === undefined) {
+        throw lastFailure === undefined
+          ? noHealthyReplica(model.name)
+          : upstreamError(lastFailure.failure, lastFailure.retryAfterMs);
+      }
+      const replica = pick.replica;
+      tried.add(replica.id);
+      trace.replica = replica.id;
+      trace.attempts = attempt;
+      deps.onRouted?.(model.name, version.name, pick.reason);
+
+      const attemptControl = new AbortController();
+      const onClientAbort = () => attemptControl.abort(req.signal.reason);
+      req.signal.addEventListener("abort", onClientAbort, { once: true });
+      replica.inFlight++;
+      replica.sentSinceScrape++;
+      let streamed = false;
+      try {
+        const first = await firstTokens(replica, path, body, req, attemptControl, deps);
+        streamed = true;
+        router.commit(replica, input);
+        yield { type: "start", requestId: req.requestId, model: model.name, version: version.name };
+        yield* streamRest(first, replica, req, attemptControl, deps, acceptedAt);
+        return;
+      } catch (err) {
+        if (req.signal.aborted) throw req.signal.reason;
+        if (!(err instanceof UpstreamError)) throw err;
+        deps.onUpstreamFailure?.(replica, err, req.requestId);
+        if (COUNTS_AGAINST_REPLICA.has(err.failure)) {
+          if (deps.outliers.failure(replica, version.replicas, deps.now())) deps.onEjected?.(replica);
+        }
+        if (streamed) throw upstreamError(err.failure);
+        lastFailure = err;
+        const retry =
+          RETRYABLE.has(err.failure) && attempt < config.retry.maxAttempts
+            ? deps.retryBudget.tryAcquire()
+            : undefined;
+        if (retry === undefined) throw upstreamError(err.failure, err.retryAfterMs);
+        releaseRetry?.();
+        releaseRetry = retry;
+        deps.onRetry?.(model.name, err.failure);
+      } finally {
+        replica.inFlight--;
+        req.signal.removeEventListener("abort", onClientAbort);
+        attemptControl.abort(); // closes the upstream request if it is still open
+      }
+    }
+  } finally {
+    releaseRetry?.();
+  }
+}
+
+/** The upstream stream, positioned after its first event(s) that carry text or end it. */
+interface FirstTokens {
+  readonly iterator: AsyncIterator<UpstreamEvent>;
+  /** Events read while waiting for the first token, in order. */
+  readonly buffered: UpstreamEvent[];
+  readonly firstTokenAt: number;
+}
+
+/** Opens the upstream request and waits (up to firstTokenMs) for its first token. */
+async function firstTokens(
+  replica: Replica,
+  path: "/v1/completions" | "/v1/chat/completions",
+  body: string,
+  req: InferenceRequest,
+  control: AbortController,
+  deps: RelayDeps,
+): Promise<FirstTokens> {
+  const timer = setTimeout(
+    () =>
+      control.abort(
+        new UpstreamError("first-token-timeout", `no token within ${deps.config.timeouts.firstTokenMs} ms`),
+      ),
+    deps.config.timeouts.firstTokenMs,
+  );
+  try {
+    const upstream = await openUpstream(
+      replica.url,
+      path,
+      body,
+      req.requestId,
+      control.signal,
+      deps.dispatcher,
+    );
+    const iterator = upstream.events[Symbol.asyncIterator]();
+    const buffered: UpstreamEvent[] = [];
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) throw new UpstreamError("broken-stream", "the stream ended before its first token");
+      buffered.push(next.value);
+      if (next.value.type !== "usage") return { iterator, buffered, firstTokenAt: deps.now() };
+    }
+  } catch (err) {
+    // An abort by our own timer surfaces as its reason (an UpstreamError); a client abort as the client's.
+    if (control.signal.aborted && control.signal.reason instanceof UpstreamError && !req.signal.aborted) {
+      throw control.signal.reason;
+    }
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Relays the buffered first events and the rest of the stream, with an inter-token idle timeout. */
+async function* streamRest(
+  first: FirstTokens,
+  replica: Replica,
+  req: InferenceRequest,
+  control: AbortController,
+  deps: RelayDeps,
+  acceptedAt: number,
+): AsyncGenerator<InferenceEvent> {
+  const idleLimit = deps.config.timeouts.interTokenMs;
+  let lastEventAt = deps.now();
+  // One timer per stream, re-armed lazily: cheaper than resetting a timer on every token.
+  let idleTimer: NodeJS.Timeout | undefined;
+  const checkIdle = () => {
+    const idle = deps.now() - lastEventAt;
+    if (idle >= idleLimit) control.abort(new UpstreamError("inter-token-timeout", `no token for ${idle} ms`));
+    else idleTimer = setTimeout(checkIdle, idleLimit - idle);
+  };
+  idleTimer = setTimeout(checkIdle, idleLimit);
+
+  let finishReason: FinishReason = "unspecified";
+  let matchedStop = "";
+  let usage: { promptTokens: number; completionTokens: number; cachedTokens: number } | undefined;
+  let tokens = 0;
+  let finished = false;
+  const handle = (e: UpstreamEvent): InferenceEvent | undefined => {
+    lastEventAt = deps.now();
+    switch (e.type) {
+      case "text":
+        tokens++;
+        return { type: "delta", text: e.text, tokenCount: 1 };
+      case "finish":
+        finished = true;
+        finishReason = FINISH_REASONS[e.reason] ?? "unspecified";
+        matchedStop = e.stopReason;
+        return undefined;
+      case "usage":
+        usage = {
+          promptTokens: e.promptTokens,
+          completionTokens: e.completionTokens,
+          cachedTokens: e.cachedTokens,
+        };
+        return undefined;
+      case "done":
+        return undefined;
+    }
+  };
+
+  try {
+    for (const e of first.buffered) {
+      const out = handle(e);
+      if (out !== undefined) yield out;
+    }
+    for (;;) {
+      let next: IteratorResult<UpstreamEvent>;
+      try {
+        next = await first.iterator.next();
+      } catch (err) {
+        if (control.signal.aborted && control.signal.reason instanceof UpstreamError && !req.signal.aborted) {
+          throw control.signal.reason;
+        }
+        // A replica that closes the connection right after its finish chunk has still finished.
+        if (finished && err instanceof UpstreamError && err.failure === "broken-stream") break;
+        throw err;
+      }
+      if (next.done) break;
+      const out = handle(next.value);
+      if (out !== undefined) yield out;
+      if (next.value.type === "done") break;
+    }
+  } finally {
+    clearTimeout(idleTimer);
+  }
+  if (!finished) throw new UpstreamError("broken-stream", "the stream ended without a finish reason");
+  deps.outliers.success(replica);
+  const end = deps.now();
+  yield {
+    type: "finish",
+    finishReason,
+    matchedStop,
+    usage: usage ?? { promptTokens: 0, completionTokens: tokens, cachedTokens: 0 },
+    timeToFirstTokenMs: first.firstTokenAt - acceptedAt,
+    totalMs: end - acceptedAt,
+  };
+}

@@ -1,0 +1,56 @@
+/**
+ * Reads the load signals routing needs from a vLLM /metrics page (Prometheus text format). Only three
+ * gauges matter, so this is a small line reader rather than a full exposition-format parser (none of the
+ * JavaScript parsers on npm is maintained): it sums each gauge over its label sets (one per engine when
+ * vLLM runs data-parallel), taking the largest KV usage, and ignores everything else.
+ */
+
+export interface VllmSignals {
+  readonly waiting: number;
+  readonly running: number;
+  readonly kvCacheUsage: number;
+}
+
+const WAITING = "vllm:num_requests_waiting";
+const RUNNING = "vllm:num_requests_running";
+const KV = "vllm:kv_cache_usage_perc";
+const KV_OLD = "vllm:gpu_cache_usage_perc";
+
+/** The sample value of a line `name{labels} value [timestamp]`, or NaN. */
+function sampleValue(line: string, nameLength: number): number {
+  let i = nameLength;
+  if (line[i] === "{") {
+    // Label values may contain "}" inside quotes: skip quoted strings.
+    let quoted = false;
+    for (i++; i < line.length; i++) {
+      const c = line[i];
+      if (c === "\\") i++;
+      else if (c === '"') quoted = !quoted;
+      else if (c === "}" && !quoted) break;
+    }
+    i++;
+  }
+  const rest = line.slice(i).trim().split(/\s+/)[0] ?? "";
+  return Number(rest);
+}
+
+/** Parses the signals; undefined if the page has none of the gauges (not a vLLM server). */
+export function parseVllmSignals(text: string): VllmSignals | undefined {
+  let waiting = 0;
+  let running = 0;
+  let kv = 0;
+  let found = false;
+  for (const line of text.split("\n")) {
+    if (line.length === 0 || line[0] === "#" || line[0] !== "v") continue;
+    for (const name of [WAITING, RUNNING, KV, KV_OLD]) {
+      if (!line.startsWith(name) || (line[name.length] !== "{" && line[name.length] !== " ")) continue;
+      const value = sampleValue(line, name.length);
+      if (!Number.isFinite(value) || value < 0) continue;
+      found = true;
+      if (name === WAITING) waiting += value;
+      else if (name === RUNNING) running += value;
+      else kv = Math.max(kv, Math.min(value, 1));
+    }
+  }
+  return found ? { waiting, running, kvCacheUsage: kv } : undefined;
+}

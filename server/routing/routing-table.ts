@@ -1,0 +1,138 @@
+/**
+ * The routing table: which models the gateway serves, their versions with traffic weights, each model's
+ * routing policy, and the replicas of every version. It is rebuilt from the config (models, weights,
+ * policies) and the EndpointSource (replicas) whenever either changes; Replica objects survive rebuilds,
+ * so in-flight counts, signals, ejections and drains are kept. Readers get the current table by reference
+ * and never see a half-applied change.
+ */
+import { effectivePolicy, type GatewayConfig, type RoutingPolicyConfig } from "../config/gateway-config.js";
+import type { Endpoint } from "../discovery/endpoint-source.js";
+import { createReplica, type Replica } from "../replicas/replica.js";
+
+export interface VersionEntry {
+  readonly name: string;
+  /** Relative share of traffic. */
+  readonly weight: number;
+  /** The model name its replicas serve (sent upstream as `model`). */
+  readonly servedModelName: string;
+  readonly replicas: readonly Replica[];
+}
+
+export interface ModelEntry {
+  readonly name: string;
+  readonly maxContextTokens: number;
+  readonly policy: RoutingPolicyConfig;
+  /** Sorted by name. */
+  readonly versions: readonly VersionEntry[];
+}
+
+export interface RoutingTable {
+  /** The model, or undefined if it is not served. */
+  model(name: string): ModelEntry | undefined;
+  /** Every model, sorted by name. */
+  models(): readonly ModelEntry[];
+  /** Every replica of every model. */
+  replicas(): readonly Replica[];
+  /** Rebuilds from a config and the current endpoints. */
+  apply(config: GatewayConfig, endpoints: readonly Endpoint[], source: string): void;
+  /** Overrides the weights of a model's versions (admin API); returns false if the model is unknown. */
+  setWeights(model: string, weights: ReadonlyMap<string, number>): boolean;
+  /** Overrides a model's policy (admin API). */
+  setPolicy(model: string, policy: RoutingPolicyConfig): boolean;
+  /** Calls `listener` after every change. */
+  onChange(listener: () => void): () => void;
+}
+
+export function createRoutingTable(): RoutingTable {
+  let models = new Map<string, ModelEntry>();
+  const replicasByKey = new Map<string, Replica>();
+  /** Operator overrides that survive config reloads (until the version or model disappears). */
+  const weightOverrides = new Map<string, ReadonlyMap<string, number>>();
+  const policyOverrides = new Map<string, RoutingPolicyConfig>();
+  const listeners = new Set<() => void>();
+  const changed = () => {
+    for (const l of listeners) l();
+  };
+
+  function withOverrides(entry: ModelEntry): ModelEntry {
+    const weights = weightOverrides.get(entry.name);
+    return {
+      ...entry,
+      policy: policyOverrides.get(entry.name) ?? entry.policy,
+      versions: entry.versions.map((v) => ({ ...v, weight: weights?.get(v.name) ?? v.weight })),
+    };
+  }
+
+  let base = new Map<string, ModelEntry>();
+
+  function rebuild() {
+    models = new Map([...base].map(([name, entry]) => [name, withOverrides(entry)]));
+    changed();
+  }
+
+  return {
+    model: (name) => models.get(name),
+    models: () => [...models.values()],
+    replicas: () => [...models.values()].flatMap((m) => m.versions.flatMap((v) => v.replicas)),
+    apply(config, endpoints, source) {
+      const byVersion = new Map<string, Endpoint[]>();
+      for (const e of endpoints) {
+        const key = `${e.model}\u0000${e.version}`;
+        byVersion.set(key, [...(byVersion.get(key) ?? []), e]);
+      }
+      const seen = new Set<string>();
+      const next = new Map<string, ModelEntry>();
+      for (const model of [...config.models].sort((a, b) => a.name.localeCompare(b.name))) {
+        const versions = [...model.versions]
+          .sort((a, b) => a.name.localeCompare(b.name))
+          .map((version) => {
+            const replicas = (byVersion.get(`${model.name}\u0000${version.name}`) ?? []).map((e) => {
+              const key = `${model.name}\u0000${version.name}\u0000${e.url}`;
+              seen.add(key);
+              let replica = replicasByKey.get(key);
+              if (replica === undefined) {
+                replica = createReplica(model.name, version.name, e.url, source);
+                replicasByKey.set(key, replica);
+              }
+              replica.ready = e.ready;
+              replica.source = source;
+              return replica;
+            });
+            return {
+              name: version.name,
+              weight: version.weight,
+              servedModelName: version.servedModelName ?? model.name,
+              replicas,
+            };
+          });
+        next.set(model.name, {
+          name: model.name,
+          maxContextTokens: model.maxContextTokens,
+          policy: effectivePolicy(config, model),
+          versions,
+        });
+      }
+      for (const key of [...replicasByKey.keys()]) if (!seen.has(key)) replicasByKey.delete(key);
+      for (const name of [...weightOverrides.keys()]) if (!next.has(name)) weightOverrides.delete(name);
+      for (const name of [...policyOverrides.keys()]) if (!next.has(name)) policyOverrides.delete(name);
+      base = next;
+      rebuild();
+    },
+    setWeights(model, weights) {
+      if (!base.has(model)) return false;
+      weightOverrides.set(model, new Map(weights));
+      rebuild();
+      return true;
+    },
+    setPolicy(model, policy) {
+      if (!base.has(model)) return false;
+      policyOverrides.set(model, policy);
+      rebuild();
+      return true;
+    },
+    onChange(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+  };
+}
