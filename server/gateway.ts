@@ -197,8 +197,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     health.set(false);
     unsubscribe();
     shutdown.abort();
-    await listener.stopAccepting().catch(() => {});
+    const stopped = listener.stopAccepting().catch(() => {});
     listener.closeAll();
+    await stopped;
     await scraper.close();
     await dispatcher.close().catch(() => {});
     await endpoints.close();

@@ -367,10 +367,11 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
       });
     }
 
+    /** Cuts the connection once what was written has been flushed: no finish chunk, no [DONE]. */
     function drop() {
       ended = true;
       handle.abort();
-      gate.write(() => res.destroy());
+      gate.write(() => (res.socket ? res.socket.end() : res.destroy()));
     }
 
     function finishResponse(result: SequenceResult) {

@@ -117,6 +117,9 @@ export async function* relay(
         if (req.signal.aborted) throw req.signal.reason;
         if (!(err instanceof UpstreamError)) throw err;
         deps.onUpstreamFailure?.(replica, err, req.requestId);
+        // A refused or reset connection is a health verdict: stop routing here until the scraper's next
+        // successful /health probe, instead of letting every request in the meantime find out.
+        if (err.failure === "connect" && !streamed) replica.healthy = false;
         if (COUNTS_AGAINST_REPLICA.has(err.failure)) {
           if (deps.outliers.failure(replica, version.replicas, deps.now())) deps.onEjected?.(replica);
         }

@@ -79,6 +79,11 @@ function describe(error: z.ZodError): string {
     .join("; ");
 }
 
+/** A body over limits.maxRequestBytes: answered 413, as any HTTP server would. */
+class BodyTooLarge extends Error {
+  override readonly name = "BodyTooLarge";
+}
+
 export interface OpenAiRoutes {
   /** Handles the request if it is one of the OpenAI routes; returns false otherwise. */
   handle(req: HttpRequest, res: HttpResponse): boolean;
@@ -117,7 +122,7 @@ export function createOpenAiRoutes(
         if (size > limit) {
           req.off("data", onData);
           req.resume();
-          reject(invalidRequest(`the request body exceeds ${limit} bytes`));
+          reject(new BodyTooLarge(`the request body exceeds ${limit} bytes`));
           return;
         }
         chunks.push(chunk);
@@ -262,6 +267,17 @@ export function createOpenAiRoutes(
         }
       }
     } catch (err) {
+      if (err instanceof BodyTooLarge) {
+        res.setHeader("connection", "close");
+        return sendJson(res, 413, {
+          error: {
+            message: err.message,
+            type: "invalid_request_error",
+            param: null,
+            code: "request_too_large",
+          },
+        });
+      }
       const clientError = toClientError(err);
       if (res.writableEnded || control.signal.aborted) return;
       if (!started) return sendError(res, clientError);
