@@ -41,10 +41,12 @@ export interface FaultRates {
   drop: number;
   /** Token count for errorMidStream and drop. Default 5. */
   afterTokens: number;
-  /** Stall for `stallMs` before the first token. */
+  /** Stall for `stallMs` after `stallAfterTokens` tokens. */
   stall: number;
   /** Default 1000. */
   stallMs: number;
+  /** Tokens sent before a stall; default 0 (before the first token). */
+  stallAfterTokens: number;
 }
 
 export const noFaults: Readonly<FaultRates> = Object.freeze({
@@ -56,6 +58,7 @@ export const noFaults: Readonly<FaultRates> = Object.freeze({
   afterTokens: 5,
   stall: 0,
   stallMs: 1000,
+  stallAfterTokens: 0,
 });
 
 const probability = z.number().min(0).max(1);
@@ -71,6 +74,7 @@ export const faultRatesSchema = z
     afterTokens: z.number().int().nonnegative(),
     stall: probability,
     stallMs: z.number().int().nonnegative().max(600_000),
+    stallAfterTokens: z.number().int().nonnegative(),
   })
   .partial()
   .strict();
@@ -160,7 +164,7 @@ export function createFaultDice(initial: Partial<FaultRates>, seed: number): Fau
       if (draws[1] < r.status) return { status: r.statusCode };
       if (draws[2] < r.errorMidStream) return { errorAfter: r.afterTokens };
       if (draws[3] < r.drop) return { dropAfter: r.afterTokens };
-      if (draws[4] < r.stall) return { stallMs: r.stallMs };
+      if (draws[4] < r.stall) return { stallMs: r.stallMs, stallAfter: r.stallAfterTokens };
       return {};
     },
   };

@@ -37,6 +37,7 @@ const FAULT_FLAGS: Record<keyof FaultRates, string> = {
   afterTokens: "fault-after-tokens",
   stall: "fault-stall-rate",
   stallMs: "fault-stall-ms",
+  stallAfterTokens: "fault-stall-after-tokens",
 };
 
 const HELP = `kinfer-sim: simulated vLLM replicas (OpenAI API, vLLM metrics, batching and KV-cache model, faults)

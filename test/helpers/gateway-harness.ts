@@ -38,7 +38,8 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
     for (const [version, count] of Object.entries(versions)) {
       const list: Replica[] = [];
       for (let i = 0; i < count; i++) {
-        list.push(await startReplica({ model, ...(options.engine ? { engine: options.engine } : {}) }));
+        // Long natural replies by default, so that max_tokens decides every stream's length.
+        list.push(await startReplica({ model, engine: { meanOutputTokens: 100_000, ...options.engine } }));
       }
       replicas.set(`${model}/${version}`, list);
       vs.push({

@@ -1,0 +1,261 @@
+/**
+ * Routing decisions on hand-made replica state: each algorithm, the thresholds and stale signals of the
+ * scorers, prefix affinity and its load cap, session affinity, version weights and pins, exclusions.
+ */
+import { ConnectError } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import {
+  parseGatewayConfig,
+  type RoutingPolicyConfig,
+  routingPolicySchema,
+} from "../../../server/config/gateway-config.js";
+import { createReplica, type Replica } from "../../../server/replicas/replica.js";
+import {
+  createPrefixAffinityIndex,
+  prefixBlockHashes,
+} from "../../../server/routing/prefix-affinity-index.js";
+import { createRouter, type RouteInput } from "../../../server/routing/router.js";
+import { createRoutingTable, type ModelEntry } from "../../../server/routing/routing-table.js";
+
+const t = 1000;
+const now = () => t;
+
+/** A seeded random source, for repeatable picks. */
+function rng(seed = 1) {
+  let s = seed;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+function table(
+  policy: Partial<RoutingPolicyConfig>,
+  versions: Record<string, { weight: number; replicas: number }>,
+) {
+  const config = parseGatewayConfig({
+    routing: policy,
+    models: [
+      {
+        name: "m",
+        versions: Object.entries(versions).map(([name, v]) => ({
+          name,
+          weight: v.weight,
+          replicas: Array.from({ length: v.replicas }, (_, i) => `http://10.0.0.${i + 1}:8000/${name}`),
+        })),
+      },
+    ],
+  });
+  const tbl = createRoutingTable();
+  tbl.apply(
+    config,
+    config.models[0]?.versions.flatMap((v) =>
+      v.replicas.map((url) => ({ model: "m", version: v.name, url, ready: true })),
+    ) ?? [],
+    "static",
+  );
+  return tbl.model("m") as ModelEntry;
+}
+
+const router = () =>
+  createRouter({
+    now,
+    random: rng(),
+    prefixIndex: { blockChars: 16, maxBlocksPerRequest: 64, maxEntries: 1000 },
+  });
+const input = (over: Partial<RouteInput> = {}): RouteInput => ({
+  pinnedVersion: "",
+  affinityKey: "",
+  prefixHashes: [],
+  ...over,
+});
+const signal = (r: Replica, waiting: number, kv: number, age = 0) => {
+  r.signals = { waiting, running: 0, kvCacheUsage: kv, scrapedAt: t - age };
+};
+
+describe("algorithms", () => {
+  it("round-robin visits every replica in turn", () => {
+    const model = table({ algorithm: "round-robin" }, { stable: { weight: 1, replicas: 3 } });
+    const r = router();
+    const version = model.versions[0] as ModelEntry["versions"][number];
+    const picks = Array.from(
+      { length: 6 },
+      () => r.pickReplica(model, version, input(), new Set())?.replica.id,
+    );
+    expect(new Set(picks.slice(0, 3)).size).toBe(3);
+    expect(picks.slice(3)).toEqual(picks.slice(0, 3));
+  });
+
+  it("least-outstanding picks the fewest in flight", () => {
+    const model = table({ algorithm: "least-outstanding" }, { stable: { weight: 1, replicas: 3 } });
+    const [a, b, c] = model.versions[0]?.replicas as Replica[];
+    (a as Replica).inFlight = 5;
+    (b as Replica).inFlight = 1;
+    (c as Replica).inFlight = 3;
+    expect(router().pickReplica(model, model.versions[0] as never, input(), new Set())?.replica).toBe(b);
+  });
+
+  it("power-of-two-choices never picks the most loaded of two replicas", () => {
+    const model = table({ algorithm: "power-of-two-choices" }, { stable: { weight: 1, replicas: 2 } });
+    const [a, b] = model.versions[0]?.replicas as Replica[];
+    (a as Replica).inFlight = 9;
+    (b as Replica).inFlight = 0;
+    const r = router();
+    for (let i = 0; i < 20; i++)
+      expect(r.pickReplica(model, model.versions[0] as never, input(), new Set())?.replica).toBe(b);
+  });
+
+  it("resource-aware prefers short queues and free KV cache, skipping replicas over the thresholds", () => {
+    const model = table({ algorithm: "resource-aware" }, { stable: { weight: 1, replicas: 3 } });
+    const [a, b, c] = model.versions[0]?.replicas as Replica[];
+    signal(a as Replica, 0, 0.95); // over the KV threshold (0.8)
+    signal(b as Replica, 7, 0.1); // over the queue threshold (5)
+    signal(c as Replica, 2, 0.5);
+    const pick = router().pickReplica(model, model.versions[0] as never, input(), new Set());
+    expect(pick).toMatchObject({ replica: c, reason: "score" });
+  });
+
+  it("ignores stale signals and falls back to least-outstanding", () => {
+    const model = table(
+      { algorithm: "resource-aware", signalMaxAgeMs: 200 },
+      { stable: { weight: 1, replicas: 2 } },
+    );
+    const [a, b] = model.versions[0]?.replicas as Replica[];
+    signal(a as Replica, 0, 0, 500);
+    signal(b as Replica, 50, 0.9, 500);
+    (a as Replica).inFlight = 4;
+    const pick = router().pickReplica(model, model.versions[0] as never, input(), new Set());
+    expect(pick).toMatchObject({ replica: b, reason: "stale-signals" });
+  });
+
+  it("counts requests sent since the last scrape, so a burst spreads", () => {
+    const model = table({ algorithm: "resource-aware" }, { stable: { weight: 1, replicas: 2 } });
+    const reps = model.versions[0]?.replicas as Replica[];
+    for (const r of reps) signal(r, 0, 0.2);
+    const r = router();
+    const counts = new Map<string, number>();
+    for (let i = 0; i < 10; i++) {
+      const pick = r.pickReplica(model, model.versions[0] as never, input(), new Set());
+      pick?.replica && pick.replica.sentSinceScrape++;
+      counts.set(pick?.replica.id ?? "", (counts.get(pick?.replica.id ?? "") ?? 0) + 1);
+    }
+    expect([...counts.values()].sort()).toEqual([5, 5]);
+  });
+});
+
+describe("prefix affinity", () => {
+  it("hashes whole prefixes: a block's hash depends on everything before it", () => {
+    const a = prefixBlockHashes("x".repeat(32) + "y".repeat(16), 16, 10);
+    const b = prefixBlockHashes("z".repeat(16) + "x".repeat(16) + "y".repeat(16), 16, 10);
+    expect(a).toHaveLength(3);
+    expect(a[2]).not.toBe(b[2]);
+    expect(prefixBlockHashes("x".repeat(1000), 16, 4)).toHaveLength(4);
+  });
+
+  it("the index reports how many leading blocks each replica holds", () => {
+    const index = createPrefixAffinityIndex(100);
+    const long = prefixBlockHashes("a".repeat(64), 16, 10);
+    index.record(long, "r1");
+    index.record(long.slice(0, 2), "r2");
+    expect(index.matches(long)).toEqual(
+      new Map([
+        ["r1", 4],
+        ["r2", 2],
+      ]),
+    );
+  });
+
+  it("sends a prompt to the replica that served its prefix, until that replica is overloaded", () => {
+    const model = table({ algorithm: "prefix-aware" }, { stable: { weight: 1, replicas: 3 } });
+    const reps = model.versions[0]?.replicas as Replica[];
+    for (const r of reps) signal(r, 0, 0.1);
+    const r = router();
+    const prefix = { prefixHashes: r.hashPrompt("You are a helpful assistant. ".repeat(20)) };
+    const first = r.pickReplica(model, model.versions[0] as never, input(prefix), new Set());
+    r.commit(first?.replica as Replica, input(prefix));
+    const second = r.pickReplica(model, model.versions[0] as never, input(prefix), new Set());
+    expect(second).toMatchObject({ replica: first?.replica, reason: "prefix" });
+    // The warm replica is now far above the mean load: the cap drops its affinity.
+    (first?.replica as Replica).inFlight = 10;
+    const third = r.pickReplica(model, model.versions[0] as never, input(prefix), new Set());
+    expect(third?.replica).not.toBe(first?.replica);
+  });
+});
+
+describe("session affinity", () => {
+  it("keeps a session on its replica while it is eligible and not overloaded", () => {
+    const model = table({ algorithm: "least-outstanding" }, { stable: { weight: 1, replicas: 3 } });
+    const reps = model.versions[0]?.replicas as Replica[];
+    const r = router();
+    const session = input({ affinityKey: "user-7" });
+    const first = r.pickReplica(model, model.versions[0] as never, session, new Set())?.replica as Replica;
+    r.commit(first, session);
+    first.inFlight = 1; // least-outstanding alone would now pick another
+    expect(r.pickReplica(model, model.versions[0] as never, session, new Set())).toMatchObject({
+      replica: first,
+      reason: "session",
+    });
+    first.draining = true;
+    expect(r.pickReplica(model, model.versions[0] as never, session, new Set())?.replica).not.toBe(first);
+    first.draining = false;
+    for (const x of reps) x.inFlight = x === first ? 9 : 0;
+    expect(r.pickReplica(model, model.versions[0] as never, session, new Set())?.replica).not.toBe(first);
+  });
+});
+
+describe("versions", () => {
+  it("splits traffic by weight and honours pins", () => {
+    const model = table({}, { stable: { weight: 90, replicas: 1 }, canary: { weight: 10, replicas: 1 } });
+    const r = router();
+    let canary = 0;
+    for (let i = 0; i < 10_000; i++) if (r.pickVersion(model, "").name === "canary") canary++;
+    expect(canary / 10_000).toBeGreaterThan(0.08);
+    expect(canary / 10_000).toBeLessThan(0.12);
+    for (let i = 0; i < 100; i++) expect(r.pickVersion(model, "canary").name).toBe("canary");
+    expect(() => r.pickVersion(model, "v9")).toThrow(ConnectError);
+  });
+
+  it("skips a version with no eligible replica, and fails when none is left", () => {
+    const model = table({}, { stable: { weight: 90, replicas: 1 }, canary: { weight: 10, replicas: 1 } });
+    (model.versions.find((v) => v.name === "stable")?.replicas[0] as Replica).healthy = false;
+    const r = router();
+    for (let i = 0; i < 50; i++) expect(r.pickVersion(model, "").name).toBe("canary");
+    (model.versions.find((v) => v.name === "canary")?.replicas[0] as Replica).ejectedUntil = t + 1000;
+    expect(() => r.pickVersion(model, "")).toThrow(/no replica/);
+  });
+
+  it("never picks an excluded replica (one already tried)", () => {
+    const model = table({ algorithm: "round-robin" }, { stable: { weight: 1, replicas: 2 } });
+    const [a, b] = model.versions[0]?.replicas as Replica[];
+    const r = router();
+    for (let i = 0; i < 5; i++)
+      expect(r.pickReplica(model, model.versions[0] as never, input(), new Set([a?.id ?? ""]))?.replica).toBe(
+        b,
+      );
+    expect(
+      r.pickReplica(model, model.versions[0] as never, input(), new Set([a?.id ?? "", b?.id ?? ""])),
+    ).toBeUndefined();
+  });
+});
+
+it("routing table rebuilds keep replica state", () => {
+  const config = parseGatewayConfig({
+    models: [{ name: "m", versions: [{ name: "s", replicas: ["http://a:1"] }] }],
+  });
+  const tbl = createRoutingTable();
+  tbl.apply(config, [{ model: "m", version: "s", url: "http://a:1", ready: true }], "static");
+  const replica = tbl.replicas()[0] as Replica;
+  replica.inFlight = 3;
+  tbl.apply(
+    config,
+    [
+      { model: "m", version: "s", url: "http://a:1", ready: true },
+      { model: "m", version: "s", url: "http://b:1", ready: true },
+    ],
+    "static",
+  );
+  expect(tbl.replicas()).toHaveLength(2);
+  expect(tbl.replicas()[0]).toBe(replica);
+  expect(routingPolicySchema.parse({}).algorithm).toBe("prefix-aware");
+  expect(createReplica("m", "s", "http://x", "static").ready).toBe(true);
+});
