@@ -15,7 +15,11 @@ import {
   prefixBlockHashes,
 } from "../../../server/routing/prefix-affinity-index.js";
 import { createRouter, type RouteInput } from "../../../server/routing/router.js";
-import { createRoutingTable, type ModelEntry } from "../../../server/routing/routing-table.js";
+import {
+  createRoutingTable,
+  type ModelEntry,
+  type VersionEntry,
+} from "../../../server/routing/routing-table.js";
 
 const t = 1000;
 const now = () => t;
@@ -57,6 +61,9 @@ function table(
   return tbl.model("m") as ModelEntry;
 }
 
+/** The model's single version. */
+const only = (model: ModelEntry): VersionEntry => model.versions[0] as VersionEntry;
+
 const router = () =>
   createRouter({
     now,
@@ -77,7 +84,7 @@ describe("algorithms", () => {
   it("round-robin visits every replica in turn", () => {
     const model = table({ algorithm: "round-robin" }, { stable: { weight: 1, replicas: 3 } });
     const r = router();
-    const version = model.versions[0] as ModelEntry["versions"][number];
+    const version = only(model);
     const picks = Array.from(
       { length: 6 },
       () => r.pickReplica(model, version, input(), new Set())?.replica.id,
@@ -88,30 +95,30 @@ describe("algorithms", () => {
 
   it("least-outstanding picks the fewest in flight", () => {
     const model = table({ algorithm: "least-outstanding" }, { stable: { weight: 1, replicas: 3 } });
-    const [a, b, c] = model.versions[0]?.replicas as Replica[];
+    const [a, b, c] = only(model).replicas as Replica[];
     (a as Replica).inFlight = 5;
     (b as Replica).inFlight = 1;
     (c as Replica).inFlight = 3;
-    expect(router().pickReplica(model, model.versions[0] as never, input(), new Set())?.replica).toBe(b);
+    expect(router().pickReplica(model, only(model), input(), new Set())?.replica).toBe(b);
   });
 
   it("power-of-two-choices never picks the most loaded of two replicas", () => {
     const model = table({ algorithm: "power-of-two-choices" }, { stable: { weight: 1, replicas: 2 } });
-    const [a, b] = model.versions[0]?.replicas as Replica[];
+    const [a, b] = only(model).replicas as Replica[];
     (a as Replica).inFlight = 9;
     (b as Replica).inFlight = 0;
     const r = router();
     for (let i = 0; i < 20; i++)
-      expect(r.pickReplica(model, model.versions[0] as never, input(), new Set())?.replica).toBe(b);
+      expect(r.pickReplica(model, only(model), input(), new Set())?.replica).toBe(b);
   });
 
   it("resource-aware prefers short queues and free KV cache, skipping replicas over the thresholds", () => {
     const model = table({ algorithm: "resource-aware" }, { stable: { weight: 1, replicas: 3 } });
-    const [a, b, c] = model.versions[0]?.replicas as Replica[];
+    const [a, b, c] = only(model).replicas as Replica[];
     signal(a as Replica, 0, 0.95); // over the KV threshold (0.8)
     signal(b as Replica, 7, 0.1); // over the queue threshold (5)
     signal(c as Replica, 2, 0.5);
-    const pick = router().pickReplica(model, model.versions[0] as never, input(), new Set());
+    const pick = router().pickReplica(model, only(model), input(), new Set());
     expect(pick).toMatchObject({ replica: c, reason: "score" });
   });
 
@@ -120,22 +127,22 @@ describe("algorithms", () => {
       { algorithm: "resource-aware", signalMaxAgeMs: 200 },
       { stable: { weight: 1, replicas: 2 } },
     );
-    const [a, b] = model.versions[0]?.replicas as Replica[];
+    const [a, b] = only(model).replicas as Replica[];
     signal(a as Replica, 0, 0, 500);
     signal(b as Replica, 50, 0.9, 500);
     (a as Replica).inFlight = 4;
-    const pick = router().pickReplica(model, model.versions[0] as never, input(), new Set());
+    const pick = router().pickReplica(model, only(model), input(), new Set());
     expect(pick).toMatchObject({ replica: b, reason: "stale-signals" });
   });
 
   it("counts requests sent since the last scrape, so a burst spreads", () => {
     const model = table({ algorithm: "resource-aware" }, { stable: { weight: 1, replicas: 2 } });
-    const reps = model.versions[0]?.replicas as Replica[];
+    const reps = only(model).replicas as Replica[];
     for (const r of reps) signal(r, 0, 0.2);
     const r = router();
     const counts = new Map<string, number>();
     for (let i = 0; i < 10; i++) {
-      const pick = r.pickReplica(model, model.versions[0] as never, input(), new Set());
+      const pick = r.pickReplica(model, only(model), input(), new Set());
       pick?.replica && pick.replica.sentSinceScrape++;
       counts.set(pick?.replica.id ?? "", (counts.get(pick?.replica.id ?? "") ?? 0) + 1);
     }
@@ -167,17 +174,17 @@ describe("prefix affinity", () => {
 
   it("sends a prompt to the replica that served its prefix, until that replica is overloaded", () => {
     const model = table({ algorithm: "prefix-aware" }, { stable: { weight: 1, replicas: 3 } });
-    const reps = model.versions[0]?.replicas as Replica[];
+    const reps = only(model).replicas as Replica[];
     for (const r of reps) signal(r, 0, 0.1);
     const r = router();
     const prefix = { prefixHashes: r.hashPrompt("You are a helpful assistant. ".repeat(20)) };
-    const first = r.pickReplica(model, model.versions[0] as never, input(prefix), new Set());
+    const first = r.pickReplica(model, only(model), input(prefix), new Set());
     r.commit(first?.replica as Replica, input(prefix));
-    const second = r.pickReplica(model, model.versions[0] as never, input(prefix), new Set());
+    const second = r.pickReplica(model, only(model), input(prefix), new Set());
     expect(second).toMatchObject({ replica: first?.replica, reason: "prefix" });
     // The warm replica is now far above the mean load: the cap drops its affinity.
     (first?.replica as Replica).inFlight = 10;
-    const third = r.pickReplica(model, model.versions[0] as never, input(prefix), new Set());
+    const third = r.pickReplica(model, only(model), input(prefix), new Set());
     expect(third?.replica).not.toBe(first?.replica);
   });
 });
@@ -185,21 +192,21 @@ describe("prefix affinity", () => {
 describe("session affinity", () => {
   it("keeps a session on its replica while it is eligible and not overloaded", () => {
     const model = table({ algorithm: "least-outstanding" }, { stable: { weight: 1, replicas: 3 } });
-    const reps = model.versions[0]?.replicas as Replica[];
+    const reps = only(model).replicas as Replica[];
     const r = router();
     const session = input({ affinityKey: "user-7" });
-    const first = r.pickReplica(model, model.versions[0] as never, session, new Set())?.replica as Replica;
+    const first = r.pickReplica(model, only(model), session, new Set())?.replica as Replica;
     r.commit(first, session);
     first.inFlight = 1; // least-outstanding alone would now pick another
-    expect(r.pickReplica(model, model.versions[0] as never, session, new Set())).toMatchObject({
+    expect(r.pickReplica(model, only(model), session, new Set())).toMatchObject({
       replica: first,
       reason: "session",
     });
     first.draining = true;
-    expect(r.pickReplica(model, model.versions[0] as never, session, new Set())?.replica).not.toBe(first);
+    expect(r.pickReplica(model, only(model), session, new Set())?.replica).not.toBe(first);
     first.draining = false;
     for (const x of reps) x.inFlight = x === first ? 9 : 0;
-    expect(r.pickReplica(model, model.versions[0] as never, session, new Set())?.replica).not.toBe(first);
+    expect(r.pickReplica(model, only(model), session, new Set())?.replica).not.toBe(first);
   });
 });
 
@@ -226,15 +233,11 @@ describe("versions", () => {
 
   it("never picks an excluded replica (one already tried)", () => {
     const model = table({ algorithm: "round-robin" }, { stable: { weight: 1, replicas: 2 } });
-    const [a, b] = model.versions[0]?.replicas as Replica[];
+    const [a, b] = only(model).replicas as Replica[];
     const r = router();
     for (let i = 0; i < 5; i++)
-      expect(r.pickReplica(model, model.versions[0] as never, input(), new Set([a?.id ?? ""]))?.replica).toBe(
-        b,
-      );
-    expect(
-      r.pickReplica(model, model.versions[0] as never, input(), new Set([a?.id ?? "", b?.id ?? ""])),
-    ).toBeUndefined();
+      expect(r.pickReplica(model, only(model), input(), new Set([a?.id ?? ""]))?.replica).toBe(b);
+    expect(r.pickReplica(model, only(model), input(), new Set([a?.id ?? "", b?.id ?? ""]))).toBeUndefined();
   });
 });
 
