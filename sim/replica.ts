@@ -5,7 +5,9 @@
  * Endpoints, as vLLM serves them: POST /v1/completions and /v1/chat/completions (JSON, or SSE with
  * `stream: true`), GET /v1/models, GET /health, GET /metrics, GET /version. And the simulator's own
  * controls under /sim/: GET|POST /sim/faults (fault rates), POST /sim/health {"healthy"}, POST /sim/drain
- * {"draining"}, POST /sim/slowdown {"factor"}, GET /sim/stats (the engine's state as JSON).
+ * {"draining"}, POST /sim/slowdown {"factor"}, GET /sim/stats (the engine's state as JSON), GET /sim/traces
+ * (per request id, wall-clock ms when the request arrived and when its first token was written, for the
+ * last 50,000 requests: benchmarks use it to separate the network and the gateway from the engine).
  *
  * Like vLLM, a streaming response sends its headers and role chunk only with the first token, and an error
  * before that is an ordinary HTTP error; after it, errors arrive in-band. A client that disconnects aborts
@@ -15,6 +17,7 @@
 import { randomBytes } from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
+import { LRUCache } from "lru-cache";
 import { z } from "zod";
 import { type Clock, createRealClock } from "./clock.js";
 import { createEngine, type Engine, type SequenceResult } from "./engine/engine.js";
@@ -84,6 +87,8 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
   const readyAt = Date.now() + (options.startupDelayMs ?? 0);
   const control = { healthy: true, draining: false };
   const created = Math.floor(Date.now() / 1000);
+  /** Request id -> [arrived, first token written], wall-clock ms with sub-ms precision. */
+  const traces = new LRUCache<string, [number, number]>({ max: 50_000 });
 
   const server = http.createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
@@ -133,6 +138,8 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
           healthy: control.healthy,
           draining: control.draining,
         });
+      case "GET /sim/traces":
+        return sendJson(res, 200, Object.fromEntries(traces.entries()));
       case "GET /sim/faults":
         return sendJson(res, 200, dice.rates());
       case "POST /sim/faults":
@@ -180,6 +187,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
   }
 
   async function generate(req: http.IncomingMessage, res: http.ServerResponse, chat: boolean): Promise<void> {
+    const arrivedAt = wallClock();
     const requestId = headerValue(req, "x-request-id") ?? randomBytes(16).toString("hex");
     res.setHeader("x-request-id", requestId);
     let fault: RequestFault;
@@ -217,7 +225,9 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
       if (err instanceof VllmError) return sendError(res, err);
       throw err;
     }
-    run(req, res, prepared, fault, chat, requestId);
+    run(req, res, prepared, fault, chat, requestId, (firstTokenAt) =>
+      traces.set(requestId.slice(0, 128), [arrivedAt, firstTokenAt]),
+    );
   }
 
   interface PreparedRequest {
@@ -297,6 +307,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
     fault: RequestFault,
     chat: boolean,
     requestId: string,
+    onFirstToken: (wallClockMs: number) => void,
   ): void {
     const { plan, stream } = prepared;
     const id = `${chat ? "chatcmpl" : "cmpl"}-${requestId}`;
@@ -327,6 +338,7 @@ export async function startReplica(options: ReplicaOptions): Promise<Replica> {
           if (fault.dropAfter === index) return drop();
           if (stream && index === 0) {
             gate.write(() => {
+              onFirstToken(wallClock());
               res.writeHead(200, {
                 "content-type": "text/event-stream; charset=utf-8",
                 "cache-control": "no-cache",
@@ -494,6 +506,11 @@ function createGate(fault: RequestFault, clock: Clock) {
       queued.length = 0;
     },
   };
+}
+
+/** Milliseconds since the epoch with sub-millisecond precision, comparable across processes. */
+function wallClock(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 /** Mixes the request's seed with its prompt so that different prompts with one seed differ, as with vLLM. */

@@ -49,6 +49,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     let modelName = req.model;
     let firstTokenAt: number | undefined;
     let lastTokenAt = 0;
+    let observeInterToken: ((seconds: number) => void) | undefined;
     let completionTokens = 0;
     let promptTokens = 0;
     inFlight++;
@@ -68,11 +69,11 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       for await (const event of relay(req, model, deps.relay, acceptedAt, trace)) {
         if (event.type === "delta") {
           const t = deps.now();
-          if (firstTokenAt === undefined) {
+          if (observeInterToken !== undefined) observeInterToken((t - lastTokenAt) / 1000);
+          else {
             firstTokenAt = t;
             deps.metrics.firstToken(model.name, trace.version, (t - acceptedAt) / 1000);
-          } else {
-            deps.metrics.interToken(model.name, trace.version, (t - lastTokenAt) / 1000);
+            observeInterToken = deps.metrics.interTokenObserver(model.name, trace.version);
           }
           lastTokenAt = t;
         } else if (event.type === "finish") {

@@ -41,7 +41,8 @@ export interface GatewayMetrics {
     seconds: number,
   ): void;
   firstToken(model: string, version: string, seconds: number): void;
-  interToken(model: string, version: string, seconds: number): void;
+  /** An observer of one stream's inter-token gaps, its labels resolved once (it runs for every token). */
+  interTokenObserver(model: string, version: string): (seconds: number) => void;
   tokens(model: string, version: string, prompt: number, completion: number, cached: number): void;
   routed(model: string, version: string, reason: PickReason): void;
   retried(model: string, failure: UpstreamFailure): void;
@@ -168,7 +169,10 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
       duration.observe({ model, version, protocol }, seconds);
     },
     firstToken: (model, version, seconds) => ttft.observe({ model, version }, seconds),
-    interToken: (model, version, seconds) => itl.observe({ model, version }, seconds),
+    interTokenObserver(model, version) {
+      const child = itl.labels({ model, version });
+      return (seconds) => child.observe(seconds);
+    },
     tokens(model, version, prompt, completion, cached) {
       tokens.inc({ model, version, kind: "prompt" }, prompt);
       tokens.inc({ model, version, kind: "completion" }, completion);

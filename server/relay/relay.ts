@@ -96,6 +96,9 @@ export async function* relay(
       }
       const replica = pick.replica;
       tried.add(replica.id);
+      // Record affinity now, not at the first token: requests sharing this prefix that arrive while it is
+      // being prefilled should follow it to the same replica.
+      router.commit(replica, input);
       trace.replica = replica.id;
       trace.attempts = attempt;
       deps.onRouted?.(model.name, version.name, pick.reason);
@@ -109,7 +112,6 @@ export async function* relay(
       try {
         const first = await firstTokens(replica, path, body, req, attemptControl, deps);
         streamed = true;
-        router.commit(replica, input);
         yield { type: "start", requestId: req.requestId, model: model.name, version: version.name };
         yield* streamRest(first, replica, req, attemptControl, deps, acceptedAt);
         return;

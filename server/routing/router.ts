@@ -46,7 +46,7 @@ export interface Router {
     input: RouteInput,
     exclude: ReadonlySet<string>,
   ): Pick | undefined;
-  /** Remembers where a request went (prefix blocks now cached there; the session's replica). */
+  /** Remembers where a request was sent (its prefix blocks will be cached there; the session's replica). */
   commit(replica: Replica, input: RouteInput): void;
 }
 

@@ -62,7 +62,9 @@ export async function listen(options: ListenerOptions, handler: RequestHandler):
     h1 = http.createServer(handler);
     h1.keepAliveTimeout = 65_000; // above common load-balancer idle timeouts
     const plain = { h1, h2 };
-    outer = net.createServer((socket) => route(socket, plain));
+    // Sockets accepted here never pass through the http servers' own accept path, so set what they would:
+    // no Nagle delay (tokens are small writes that must leave at once) and TCP keep-alive.
+    outer = net.createServer({ noDelay: true, keepAlive: true }, (socket) => route(socket, plain));
   }
   outer.on("connection", (socket: net.Socket) => {
     sockets.add(socket);

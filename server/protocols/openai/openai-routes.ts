@@ -228,6 +228,10 @@ export function createOpenAiRoutes(
       };
       const chunk = (choice: Record<string, unknown>) =>
         `data: ${JSON.stringify({ ...base, choices: [{ index: 0, ...choice, logprobs: null }] })}\n\n`;
+      // The chunk written for every token: its constant parts are built once per request.
+      const head = `data: ${JSON.stringify(base).slice(0, -1)},"choices":[{"index":0,${chat ? '"delta":{"content":' : '"text":'}`;
+      const tail = `${chat ? "}" : ""},"finish_reason":null,"logprobs":null}]}\n\n`;
+      const tokenChunk = (text: string) => `${head}${JSON.stringify(text)}${tail}`;
       let collected = "";
       for await (const event of pipeline.run(request)) {
         if (!stream) {
@@ -245,12 +249,7 @@ export function createOpenAiRoutes(
           if (chat)
             await write(res, chunk({ delta: { role: "assistant", content: "" }, finish_reason: null }));
         } else if (event.type === "delta") {
-          await write(
-            res,
-            chat
-              ? chunk({ delta: { content: event.text }, finish_reason: null })
-              : chunk({ text: event.text, finish_reason: null }),
-          );
+          await write(res, tokenChunk(event.text));
         } else {
           const reason = event.finishReason === "unspecified" ? null : event.finishReason;
           const stopReason = event.matchedStop === "" ? null : event.matchedStop;

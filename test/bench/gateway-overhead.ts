@@ -1,0 +1,242 @@
+/**
+ * Gateway overhead benchmark: what the gateway adds to time to first token and inter-token latency, and
+ * its CPU cost per 1,000 relayed tokens, at 1, 64, 256 and 1,024 concurrent streams.
+ *
+ * Three processes on this machine: `kinfer-sim` (4 replicas, max_num_seqs 256), `kinfer-gateway` in front
+ * of them, and this client, which runs a closed loop of streaming OpenAI completions (64 tokens each)
+ * either straight to the replicas (round-robin) or through the gateway. The engine's own timing varies by
+ * up to a whole batch step, far more than the gateway costs, so TTFT is measured per request outside the
+ * engine: (first token at the client - request sent) - (first token written by the replica - request
+ * received by the replica), with the replica's times from its /sim/traces. The gateway's added TTFT is
+ * that figure through the gateway minus the same figure direct. Inter-token latency is compared as seen
+ * by the client. CPU comes from the gateway's own process_cpu_seconds_total.
+ *
+ * Placement: with 2 or more CPUs, the gateway is pinned to CPU 1 and the simulator and this client to
+ * CPU 0 (taskset), in both modes, as a gateway in production has cores of its own; otherwise the
+ * gateway's CPU use would be charged to the replicas' and the client's timings.
+ *
+ *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10]
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { Agent, request } from "undici";
+
+const root = new URL("../..", import.meta.url).pathname;
+const wallClock = () => performance.timeOrigin + performance.now();
+
+const PIN = availableParallelism() >= 2;
+
+/** Starts `node --import tsx ARGS` on `cpu` (when pinning); resolves when a line matches `ready`. */
+function startProcess(
+  args: string[],
+  ready: RegExp,
+  cpu: number,
+): Promise<{ child: ChildProcess; lines: string[] }> {
+  const profile = process.env.KINFER_BENCH_PROFILE;
+  const prof = profile && args[0] === "server/main.ts" ? ["--cpu-prof", "--cpu-prof-dir", profile] : [];
+  const node = [process.execPath, ...prof, "--import", "tsx", ...args];
+  const [cmd, ...rest] = PIN ? ["taskset", "-c", String(cpu), ...node] : node;
+  const child = spawn(cmd as string, rest, { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+  const lines: string[] = [];
+  return new Promise((resolve, reject) => {
+    const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+    rl.on("line", (line) => {
+      lines.push(line);
+      if (ready.test(line)) resolve({ child, lines });
+    });
+    child.once("exit", (code) => reject(new Error(`${args[0]} exited with ${code}`)));
+  });
+}
+
+interface Sample {
+  id: string;
+  sentAt: number;
+  firstAt: number;
+  gaps: number[];
+  tokens: number;
+}
+
+/** One streaming completion; returns its timing, or undefined if it failed. */
+async function oneStream(agent: Agent, url: string, i: number): Promise<Sample | undefined> {
+  const sentAt = wallClock();
+  const res = await request(`${url}/v1/completions`, {
+    method: "POST",
+    dispatcher: agent,
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model: "m",
+      prompt: `Request ${i}: tell me about batching.`,
+      max_tokens: 64,
+      stream: true,
+    }),
+  });
+  if (res.statusCode !== 200) {
+    await res.body.dump();
+    return undefined;
+  }
+  const id = String(res.headers["x-request-id"]);
+  let firstAt = 0;
+  let last = 0;
+  let tokens = 0;
+  const gaps: number[] = [];
+  let buffered = "";
+  for await (const chunk of res.body) {
+    const now = wallClock();
+    buffered += (chunk as Buffer).toString("utf8");
+    let end = buffered.indexOf("\n\n");
+    while (end !== -1) {
+      const event = buffered.slice(0, end);
+      buffered = buffered.slice(end + 2);
+      end = buffered.indexOf("\n\n");
+      if (!event.includes('"text":"') || event.includes('"text":""')) continue;
+      tokens++;
+      if (firstAt === 0) firstAt = now;
+      else gaps.push(now - last);
+      last = now;
+    }
+  }
+  return { id, sentAt, firstAt, gaps, tokens };
+}
+
+function pct(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+}
+
+async function metric(url: string, name: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith(name) && !l.startsWith("#"))
+    .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+}
+
+async function traces(replicas: readonly string[]): Promise<Map<string, [number, number]>> {
+  const all = new Map<string, [number, number]>();
+  for (const r of replicas) {
+    const json = (await (await fetch(`${r}/sim/traces`)).json()) as Record<string, [number, number]>;
+    for (const [id, t] of Object.entries(json)) all.set(id, t);
+  }
+  return all;
+}
+
+/** Runs `concurrency` closed-loop clients for `seconds` (after a 1 s warm-up) against `targets`. */
+async function load(targets: readonly string[], concurrency: number, seconds: number) {
+  const agent = new Agent({ connections: null, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 });
+  const samples: Sample[] = [];
+  let failures = 0;
+  let n = 0;
+  const warmUntil = performance.now() + 1000;
+  const until = warmUntil + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, w) => {
+      while (performance.now() < until) {
+        const i = n++;
+        const s = await oneStream(agent, targets[(w + i) % targets.length] as string, i).catch(
+          () => undefined,
+        );
+        if (s === undefined) failures++;
+        else if (s.sentAt > performance.timeOrigin + warmUntil) samples.push(s);
+      }
+    }),
+  );
+  await agent.close();
+  return { samples, failures };
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      levels: { type: "string", default: "1,64,256,1024" },
+      seconds: { type: "string", default: "10" },
+    },
+  });
+  const levels = values.levels.split(",").map(Number);
+  const seconds = Number(values.seconds);
+  if (PIN) execFileSync("taskset", ["-p", "-c", "0", String(process.pid)], { stdio: "ignore" });
+
+  const sim = await startProcess(
+    [
+      "sim/main.ts",
+      "--model",
+      "m",
+      "--replicas",
+      "4",
+      "--base-port",
+      "0",
+      "--max-num-seqs",
+      "256",
+      "--mean-output-tokens",
+      "100000",
+    ],
+    /^kinfer-sim: ready$/,
+    0,
+  );
+  const replicas = sim.lines
+    .map((l) => /at (http\S+)$/.exec(l)?.[1])
+    .filter((u): u is string => u !== undefined);
+  const dir = mkdtempSync(join(tmpdir(), "kinfer-bench-"));
+  const configFile = join(dir, "gateway.yaml");
+  writeFileSync(
+    configFile,
+    `listen: {host: 127.0.0.1, port: 0}\nlogLevel: info\nrouting: {algorithm: least-outstanding}\nmodels:\n  - name: m\n    versions:\n      - name: stable\n        replicas: [${replicas.join(", ")}]\n`,
+  );
+  const gw = await startProcess(["server/main.ts", "--config", configFile], /^kinfer-gateway: serving/, 1);
+  const gatewayUrl = /at (http\S+)$/.exec(
+    gw.lines.find((l) => l.startsWith("kinfer-gateway: serving")) ?? "",
+  )?.[1] as string;
+  await new Promise((r) => setTimeout(r, 500));
+
+  const rows: string[] = [];
+  for (const concurrency of levels) {
+    const direct = await load(replicas, concurrency, seconds);
+    const cpuBefore = await metric(gatewayUrl, "process_cpu_seconds_total");
+    const tokensBefore = await metric(
+      gatewayUrl,
+      'kinfer_gateway_tokens_total{model="m",version="stable",kind="completion"}',
+    );
+    const via = await load([gatewayUrl], concurrency, seconds);
+    const cpu = (await metric(gatewayUrl, "process_cpu_seconds_total")) - cpuBefore;
+    const tokens =
+      (await metric(
+        gatewayUrl,
+        'kinfer_gateway_tokens_total{model="m",version="stable",kind="completion"}',
+      )) - tokensBefore;
+    const t = await traces(replicas);
+    /** Time outside the engine before the first token, per request. */
+    const outside = (samples: Sample[]) =>
+      samples.flatMap((s) => {
+        const trace = t.get(s.id);
+        return trace === undefined ? [] : [s.firstAt - s.sentAt - (trace[1] - trace[0])];
+      });
+    const oDirect = outside(direct.samples);
+    const oVia = outside(via.samples);
+    const itlDirect = direct.samples.flatMap((s) => s.gaps);
+    const itlVia = via.samples.flatMap((s) => s.gaps);
+    const ttft = (xs: Sample[]) => xs.map((s) => s.firstAt - s.sentAt);
+    rows.push(
+      `| ${concurrency} | ${pct(ttft(direct.samples), 50).toFixed(1)} / ${pct(ttft(via.samples), 50).toFixed(1)} | ` +
+        `${pct(ttft(direct.samples), 99).toFixed(1)} / ${pct(ttft(via.samples), 99).toFixed(1)} | ` +
+        `**${(pct(oVia, 50) - pct(oDirect, 50)).toFixed(2)}** | **${(pct(oVia, 99) - pct(oDirect, 99)).toFixed(2)}** | ` +
+        `${pct(itlDirect, 50).toFixed(1)} / ${pct(itlVia, 50).toFixed(1)} | ${pct(itlDirect, 99).toFixed(1)} / ${pct(itlVia, 99).toFixed(1)} | ` +
+        `${((cpu / tokens) * 1000).toFixed(3)} | ${via.samples.length} | ${direct.failures + via.failures} |`,
+    );
+    process.stderr.write(`${concurrency} streams done (${oVia.length}/${via.samples.length} paired)\n`);
+  }
+  console.log(
+    "| streams | TTFT p50 ms (direct / gateway) | TTFT p99 ms (direct / gateway) | added TTFT p50 ms | added TTFT p99 ms | ITL p50 ms (direct / gateway) | ITL p99 ms (direct / gateway) | gateway CPU s per 1,000 tokens | requests via gateway | failures |",
+  );
+  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  for (const r of rows) console.log(r);
+  gw.child.kill("SIGTERM");
+  sim.child.kill("SIGTERM");
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
