@@ -1,0 +1,176 @@
+/**
+ * The scheduler's cache of the cluster: GPU nodes and the pods that hold resources on them, with
+ * device-level accounting. Fed by the Kubernetes informers in production (kube-source.ts) and directly by
+ * tests; nothing here talks to the API server.
+ *
+ * Invariants: a GPU's allocated share never exceeds 1000 and a node's CPU and memory are never
+ * over-committed. A pod bound by this scheduler carries its devices in the kinfer.io/gpu-devices
+ * annotation, so a restarted scheduler rebuilds the same accounting. A placement in flight (assumed at
+ * bind, before the pod is seen bound) counts until the pod appears bound or the assumption expires.
+ * Pods that already hold resources but whose devices are unknown (bound by another scheduler) get the
+ * first free devices that fit.
+ */
+import { allocate, createGpuNode, type DeviceShare, type GpuNode, release } from "./gpu-node.js";
+import type { PodRequest } from "./pod-request.js";
+
+/** What the cache needs to know about a node. */
+export interface NodeInfo {
+  readonly name: string;
+  readonly model: string;
+  readonly cpuMilli: number;
+  readonly memMiB: number;
+  readonly gpus: number;
+  readonly nvlinkDomainSize: number;
+  readonly schedulable: boolean;
+}
+
+/** A pod that holds (or is about to hold) resources on a node. */
+export interface PlacedPod {
+  readonly uid: string;
+  /** namespace/name, for logs and Explain. */
+  readonly key: string;
+  readonly node: string;
+  readonly request: PodRequest;
+  /** Devices from the pod's annotation, if it has one. */
+  readonly devices?: readonly DeviceShare[] | undefined;
+}
+
+interface Holding {
+  readonly pod: PlacedPod;
+  readonly devices: readonly DeviceShare[];
+  /** Set while the placement is assumed (bind sent, pod not yet seen bound): when it expires. */
+  assumedUntil: number | undefined;
+}
+
+export interface ClusterState {
+  readonly nodes: ReadonlyMap<string, GpuNode>;
+  upsertNode(info: NodeInfo): void;
+  removeNode(name: string): void;
+  /** A pod seen bound (or running) on a node. Returns the devices it holds. */
+  upsertPod(pod: PlacedPod): readonly DeviceShare[] | undefined;
+  /** A pod that ended or was deleted: its resources are free again. */
+  removePod(uid: string): void;
+  /** A placement decided by this scheduler, counted until confirmed by upsertPod or until it expires. */
+  assume(pod: PlacedPod, devices: readonly DeviceShare[], ttlMs: number): void;
+  /** Drops expired assumptions; returns how many. */
+  expireAssumed(): number;
+  /** The devices a pod holds. */
+  devicesOf(uid: string): readonly DeviceShare[] | undefined;
+  readonly podCount: number;
+}
+
+export function createClusterState(now: () => number = () => Date.now()): ClusterState {
+  const nodes = new Map<string, GpuNode>();
+  const holdings = new Map<string, Holding>();
+
+  function place(
+    node: GpuNode,
+    pod: PlacedPod,
+    preferred: readonly DeviceShare[] | undefined,
+  ): readonly DeviceShare[] | undefined {
+    const r = pod.request;
+    if (r.cpuMilli > node.cpuFree || r.memMiB > node.memFree) return undefined;
+    const valid =
+      preferred !== undefined &&
+      preferred.reduce((s, d) => s + d.milli, 0) === r.gpus * 1000 + r.gpuMilli &&
+      preferred.every((d) => d.index < node.free.length && (node.free[d.index] as number) >= d.milli) &&
+      new Set(preferred.map((d) => d.index)).size === preferred.length;
+    let devices: DeviceShare[] | undefined = valid ? [...preferred] : undefined;
+    if (devices === undefined) {
+      // First fit: whole GPUs on fully free devices, a share on the first GPU with room.
+      devices = [];
+      if (r.gpus > 0) {
+        for (let i = 0; i < node.free.length && devices.length < r.gpus; i++) {
+          if (node.free[i] === 1000) devices.push({ index: i, milli: 1000 });
+        }
+        if (devices.length < r.gpus) return undefined;
+      } else if (r.gpuMilli > 0) {
+        const i = node.free.findIndex((f) => f >= r.gpuMilli);
+        if (i === -1) return undefined;
+        devices.push({ index: i, milli: r.gpuMilli });
+      }
+    }
+    allocate(node, r.cpuMilli, r.memMiB, devices);
+    return devices;
+  }
+
+  function unplace(uid: string): void {
+    const h = holdings.get(uid);
+    if (h === undefined) return;
+    holdings.delete(uid);
+    const node = nodes.get(h.pod.node);
+    if (node !== undefined) release(node, h.pod.request.cpuMilli, h.pod.request.memMiB, h.devices);
+  }
+
+  return {
+    nodes,
+    upsertNode(info) {
+      const old = nodes.get(info.name);
+      if (
+        old !== undefined &&
+        old.model === info.model &&
+        old.cpuMilli === info.cpuMilli &&
+        old.memMiB === info.memMiB &&
+        old.free.length === info.gpus &&
+        old.nvlinkDomainSize === info.nvlinkDomainSize
+      ) {
+        if (old.schedulable !== info.schedulable) {
+          old.schedulable = info.schedulable;
+          old.generation++;
+        }
+        return;
+      }
+      // Capacity changed (or a new node): rebuild it and re-apply the pods on it.
+      nodes.set(info.name, createGpuNode({ ...info }));
+      const node = nodes.get(info.name) as GpuNode;
+      for (const [uid, h] of holdings) {
+        if (h.pod.node !== info.name) continue;
+        const devices = place(node, h.pod, h.devices);
+        if (devices === undefined)
+          holdings.delete(uid); // no longer fits the shrunk node
+        else holdings.set(uid, { ...h, devices });
+      }
+    },
+    removeNode(name) {
+      nodes.delete(name);
+      for (const [uid, h] of holdings) if (h.pod.node === name) holdings.delete(uid);
+    },
+    upsertPod(pod) {
+      const existing = holdings.get(pod.uid);
+      if (existing !== undefined && existing.pod.node === pod.node) {
+        existing.assumedUntil = undefined; // confirmed
+        return existing.devices;
+      }
+      if (existing !== undefined) unplace(pod.uid);
+      const node = nodes.get(pod.node);
+      if (node === undefined) return undefined;
+      const devices = place(node, pod, pod.devices);
+      if (devices !== undefined) holdings.set(pod.uid, { pod, devices, assumedUntil: undefined });
+      return devices;
+    },
+    removePod: unplace,
+    assume(pod, devices, ttlMs) {
+      if (holdings.has(pod.uid)) unplace(pod.uid);
+      const node = nodes.get(pod.node);
+      if (node === undefined) throw new RangeError(`unknown node ${pod.node}`);
+      const placed = place(node, pod, devices);
+      if (placed === undefined) throw new RangeError(`${pod.key} no longer fits ${pod.node}`);
+      holdings.set(pod.uid, { pod, devices: placed, assumedUntil: now() + ttlMs });
+    },
+    expireAssumed() {
+      let n = 0;
+      const t = now();
+      for (const [uid, h] of holdings) {
+        if (h.assumedUntil !== undefined && h.assumedUntil <= t) {
+          unplace(uid);
+          n++;
+        }
+      }
+      return n;
+    },
+    devicesOf: (uid) => holdings.get(uid)?.devices,
+    get podCount() {
+      return holdings.size;
+    },
+  };
+}

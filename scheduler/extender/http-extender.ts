@@ -1,0 +1,92 @@
+/**
+ * The kube-scheduler extender over HTTP: POST {prefix}/filter, /prioritize, /bind and /preempt with the
+ * extender's JSON, parsed and written through the scheduling proto (extender-json.ts). Malformed requests
+ * get HTTP 400 with a message (kube-scheduler logs it) and leave the process unharmed.
+ */
+import type * as http from "node:http";
+import type * as http2 from "node:http2";
+import { ConnectError } from "@connectrpc/connect";
+import {
+  BindRequestSchema,
+  BindResponseSchema,
+  FilterRequestSchema,
+  FilterResponseSchema,
+  PreemptRequestSchema,
+  PreemptResponseSchema,
+  PrioritizeRequestSchema,
+  PrioritizeResponseSchema,
+} from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
+import { parseExtenderJson, toExtenderJson } from "./extender-json.js";
+import type { SchedulingService } from "./scheduling-service.js";
+
+type Req = http.IncomingMessage | http2.Http2ServerRequest;
+type Res = http.ServerResponse | http2.Http2ServerResponse;
+
+/** Largest extender request accepted: full-mode NodeLists of thousands of nodes are several MB. */
+const MAX_BODY = 64 * 1024 * 1024;
+
+function readBody(req: Req): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY) {
+        reject(new Error(`request body over ${MAX_BODY} bytes`));
+        req.resume();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.once("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    req.once("error", reject);
+  });
+}
+
+function send(res: Res, status: number, body: unknown) {
+  res.writeHead(status, { "content-type": "application/json" });
+  res.end(JSON.stringify(body));
+}
+
+/** Returns a handler for `prefix` (e.g. "/scheduler"), or false for other paths. */
+export function createHttpExtender(service: SchedulingService, prefix = "/scheduler") {
+  return (req: Req, res: Res): boolean => {
+    const path = (req.url ?? "").split("?")[0] ?? "";
+    if (req.method !== "POST" || !path.startsWith(`${prefix}/`)) return false;
+    const verb = path.slice(prefix.length + 1);
+    if (!["filter", "prioritize", "bind", "preempt"].includes(verb)) return false;
+    readBody(req)
+      .then(async (body) => {
+        switch (verb) {
+          case "filter":
+            return toExtenderJson(
+              FilterResponseSchema,
+              service.filter(parseExtenderJson(FilterRequestSchema, body)),
+            );
+          case "prioritize":
+            return toExtenderJson(
+              PrioritizeResponseSchema,
+              service.prioritize(parseExtenderJson(PrioritizeRequestSchema, body)),
+            );
+          case "bind":
+            return toExtenderJson(
+              BindResponseSchema,
+              await service.bind(parseExtenderJson(BindRequestSchema, body)),
+            );
+          default:
+            return toExtenderJson(
+              PreemptResponseSchema,
+              service.preempt(parseExtenderJson(PreemptRequestSchema, body)),
+            );
+        }
+      })
+      .then(
+        (json) => send(res, 200, json),
+        (err: unknown) => {
+          const message = err instanceof ConnectError ? err.rawMessage : "internal error";
+          send(res, err instanceof ConnectError ? 400 : 500, { Error: message });
+        },
+      );
+    return true;
+  };
+}

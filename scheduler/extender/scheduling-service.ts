@@ -1,0 +1,299 @@
+/**
+ * The scheduling operations on the scheduling proto's messages: Filter, Prioritize, Bind, Preempt and
+ * Explain. The HTTP extender (http-extender.ts) and the Connect SchedulingService both call these, so the
+ * two surfaces cannot disagree. Decisions come from placement/evaluate.ts, the code the trace replay runs.
+ *
+ * Filter: nodes that fit; those that never can go to FailedAndUnresolvableNodes; every returned name was
+ * in the request. Prioritize: the policy's scores scaled to 0..10. Bind: chooses the devices, records the
+ * placement as assumed (so concurrent decisions see it), then asks the Binder to annotate the pod with its
+ * devices and bind it; on failure the assumption is dropped. Preempt: keeps only the candidate nodes where
+ * evicting the proposed victims would really make the pod fit.
+ */
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { LRUCache } from "lru-cache";
+import {
+  type BindRequest,
+  type BindResponse,
+  BindResponseSchema,
+  type ExplainRequest,
+  type ExplainResponse,
+  ExplainResponseSchema,
+  type FilterRequest,
+  type FilterResponse,
+  FilterResponseSchema,
+  type Node,
+  type Pod,
+  type PreemptRequest,
+  type PreemptResponse,
+  PreemptResponseSchema,
+  type PrioritizeRequest,
+  type PrioritizeResponse,
+  PrioritizeResponseSchema,
+} from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
+import type { ClusterState, NodeInfo } from "../cluster/cluster-state.js";
+import { createGpuNode, type DeviceShare, type GpuNode, release } from "../cluster/gpu-node.js";
+import { nodeInfoOf } from "../cluster/kube-objects.js";
+import { type PodRequest, PodRequestError, readPodRequest } from "../cluster/pod-request.js";
+import { chooseBest, type Evaluation, evaluateNodes, extenderScores } from "../placement/evaluate.js";
+import { checkFit } from "../placement/fit.js";
+import type { PlacementPolicy, PolicyName } from "../policies/placement-policy.js";
+import { createPolicy, isPolicyName } from "../policies/policies.js";
+
+/** Makes a placement real in Kubernetes: records the devices on the pod, then binds it. */
+export interface Binder {
+  bind(
+    pod: { name: string; namespace: string; uid: string },
+    node: string,
+    devices: readonly DeviceShare[],
+  ): Promise<void>;
+}
+
+export interface SchedulingServiceOptions {
+  state: ClusterState;
+  /** The policy for pods that name none. */
+  defaultPolicy: PolicyName;
+  /** Needed for Bind; without one, Bind answers an error. */
+  binder?: Binder;
+  /** How long a bound-but-unconfirmed placement counts. Default 60 s. */
+  assumeTtlMs?: number;
+  /** Decision metrics. */
+  onDecision?: (verb: string, result: string, seconds: number) => void;
+}
+
+export interface SchedulingService {
+  filter(req: FilterRequest): FilterResponse;
+  prioritize(req: PrioritizeRequest): PrioritizeResponse;
+  bind(req: BindRequest): Promise<BindResponse>;
+  preempt(req: PreemptRequest): PreemptResponse;
+  explain(req: ExplainRequest): ExplainResponse;
+}
+
+export function createSchedulingService(options: SchedulingServiceOptions): SchedulingService {
+  const { state } = options;
+  const policies = new Map<PolicyName, PlacementPolicy>();
+  const policyOf = (name: PolicyName) => {
+    let p = policies.get(name);
+    if (p === undefined) {
+      p = createPolicy(name);
+      policies.set(name, p);
+    }
+    return p;
+  };
+  /** Pods seen in filter/prioritize, so that Bind (which gets names only) knows what they asked for. */
+  const pending = new LRUCache<string, { request: PodRequest; key: string; policy: PolicyName }>({
+    max: 50_000,
+  });
+  const observed = new LRUCache<string, true>({ max: 100_000 });
+
+  function read(pod: Pod | undefined): { request: PodRequest; policy: PolicyName; key: string; uid: string } {
+    if (pod === undefined) throw new PodRequestError("the request has no Pod");
+    const request = readPodRequest(pod);
+    const name = request.policy === "" ? options.defaultPolicy : request.policy;
+    if (!isPolicyName(name)) throw new PodRequestError(`unknown placement policy "${name}"`);
+    const uid = pod.metadata?.uid ?? "";
+    const key = `${pod.metadata?.namespace ?? ""}/${pod.metadata?.name ?? ""}`;
+    if (uid !== "") pending.set(uid, { request, key, policy: name });
+    // The fragmentation policy learns the pod mix: count each pod once, however often it is retried.
+    if (uid === "" || !observed.has(uid)) {
+      if (uid !== "") observed.set(uid, true);
+      policyOf(name).observe(request);
+    }
+    return { request, policy: name, key, uid };
+  }
+
+  /** The nodes a request names: cached ones by name, or from the Nodes it carries (full mode). */
+  function nodesOf(nodeNames: readonly string[], nodes: readonly Node[] | undefined) {
+    const known: GpuNode[] = [];
+    const unknown: string[] = [];
+    if (nodes !== undefined && nodes.length > 0) {
+      for (const n of nodes) {
+        const info: NodeInfo = nodeInfoOf(n);
+        state.upsertNode(info);
+        known.push(state.nodes.get(info.name) as GpuNode);
+      }
+      return { known, unknown };
+    }
+    for (const name of nodeNames) {
+      const node = state.nodes.get(name);
+      if (node === undefined) unknown.push(name);
+      else known.push(node);
+    }
+    return { known, unknown };
+  }
+
+  function timed<T>(verb: string, result: (r: T) => string, fn: () => T): T {
+    const started = performance.now();
+    const out = fn();
+    options.onDecision?.(verb, result(out), (performance.now() - started) / 1000);
+    return out;
+  }
+
+  return {
+    filter: (req) =>
+      timed(
+        "filter",
+        (r) => (r.error !== "" ? "error" : r.nodeNames.length > 0 ? "fit" : "no-fit"),
+        () => {
+          let pod: ReturnType<typeof read>;
+          try {
+            pod = read(req.pod);
+          } catch (err) {
+            if (err instanceof PodRequestError) return create(FilterResponseSchema, { error: err.message });
+            throw err;
+          }
+          const { known, unknown } = nodesOf(req.nodeNames, req.nodes?.items);
+          const failed: Record<string, string> = {};
+          const unresolvable: Record<string, string> = {};
+          for (const name of unknown) failed[name] = "not in kinfer-scheduler's cache yet";
+          const fitting: string[] = [];
+          for (const node of known) {
+            const fit = checkFit(node, pod.request);
+            if (fit.fits) fitting.push(node.name);
+            else if (fit.unresolvable) unresolvable[node.name] = fit.reason;
+            else failed[node.name] = fit.reason;
+          }
+          const init: MessageInitShape<typeof FilterResponseSchema> = {
+            nodeNames: fitting,
+            failedNodes: failed,
+            failedAndUnresolvableNodes: unresolvable,
+          };
+          if (req.nodes !== undefined) {
+            const keep = new Set(fitting);
+            init.nodes = { items: req.nodes.items.filter((n) => keep.has(n.metadata?.name ?? "")) };
+          }
+          return create(FilterResponseSchema, init);
+        },
+      ),
+
+    prioritize: (req) =>
+      timed(
+        "prioritize",
+        () => "ok",
+        () => {
+          let pod: ReturnType<typeof read>;
+          try {
+            pod = read(req.pod);
+          } catch (err) {
+            // A failing prioritize is ignored by kube-scheduler: score every node 0.
+            if (err instanceof PodRequestError) {
+              return create(PrioritizeResponseSchema, {
+                hostPriorities: req.nodeNames.map((host) => ({ host, score: 0 })),
+              });
+            }
+            throw err;
+          }
+          const { known, unknown } = nodesOf(req.nodeNames, req.nodes?.items);
+          const scores = extenderScores(evaluateNodes(known, pod.request, policyOf(pod.policy)));
+          return create(PrioritizeResponseSchema, {
+            hostPriorities: [...scores, ...unknown.map((host) => ({ host, score: 0 }))],
+          });
+        },
+      ),
+
+    async bind(req) {
+      const started = performance.now();
+      const done = (error: string) => {
+        options.onDecision?.("bind", error === "" ? "bound" : "error", (performance.now() - started) / 1000);
+        return create(BindResponseSchema, { error });
+      };
+      if (options.binder === undefined) return done("kinfer-scheduler has no binder configured");
+      const pod = pending.get(req.podUid);
+      if (pod === undefined)
+        return done(`pod ${req.podNamespace}/${req.podName} was not filtered by kinfer-scheduler`);
+      const node = state.nodes.get(req.node);
+      if (node === undefined) return done(`unknown node ${req.node}`);
+      const best = chooseBest(evaluateNodes([node], pod.request, policyOf(pod.policy)), () => 0);
+      if (best === undefined) return done(`pod ${pod.key} no longer fits node ${req.node}`);
+      const placed = { uid: req.podUid, key: pod.key, node: req.node, request: pod.request };
+      state.assume(placed, best.devices, options.assumeTtlMs ?? 60_000);
+      try {
+        await options.binder.bind(
+          { name: req.podName, namespace: req.podNamespace, uid: req.podUid },
+          req.node,
+          best.devices,
+        );
+      } catch (err) {
+        state.removePod(req.podUid);
+        return done(`binding failed: ${(err as Error).message}`);
+      }
+      pending.delete(req.podUid);
+      return done("");
+    },
+
+    preempt: (req) =>
+      timed(
+        "preempt",
+        () => "ok",
+        () => {
+          let pod: ReturnType<typeof read>;
+          try {
+            pod = read(req.pod);
+          } catch (err) {
+            if (err instanceof PodRequestError) return create(PreemptResponseSchema, {});
+            throw err;
+          }
+          const out: PreemptResponse["nodeNameToMetaVictims"] = {};
+          const candidates = Object.entries(req.nodeNameToMetaVictims).map(
+            ([n, v]) => [n, v.pods.map((p) => p.uid), v] as const,
+          );
+          for (const [name, uids, victims] of candidates) {
+            const node = state.nodes.get(name);
+            if (node === undefined) continue;
+            // Simulate the evictions on a copy of the node.
+            const copy = createGpuNode({ ...node, gpus: node.free.length });
+            copy.free.set(node.free);
+            copy.cpuFree = node.cpuFree;
+            copy.memFree = node.memFree;
+            for (const uid of uids) {
+              const devices = state.devicesOf(uid);
+              const victim = pending.get(uid);
+              if (devices !== undefined)
+                release(copy, victim?.request.cpuMilli ?? 0, victim?.request.memMiB ?? 0, devices);
+            }
+            if (checkFit(copy, pod.request).fits) out[name] = victims;
+          }
+          return create(PreemptResponseSchema, { nodeNameToMetaVictims: out });
+        },
+      ),
+
+    explain(req) {
+      let pod: ReturnType<typeof read>;
+      try {
+        pod = read(req.pod);
+      } catch (err) {
+        if (err instanceof PodRequestError) throw new ConnectError(err.message, Code.InvalidArgument);
+        throw err;
+      }
+      const policyName = req.policy === "" ? pod.policy : req.policy;
+      if (!isPolicyName(policyName))
+        throw new ConnectError(`unknown policy "${policyName}"`, Code.InvalidArgument);
+      const names = req.nodeNames.length > 0 ? req.nodeNames : [...state.nodes.keys()];
+      const { known } = nodesOf(names, undefined);
+      const evaluations = evaluateNodes(known, pod.request, policyOf(policyName));
+      const scores = new Map(extenderScores(evaluations).map((s) => [s.host, s.score]));
+      const order = (a: Evaluation, b: Evaluation) =>
+        Number(b.fit.fits) - Number(a.fit.fits) ||
+        (b.fit.fits ? b.score - a.score : a.node.name.localeCompare(b.node.name));
+      const sorted = [...evaluations].sort(order);
+      return create(ExplainResponseSchema, {
+        policy: policyName,
+        request: {
+          gpus: pod.request.gpus,
+          gpuMilli: pod.request.gpuMilli,
+          acceptedModels: [...pod.request.models],
+        },
+        chosenNode: sorted[0]?.fit.fits ? sorted[0].node.name : "",
+        nodes: sorted.map((e) => ({
+          node: e.node.name,
+          fits: e.fit.fits,
+          reason: e.fit.reason,
+          unresolvable: e.fit.unresolvable,
+          score: scores.get(e.node.name) ?? 0,
+          rawScore: Number.isNaN(e.score) ? 0 : e.score,
+          freeGpuMilli: [...e.node.free],
+        })),
+      });
+    },
+  };
+}

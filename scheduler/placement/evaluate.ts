@@ -1,0 +1,64 @@
+/**
+ * Filter and score in one pass: for each node, whether the pod fits and, if it does, the policy's score
+ * and device choice. The extender's filter/prioritize/Explain and the trace replay all call this, so the
+ * replay measures exactly what the extender decides.
+ */
+import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
+import type { PodRequest } from "../cluster/pod-request.js";
+import type { PlacementPolicy } from "../policies/placement-policy.js";
+import { candidatePlacements, checkFit, type Fit } from "./fit.js";
+
+export interface Evaluation {
+  readonly node: GpuNode;
+  readonly fit: Fit;
+  /** Raw policy score (higher is better); NaN when the pod does not fit. */
+  readonly score: number;
+  readonly devices: readonly DeviceShare[];
+}
+
+export function evaluateNodes(
+  nodes: Iterable<GpuNode>,
+  req: PodRequest,
+  policy: PlacementPolicy,
+): Evaluation[] {
+  const scorer = policy.forPod(req);
+  const out: Evaluation[] = [];
+  for (const node of nodes) {
+    const fit = checkFit(node, req);
+    if (!fit.fits) {
+      out.push({ node, fit, score: Number.NaN, devices: [] });
+      continue;
+    }
+    const placed = scorer.score(node, candidatePlacements(node, req));
+    out.push({ node, fit, score: placed.score, devices: placed.devices });
+  }
+  return out;
+}
+
+/** The best-scoring node that fits; ties broken with `random` (as kube-scheduler does). */
+export function chooseBest(evaluations: readonly Evaluation[], random: () => number): Evaluation | undefined {
+  let best: Evaluation[] = [];
+  let bestScore = Number.NEGATIVE_INFINITY;
+  for (const e of evaluations) {
+    if (!e.fit.fits) continue;
+    if (e.score > bestScore + 1e-12) {
+      bestScore = e.score;
+      best = [e];
+    } else if (Math.abs(e.score - bestScore) <= 1e-12) best.push(e);
+  }
+  return best.length === 0 ? undefined : best[Math.floor(random() * best.length)];
+}
+
+/**
+ * Extender scores 0..10 (MaxExtenderPriority): the best node 10, the worst that fits 0, linear between;
+ * all 10 when they tie. Nodes that do not fit get 0.
+ */
+export function extenderScores(evaluations: readonly Evaluation[]): { host: string; score: number }[] {
+  const fitting = evaluations.filter((e) => e.fit.fits);
+  const max = Math.max(...fitting.map((e) => e.score));
+  const min = Math.min(...fitting.map((e) => e.score));
+  return evaluations.map((e) => ({
+    host: e.node.name,
+    score: !e.fit.fits ? 0 : max === min ? 10 : Math.round(((e.score - min) / (max - min)) * 10),
+  }));
+}

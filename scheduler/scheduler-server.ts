@@ -1,0 +1,168 @@
+/**
+ * kinfer-scheduler's server: the kube-scheduler extender (HTTP JSON under /scheduler), the same
+ * operations as kinfer.scheduling.v1.SchedulingService over Connect/gRPC (with Explain, for `buf curl`),
+ * gRPC reflection and health, /metrics and /healthz, on one port (the gateway's listener).
+ */
+import type { ConnectRouter } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
+import { file_grpc_reflection_v1alpha_reflection } from "../gen/es/grpc/reflection/v1alpha/reflection_pb.js";
+import {
+  file_kinfer_scheduling_v1_scheduling,
+  SchedulingService as SchedulingServiceDesc,
+} from "../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
+import { createHealthState, registerHealthService } from "../server/protocols/connect/health-service.js";
+import { registerReflectionService } from "../server/protocols/connect/reflection-service.js";
+import { type Listener, listen } from "../server/serving/listener.js";
+import type { ClusterState } from "./cluster/cluster-state.js";
+import { allocatedMilli } from "./cluster/gpu-node.js";
+import { createHttpExtender } from "./extender/http-extender.js";
+import {
+  type Binder,
+  createSchedulingService,
+  type SchedulingService,
+} from "./extender/scheduling-service.js";
+import type { PolicyName } from "./policies/placement-policy.js";
+
+export interface SchedulerServerOptions {
+  host: string;
+  port: number;
+  state: ClusterState;
+  defaultPolicy: PolicyName;
+  binder?: Binder;
+  /** Extender URL prefix. Default "/scheduler". */
+  prefix?: string;
+}
+
+export interface SchedulerServer {
+  readonly url: string;
+  readonly port: number;
+  readonly service: SchedulingService;
+  readonly registry: Registry;
+  close(): Promise<void>;
+}
+
+const SERVICES = ["kinfer.scheduling.v1.SchedulingService", "grpc.health.v1.Health"];
+
+export async function startSchedulerServer(options: SchedulerServerOptions): Promise<SchedulerServer> {
+  const { state } = options;
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const decisions = new Counter({
+    name: "kinfer_scheduler_decisions_total",
+    help: "Extender decisions by verb and result.",
+    labelNames: ["verb", "result"],
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: "kinfer_scheduler_decision_duration_seconds",
+    help: "Time to decide, by verb (HTTP parsing excluded).",
+    labelNames: ["verb"],
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [registry],
+  });
+  new Gauge({
+    name: "kinfer_scheduler_cache_nodes",
+    help: "Nodes in the scheduler's cache.",
+    registers: [registry],
+    collect() {
+      this.set(state.nodes.size);
+    },
+  });
+  new Gauge({
+    name: "kinfer_scheduler_cache_pods",
+    help: "Pods holding resources in the scheduler's cache (bound or assumed).",
+    registers: [registry],
+    collect() {
+      this.set(state.podCount);
+    },
+  });
+  new Gauge({
+    name: "kinfer_scheduler_gpu_milli",
+    help: "GPU thousandths in the cache, by kind: capacity or allocated.",
+    labelNames: ["kind"],
+    registers: [registry],
+    collect() {
+      let capacity = 0;
+      let allocated = 0;
+      for (const n of state.nodes.values()) {
+        capacity += n.free.length * 1000;
+        allocated += allocatedMilli(n);
+      }
+      this.set({ kind: "capacity" }, capacity);
+      this.set({ kind: "allocated" }, allocated);
+    },
+  });
+
+  const service = createSchedulingService({
+    state,
+    defaultPolicy: options.defaultPolicy,
+    ...(options.binder !== undefined ? { binder: options.binder } : {}),
+    onDecision(verb, result, seconds) {
+      decisions.inc({ verb, result });
+      latency.observe({ verb }, seconds);
+    },
+  });
+  const health = createHealthState();
+  const routes = (router: ConnectRouter) => {
+    router.service(SchedulingServiceDesc, {
+      filter: (req) => service.filter(req),
+      prioritize: (req) => service.prioritize(req),
+      bind: (req) => service.bind(req),
+      preempt: (req) => service.preempt(req),
+      explain: (req) => service.explain(req),
+    });
+    registerHealthService(router, health, SERVICES);
+    registerReflectionService(
+      router,
+      [
+        file_kinfer_scheduling_v1_scheduling,
+        file_grpc_health_v1_health,
+        file_grpc_reflection_v1_reflection,
+        file_grpc_reflection_v1alpha_reflection,
+      ],
+      [...SERVICES, "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"],
+    );
+  };
+  const connect = connectNodeAdapter({ routes, readMaxBytes: 64 * 1024 * 1024 });
+  const extender = createHttpExtender(service, options.prefix ?? "/scheduler");
+  const expire = setInterval(() => state.expireAssumed(), 1000);
+  expire.unref();
+
+  const listener: Listener = await listen(
+    { host: options.host, port: options.port, maxConcurrentStreams: 1000 },
+    (req, res) => {
+      const path = (req.url ?? "").split("?")[0];
+      if (req.method === "GET" && path === "/metrics") {
+        registry.metrics().then((text) => {
+          res.writeHead(200, { "content-type": registry.contentType });
+          res.end(text);
+        });
+        return;
+      }
+      if (req.method === "GET" && path === "/healthz") {
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.end("ok\n");
+        return;
+      }
+      if (extender(req, res)) return;
+      connect(req as never, res as never);
+    },
+  );
+
+  return {
+    url: listener.url,
+    port: listener.port,
+    service,
+    registry,
+    async close() {
+      clearInterval(expire);
+      health.set(false);
+      const stopped = listener.stopAccepting();
+      listener.closeAll();
+      await stopped;
+    },
+  };
+}
