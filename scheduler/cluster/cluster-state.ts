@@ -62,6 +62,8 @@ export interface ClusterState {
 export function createClusterState(now: () => number = () => Date.now()): ClusterState {
   const nodes = new Map<string, GpuNode>();
   const holdings = new Map<string, Holding>();
+  /** Pods seen on nodes not (yet) in the cache: informers may deliver a pod before its node. */
+  const orphans = new Map<string, PlacedPod>();
 
   function place(
     node: GpuNode,
@@ -130,10 +132,20 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
           holdings.delete(uid); // no longer fits the shrunk node
         else holdings.set(uid, { ...h, devices });
       }
+      for (const [uid, pod] of orphans) {
+        if (pod.node !== info.name) continue;
+        orphans.delete(uid);
+        const devices = place(node, pod, pod.devices);
+        if (devices !== undefined) holdings.set(uid, { pod, devices, assumedUntil: undefined });
+      }
     },
     removeNode(name) {
       nodes.delete(name);
-      for (const [uid, h] of holdings) if (h.pod.node === name) holdings.delete(uid);
+      for (const [uid, h] of holdings) {
+        if (h.pod.node !== name) continue;
+        holdings.delete(uid);
+        orphans.set(uid, h.pod); // back if the node returns (a node object re-created)
+      }
     },
     upsertPod(pod) {
       const existing = holdings.get(pod.uid);
@@ -143,12 +155,18 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       }
       if (existing !== undefined) unplace(pod.uid);
       const node = nodes.get(pod.node);
-      if (node === undefined) return undefined;
+      if (node === undefined) {
+        orphans.set(pod.uid, pod);
+        return undefined;
+      }
       const devices = place(node, pod, pod.devices);
       if (devices !== undefined) holdings.set(pod.uid, { pod, devices, assumedUntil: undefined });
       return devices;
     },
-    removePod: unplace,
+    removePod(uid) {
+      orphans.delete(uid);
+      unplace(uid);
+    },
     assume(pod, devices, ttlMs) {
       if (holdings.has(pod.uid)) unplace(pod.uid);
       const node = nodes.get(pod.node);

@@ -1,0 +1,274 @@
+/**
+ * Device-level accounting: whole GPUs and shares are never over-committed, whatever the order of events:
+ * random placements, assumptions in flight that expire or get confirmed, restarts that rebuild the cache
+ * from pods' device annotations, pods bound by others, nodes that shrink.
+ */
+
+import { create } from "@bufbuild/protobuf";
+import { describe, expect, it } from "vitest";
+import { PodSchema } from "../../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
+import { createClusterState, type PlacedPod } from "../../../scheduler/cluster/cluster-state.js";
+import {
+  formatDevices,
+  PodRequestError,
+  parseDevices,
+  readPodRequest,
+} from "../../../scheduler/cluster/pod-request.js";
+import { parseQuantity } from "../../../scheduler/cluster/quantity.js";
+import { candidatePlacements, checkFit } from "../../../scheduler/placement/fit.js";
+import { seededRandom } from "../../../scheduler/replay/replay.js";
+
+const node = (name: string, gpus = 4) => ({
+  name,
+  model: "H100",
+  cpuMilli: 64_000,
+  memMiB: 512_000,
+  gpus,
+  nvlinkDomainSize: 0,
+  schedulable: true,
+});
+const req = (gpus: number, gpuMilli: number, cpuMilli = 1000) => ({
+  gpus,
+  gpuMilli,
+  cpuMilli,
+  memMiB: 1024,
+  models: [],
+  policy: "",
+});
+
+describe("quantities and pod requests", () => {
+  it("parses Kubernetes quantities", () => {
+    expect(parseQuantity("500m")).toBe(0.5);
+    expect(parseQuantity("2")).toBe(2);
+    expect(parseQuantity("1.5Gi")).toBe(1.5 * 2 ** 30);
+    expect(parseQuantity("16e3")).toBe(16_000);
+    expect(parseQuantity("64k")).toBe(64_000);
+    expect(() => parseQuantity("lots")).toThrow(RangeError);
+    expect(() => parseQuantity("1.2.3")).toThrow(RangeError);
+  });
+
+  it("reads whole GPUs, shares, CPU, memory, models and policy from a pod", () => {
+    const pod = create(PodSchema, {
+      metadata: {
+        annotations: { "kinfer.io/gpu-models": "H100, A100", "kinfer.io/placement-policy": "binpack" },
+      },
+      spec: {
+        containers: [
+          { resources: { requests: { cpu: "1500m", memory: "2Gi" }, limits: { "nvidia.com/gpu": "2" } } },
+          { resources: { requests: { cpu: "500m", memory: "1Gi" } } },
+        ],
+        initContainers: [{ resources: { requests: { cpu: "4", memory: "512Mi" } } }],
+      },
+    });
+    expect(readPodRequest(pod)).toEqual({
+      gpus: 2,
+      gpuMilli: 0,
+      cpuMilli: 4000,
+      memMiB: 3072,
+      models: ["H100", "A100"],
+      policy: "binpack",
+    });
+    const share = create(PodSchema, { metadata: { annotations: { "kinfer.io/gpu-milli": "250" } } });
+    expect(readPodRequest(share)).toMatchObject({ gpus: 0, gpuMilli: 250 });
+    expect(() =>
+      readPodRequest(
+        create(PodSchema, {
+          metadata: { annotations: { "kinfer.io/gpu-milli": "250" } },
+          spec: { containers: [{ resources: { limits: { "nvidia.com/gpu": "2" } } }] },
+        }),
+      ),
+    ).toThrow(PodRequestError);
+    expect(() =>
+      readPodRequest(
+        create(PodSchema, { spec: { containers: [{ resources: { requests: { cpu: "x" } } }] } }),
+      ),
+    ).toThrow(/not a quantity/);
+  });
+
+  it("round-trips the devices annotation and rejects malformed ones", () => {
+    expect(
+      parseDevices(
+        formatDevices([
+          { index: 0, milli: 1000 },
+          { index: 3, milli: 250 },
+        ]),
+      ),
+    ).toEqual([
+      { index: 0, milli: 1000 },
+      { index: 3, milli: 250 },
+    ]);
+    expect(() => parseDevices("0:2000")).toThrow(PodRequestError);
+    expect(() => parseDevices("zero")).toThrow(PodRequestError);
+  });
+});
+
+describe("fit", () => {
+  it("keeps multi-GPU pods inside one NVLink domain", () => {
+    const state = createClusterState();
+    state.upsertNode({ ...node("n", 8), nvlinkDomainSize: 4 });
+    const n = state.nodes.get("n");
+    if (n === undefined) throw new Error("no node");
+    expect(checkFit(n, req(6, 0))).toMatchObject({ fits: false, unresolvable: true });
+    state.upsertPod({
+      uid: "a",
+      key: "a",
+      node: "n",
+      request: req(1, 0),
+      devices: [{ index: 0, milli: 1000 }],
+    });
+    state.upsertPod({
+      uid: "b",
+      key: "b",
+      node: "n",
+      request: req(1, 0),
+      devices: [{ index: 5, milli: 1000 }],
+    });
+    // 6 GPUs free, but 3 in each domain: a 4-GPU pod does not fit.
+    expect(checkFit(n, req(4, 0))).toMatchObject({ fits: false, unresolvable: false });
+    expect(candidatePlacements(n, req(3, 0)).map((c) => c.map((d) => d.index))).toEqual([
+      [1, 2, 3],
+      [4, 6, 7],
+    ]);
+  });
+});
+
+describe("accounting", () => {
+  it("never over-commits under random placements, assumptions, expiries and removals", () => {
+    let now = 0;
+    const state = createClusterState(() => now);
+    for (let i = 0; i < 5; i++) state.upsertNode(node(`n${i}`));
+    const random = seededRandom(7);
+    const live = new Set<string>();
+    for (let step = 0; step < 5000; step++) {
+      now += 10;
+      const action = random();
+      const uid = `p${Math.floor(random() * 300)}`;
+      const name = `n${Math.floor(random() * 5)}`;
+      const n = state.nodes.get(name);
+      if (n === undefined) throw new Error("no node");
+      const r =
+        random() < 0.5 ? req(1 + Math.floor(random() * 3), 0) : req(0, 100 + Math.floor(random() * 900));
+      if (action < 0.4) {
+        const fit = checkFit(n, r);
+        if (fit.fits) {
+          const devices = candidatePlacements(n, r)[0] ?? [];
+          state.assume({ uid, key: uid, node: name, request: r }, devices, 500);
+          live.add(uid);
+        }
+      } else if (action < 0.7) {
+        // A pod seen bound: from an assumption (confirmed) or bound by someone else (first fit).
+        const devices = state.upsertPod({ uid, key: uid, node: name, request: r });
+        if (devices !== undefined) live.add(uid);
+      } else if (action < 0.9) {
+        state.removePod(uid);
+        live.delete(uid);
+      } else {
+        state.expireAssumed();
+      }
+      for (const gpuNode of state.nodes.values()) {
+        for (const f of gpuNode.free) {
+          expect(f).toBeGreaterThanOrEqual(0);
+          expect(f).toBeLessThanOrEqual(1000);
+        }
+        expect(gpuNode.cpuFree).toBeGreaterThanOrEqual(0);
+        expect(gpuNode.memFree).toBeGreaterThanOrEqual(0);
+      }
+    }
+    for (const uid of [...live]) state.removePod(uid);
+    state.expireAssumed();
+    for (const gpuNode of state.nodes.values()) expect([...gpuNode.free]).toEqual([1000, 1000, 1000, 1000]);
+  });
+
+  it("an assumption counts until confirmed, and is dropped if the pod never shows up bound", () => {
+    let now = 0;
+    const state = createClusterState(() => now);
+    state.upsertNode(node("n", 2));
+    const pod: PlacedPod = { uid: "u", key: "ns/p", node: "n", request: req(2, 0) };
+    state.assume(
+      pod,
+      [
+        { index: 0, milli: 1000 },
+        { index: 1, milli: 1000 },
+      ],
+      1000,
+    );
+    const n = state.nodes.get("n");
+    expect(n && checkFit(n, req(1, 0)).fits).toBe(false);
+    now = 999;
+    expect(state.expireAssumed()).toBe(0);
+    now = 1000;
+    expect(state.expireAssumed()).toBe(1);
+    expect(n && checkFit(n, req(1, 0)).fits).toBe(true);
+    // Confirmed before expiry: stays.
+    state.assume(
+      pod,
+      [
+        { index: 0, milli: 1000 },
+        { index: 1, milli: 1000 },
+      ],
+      1000,
+    );
+    state.upsertPod(pod);
+    now = 10_000;
+    expect(state.expireAssumed()).toBe(0);
+    expect(state.podCount).toBe(1);
+  });
+
+  it("a restarted scheduler rebuilds the same devices from the pods' annotations", () => {
+    const first = createClusterState();
+    first.upsertNode(node("n"));
+    const pods: PlacedPod[] = [
+      { uid: "a", key: "a", node: "n", request: req(0, 300), devices: [{ index: 2, milli: 300 }] },
+      { uid: "b", key: "b", node: "n", request: req(0, 700), devices: [{ index: 2, milli: 700 }] },
+      {
+        uid: "c",
+        key: "c",
+        node: "n",
+        request: req(2, 0),
+        devices: [
+          { index: 0, milli: 1000 },
+          { index: 3, milli: 1000 },
+        ],
+      },
+    ];
+    for (const p of pods) first.upsertPod(p);
+    const restarted = createClusterState();
+    for (const p of pods) restarted.upsertPod(p); // informers may deliver pods before their node
+    restarted.upsertNode(node("n"));
+    expect([...(restarted.nodes.get("n")?.free ?? [])]).toEqual([...(first.nodes.get("n")?.free ?? [])]);
+    expect([...(restarted.nodes.get("n")?.free ?? [])]).toEqual([0, 1000, 0, 0]);
+    // An annotation that claims an over-committed device is not trusted: first fit instead.
+    const liar = restarted.upsertPod({
+      uid: "d",
+      key: "d",
+      node: "n",
+      request: req(0, 500),
+      devices: [{ index: 2, milli: 500 }],
+    });
+    expect(liar).toEqual([{ index: 1, milli: 500 }]);
+  });
+
+  it("a node that shrinks keeps only the pods that still fit", () => {
+    const state = createClusterState();
+    state.upsertNode(node("n", 4));
+    state.upsertPod({
+      uid: "a",
+      key: "a",
+      node: "n",
+      request: req(1, 0),
+      devices: [{ index: 3, milli: 1000 }],
+    });
+    state.upsertPod({
+      uid: "b",
+      key: "b",
+      node: "n",
+      request: req(1, 0),
+      devices: [{ index: 0, milli: 1000 }],
+    });
+    state.upsertNode(node("n", 2));
+    expect(state.podCount).toBe(2); // a moved to a free device by first fit
+    expect([...(state.nodes.get("n")?.free ?? [])]).toEqual([0, 0]);
+    state.upsertNode(node("n", 1));
+    expect(state.podCount).toBe(1);
+  });
+});
