@@ -10,17 +10,20 @@
  * It never throws anything but a ConnectError with Code.InvalidArgument, whose message says what is wrong.
  */
 import {
+  create,
   type DescField,
   type DescMessage,
   fromJson,
+  isMessage,
   type JsonValue,
+  type MessageInitShape,
   type MessageShape,
+  ScalarType,
   toJson,
 } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   HostPrioritySchema,
-  type PrioritizeResponse,
   PrioritizeResponseSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 
@@ -45,28 +48,115 @@ export function parseExtenderJson<Desc extends DescMessage>(
   if (json === null || typeof json !== "object" || Array.isArray(json)) {
     throw new ConnectError(`${schema.name}: expected a JSON object`, Code.InvalidArgument);
   }
-  const normalized = normalizeKeys(schema, json, schema.name);
+  const normalized = normalizeKeys(schema, json, schema.name) as Record<string, JsonValue>;
+  // Large lists of strings (NodeNames: thousands of nodes) skip fromJson's per-element work: a JSON
+  // string is already a valid string, so only the element types need checking.
+  const lists: [DescField, string[]][] = [];
+  for (const field of schema.fields) {
+    if (field.fieldKind !== "list" || field.listKind !== "scalar" || field.scalar !== ScalarType.STRING)
+      continue;
+    const value = normalized[field.jsonName];
+    if (!Array.isArray(value)) continue;
+    if (!value.every((v) => typeof v === "string")) {
+      throw new ConnectError(
+        `${schema.name}: ${field.jsonName} must be a list of strings`,
+        Code.InvalidArgument,
+      );
+    }
+    lists.push([field, value as string[]]);
+    delete normalized[field.jsonName];
+  }
+  let message: MessageShape<Desc>;
   try {
-    return fromJson(schema, normalized, { ignoreUnknownFields: true });
+    message = fromJson(schema, normalized, { ignoreUnknownFields: true });
   } catch (err) {
     throw new ConnectError(`${schema.name}: ${(err as Error).message}`, Code.InvalidArgument);
   }
+  for (const [field, value] of lists) (message as Record<string, unknown>)[field.localName] = value;
+  return message;
 }
 
 /**
- * Writes a message in the extender's wire form: PascalCase keys, empty lists and maps present
- * (so that NodeNames is never null), and the prioritize reply as a bare array.
+ * Writes a message, or a plain init object of one, in the extender's wire form: PascalCase keys, empty
+ * lists and maps present (so that NodeNames is never null), the prioritize reply as a bare array.
+ *
+ * Plain init objects are written straight from the descriptors (json names, default values for unset
+ * fields) without building messages first: a reply about thousands of nodes would otherwise spend most of
+ * its time in reflection. The result is exactly toJson's with alwaysEmitImplicit (a test checks it).
  */
 export function toExtenderJson<Desc extends DescMessage>(
   schema: Desc,
-  message: MessageShape<Desc>,
+  message: MessageShape<Desc> | MessageInitShape<Desc>,
 ): JsonValue {
   if (schema.typeName === PrioritizeResponseSchema.typeName) {
-    return (message as PrioritizeResponse).hostPriorities.map((p) =>
-      toJson(HostPrioritySchema, p, { alwaysEmitImplicit: true }),
-    );
+    const list = (message as { hostPriorities?: readonly unknown[] }).hostPriorities ?? [];
+    return list.map((p) => writePlain(HostPrioritySchema, p));
   }
-  return toJson(schema, message, { alwaysEmitImplicit: true });
+  return writePlain(schema, message);
+}
+
+/**
+ * The prioritize reply as JSON text, written directly: for thousands of nodes, building the objects and
+ * then stringifying them costs more than deciding the scores. Keys come from HostPriority's descriptor;
+ * the result equals JSON.stringify(toExtenderJson(PrioritizeResponseSchema, reply)) (a test checks it).
+ */
+export function prioritizeReplyText(hostPriorities: readonly { host?: string; score?: number }[]): string {
+  const [hostField, scoreField] = HostPrioritySchema.fields;
+  const hostKey = JSON.stringify(hostField?.jsonName);
+  const scoreKey = JSON.stringify(scoreField?.jsonName);
+  let text = "[";
+  for (let i = 0; i < hostPriorities.length; i++) {
+    const p = hostPriorities[i] as { host?: string; score?: number };
+    text += `${i === 0 ? "" : ","}{${hostKey}:${JSON.stringify(p.host ?? "")},${scoreKey}:${Math.trunc(p.score ?? 0)}}`;
+  }
+  return `${text}]`;
+}
+
+/** toJson(schema, value, {alwaysEmitImplicit: true}) for messages and plain init objects. */
+function writePlain(schema: DescMessage, value: unknown): JsonValue {
+  if (isMessage(value)) return toJson(schema, value, { alwaysEmitImplicit: true });
+  const v = (value ?? {}) as Record<string, unknown>;
+  const out: Record<string, JsonValue> = {};
+  for (const field of schema.fields) {
+    const x = v[field.localName];
+    switch (field.fieldKind) {
+      case "scalar":
+        if (field.scalar === ScalarType.STRING) out[field.jsonName] = (x as string | undefined) ?? "";
+        else if (field.scalar === ScalarType.BOOL) out[field.jsonName] = (x as boolean | undefined) ?? false;
+        else if (field.scalar === ScalarType.INT32 || field.scalar === ScalarType.UINT32)
+          out[field.jsonName] = (x as number | undefined) ?? 0;
+        else return toJson(schema, create(schema, v), { alwaysEmitImplicit: true }); // not on the hot path
+        break;
+      case "list":
+        if (field.listKind === "message") {
+          out[field.jsonName] = ((x as unknown[] | undefined) ?? []).map((item) =>
+            writePlain(field.message, item),
+          );
+        } else if (field.listKind === "scalar" && field.scalar === ScalarType.STRING) {
+          out[field.jsonName] = [...((x as string[] | undefined) ?? [])];
+        } else return toJson(schema, create(schema, v), { alwaysEmitImplicit: true });
+        break;
+      case "map":
+        if (field.mapKind === "scalar" && field.scalar === ScalarType.STRING) {
+          out[field.jsonName] = { ...((x as Record<string, string> | undefined) ?? {}) };
+        } else if (field.mapKind === "message") {
+          out[field.jsonName] = Object.fromEntries(
+            Object.entries((x as Record<string, unknown> | undefined) ?? {}).map(([k, item]) => [
+              k,
+              writePlain(field.message, item),
+            ]),
+          );
+        } else return toJson(schema, create(schema, v), { alwaysEmitImplicit: true });
+        break;
+      case "message":
+        // Unset message fields are omitted, as toJson does.
+        if (x !== undefined) out[field.jsonName] = writePlain(field.message, x);
+        break;
+      default:
+        return toJson(schema, create(schema, v), { alwaysEmitImplicit: true });
+    }
+  }
+  return out;
 }
 
 /** Whether a message is one of the extender's Go structs (PascalCase keys), not a Kubernetes object. */

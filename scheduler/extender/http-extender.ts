@@ -14,9 +14,8 @@ import {
   PreemptRequestSchema,
   PreemptResponseSchema,
   PrioritizeRequestSchema,
-  PrioritizeResponseSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
-import { parseExtenderJson, toExtenderJson } from "./extender-json.js";
+import { parseExtenderJson, prioritizeReplyText, toExtenderJson } from "./extender-json.js";
 import type { SchedulingService } from "./scheduling-service.js";
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -43,9 +42,14 @@ function readBody(req: Req): Promise<string> {
   });
 }
 
+/** JSON text that is already serialised. */
+class RawJson {
+  constructor(readonly text: string) {}
+}
+
 function send(res: Res, status: number, body: unknown) {
   res.writeHead(status, { "content-type": "application/json" });
-  res.end(JSON.stringify(body));
+  res.end(body instanceof RawJson ? body.text : JSON.stringify(body));
 }
 
 /** Returns a handler for `prefix` (e.g. "/scheduler"), or false for other paths. */
@@ -64,9 +68,10 @@ export function createHttpExtender(service: SchedulingService, prefix = "/schedu
               service.filter(parseExtenderJson(FilterRequestSchema, body)),
             );
           case "prioritize":
-            return toExtenderJson(
-              PrioritizeResponseSchema,
-              service.prioritize(parseExtenderJson(PrioritizeRequestSchema, body)),
+            return new RawJson(
+              prioritizeReplyText(
+                service.prioritize(parseExtenderJson(PrioritizeRequestSchema, body)).hostPriorities ?? [],
+              ),
             );
           case "bind":
             return toExtenderJson(

@@ -9,26 +9,22 @@
  * devices and bind it; on failure the assumption is dropped. Preempt: keeps only the candidate nodes where
  * evicting the proposed victims would really make the pod fit.
  */
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
-import {
-  type BindRequest,
-  type BindResponse,
+import type {
+  BindRequest,
   BindResponseSchema,
-  type ExplainRequest,
-  type ExplainResponse,
+  ExplainRequest,
   ExplainResponseSchema,
-  type FilterRequest,
-  type FilterResponse,
+  FilterRequest,
   FilterResponseSchema,
-  type Node,
-  type Pod,
-  type PreemptRequest,
-  type PreemptResponse,
+  Node,
+  Pod,
+  PreemptRequest,
+  PreemptResponse,
   PreemptResponseSchema,
-  type PrioritizeRequest,
-  type PrioritizeResponse,
+  PrioritizeRequest,
   PrioritizeResponseSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import type { ClusterState, NodeInfo } from "../cluster/cluster-state.js";
@@ -61,12 +57,15 @@ export interface SchedulingServiceOptions {
   onDecision?: (verb: string, result: string, seconds: number) => void;
 }
 
+/** Replies are plain init objects: cheap to build for thousands of nodes; Connect and the HTTP JSON writer take them. */
+type Reply<Desc extends DescMessage> = MessageInitShape<Desc>;
+
 export interface SchedulingService {
-  filter(req: FilterRequest): FilterResponse;
-  prioritize(req: PrioritizeRequest): PrioritizeResponse;
-  bind(req: BindRequest): Promise<BindResponse>;
-  preempt(req: PreemptRequest): PreemptResponse;
-  explain(req: ExplainRequest): ExplainResponse;
+  filter(req: FilterRequest): Reply<typeof FilterResponseSchema>;
+  prioritize(req: PrioritizeRequest): Reply<typeof PrioritizeResponseSchema>;
+  bind(req: BindRequest): Promise<Reply<typeof BindResponseSchema>>;
+  preempt(req: PreemptRequest): Reply<typeof PreemptResponseSchema>;
+  explain(req: ExplainRequest): Reply<typeof ExplainResponseSchema>;
 }
 
 export function createSchedulingService(options: SchedulingServiceOptions): SchedulingService {
@@ -133,13 +132,13 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
     filter: (req) =>
       timed(
         "filter",
-        (r) => (r.error !== "" ? "error" : r.nodeNames.length > 0 ? "fit" : "no-fit"),
+        (r) => (r.error ? "error" : (r.nodeNames?.length ?? 0) > 0 ? "fit" : "no-fit"),
         () => {
           let pod: ReturnType<typeof read>;
           try {
             pod = read(req.pod);
           } catch (err) {
-            if (err instanceof PodRequestError) return create(FilterResponseSchema, { error: err.message });
+            if (err instanceof PodRequestError) return { error: err.message };
             throw err;
           }
           const { known, unknown } = nodesOf(req.nodeNames, req.nodes?.items);
@@ -162,7 +161,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
             const keep = new Set(fitting);
             init.nodes = { items: req.nodes.items.filter((n) => keep.has(n.metadata?.name ?? "")) };
           }
-          return create(FilterResponseSchema, init);
+          return init;
         },
       ),
 
@@ -177,17 +176,13 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
           } catch (err) {
             // A failing prioritize is ignored by kube-scheduler: score every node 0.
             if (err instanceof PodRequestError) {
-              return create(PrioritizeResponseSchema, {
-                hostPriorities: req.nodeNames.map((host) => ({ host, score: 0 })),
-              });
+              return { hostPriorities: req.nodeNames.map((host) => ({ host, score: 0 })) };
             }
             throw err;
           }
           const { known, unknown } = nodesOf(req.nodeNames, req.nodes?.items);
           const scores = extenderScores(evaluateNodes(known, pod.request, policyOf(pod.policy)));
-          return create(PrioritizeResponseSchema, {
-            hostPriorities: [...scores, ...unknown.map((host) => ({ host, score: 0 }))],
-          });
+          return { hostPriorities: [...scores, ...unknown.map((host) => ({ host, score: 0 }))] };
         },
       ),
 
@@ -195,7 +190,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
       const started = performance.now();
       const done = (error: string) => {
         options.onDecision?.("bind", error === "" ? "bound" : "error", (performance.now() - started) / 1000);
-        return create(BindResponseSchema, { error });
+        return { error };
       };
       if (options.binder === undefined) return done("kinfer-scheduler has no binder configured");
       const pod = pending.get(req.podUid);
@@ -230,10 +225,10 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
           try {
             pod = read(req.pod);
           } catch (err) {
-            if (err instanceof PodRequestError) return create(PreemptResponseSchema, {});
+            if (err instanceof PodRequestError) return {};
             throw err;
           }
-          const out: PreemptResponse["nodeNameToMetaVictims"] = {};
+          const out: Record<string, PreemptResponse["nodeNameToMetaVictims"][string]> = {};
           const candidates = Object.entries(req.nodeNameToMetaVictims).map(
             ([n, v]) => [n, v.pods.map((p) => p.uid), v] as const,
           );
@@ -253,7 +248,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
             }
             if (checkFit(copy, pod.request).fits) out[name] = victims;
           }
-          return create(PreemptResponseSchema, { nodeNameToMetaVictims: out });
+          return { nodeNameToMetaVictims: out };
         },
       ),
 
@@ -276,7 +271,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
         Number(b.fit.fits) - Number(a.fit.fits) ||
         (b.fit.fits ? b.score - a.score : a.node.name.localeCompare(b.node.name));
       const sorted = [...evaluations].sort(order);
-      return create(ExplainResponseSchema, {
+      return {
         policy: policyName,
         request: {
           gpus: pod.request.gpus,
@@ -293,7 +288,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
           rawScore: Number.isNaN(e.score) ? 0 : e.score,
           freeGpuMilli: [...e.node.free],
         })),
-      });
+      };
     },
   };
 }

@@ -48,10 +48,14 @@ export function checkFit(node: GpuNode, req: PodRequest): Fit {
   if (req.memMiB > node.memFree) return fail(`needs ${req.memMiB} MiB memory, ${node.memFree} MiB free`);
   if (req.gpus > 0) {
     let best = 0;
-    for (const [a, b] of domains(node)) {
-      let whole = 0;
-      for (let i = a; i < b; i++) if (node.free[i] === 1000) whole++;
-      best = Math.max(best, whole);
+    if (node.nvlinkDomainSize === 0) {
+      for (const f of node.free) if (f === 1000) best++;
+    } else {
+      for (const [a, b] of domains(node)) {
+        let whole = 0;
+        for (let i = a; i < b; i++) if (node.free[i] === 1000) whole++;
+        best = Math.max(best, whole);
+      }
     }
     if (best < req.gpus) return fail(`needs ${req.gpus} whole GPU(s) together, ${best} free`);
   } else if (req.gpuMilli > 0) {

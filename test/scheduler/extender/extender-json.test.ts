@@ -4,7 +4,7 @@
  * pointers as null, full v1.Pod and v1.NodeList with many fields we do not model).
  */
 import { readFileSync } from "node:fs";
-import { create } from "@bufbuild/protobuf";
+import { create, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import {
@@ -16,7 +16,11 @@ import {
   PrioritizeRequestSchema,
   PrioritizeResponseSchema,
 } from "../../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
-import { parseExtenderJson, toExtenderJson } from "../../../scheduler/extender/extender-json.js";
+import {
+  parseExtenderJson,
+  prioritizeReplyText,
+  toExtenderJson,
+} from "../../../scheduler/extender/extender-json.js";
 
 const fixture = (name: string) => readFileSync(new URL(`../fixtures/${name}`, import.meta.url), "utf8");
 
@@ -100,7 +104,7 @@ describe("parseExtenderJson", () => {
     ["NodeNames of the wrong type", '{"NodeNames":"gpu-node-1"}', /node_names.*expected Array/],
     ["a Pod that is not an object", '{"Pod":42}', /Pod/],
     ["a key given twice in different case", '{"Pod":{},"pod":{}}', /duplicate key "pod"/],
-    ["a node name that is not a string", '{"Pod":{},"NodeNames":[1]}', /node_names/],
+    ["a node name that is not a string", '{"Pod":{},"NodeNames":[1]}', /NodeNames must be a list of strings/],
   ])("rejects %s with InvalidArgument and a message", (_, body, message) => {
     let error: unknown;
     try {
@@ -167,5 +171,46 @@ describe("toExtenderJson", () => {
       }),
     );
     expect(out).toEqual({ NodeNameToMetaVictims: { n1: { Pods: [{ UID: "v1" }], NumPDBViolations: 0 } } });
+  });
+});
+
+describe("the fast JSON writer", () => {
+  it("writes plain init objects exactly as toJson writes the messages", () => {
+    const seededNames = Array.from({ length: 50 }, (_, i) => `node-${i}`);
+    const filter = {
+      nodeNames: seededNames.slice(0, 20),
+      failedNodes: { "node-30": "needs 2 GPUs" },
+      failedAndUnresolvableNodes: {},
+      nodes: { items: [{ metadata: { name: "node-1", labels: { a: "b" } } }] },
+    };
+    expect(toExtenderJson(FilterResponseSchema, filter)).toEqual(
+      toJson(FilterResponseSchema, create(FilterResponseSchema, filter), { alwaysEmitImplicit: true }),
+    );
+    const prioritize = { hostPriorities: seededNames.map((host, i) => ({ host, score: i % 11 })) };
+    expect(toExtenderJson(PrioritizeResponseSchema, prioritize)).toEqual(
+      (
+        toJson(PrioritizeResponseSchema, create(PrioritizeResponseSchema, prioritize), {
+          alwaysEmitImplicit: true,
+        }) as {
+          HostPriorities: unknown[];
+        }
+      ).HostPriorities,
+    );
+    expect(prioritizeReplyText(prioritize.hostPriorities)).toBe(
+      JSON.stringify(toExtenderJson(PrioritizeResponseSchema, prioritize)),
+    );
+    expect(JSON.parse(prioritizeReplyText([{ host: 'we"ird\\name', score: 3 }]))).toEqual([
+      { Host: 'we"ird\\name', Score: 3 },
+    ]);
+    const preempt = { nodeNameToMetaVictims: { n1: { pods: [{ uid: "v1" }], numPdbViolations: 2 } } };
+    expect(toExtenderJson(PreemptResponseSchema, preempt)).toEqual(
+      toJson(PreemptResponseSchema, create(PreemptResponseSchema, preempt), { alwaysEmitImplicit: true }),
+    );
+    expect(toExtenderJson(FilterResponseSchema, {})).toEqual({
+      NodeNames: [],
+      FailedNodes: {},
+      FailedAndUnresolvableNodes: {},
+      Error: "",
+    });
   });
 });
