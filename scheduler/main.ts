@@ -1,0 +1,81 @@
+/**
+ * kinfer-scheduler: the GPU-aware kube-scheduler extender.
+ *
+ *   kinfer-scheduler [--host 0.0.0.0] [--port 8888] [--policy fragmentation] [--kubeconfig FILE] [--no-bind]
+ *
+ * Keeps its cache of nodes and pods with informers (in-cluster config, or --kubeconfig, or ~/.kube/config)
+ * and binds pods through the API (unless --no-bind, for extenders configured without bindVerb).
+ */
+
+import { parseArgs } from "node:util";
+import { KubeConfig } from "@kubernetes/client-node";
+import { createClusterState } from "./cluster/cluster-state.js";
+import { startKubeSource } from "./cluster/kube-source.js";
+import { createKubeBinder } from "./extender/kube-binder.js";
+import { isPolicyName } from "./policies/policies.js";
+import { startSchedulerServer } from "./scheduler-server.js";
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      host: { type: "string", default: "0.0.0.0" },
+      port: { type: "string", default: "8888" },
+      policy: { type: "string", default: "fragmentation" },
+      kubeconfig: { type: "string" },
+      "no-bind": { type: "boolean", default: false },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(
+      "kinfer-scheduler [--host H] [--port N] [--policy spread|binpack|bestfit|fragmentation] [--kubeconfig FILE] [--no-bind]\n",
+    );
+    return;
+  }
+  if (!isPolicyName(values.policy)) throw new Error(`--policy: unknown policy "${values.policy}"`);
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65_535)
+    throw new Error(`--port: not a port: ${values.port}`);
+  const kc = new KubeConfig();
+  if (values.kubeconfig !== undefined) kc.loadFromFile(values.kubeconfig);
+  else kc.loadFromDefault();
+  const log = (message: string, fields: Record<string, unknown> = {}) =>
+    console.log(
+      JSON.stringify({
+        time: new Date().toISOString(),
+        service: "kinfer-scheduler",
+        msg: message,
+        ...fields,
+      }),
+    );
+
+  const state = createClusterState();
+  const source = startKubeSource(kc, state, { log });
+  await source.synced;
+  const server = await startSchedulerServer({
+    host: values.host,
+    port,
+    state,
+    defaultPolicy: values.policy,
+    ...(values["no-bind"] ? {} : { binder: createKubeBinder(kc) }),
+  });
+  log("ready", { url: server.url, nodes: state.nodes.size, pods: state.podCount, policy: values.policy });
+  process.stdout.write(`kinfer-scheduler: ready at ${server.url}\n`);
+  const stop = () => {
+    Promise.all([server.close(), source.close()]).then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    console.error(`kinfer-scheduler: ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(2);
+  });
+}
