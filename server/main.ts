@@ -7,8 +7,11 @@
  * drains: health goes NOT_SERVING and in-flight streams may finish for timeouts.drainMs.
  */
 import { parseArgs } from "node:util";
+import { KubeConfig } from "@kubernetes/client-node";
 import { ConfigError, loadGatewayConfig } from "./config/gateway-config.js";
 import { watchConfigFile } from "./config/watch-config.js";
+import type { EndpointSource } from "./discovery/endpoint-source.js";
+import { createKubeEndpointSource } from "./discovery/kube-source.js";
 import { startGateway } from "./gateway.js";
 import { createLogger } from "./log/logger.js";
 
@@ -35,7 +38,19 @@ export async function main(argv: string[]): Promise<void> {
     config = { ...config, listen: { ...config.listen, port } };
   }
   const log = createLogger(config.logLevel);
-  const gateway = await startGateway({ config, log });
+  let endpoints: EndpointSource | undefined;
+  if (config.discovery.source === "kubernetes") {
+    const kc = new KubeConfig();
+    if (config.discovery.kubeconfig !== undefined) kc.loadFromFile(config.discovery.kubeconfig);
+    else kc.loadFromDefault();
+    const source = createKubeEndpointSource(kc, {
+      ...(config.discovery.namespace !== undefined ? { namespace: config.discovery.namespace } : {}),
+      log: (msg, fields) => log.warn(fields ?? {}, msg),
+    });
+    await source.synced;
+    endpoints = source;
+  }
+  const gateway = await startGateway({ config, log, ...(endpoints !== undefined ? { endpoints } : {}) });
   const watcher = watchConfigFile(
     file,
     (next) => gateway.applyConfig(values.port === undefined ? next : { ...next, listen: config.listen }),

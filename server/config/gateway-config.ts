@@ -167,6 +167,19 @@ export const gatewayConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Where replicas come from: "static" (the replica URLs listed under each version) or "kubernetes"
+     * (EndpointSlices labelled kinfer.io/model and kinfer.io/version, in `namespace` or all namespaces,
+     * with in-cluster credentials or `kubeconfig`). Models and versions are always declared here.
+     */
+    discovery: z
+      .object({
+        source: z.enum(["static", "kubernetes"]).default("static"),
+        namespace: z.string().optional(),
+        kubeconfig: z.string().optional(),
+      })
+      .strict()
+      .prefault({}),
     /** Header that carries a session key for session affinity (besides RoutingHints.affinity_key). */
     sessionHeader: z.string().toLowerCase().default("x-session-id"),
     /** Header that pins a request to a model version (besides RoutingHints.version). */
