@@ -1,0 +1,218 @@
+/**
+ * The scheduler extender end to end: a real kube-scheduler (profile gpu-scheduler, extender at
+ * kinfer-scheduler on loopback, nodeCacheCapable, percentageOfNodesToScore 100, bindVerb) against a real
+ * apiserver, 60 Node objects with GPUs, and pods asking for whole GPUs and GPU shares. kinfer-scheduler
+ * runs with its real informers and binder. Every pod binds to a node the extender allows, no GPU is
+ * over-committed, multi-GPU pods get whole GPUs on one node, and while the extender is down pods wait
+ * (ignorable: false) and then bind when it is back.
+ */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { type ChildProcess, spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { CoreV1Api, KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { createClusterState } from "../../scheduler/cluster/cluster-state.js";
+import { startKubeSource } from "../../scheduler/cluster/kube-source.js";
+import { DEVICES_ANNOTATION, parseDevices } from "../../scheduler/cluster/pod-request.js";
+import { createKubeBinder } from "../../scheduler/extender/kube-binder.js";
+import { type SchedulerServer, startSchedulerServer } from "../../scheduler/scheduler-server.js";
+
+const k8s = inject("k8s");
+const NS = "gpu-jobs";
+const NODES = 60;
+let kc: KubeConfig;
+let core: CoreV1Api;
+let extenderPort: number;
+let extender: SchedulerServer | undefined;
+let source: ReturnType<typeof startKubeSource>;
+let kubeScheduler: ChildProcess;
+let schedulerLog = "";
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const address = s.address();
+      s.close(() => resolve(typeof address === "object" && address ? address.port : 0));
+    });
+  });
+}
+
+async function startExtender() {
+  const state = createClusterState();
+  source = startKubeSource(kc, state);
+  await source.synced;
+  extender = await startSchedulerServer({
+    host: "127.0.0.1",
+    port: extenderPort,
+    state,
+    defaultPolicy: "fragmentation",
+    binder: createKubeBinder(kc),
+  });
+}
+
+async function stopExtender() {
+  await extender?.close();
+  await source?.close();
+  extender = undefined;
+}
+
+beforeAll(async () => {
+  kc = new KubeConfig();
+  kc.loadFromFile(k8s.kubeconfig);
+  core = kc.makeApiClient(CoreV1Api);
+  await core.createNamespace({ body: { metadata: { name: NS } } });
+  // Nodes: 8-GPU H100 nodes in two NVLink domains of 4, and 2-GPU A10 nodes.
+  for (let i = 0; i < NODES; i++) {
+    const big = i % 3 !== 0;
+    const name = `gpu-node-${String(i).padStart(2, "0")}`;
+    await core.createNode({
+      body: {
+        metadata: {
+          name,
+          labels: {
+            "nvidia.com/gpu.product": big ? "NVIDIA-H100-80GB-HBM3" : "NVIDIA-A10",
+            ...(big ? { "kinfer.io/nvlink-domain-size": "4" } : {}),
+          },
+        },
+      },
+    });
+    const resources = { cpu: "64", memory: "512Gi", pods: "110", "nvidia.com/gpu": big ? "8" : "2" };
+    await core.replaceNodeStatus({
+      name,
+      body: {
+        metadata: { name },
+        status: {
+          capacity: resources,
+          allocatable: resources,
+          conditions: [{ type: "Ready", status: "True", reason: "KubeletReady", lastHeartbeatTime: new Date(), lastTransitionTime: new Date() }],
+        },
+      },
+    });
+  }
+  extenderPort = await freePort();
+  await startExtender();
+  const config = join(k8s.kubeconfig, "..", "kube-scheduler.yaml");
+  writeFileSync(
+    config,
+    [
+      "apiVersion: kubescheduler.config.k8s.io/v1",
+      "kind: KubeSchedulerConfiguration",
+      `clientConnection: {kubeconfig: ${k8s.kubeconfig}}`,
+      "leaderElection: {leaderElect: false}",
+      "percentageOfNodesToScore: 100",
+      "profiles:",
+      "- schedulerName: gpu-scheduler",
+      "extenders:",
+      `- urlPrefix: http://127.0.0.1:${extenderPort}/scheduler`,
+      "  filterVerb: filter",
+      "  prioritizeVerb: prioritize",
+      "  bindVerb: bind",
+      "  weight: 10",
+      "  httpTimeout: 5s",
+      "  nodeCacheCapable: true",
+      "  ignorable: false",
+      "",
+    ].join("\n"),
+  );
+  kubeScheduler = spawn(join(k8s.bin, "kube-scheduler"), [
+    `--config=${config}`,
+    `--secure-port=${await freePort()}`,
+    "--bind-address=127.0.0.1",
+    `--authentication-kubeconfig=${k8s.kubeconfig}`,
+    `--authorization-kubeconfig=${k8s.kubeconfig}`,
+    "--v=2",
+  ]);
+  kubeScheduler.stderr?.on("data", (d: Buffer) => {
+    schedulerLog = (schedulerLog + d.toString()).slice(-30_000);
+  });
+});
+
+afterAll(async () => {
+  kubeScheduler?.kill("SIGKILL");
+  await stopExtender();
+});
+
+function pod(name: string, opts: { gpus?: number; milli?: number }): V1Pod {
+  const limits: Record<string, string> = opts.gpus ? { "nvidia.com/gpu": String(opts.gpus) } : {};
+  return {
+    metadata: { name, namespace: NS, annotations: opts.milli ? { "kinfer.io/gpu-milli": String(opts.milli) } : {} },
+    spec: {
+      schedulerName: "gpu-scheduler",
+      containers: [{ name: "c", image: "registry.invalid/none", resources: { requests: { cpu: "1", memory: "1Gi" }, limits } }],
+    },
+  };
+}
+
+async function waitBound(names: string[], timeoutMs: number): Promise<V1Pod[]> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const pods = (await core.listNamespacedPod({ namespace: NS })).items.filter((p) => names.includes(p.metadata?.name ?? ""));
+    if (pods.length === names.length && pods.every((p) => p.spec?.nodeName)) return pods;
+    if (Date.now() > until) {
+      throw new Error(`not all bound: ${pods.filter((p) => !p.spec?.nodeName).map((p) => p.metadata?.name)}\n${schedulerLog.slice(-3000)}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+describe("kube-scheduler with the kinfer extender", () => {
+  it("binds whole-GPU and GPU-share pods without over-committing any GPU", async () => {
+    const specs: [string, { gpus?: number; milli?: number }][] = [];
+    for (let i = 0; i < 30; i++) specs.push([`share-${i}`, { milli: [250, 500, 300, 470][i % 4] as number }]);
+    for (let i = 0; i < 20; i++) specs.push([`one-${i}`, { gpus: 1 }]);
+    for (let i = 0; i < 10; i++) specs.push([`four-${i}`, { gpus: 4 }]);
+    for (const [name, opts] of specs) await core.createNamespacedPod({ namespace: NS, body: pod(name, opts) });
+    const pods = await waitBound(
+      specs.map(([n]) => n),
+      90_000,
+    );
+    const used = new Map<string, number[]>();
+    for (const p of pods) {
+      const text = p.metadata?.annotations?.[DEVICES_ANNOTATION];
+      expect(text, `${p.metadata?.name} has its devices recorded`).toBeDefined();
+      const devices = parseDevices(text as string);
+      const spec = specs.find(([n]) => n === p.metadata?.name)?.[1] ?? {};
+      if (spec.gpus) {
+        expect(devices).toHaveLength(spec.gpus);
+        expect(devices.every((d) => d.milli === 1000)).toBe(true);
+        if (spec.gpus === 4) {
+          // One NVLink domain of 4 on an H100 node: indices 0-3 or 4-7.
+          const domains = new Set(devices.map((d) => Math.floor(d.index / 4)));
+          expect(domains.size).toBe(1);
+          expect(p.spec?.nodeName).toMatch(/gpu-node-\d\d/);
+        }
+      } else {
+        expect(devices).toEqual([{ index: expect.any(Number), milli: spec.milli }]);
+      }
+      const node = p.spec?.nodeName as string;
+      const perDevice = used.get(node) ?? new Array(8).fill(0);
+      for (const d of devices) perDevice[d.index] += d.milli;
+      used.set(node, perDevice);
+    }
+    for (const [node, perDevice] of used) {
+      for (const milli of perDevice) expect(milli, node).toBeLessThanOrEqual(1000);
+    }
+  });
+
+  it("never places a pod where no node can hold it, and the extender's metrics say so", async () => {
+    await core.createNamespacedPod({ namespace: NS, body: pod("too-big", { gpus: 16 }) });
+    await new Promise((r) => setTimeout(r, 3000));
+    const p = await core.readNamespacedPod({ name: "too-big", namespace: NS });
+    expect(p.spec?.nodeName).toBeUndefined();
+    const metrics = await (await fetch(`${extender?.url}/metrics`)).text();
+    expect(metrics).toMatch(/kinfer_scheduler_decisions_total\{verb="filter",result="no-fit"\}/);
+    expect(metrics).toMatch(/kinfer_scheduler_decisions_total\{verb="bind",result="bound"\} [1-9]/);
+  });
+
+  it("with the extender down, pods wait (ignorable: false), then bind when it is back", async () => {
+    await stopExtender();
+    await core.createNamespacedPod({ namespace: NS, body: pod("waits", { gpus: 1 }) });
+    await new Promise((r) => setTimeout(r, 4000));
+    expect((await core.readNamespacedPod({ name: "waits", namespace: NS })).spec?.nodeName).toBeUndefined();
+    await startExtender();
+    const [bound] = await waitBound(["waits"], 90_000);
+    expect(bound?.metadata?.annotations?.[DEVICES_ANNOTATION]).toMatch(/^\d:1000$/);
+  });
+});
