@@ -15,7 +15,11 @@ export default defineConfig({
     projects: [
       {
         extends: true,
-        test: { name: "unit", include: ["test/**/*.test.ts"], exclude: ["test/k8s/**", "test/bench/**", "**/node_modules/**"] },
+        test: {
+          name: "unit",
+          include: ["test/**/*.test.ts"],
+          exclude: ["test/k8s/**", "test/bench/**", "**/node_modules/**"],
+        },
       },
       {
         extends: true,

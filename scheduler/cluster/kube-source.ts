@@ -58,7 +58,11 @@ export function startKubeSource(
     podWatch.touch();
     const placed = placedPodOf(asProto(PodSchema, obj));
     if (placed !== undefined) state.upsertPod(placed);
-    else if (obj.metadata?.uid) state.removePod(obj.metadata.uid); // finished or not bound
+    else if (obj.metadata?.uid && (obj.status?.phase === "Succeeded" || obj.status?.phase === "Failed")) {
+      state.removePod(obj.metadata.uid); // finished: its resources are free
+    }
+    // A pod not bound yet holds nothing, but may be an assumption in flight (bind annotates it before
+    // binding it): leave that alone; it is confirmed when the pod shows up bound, or expires.
   };
   pods.on("add", onPod);
   pods.on("update", onPod);

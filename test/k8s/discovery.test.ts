@@ -2,32 +2,37 @@
  * Kubernetes discovery against a real apiserver: EndpointSlices labelled as kinfer models are created,
  * scaled and deleted, and the gateway's routing table follows within 2 s; the apiserver is restarted
  * mid-test and routing carries on with the endpoints it knew, then follows new changes again.
- * The slices point at simulated replicas on loopback, so requests really flow.
+ * The slices point at simulated replicas on a test host (a network namespace, as the apiserver rejects
+ * loopback addresses in EndpointSlices), so requests really flow.
  */
-import { CoreV1Api, DiscoveryV1Api, KubeConfig, type V1EndpointSlice } from "@kubernetes/client-node";
+
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { CoreV1Api, DiscoveryV1Api, KubeConfig, type V1EndpointSlice } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InferenceService } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { parseGatewayConfig } from "../../server/config/gateway-config.js";
 import { createKubeEndpointSource, type KubeEndpointSource } from "../../server/discovery/kube-source.js";
 import { type Gateway, startGateway } from "../../server/gateway.js";
-import { type Replica, startReplica } from "../../sim/replica.js";
+
 import { type ControlPlane, startControlPlane } from "./control-plane.js";
+import { createTestHost, type TestHost } from "./test-host.js";
 
 const NS = "models";
+const PORT = 8000;
 let cp: ControlPlane;
 let kc: KubeConfig;
 let source: KubeEndpointSource;
 let gateway: Gateway;
-const replicas: Replica[] = [];
+let host: TestHost;
 
 beforeAll(async () => {
   cp = await startControlPlane(); // private: this file restarts its apiserver
   kc = new KubeConfig();
   kc.loadFromFile(cp.kubeconfig);
   await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: NS } } });
-  for (let i = 0; i < 3; i++) replicas.push(await startReplica({ model: "m" }));
+  host = createTestHost(3);
+  for (const address of host.addresses) await host.startReplica(address, PORT, "m");
   source = createKubeEndpointSource(kc, { namespace: NS, silenceMs: 10_000 });
   await source.synced;
   gateway = await startGateway({
@@ -44,30 +49,35 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await gateway?.close();
-  await Promise.all(replicas.map((r) => r.close()));
+  await host?.destroy();
   await cp?.stop();
 });
 
 const discovery = () => kc.makeApiClient(DiscoveryV1Api);
+const urlOf = (address: string) => `http://${address}:${PORT}`;
 
-/** An EndpointSlice as the EndpointSlice controller writes it for a labelled Service. */
-function slice(name: string, ports: number[], ready = true): V1EndpointSlice {
+/** The EndpointSlice the EndpointSlice controller writes for a Service labelled as model m, version stable. */
+function slice(ready: Record<string, boolean>): V1EndpointSlice {
   return {
     apiVersion: "discovery.k8s.io/v1",
     kind: "EndpointSlice",
     metadata: {
-      name,
+      name: "m-stable-abcde",
       namespace: NS,
-      labels: { "kinfer.io/model": "m", "kinfer.io/version": "stable", "kubernetes.io/service-name": "m-stable" },
+      labels: {
+        "kinfer.io/model": "m",
+        "kinfer.io/version": "stable",
+        "kubernetes.io/service-name": "m-stable",
+      },
     },
     addressType: "IPv4",
-    ports: [{ name: "http", port: ports[0] ?? 8000, protocol: "TCP" }],
-    endpoints: ports.map(() => ({ addresses: ["127.0.0.1"], conditions: { ready } })),
+    ports: [{ name: "http", port: PORT, protocol: "TCP" }],
+    endpoints: Object.entries(ready).map(([address, isReady]) => ({
+      addresses: [address],
+      conditions: { ready: isReady },
+    })),
   };
 }
-
-/** Replicas on loopback differ only by port: one slice per replica, as a port is per slice. */
-const sliceFor = (r: Replica, ready = true) => slice(`m-${r.port}`, [r.port], ready);
 
 async function routedUrls(timeoutMs = 2000, expected?: string[]): Promise<string[]> {
   const until = performance.now() + timeoutMs;
@@ -84,7 +94,10 @@ async function routedUrls(timeoutMs = 2000, expected?: string[]): Promise<string
 }
 
 async function generate(): Promise<number> {
-  const client = createClient(InferenceService, createConnectTransport({ baseUrl: gateway.url, httpVersion: "2" }));
+  const client = createClient(
+    InferenceService,
+    createConnectTransport({ baseUrl: gateway.url, httpVersion: "2" }),
+  );
   let deltas = 0;
   for await (const res of client.generate({ model: "m", prompt: "hi", sampling: { maxTokens: 3 } })) {
     if (res.event.case === "delta") deltas++;
@@ -94,38 +107,49 @@ async function generate(): Promise<number> {
 
 describe("EndpointSlice discovery", () => {
   it("follows slices being created, scaled, marked not ready and deleted, within 2 s", async () => {
-    const [a, b, c] = replicas as [Replica, Replica, Replica];
-    await discovery().createNamespacedEndpointSlice({ namespace: NS, body: sliceFor(a) });
-    expect(await routedUrls(2000, [a.url])).toEqual([a.url]);
+    const [a, b, c] = host.addresses as [string, string, string];
+    const put = (ready: Record<string, boolean>) =>
+      discovery().replaceNamespacedEndpointSlice({
+        name: "m-stable-abcde",
+        namespace: NS,
+        body: slice(ready),
+      });
+    await discovery().createNamespacedEndpointSlice({ namespace: NS, body: slice({ [a]: true }) });
+    expect(await routedUrls(2000, [urlOf(a)])).toEqual([urlOf(a)]);
     await gateway.scrapeNow();
     expect(await generate()).toBeGreaterThan(0);
 
-    // Scale out.
-    await discovery().createNamespacedEndpointSlice({ namespace: NS, body: sliceFor(b) });
-    await discovery().createNamespacedEndpointSlice({ namespace: NS, body: sliceFor(c) });
-    expect(await routedUrls(2000, [a.url, b.url, c.url])).toEqual([a.url, b.url, c.url].sort());
-
-    // Readiness from the endpoint's conditions.
-    await discovery().replaceNamespacedEndpointSlice({ name: `m-${b.port}`, namespace: NS, body: sliceFor(b, false) });
-    expect(await routedUrls(2000, [a.url, c.url])).toEqual([a.url, c.url].sort());
-
-    // Scale in.
-    await discovery().deleteNamespacedEndpointSlice({ name: `m-${c.port}`, namespace: NS });
-    expect(await routedUrls(2000, [a.url])).toEqual([a.url]);
+    await put({ [a]: true, [b]: true, [c]: true }); // scale out
+    expect(await routedUrls(2000, [urlOf(a), urlOf(b), urlOf(c)])).toEqual(
+      [urlOf(a), urlOf(b), urlOf(c)].sort(),
+    );
+    await put({ [a]: true, [b]: false, [c]: true }); // readiness from the endpoint's conditions
+    expect(await routedUrls(2000, [urlOf(a), urlOf(c)])).toEqual([urlOf(a), urlOf(c)].sort());
+    await put({ [a]: true }); // scale in
+    expect(await routedUrls(2000, [urlOf(a)])).toEqual([urlOf(a)]);
+    await discovery().deleteNamespacedEndpointSlice({ name: "m-stable-abcde", namespace: NS });
+    expect(await routedUrls(2000, [])).toEqual([]);
+    await discovery().createNamespacedEndpointSlice({ namespace: NS, body: slice({ [a]: true }) });
+    expect(await routedUrls(2000, [urlOf(a)])).toEqual([urlOf(a)]);
   });
 
   it("keeps routing through an apiserver restart, then follows changes again", async () => {
-    const [a, b] = replicas as [Replica, Replica];
-    expect(await routedUrls()).toEqual([a.url]);
+    const [a, b] = host.addresses as [string, string];
+    expect(await routedUrls()).toEqual([urlOf(a)]);
     await cp.stopApiserver();
     // The apiserver is down: known endpoints stay and requests still flow.
     await new Promise((r) => setTimeout(r, 1500));
-    expect(await routedUrls()).toEqual([a.url]);
+    expect(await routedUrls()).toEqual([urlOf(a)]);
     expect(await generate()).toBeGreaterThan(0);
     await cp.startApiserver();
-    // After the restart, the informer is back (restarted by its supervisor) and sees new changes.
-    await discovery().replaceNamespacedEndpointSlice({ name: `m-${b.port}`, namespace: NS, body: sliceFor(b, true) });
-    expect(await routedUrls(15_000, [a.url, b.url])).toEqual([a.url, b.url].sort());
+    // After the restart the informer is back (restarted by its supervisor) and sees new changes.
+    await discovery().replaceNamespacedEndpointSlice({
+      name: "m-stable-abcde",
+      namespace: NS,
+      body: slice({ [a]: true, [b]: true }),
+    });
+    expect(await routedUrls(15_000, [urlOf(a), urlOf(b)])).toEqual([urlOf(a), urlOf(b)].sort());
+    await gateway.scrapeNow();
     expect(await generate()).toBeGreaterThan(0);
   });
 });

@@ -6,10 +6,11 @@
  * over-committed, multi-GPU pods get whole GPUs on one node, and while the extender is down pods wait
  * (ignorable: false) and then bind when it is back.
  */
-import { writeFileSync } from "node:fs";
-import { join } from "node:path";
+
 import { type ChildProcess, spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { createServer } from "node:net";
+import { join } from "node:path";
 import { CoreV1Api, KubeConfig, type V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createClusterState } from "../../scheduler/cluster/cluster-state.js";
@@ -86,10 +87,22 @@ beforeAll(async () => {
         status: {
           capacity: resources,
           allocatable: resources,
-          conditions: [{ type: "Ready", status: "True", reason: "KubeletReady", lastHeartbeatTime: new Date(), lastTransitionTime: new Date() }],
+          conditions: [
+            {
+              type: "Ready",
+              status: "True",
+              reason: "KubeletReady",
+              lastHeartbeatTime: new Date(),
+              lastTransitionTime: new Date(),
+            },
+          ],
         },
       },
     });
+    // The apiserver taints new nodes not-ready; the node lifecycle controller (not running here) would
+    // lift it once the node reports Ready.
+    const created = await core.readNode({ name });
+    await core.replaceNode({ name, body: { ...created, spec: { ...created.spec, taints: [] } } });
   }
   extenderPort = await freePort();
   await startExtender();
@@ -137,10 +150,20 @@ afterAll(async () => {
 function pod(name: string, opts: { gpus?: number; milli?: number }): V1Pod {
   const limits: Record<string, string> = opts.gpus ? { "nvidia.com/gpu": String(opts.gpus) } : {};
   return {
-    metadata: { name, namespace: NS, annotations: opts.milli ? { "kinfer.io/gpu-milli": String(opts.milli) } : {} },
+    metadata: {
+      name,
+      namespace: NS,
+      annotations: opts.milli ? { "kinfer.io/gpu-milli": String(opts.milli) } : {},
+    },
     spec: {
       schedulerName: "gpu-scheduler",
-      containers: [{ name: "c", image: "registry.invalid/none", resources: { requests: { cpu: "1", memory: "1Gi" }, limits } }],
+      containers: [
+        {
+          name: "c",
+          image: "registry.invalid/none",
+          resources: { requests: { cpu: "1", memory: "1Gi" }, limits },
+        },
+      ],
     },
   };
 }
@@ -148,10 +171,14 @@ function pod(name: string, opts: { gpus?: number; milli?: number }): V1Pod {
 async function waitBound(names: string[], timeoutMs: number): Promise<V1Pod[]> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    const pods = (await core.listNamespacedPod({ namespace: NS })).items.filter((p) => names.includes(p.metadata?.name ?? ""));
+    const pods = (await core.listNamespacedPod({ namespace: NS })).items.filter((p) =>
+      names.includes(p.metadata?.name ?? ""),
+    );
     if (pods.length === names.length && pods.every((p) => p.spec?.nodeName)) return pods;
     if (Date.now() > until) {
-      throw new Error(`not all bound: ${pods.filter((p) => !p.spec?.nodeName).map((p) => p.metadata?.name)}\n${schedulerLog.slice(-3000)}`);
+      throw new Error(
+        `not all bound: ${pods.filter((p) => !p.spec?.nodeName).map((p) => p.metadata?.name)}\n${schedulerLog.slice(-3000)}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 200));
   }
@@ -163,7 +190,8 @@ describe("kube-scheduler with the kinfer extender", () => {
     for (let i = 0; i < 30; i++) specs.push([`share-${i}`, { milli: [250, 500, 300, 470][i % 4] as number }]);
     for (let i = 0; i < 20; i++) specs.push([`one-${i}`, { gpus: 1 }]);
     for (let i = 0; i < 10; i++) specs.push([`four-${i}`, { gpus: 4 }]);
-    for (const [name, opts] of specs) await core.createNamespacedPod({ namespace: NS, body: pod(name, opts) });
+    for (const [name, opts] of specs)
+      await core.createNamespacedPod({ namespace: NS, body: pod(name, opts) });
     const pods = await waitBound(
       specs.map(([n]) => n),
       90_000,
@@ -197,9 +225,12 @@ describe("kube-scheduler with the kinfer extender", () => {
   });
 
   it("never places a pod where no node can hold it, and the extender's metrics say so", async () => {
-    await core.createNamespacedPod({ namespace: NS, body: pod("too-big", { gpus: 16 }) });
+    // In-tree filters pass (8-GPU nodes exist); only the extender knows no node has this GPU model.
+    const wrongModel = pod("wrong-model", { gpus: 2 });
+    wrongModel.metadata = { ...wrongModel.metadata, annotations: { "kinfer.io/gpu-models": "NVIDIA-B200" } };
+    await core.createNamespacedPod({ namespace: NS, body: wrongModel });
     await new Promise((r) => setTimeout(r, 3000));
-    const p = await core.readNamespacedPod({ name: "too-big", namespace: NS });
+    const p = await core.readNamespacedPod({ name: "wrong-model", namespace: NS });
     expect(p.spec?.nodeName).toBeUndefined();
     const metrics = await (await fetch(`${extender?.url}/metrics`)).text();
     expect(metrics).toMatch(/kinfer_scheduler_decisions_total\{verb="filter",result="no-fit"\}/);
