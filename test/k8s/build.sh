@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane for the tests, once, into a cache outside the repository:
-#   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>/{kube-apiserver,kube-scheduler,etcd}
+#   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/{kube-apiserver,kube-scheduler,kubectl,etcd}
 # from the Go modules pinned in test/k8s/control-plane and test/k8s/etcd. Prints the directory.
 # The first build downloads the modules and compiles for several minutes; later runs return at once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-version="$(sed -n 's/^require k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' "$here/control-plane/go.mod")"
-etcd_version="$(sed -n 's/^require go.etcd.io\/etcd\/server\/v3 \(v[0-9.]*\)$/\1/p' "$here/etcd/go.mod")"
+# The versions pinned in the go.mod files (in a require line or block).
+version="$(awk '$1 == "k8s.io/kubernetes" || ($1 == "require" && $2 == "k8s.io/kubernetes") { print $NF; exit }' "$here/control-plane/go.mod")"
+etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" || ($1 == "require" && $2 == "go.etcd.io/etcd/server/v3") { print $NF; exit }' "$here/etcd/go.mod")"
+if [[ -z "$version" || -z "$etcd_version" ]]; then
+  echo "build.sh: cannot read the pinned versions from the go.mod files" >&2
+  exit 1
+fi
 out="${KINFER_K8S_CACHE:-$HOME/.cache/kinfer}/k8s-${version}-etcd-${etcd_version}"
 mkdir -p "$out"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-if [[ ! -x "$out/kube-apiserver" || ! -x "$out/kube-scheduler" ]]; then
+if [[ ! -x "$out/kube-apiserver" || ! -x "$out/kube-scheduler" || ! -x "$out/kubectl" ]]; then
   (cd "$here/control-plane" && go build -trimpath -ldflags="-s -w" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler) >&2
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) >&2
 fi
 if [[ ! -x "$out/etcd" ]]; then
   (cd "$here/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd" .) >&2
