@@ -23,6 +23,7 @@ import {
 } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  FilterResponseSchema,
   HostPrioritySchema,
   PrioritizeResponseSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
@@ -100,16 +101,51 @@ export function toExtenderJson<Desc extends DescMessage>(
  * then stringifying them costs more than deciding the scores. Keys come from HostPriority's descriptor;
  * the result equals JSON.stringify(toExtenderJson(PrioritizeResponseSchema, reply)) (a test checks it).
  */
+const SAFE_NAME = /^[a-z0-9.-]*$/;
+
 export function prioritizeReplyText(hostPriorities: readonly { host?: string; score?: number }[]): string {
   const [hostField, scoreField] = HostPrioritySchema.fields;
   const hostKey = JSON.stringify(hostField?.jsonName);
   const scoreKey = JSON.stringify(scoreField?.jsonName);
-  let text = "[";
+  const parts = new Array<string>(hostPriorities.length);
   for (let i = 0; i < hostPriorities.length; i++) {
     const p = hostPriorities[i] as { host?: string; score?: number };
-    text += `${i === 0 ? "" : ","}{${hostKey}:${JSON.stringify(p.host ?? "")},${scoreKey}:${Math.trunc(p.score ?? 0)}}`;
+    const host = p.host ?? "";
+    // Node names are DNS-1123 names, which need no JSON escaping; anything else is escaped.
+    const quoted = SAFE_NAME.test(host) ? `"${host}"` : JSON.stringify(host);
+    parts[i] = `{${hostKey}:${quoted},${scoreKey}:${Math.trunc(p.score ?? 0)}}`;
   }
-  return `${text}]`;
+  return `[${parts.join(",")}]`;
+}
+
+/**
+ * The filter reply as JSON text, written directly (node names and reasons are strings); keys come from
+ * FilterResponse's descriptor. Equals JSON.stringify(toExtenderJson(FilterResponseSchema, reply)) when the
+ * reply carries no Nodes (nodeCacheCapable mode); full mode goes through toExtenderJson.
+ */
+export function filterReplyText(reply: {
+  nodeNames?: readonly string[];
+  failedNodes?: Readonly<Record<string, string>>;
+  failedAndUnresolvableNodes?: Readonly<Record<string, string>>;
+  error?: string;
+}): string {
+  const key = (localName: string) =>
+    JSON.stringify(FilterResponseSchema.fields.find((f) => f.localName === localName)?.jsonName);
+  const map = (m: Readonly<Record<string, string>> | undefined) => {
+    let text = "{";
+    let first = true;
+    for (const k in m) {
+      text += `${first ? "" : ","}${JSON.stringify(k)}:${JSON.stringify(m[k])}`;
+      first = false;
+    }
+    return `${text}}`;
+  };
+  return (
+    `{${key("nodeNames")}:${JSON.stringify(reply.nodeNames ?? [])},` +
+    `${key("failedNodes")}:${map(reply.failedNodes)},` +
+    `${key("failedAndUnresolvableNodes")}:${map(reply.failedAndUnresolvableNodes)},` +
+    `${key("error")}:${JSON.stringify(reply.error ?? "")}}`
+  );
 }
 
 /** toJson(schema, value, {alwaysEmitImplicit: true}) for messages and plain init objects. */

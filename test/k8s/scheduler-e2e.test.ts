@@ -117,6 +117,8 @@ beforeAll(async () => {
       "percentageOfNodesToScore: 100",
       "profiles:",
       "- schedulerName: gpu-scheduler",
+      // The extender decides: in-tree scorers (LeastAllocated spreads) would outvote it.
+      "  plugins: {score: {disabled: [{name: '*'}]}}",
       "extenders:",
       `- urlPrefix: http://127.0.0.1:${extenderPort}/scheduler`,
       "  filterVerb: filter",
@@ -222,6 +224,17 @@ describe("kube-scheduler with the kinfer extender", () => {
     for (const [node, perDevice] of used) {
       for (const milli of perDevice) expect(milli, node).toBeLessThanOrEqual(1000);
     }
+    // The fragmentation policy packs GPU shares onto shared GPUs: 30 shares (11,400 thousandths) fit in
+    // 12 GPUs; spreading them would use 30.
+    const shareGpus = new Set(
+      pods
+        .filter((p) => p.metadata?.name?.startsWith("share-"))
+        .map(
+          (p) =>
+            `${p.spec?.nodeName}/${parseDevices(p.metadata?.annotations?.[DEVICES_ANNOTATION] as string)[0]?.index}`,
+        ),
+    );
+    expect(shareGpus.size).toBeLessThanOrEqual(16);
   });
 
   it("never places a pod where no node can hold it, and the extender's metrics say so", async () => {

@@ -17,6 +17,7 @@ import {
   PrioritizeResponseSchema,
 } from "../../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import {
+  filterReplyText,
   parseExtenderJson,
   prioritizeReplyText,
   toExtenderJson,
@@ -196,6 +197,13 @@ describe("the fast JSON writer", () => {
         }
       ).HostPriorities,
     );
+    const cacheMode = {
+      nodeNames: ["a", "b"],
+      failedNodes: { c: 'needs "2"' },
+      failedAndUnresolvableNodes: { d: "model" },
+    };
+    expect(filterReplyText(cacheMode)).toBe(JSON.stringify(toExtenderJson(FilterResponseSchema, cacheMode)));
+    expect(filterReplyText({})).toBe(JSON.stringify(toExtenderJson(FilterResponseSchema, {})));
     expect(prioritizeReplyText(prioritize.hostPriorities)).toBe(
       JSON.stringify(toExtenderJson(PrioritizeResponseSchema, prioritize)),
     );
