@@ -13,7 +13,7 @@
  * at run time through POST /sim/faults. Rates draw from a seeded generator, so runs are repeatable.
  */
 import { z } from "zod";
-import { createRng } from "./text/output-plan.js";
+import { createRng } from "./random.js";
 
 /** The fault one request will suffer. */
 export interface RequestFault {

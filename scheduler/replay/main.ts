@@ -10,11 +10,12 @@
  * stderr. `--policy random` is a calibration baseline (the paper's Random), not an extender policy.
  */
 import { parseArgs } from "node:util";
+import { createRng } from "../../sim/random.js";
 import { allocate, createGpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf } from "../cluster/pod-request.js";
 import { candidatePlacements, checkFit } from "../placement/fit.js";
 import { POLICY_NAMES, type PolicyName } from "../policies/placement-policy.js";
-import { type ReplayRun, replayOnce, resample, seededRandom } from "./replay.js";
+import { type ReplayRun, replayOnce, resample } from "./replay.js";
 import { readNodes, readPods, type TraceNode } from "./trace.js";
 
 /** The paper's Random baseline: a random node that fits, a random placement on it. */
@@ -24,7 +25,7 @@ function replayRandom(
   seed: number,
   demand: number,
 ): ReplayRun {
-  const random = seededRandom(seed);
+  const random = createRng(seed);
   const nodes = traceNodes.map((n) => createGpuNode({ ...n }));
   const capacity = nodes.reduce((s, n) => s + n.free.length * 1000, 0);
   const ratio = new Float64Array(demand + 1);

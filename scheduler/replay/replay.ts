@@ -5,24 +5,14 @@
  * and score code (evaluateNodes). Nothing is ever deleted; a pod that fits nowhere fails and is not
  * retried. The allocation ratio (allocated GPU / total GPU) is recorded at every 1% of arrived demand.
  */
+
+import { createRng } from "../../sim/random.js";
 import { allocate, createGpuNode, type GpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
 import { chooseBest, evaluateNodes } from "../placement/evaluate.js";
 import type { PolicyName } from "../policies/placement-policy.js";
 import { createPolicy } from "../policies/policies.js";
 import type { TraceNode } from "./trace.js";
-
-/** mulberry32, seeded. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface ReplayRun {
   /** ratio[d] = allocated GPU / total GPU once d% of capacity had arrived (d = 0..demand). */
@@ -61,7 +51,7 @@ export function replayOnce(
   seed: number,
   demand: number,
 ): ReplayRun {
-  const random = seededRandom(seed);
+  const random = createRng(seed);
   const nodes: GpuNode[] = traceNodes.map((n) =>
     createGpuNode({ name: n.name, model: n.model, cpuMilli: n.cpuMilli, memMiB: n.memMiB, gpus: n.gpus }),
   );

@@ -9,6 +9,7 @@
  * Stop strings: generation stops at the token that completes a stop string; the returned text excludes
  * the stop string, as vLLM does (finish_reason "stop", stop_reason the string).
  */
+import { createRng } from "../random.js";
 import { pieceId, tokenizePieces } from "./tokenizer.js";
 
 const WORDS = (
@@ -39,18 +40,6 @@ export interface OutputRequest {
   readonly stop: readonly string[];
   readonly ignoreEos: boolean;
   readonly meanOutputTokens: number;
-}
-
-/** mulberry32: a small, fast, well-distributed 32-bit PRNG. */
-export function createRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Plans the output of one request. */

@@ -24,6 +24,7 @@ import type { ModelEntry } from "../../server/routing/routing-table.js";
 import { createVirtualClock } from "../../sim/clock.js";
 import { createEngine, type Engine } from "../../sim/engine/engine.js";
 import { resolveEngineOptions } from "../../sim/engine/engine-options.js";
+import { createRng } from "../../sim/random.js";
 
 const POLICIES = [
   "round-robin",
@@ -37,18 +38,6 @@ type Workload = "sharegpt" | "prefix" | "multiturn";
 
 const REPLICAS = 8;
 const SCRAPE_MS = 100;
-
-/** A seeded PRNG (mulberry32). */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A log-normal sample with the given median and sigma, clipped. */
 function logNormal(random: () => number, median: number, sigma: number, min: number, max: number) {
@@ -101,7 +90,7 @@ function run(
   seed: number,
 ): RunResult {
   const clock = createVirtualClock();
-  const random = rng(seed);
+  const random = createRng(seed);
   const engineOptions = resolveEngineOptions({ maxModelLen: 16_384 });
   const engines: Engine[] = [];
   const replicas: Replica[] = [];
@@ -122,7 +111,7 @@ function run(
   };
   const router = createRouter({
     now: () => clock.now(),
-    random: rng(seed + 1),
+    random: createRng(seed + 1),
     prefixIndex: { blockChars: 256, maxBlocksPerRequest: 128, maxEntries: 200_000 },
   });
 

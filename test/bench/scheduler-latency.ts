@@ -15,9 +15,9 @@ import { Agent, request } from "undici";
 import { createClusterState } from "../../scheduler/cluster/cluster-state.js";
 import { candidatePlacements, checkFit } from "../../scheduler/placement/fit.js";
 import type { PolicyName } from "../../scheduler/policies/placement-policy.js";
-import { seededRandom } from "../../scheduler/replay/replay.js";
 import { readPods } from "../../scheduler/replay/trace.js";
 import { startSchedulerServer } from "../../scheduler/scheduler-server.js";
+import { createRng } from "../../sim/random.js";
 
 const NODES = 5000;
 const PODS = 50_000;
@@ -30,7 +30,7 @@ function pct(values: number[], p: number) {
 
 /** Builds the cache (the same for every policy: seeded) and serves it; prints "ready <url> <pods>". */
 async function serve(policy: PolicyName) {
-  const random = seededRandom(1);
+  const random = createRng(1);
   const state = createClusterState();
   for (let i = 0; i < NODES; i++) {
     state.upsertNode({

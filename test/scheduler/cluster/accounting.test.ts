@@ -16,7 +16,7 @@ import {
 } from "../../../scheduler/cluster/pod-request.js";
 import { parseQuantity } from "../../../scheduler/cluster/quantity.js";
 import { candidatePlacements, checkFit } from "../../../scheduler/placement/fit.js";
-import { seededRandom } from "../../../scheduler/replay/replay.js";
+import { createRng } from "../../../sim/random.js";
 
 const node = (name: string, gpus = 4) => ({
   name,
@@ -137,7 +137,7 @@ describe("accounting", () => {
     let now = 0;
     const state = createClusterState(() => now);
     for (let i = 0; i < 5; i++) state.upsertNode(node(`n${i}`));
-    const random = seededRandom(7);
+    const random = createRng(7);
     const live = new Set<string>();
     for (let step = 0; step < 5000; step++) {
       now += 10;
