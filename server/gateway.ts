@@ -14,7 +14,10 @@ import { Agent } from "undici";
 import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/es/grpc/reflection/v1alpha/reflection_pb.js";
+import { file_kinfer_admin_v1_admin } from "../gen/es/kinfer/admin/v1/admin_pb.js";
 import { file_kinfer_inference_v1_inference } from "../gen/es/kinfer/inference/v1/inference_pb.js";
+import { adminAuthInterceptor, readAdminToken } from "./admin/admin-auth.js";
+import { registerAdminService } from "./admin/admin-service.js";
 import type { GatewayConfig } from "./config/gateway-config.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { createStaticSource } from "./discovery/static-source.js";
@@ -59,10 +62,13 @@ export interface Gateway {
   drain(deadlineMs?: number): Promise<void>;
   /** Closes at once. */
   close(): Promise<void>;
+  /** The admin API's URL, when it is enabled. */
+  readonly adminUrl: string | undefined;
 }
 
 const SERVICES = ["kinfer.inference.v1.InferenceService", "grpc.health.v1.Health"];
 const REFLECTION = ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+const ADMIN_SERVICES = ["kinfer.admin.v1.AdminService", ...REFLECTION];
 const DESCRIPTORS: DescFile[] = [
   file_kinfer_inference_v1_inference,
   file_grpc_health_v1_health,
@@ -190,6 +196,26 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   );
   log.info({ url: listener.url, models: table.models().map((m) => m.name) }, "gateway listening");
 
+  // The admin API: its own listener (loopback by default), its own token.
+  let admin: Listener | undefined;
+  const adminToken = config.admin !== undefined ? readAdminToken(config.admin) : undefined;
+  if (config.admin !== undefined && adminToken !== undefined) {
+    const adminHandler = connectNodeAdapter({
+      routes(r) {
+        registerAdminService(r, { table, now });
+        registerReflectionService(r, [file_kinfer_admin_v1_admin, ...DESCRIPTORS.slice(2)], ADMIN_SERVICES);
+      },
+      interceptors: [adminAuthInterceptor(adminToken, log)],
+      readMaxBytes: 1024 * 1024,
+      shutdownSignal: shutdown.signal,
+    });
+    admin = await listen(
+      { host: config.admin.host, port: config.admin.port, maxConcurrentStreams: 100 },
+      (req, res) => adminHandler(req as never, res as never),
+    );
+    log.info({ url: admin.url }, "admin API listening");
+  }
+
   let closed = false;
   async function close(): Promise<void> {
     if (closed) return;
@@ -197,9 +223,12 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     health.set(false);
     unsubscribe();
     shutdown.abort();
-    const stopped = listener.stopAccepting().catch(() => {});
-    listener.closeAll();
-    await stopped;
+    const stopped = [listener, ...(admin ? [admin] : [])].map((l) => {
+      const done = l.stopAccepting().catch(() => {});
+      l.closeAll();
+      return done;
+    });
+    await Promise.all(stopped);
     await scraper.close();
     await dispatcher.close().catch(() => {});
     await endpoints.close();
@@ -208,6 +237,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   return {
     url: listener.url,
     port: listener.port,
+    adminUrl: admin?.url,
     table,
     metrics,
     pipeline,

@@ -180,6 +180,20 @@ export const gatewayConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * The admin API (kinfer.admin.v1.AdminService) on its own listener, loopback by default. Callers send
+     * `authorization: Bearer <token>`; the token comes from `tokenFile` (a mounted Secret) or, for local
+     * use, `token`. Without either, the admin API is off.
+     */
+    admin: z
+      .object({
+        host: z.string().default("127.0.0.1"),
+        port: z.number().int().min(0).max(65_535).default(8081),
+        token: z.string().min(16, { error: "admin token: at least 16 characters" }).optional(),
+        tokenFile: z.string().optional(),
+      })
+      .strict()
+      .optional(),
     /** Header that carries a session key for session affinity (besides RoutingHints.affinity_key). */
     sessionHeader: z.string().toLowerCase().default("x-session-id"),
     /** Header that pins a request to a model version (besides RoutingHints.version). */

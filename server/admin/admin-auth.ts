@@ -1,0 +1,46 @@
+/**
+ * Authentication and audit of the admin API: every call must carry `authorization: Bearer <admin token>`,
+ * compared in constant time (as SHA-256 digests, so that lengths leak nothing either); a missing or wrong
+ * token is UNAUTHENTICATED. Every call is logged with its procedure, the caller's address and its outcome.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { Logger } from "../log/logger.js";
+
+const digest = (s: string) => createHash("sha256").update(s).digest();
+
+/** The admin token from config: inline (local use) or a file (a mounted Secret; trailing newline trimmed). */
+export function readAdminToken(admin: {
+  token?: string | undefined;
+  tokenFile?: string | undefined;
+}): string | undefined {
+  if (admin.tokenFile !== undefined) {
+    const token = readFileSync(admin.tokenFile, "utf8").trim();
+    if (token.length < 16)
+      throw new Error(`${admin.tokenFile}: the admin token must have at least 16 characters`);
+    return token;
+  }
+  return admin.token;
+}
+
+export function adminAuthInterceptor(token: string, log: Logger): Interceptor {
+  const expected = digest(token);
+  return (next) => async (req) => {
+    const header = req.header.get("authorization") ?? "";
+    const presented = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : "";
+    const procedure = `${req.service.typeName}/${req.method.name}`;
+    if (presented === "" || !timingSafeEqual(digest(presented), expected)) {
+      log.warn({ audit: true, procedure, code: "unauthenticated" }, "admin call refused");
+      throw new ConnectError("a valid admin token is required", Code.Unauthenticated);
+    }
+    try {
+      const res = await next(req);
+      log.info({ audit: true, procedure, code: "ok" }, "admin call");
+      return res;
+    } catch (err) {
+      log.info({ audit: true, procedure, code: Code[ConnectError.from(err).code] }, "admin call failed");
+      throw err;
+    }
+  };
+}

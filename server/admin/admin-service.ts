@@ -1,0 +1,232 @@
+/**
+ * kinfer.admin.v1.AdminService: what operators change and watch. Models with their versions, weights,
+ * replicas and live signals; traffic splits (validated, applied atomically to the routing table); drain and
+ * undrain; routing policies; a watch stream of state changes. It reads and changes only the routing table
+ * and replica state, never the request path itself.
+ *
+ * API keys belong to the tenants work of issue 8 and answer UNIMPLEMENTED until then.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import {
+  AdminService,
+  ChangeType,
+  type ModelSchema,
+  ReplicaState,
+  RoutingAlgorithm,
+  type RoutingPolicy,
+  type RoutingPolicySchema,
+} from "../../gen/es/kinfer/admin/v1/admin_pb.js";
+import { type RoutingPolicyConfig, routingPolicySchema } from "../config/gateway-config.js";
+import { freshSignals, type Replica, replicaStatus } from "../replicas/replica.js";
+import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
+
+const ALGORITHMS: Record<RoutingPolicyConfig["algorithm"], RoutingAlgorithm> = {
+  "round-robin": RoutingAlgorithm.ROUND_ROBIN,
+  "least-outstanding": RoutingAlgorithm.LEAST_OUTSTANDING,
+  "power-of-two-choices": RoutingAlgorithm.POWER_OF_TWO_CHOICES,
+  "resource-aware": RoutingAlgorithm.RESOURCE_AWARE,
+  "prefix-aware": RoutingAlgorithm.PREFIX_AWARE,
+};
+const STATES = {
+  ready: ReplicaState.READY,
+  draining: ReplicaState.DRAINING,
+  unhealthy: ReplicaState.UNHEALTHY,
+  ejected: ReplicaState.EJECTED,
+};
+const MAX_WEIGHT = 10_000;
+
+export interface AdminServiceDeps {
+  readonly table: RoutingTable;
+  /** Monotonic ms (replica timestamps are on this clock). */
+  readonly now: () => number;
+}
+
+/** The admin view of a policy. */
+export function policyToProto(p: RoutingPolicyConfig): MessageInitShape<typeof RoutingPolicySchema> {
+  return {
+    algorithm: ALGORITHMS[p.algorithm],
+    weights: { queue: p.weights.queue, kvCache: p.weights.kvCache, prefix: p.weights.prefix },
+    queueThreshold: p.queueThreshold,
+    kvCacheThreshold: p.kvCacheThreshold,
+    signalMaxAge: durationFromMs(p.signalMaxAgeMs),
+    affinityLoadFactor: p.affinityLoadFactor,
+    sessionAffinity: p.sessionAffinity,
+  };
+}
+
+/** A policy from the admin API: unset fields (0, UNSPECIFIED) keep their defaults; bad values are INVALID_ARGUMENT. */
+export function policyFromProto(
+  p: RoutingPolicy | undefined,
+  current: RoutingPolicyConfig,
+): RoutingPolicyConfig {
+  if (p === undefined) throw new ConnectError("policy is required", Code.InvalidArgument);
+  const algorithm = (Object.entries(ALGORITHMS).find(([, v]) => v === p.algorithm)?.[0] ??
+    current.algorithm) as RoutingPolicyConfig["algorithm"];
+  const result = routingPolicySchema.safeParse({
+    algorithm,
+    weights: p.weights ?? current.weights,
+    queueThreshold: p.queueThreshold || current.queueThreshold,
+    kvCacheThreshold: p.kvCacheThreshold || current.kvCacheThreshold,
+    signalMaxAgeMs:
+      p.signalMaxAge !== undefined
+        ? Number(p.signalMaxAge.seconds) * 1000 + Math.round(p.signalMaxAge.nanos / 1e6)
+        : current.signalMaxAgeMs,
+    affinityLoadFactor: p.affinityLoadFactor || current.affinityLoadFactor,
+    sessionAffinity: p.sessionAffinity,
+  });
+  if (!result.success) {
+    throw new ConnectError(
+      `invalid policy: ${result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`,
+      Code.InvalidArgument,
+    );
+  }
+  return result.data;
+}
+
+function replicaToProto(r: Replica, now: number) {
+  const s = r.signals;
+  return {
+    id: r.id,
+    url: r.url,
+    state: STATES[replicaStatus(r, now)],
+    source: r.source,
+    signals: {
+      inFlight: r.inFlight,
+      numRequestsWaiting: s?.waiting ?? 0,
+      numRequestsRunning: s?.running ?? 0,
+      kvCacheUsage: s?.kvCacheUsage ?? 0,
+      // Replica times are monotonic: convert to wall-clock time, in whole milliseconds.
+      ...(s !== undefined
+        ? { scrapedAt: timestampFromMs(Math.round(Date.now() - (now - s.scrapedAt))) }
+        : {}),
+      stale: freshSignals(r, now, 200) === undefined,
+      consecutiveFailures: r.consecutiveFailures,
+    },
+  };
+}
+
+export function modelToProto(m: ModelEntry, now: number): MessageInitShape<typeof ModelSchema> {
+  return {
+    name: m.name,
+    routingPolicy: policyToProto(m.policy),
+    versions: m.versions.map((v) => ({
+      name: v.name,
+      weight: v.weight,
+      replicas: v.replicas.map((r) => replicaToProto(r, now)),
+    })),
+  };
+}
+
+export function registerAdminService(router: ConnectRouter, deps: AdminServiceDeps): void {
+  const { table, now } = deps;
+  const model = (name: string) => {
+    const m = table.model(name);
+    if (m === undefined) throw new ConnectError(`model "${name}" is not served here`, Code.NotFound);
+    return m;
+  };
+  const replica = (id: string) => {
+    const r = table.replicas().find((x) => x.id === id);
+    if (r === undefined) throw new ConnectError(`replica "${id}" is not known`, Code.NotFound);
+    return r;
+  };
+  const unimplemented = () => {
+    throw new ConnectError("API keys come with the tenants work (issue 8)", Code.Unimplemented);
+  };
+
+  router.service(AdminService, {
+    listModels: () => ({ models: table.models().map((m) => modelToProto(m, now())) }),
+    getModel: (req) => ({ model: modelToProto(model(req.model), now()) }),
+    setTrafficSplit(req) {
+      const m = model(req.model);
+      const weights = new Map<string, number>();
+      for (const w of req.weights) {
+        if (!m.versions.some((v) => v.name === w.version)) {
+          throw new ConnectError(`model "${m.name}" has no version "${w.version}"`, Code.InvalidArgument);
+        }
+        if (weights.has(w.version))
+          throw new ConnectError(`version "${w.version}" is named twice`, Code.InvalidArgument);
+        if (w.weight > MAX_WEIGHT)
+          throw new ConnectError(`weights are at most ${MAX_WEIGHT}`, Code.InvalidArgument);
+        weights.set(w.version, w.weight);
+      }
+      for (const v of m.versions) if (!weights.has(v.name)) weights.set(v.name, 0);
+      if ([...weights.values()].every((w) => w === 0)) {
+        throw new ConnectError("at least one weight must be positive", Code.InvalidArgument);
+      }
+      table.setWeights(m.name, weights); // one swap of the table: requests see the old split or the new one
+      return { model: modelToProto(model(m.name), now()) };
+    },
+    drainReplica(req) {
+      const r = replica(req.replicaId);
+      r.draining = true;
+      return { replica: replicaToProto(r, now()) };
+    },
+    undrainReplica(req) {
+      const r = replica(req.replicaId);
+      r.draining = false;
+      return { replica: replicaToProto(r, now()) };
+    },
+    getRoutingPolicy: (req) => ({ policy: policyToProto(model(req.model).policy) }),
+    setRoutingPolicy(req) {
+      const m = model(req.model);
+      const policy = policyFromProto(req.policy, m.policy);
+      table.setPolicy(m.name, policy);
+      return { policy: policyToProto(policy) };
+    },
+    async *watchState(req, ctx) {
+      const wanted = new Set(req.models);
+      const interval = req.minInterval
+        ? Math.max(50, Number(req.minInterval.seconds) * 1000 + req.minInterval.nanos / 1e6)
+        : 1000;
+      // Polls the table and compares each model's state: every change shows (drains, health, weights,
+      // replicas, signals), coalesced to one update per model per interval.
+      let last = new Map<string, string>();
+      let first = true;
+      while (!ctx.signal.aborted) {
+        const models = table.models().filter((m) => wanted.size === 0 || wanted.has(m.name));
+        const next = new Map<string, string>();
+        for (const m of models) {
+          const proto = modelToProto(m, now());
+          const key = JSON.stringify(proto, (k, v) =>
+            k === "scrapedAt" || k === "stale" || typeof v === "bigint" ? undefined : v,
+          );
+          next.set(m.name, key);
+          const before = last.get(m.name);
+          if (first || before !== key) {
+            yield {
+              type: first
+                ? ChangeType.SNAPSHOT
+                : before === undefined
+                  ? ChangeType.ADDED
+                  : ChangeType.UPDATED,
+              model: proto,
+              observedAt: timestampFromMs(Date.now()),
+            };
+          }
+        }
+        for (const name of last.keys()) {
+          if (!next.has(name))
+            yield { type: ChangeType.REMOVED, model: { name }, observedAt: timestampFromMs(Date.now()) };
+        }
+        last = next;
+        first = false;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, interval);
+          ctx.signal.addEventListener(
+            "abort",
+            () => {
+              clearTimeout(timer);
+              resolve();
+            },
+            { once: true },
+          );
+        });
+      }
+    },
+    createApiKey: unimplemented,
+    listApiKeys: unimplemented,
+    revokeApiKey: unimplemented,
+  });
+}
