@@ -44,16 +44,18 @@ describe("contracts", () => {
     expect(r.status).toBe(0);
   });
 
-  it("regenerate to exactly the committed gen/", () => {
+  it("regenerate to exactly the committed gen/ and sdk/src/gen/", () => {
     const r = buf("generate", "--output", out);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
-    const committed = join(root, "gen");
-    const fresh = join(out, "gen");
-    expect(listFiles(fresh)).toEqual(listFiles(committed));
-    for (const file of listFiles(fresh)) {
-      const same = readFileSync(join(fresh, file), "utf8") === readFileSync(join(committed, file), "utf8");
-      expect(same, `gen/${file} is stale: run npm run generate`).toBe(true);
+    for (const dir of ["gen", "sdk/src/gen"]) {
+      const committed = join(root, dir);
+      const fresh = join(out, dir);
+      expect(listFiles(fresh)).toEqual(listFiles(committed));
+      for (const file of listFiles(fresh)) {
+        const same = readFileSync(join(fresh, file), "utf8") === readFileSync(join(committed, file), "utf8");
+        expect(same, `${dir}/${file} is stale: run npm run generate`).toBe(true);
+      }
     }
   });
 

@@ -1,0 +1,132 @@
+/**
+ * @kinfer/sdk as users get it: built, packed with `npm pack`, installed from the tarball into an empty
+ * project (no workspace links), and used from ESM and CommonJS against a live gateway with simulated
+ * replicas. Every code example in sdk/README.md runs too.
+ */
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Harness, startHarness } from "../helpers/gateway-harness.js";
+
+const run = promisify(execFile);
+const sdk = new URL("../../sdk", import.meta.url).pathname;
+const rootDir = new URL("../..", import.meta.url).pathname;
+const versions = JSON.parse(readFileSync(join(rootDir, "package.json"), "utf8")).dependencies as Record<
+  string,
+  string
+>;
+let project: string;
+let tarball: string;
+let h: Harness;
+
+beforeAll(async () => {
+  h = await startHarness({ models: { "llama-3-8b": { stable: 1 } } });
+  await run("npm", ["run", "build"], { cwd: sdk });
+  project = mkdtempSync(join(tmpdir(), "kinfer-sdk-user-"));
+  const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", project], { cwd: sdk });
+  const packed = JSON.parse(stdout)[0] as { filename: string; files: { path: string }[] };
+  tarball = join(project, packed.filename);
+  writeFileSync(join(project, "files.json"), JSON.stringify(packed.files.map((f) => f.path)));
+  writeFileSync(
+    join(project, "package.json"),
+    JSON.stringify({ name: "user", private: true, type: "module" }),
+  );
+  await run(
+    "npm",
+    [
+      "install",
+      "--no-audit",
+      "--no-fund",
+      "--prefer-offline",
+      tarball,
+      `@bufbuild/protobuf@${versions["@bufbuild/protobuf"]}`,
+      `@connectrpc/connect@${versions["@connectrpc/connect"]}`,
+      `@connectrpc/connect-node@${versions["@connectrpc/connect-node"]}`,
+    ],
+    { cwd: project, timeout: 180_000 },
+  );
+}, 240_000);
+
+afterAll(async () => {
+  await h?.close();
+  if (project) rmSync(project, { recursive: true, force: true });
+});
+
+const node = (file: string) =>
+  run(process.execPath, [file], {
+    cwd: project,
+    env: { ...process.env, KINFER_URL: h.url },
+    timeout: 30_000,
+  });
+
+describe("@kinfer/sdk from its tarball", () => {
+  it("holds only the build, README, CHANGELOG, LICENSE and package.json", () => {
+    const files = JSON.parse(readFileSync(join(project, "files.json"), "utf8")) as string[];
+    expect(files.every((f) => /^(dist\/|README\.md$|CHANGELOG\.md$|LICENSE$|package\.json$)/.test(f))).toBe(
+      true,
+    );
+    expect(files).toContain("dist/esm/index.js");
+    expect(files).toContain("dist/cjs/index.js");
+    expect(files).toContain("dist/esm/index.d.ts");
+  });
+
+  it("passes publint and attw (types resolve for node16 ESM and CJS, and bundlers)", async () => {
+    const bin = join(rootDir, "node_modules/.bin");
+    await run(join(bin, "publint"), ["--strict"], { cwd: sdk });
+    // node10 (TypeScript's legacy moduleResolution) cannot see subpath exports; the package needs Node 20.
+    // attw exits non-zero on any problem within the profile (run rejects then).
+    const { stdout } = await run(join(bin, "attw"), ["--pack", ".", "--profile", "node16"], { cwd: sdk });
+    expect(stdout).toMatch(/node16 \(from ESM\)/);
+  });
+
+  it("streams and collects from ESM", async () => {
+    writeFileSync(
+      join(project, "esm.mjs"),
+      `import { createKinferClient, KinferError } from "@kinfer/sdk";
+import { createNodeTransport } from "@kinfer/sdk/node";
+const kinfer = createKinferClient({ transport: createNodeTransport({ baseUrl: process.env.KINFER_URL }) });
+const { text, start, finish } = await kinfer.generate({ model: "llama-3-8b", prompt: "Hi", sampling: { maxTokens: 5 } }).collect();
+const models = await kinfer.listModels();
+let error;
+try { await kinfer.generate({ model: "nope", prompt: "x" }).collect(); } catch (e) { error = e; }
+console.log(JSON.stringify({ text, version: start.version, tokens: finish.usage.completionTokens, models: models.map((m) => m.name), error: error instanceof KinferError ? error.codeName : String(error) }));
+`,
+    );
+    const out = JSON.parse((await node("esm.mjs")).stdout);
+    expect(out).toMatchObject({ version: "stable", tokens: 5, models: ["llama-3-8b"], error: "NotFound" });
+    expect(out.text.length).toBeGreaterThan(0);
+  });
+
+  it("works from CommonJS", async () => {
+    writeFileSync(
+      join(project, "cjs.cjs"),
+      `const { createKinferClient } = require("@kinfer/sdk");
+const { createNodeTransport } = require("@kinfer/sdk/node");
+(async () => {
+  const kinfer = createKinferClient({ transport: createNodeTransport({ baseUrl: process.env.KINFER_URL, protocol: "connect" }) });
+  let n = 0;
+  for await (const t of kinfer.generate({ model: "llama-3-8b", prompt: "Hi", sampling: { maxTokens: 4 } }).text()) n += t.length > 0 ? 1 : 0;
+  console.log(n);
+})();
+`,
+    );
+    expect(Number((await node("cjs.cjs")).stdout.trim())).toBe(4);
+  });
+
+  it("runs every example of sdk/README.md", async () => {
+    const readme = readFileSync(join(sdk, "README.md"), "utf8");
+    const examples = [...readme.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1] as string);
+    expect(examples.length).toBeGreaterThanOrEqual(3);
+    const outputs: string[] = [];
+    for (const [i, code] of examples.entries()) {
+      writeFileSync(join(project, `readme-${i}.mjs`), code);
+      outputs.push((await node(`readme-${i}.mjs`)).stdout);
+    }
+    expect(outputs[0]?.length).toBeGreaterThan(0); // streamed text
+    expect(outputs[1]).toMatch(/ \d+\n$/); // text and token count
+    expect(outputs[2]).toBe("NotFound false\nCanceled\n");
+  });
+});
