@@ -247,7 +247,7 @@ describe("graceful drain", () => {
     const watch = health.watch({ service: "" })[Symbol.asyncIterator]();
     expect((await watch.next()).value?.status).toBe(Status.SERVING);
     const inFlight = stream(h.url, 100); // ~0.7 s of tokens
-    await new Promise((r) => setTimeout(r, 100));
+    await waitFor(() => (h as Harness).gateway.pipeline.inFlight > 0); // the stream is in flight
     const drained = h.gateway.drain(10_000);
     expect((await watch.next()).value?.status).toBe(Status.NOT_SERVING);
     const result = await inFlight;
@@ -260,7 +260,7 @@ describe("graceful drain", () => {
   it("cuts streams still running at the drain deadline", async () => {
     h = await startHarness({ models: { m: { stable: 1 } }, engine });
     const inFlight = stream(h.url, 4000);
-    await new Promise((r) => setTimeout(r, 100));
+    await waitFor(() => (h as Harness).gateway.pipeline.inFlight > 0); // the stream is in flight
     const started = performance.now();
     await h.gateway.drain(300);
     expect(performance.now() - started).toBeLessThan(1500);
