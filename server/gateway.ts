@@ -34,6 +34,7 @@ import { isEligible } from "./replicas/replica.js";
 import { type Scraper, startScraper } from "./replicas/scraper.js";
 import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
+import { createCorsHandler } from "./serving/cors.js";
 import { type Listener, listen, type RequestHandler } from "./serving/listener.js";
 
 export interface GatewayOptions {
@@ -155,7 +156,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     health.serving &&
     table.models().some((m) => m.versions.some((v) => v.replicas.some((r) => isEligible(r, now()))));
 
+  const corsHandler = createCorsHandler({
+    allowedOrigins: config.cors.allowedOrigins,
+    maxAgeSeconds: config.cors.maxAgeSeconds,
+    extraHeaders: [config.sessionHeader, config.versionHeader],
+  });
   const handler: RequestHandler = (req, res) => {
+    if (corsHandler(req, res)) return;
     const path = (req.url ?? "").split("?")[0];
     if (req.method === "GET" && path === "/metrics") {
       metrics.registry.metrics().then(

@@ -194,6 +194,18 @@ export const gatewayConfigSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * Browsers: origins allowed to call the public port (Connect and gRPC-Web over fetch), exact
+     * ("https://app.example.com") or "*". Preflights are answered with connect-es's header lists.
+     */
+    cors: z
+      .object({
+        allowedOrigins: z.array(z.string().min(1)).default([]),
+        /** How long browsers may cache a preflight. Default 2 h. */
+        maxAgeSeconds: z.number().int().nonnegative().default(7200),
+      })
+      .strict()
+      .prefault({}),
     /** Header that carries a session key for session affinity (besides RoutingHints.affinity_key). */
     sessionHeader: z.string().toLowerCase().default("x-session-id"),
     /** Header that pins a request to a model version (besides RoutingHints.version). */
