@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
+import { requireSdkBuild } from "../helpers/sdk-build.js";
 
 const run = promisify(execFile);
 const sdk = new URL("../../sdk", import.meta.url).pathname;
@@ -24,7 +25,7 @@ let h: Harness;
 
 beforeAll(async () => {
   h = await startHarness({ models: { "llama-3-8b": { stable: 1 } } });
-  await run("npm", ["run", "build"], { cwd: sdk });
+  requireSdkBuild();
   project = mkdtempSync(join(tmpdir(), "kinfer-sdk-user-"));
   const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", project], { cwd: sdk });
   const packed = JSON.parse(stdout)[0] as { filename: string; files: { path: string }[] };
