@@ -48,7 +48,7 @@ describe("contracts", () => {
     const r = buf("generate", "--output", out);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
-    for (const dir of ["gen", "sdk/src/gen"]) {
+    for (const dir of ["gen", "sdk/src/gen", "sdk/src/gen-grpc-js"]) {
       const committed = join(root, dir);
       const fresh = join(out, dir);
       expect(listFiles(fresh)).toEqual(listFiles(committed));
