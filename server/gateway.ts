@@ -261,6 +261,10 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       log.info({ inFlight: pipeline.inFlight, deadlineMs }, "draining");
       const until = now() + deadlineMs;
       while (pipeline.inFlight > 0 && now() < until) await new Promise((r) => setTimeout(r, 50));
+      // The last streams' ends and trailers may still be on their way out: let connections finish (and
+      // watch streams end) before anything is cut.
+      shutdown.abort();
+      await listener.closeGracefully(Math.max(0, Math.min(2000, until - now())));
       await close();
     },
     close,

@@ -30,6 +30,11 @@ export interface Listener {
   stopAccepting(): Promise<void>;
   /** Ends every connection now (HTTP/2 sessions get GOAWAY first). */
   closeAll(): void;
+  /**
+   * Ends connections gracefully: HTTP/2 sessions get GOAWAY and finish their open streams, idle HTTP/1.1
+   * connections close; resolves when all are gone or after `timeoutMs`, whichever is first.
+   */
+  closeGracefully(timeoutMs: number): Promise<void>;
   /** Reloads the TLS certificate and key from their files (no-op without TLS). */
   reloadTls(): void;
 }
@@ -89,6 +94,15 @@ export async function listen(options: ListenerOptions, handler: RequestHandler):
       for (const s of sessions) s.close();
       h1?.closeAllConnections();
       for (const s of sockets) s.destroy();
+    },
+    async closeGracefully(timeoutMs) {
+      for (const s of sessions) s.close();
+      h1?.closeIdleConnections();
+      const until = Date.now() + timeoutMs;
+      while (sockets.size > 0 && Date.now() < until) {
+        h1?.closeIdleConnections();
+        await new Promise((r) => setTimeout(r, 20));
+      }
     },
     reloadTls() {
       if (secure === undefined || options.tls === undefined) return;
