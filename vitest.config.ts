@@ -1,11 +1,16 @@
 /**
- * vitest configuration: every test lives under test/, mirroring the source tree. Two projects:
- * - unit: everything but test/k8s (processes on loopback, no Kubernetes);
+ * vitest configuration: every test lives under test/, mirroring the source tree. Three projects, run one
+ * after another (sequence.groupOrder):
+ * - unit: everything on loopback that does not measure time, in parallel;
+ * - timing: tests that compare measured latencies with a model (the simulator's load sweep, real vs
+ *   virtual time), alone, so that other test files do not steal their CPU;
  * - k8s: tests against a real control plane (etcd, kube-apiserver, kube-scheduler built from Go modules),
  *   started once by test/k8s/global-setup.ts and shared through `inject`.
  * Benchmarks (test/bench) are programs that print tables, not tests, and are excluded.
  */
 import { defineConfig } from "vitest/config";
+
+const TIMING = ["test/sim/load.test.ts", "test/sim/engine/clock-agreement.test.ts"];
 
 export default defineConfig({
   test: {
@@ -18,8 +23,13 @@ export default defineConfig({
         test: {
           name: "unit",
           include: ["test/**/*.test.ts"],
-          exclude: ["test/k8s/**", "test/bench/**", "**/node_modules/**"],
+          exclude: ["test/k8s/**", "test/bench/**", "**/node_modules/**", ...TIMING],
+          sequence: { groupOrder: 0 },
         },
+      },
+      {
+        extends: true,
+        test: { name: "timing", include: TIMING, fileParallelism: false, sequence: { groupOrder: 1 } },
       },
       {
         extends: true,
@@ -30,6 +40,7 @@ export default defineConfig({
           // One control plane is shared: run these files one at a time.
           fileParallelism: false,
           testTimeout: 120_000,
+          sequence: { groupOrder: 2 },
         },
       },
     ],
