@@ -15,6 +15,7 @@ import {
   PreemptResponseSchema,
   PrioritizeRequestSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
+import { BodyTooLarge, readBody } from "../../server/serving/read-body.js";
 import { parseExtenderJson, prioritizeReplyText, toExtenderJson } from "./extender-json.js";
 import type { SchedulingService } from "./scheduling-service.js";
 
@@ -23,24 +24,6 @@ type Res = http.ServerResponse | http2.Http2ServerResponse;
 
 /** Largest extender request accepted: full-mode NodeLists of thousands of nodes are several MB. */
 const MAX_BODY = 64 * 1024 * 1024;
-
-function readBody(req: Req): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on("data", (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > MAX_BODY) {
-        reject(new Error(`request body over ${MAX_BODY} bytes`));
-        req.resume();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.once("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
-    req.once("error", reject);
-  });
-}
 
 /** JSON text that is already serialised. */
 class RawJson {
@@ -59,7 +42,7 @@ export function createHttpExtender(service: SchedulingService, prefix = "/schedu
     if (req.method !== "POST" || !path.startsWith(`${prefix}/`)) return false;
     const verb = path.slice(prefix.length + 1);
     if (!["filter", "prioritize", "bind", "preempt"].includes(verb)) return false;
-    readBody(req)
+    readBody(req, MAX_BODY)
       .then(async (body) => {
         switch (verb) {
           case "filter":
@@ -88,6 +71,10 @@ export function createHttpExtender(service: SchedulingService, prefix = "/schedu
       .then(
         (json) => send(res, 200, json),
         (err: unknown) => {
+          if (err instanceof BodyTooLarge) {
+            res.setHeader("connection", "close");
+            return send(res, 413, { Error: err.message });
+          }
           const message = err instanceof ConnectError ? err.rawMessage : "internal error";
           send(res, err instanceof ConnectError ? 400 : 500, { Error: message });
         },

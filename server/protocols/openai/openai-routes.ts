@@ -23,6 +23,7 @@ import type {
 } from "../../inference/inference-request.js";
 import type { Pipeline } from "../../inference/pipeline.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
+import { BodyTooLarge, readBody } from "../../serving/read-body.js";
 
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
 export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -79,11 +80,6 @@ function describe(error: z.ZodError): string {
     .join("; ");
 }
 
-/** A body over limits.maxRequestBytes: answered 413, as any HTTP server would. */
-class BodyTooLarge extends Error {
-  override readonly name = "BodyTooLarge";
-}
-
 export interface OpenAiRoutes {
   /** Handles the request if it is one of the OpenAI routes; returns false otherwise. */
   handle(req: HttpRequest, res: HttpResponse): boolean;
@@ -110,27 +106,6 @@ export function createOpenAiRoutes(
       body,
       retryAfterSeconds !== undefined ? { "retry-after": String(retryAfterSeconds) } : {},
     );
-  }
-
-  /** Reads the body up to the configured limit; rejects with a client-safe error. */
-  function readBody(req: HttpRequest, limit: number): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      const onData = (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > limit) {
-          req.off("data", onData);
-          req.resume();
-          reject(new BodyTooLarge(`the request body exceeds ${limit} bytes`));
-          return;
-        }
-        chunks.push(chunk);
-      };
-      req.on("data", onData);
-      req.once("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
-      req.once("error", () => reject(new ConnectError("the client went away", Code.Canceled)));
-    });
   }
 
   function toInferenceRequest(

@@ -1,7 +1,7 @@
 /**
  * kinfer-scheduler over HTTP as kube-scheduler calls it (extender JSON, PascalCase and lowercase), and over
  * Connect (Explain): only nodes from the request come back, NodeNames is never null, nodes that can never
- * fit are unresolvable, malformed requests get HTTP 400 and harm nothing.
+ * fit are unresolvable, malformed requests get HTTP 400 (oversized ones 413) and harm nothing.
  */
 import { readFileSync } from "node:fs";
 import { createClient } from "@connectrpc/connect";
@@ -202,6 +202,12 @@ describe("malformed requests", () => {
     const res = await post(verb, body);
     expect(res.status).toBe(400);
     expect(((await res.json()) as { Error: string }).Error.length).toBeGreaterThan(0);
+  });
+
+  it("a body over 64 MiB: HTTP 413, not buffered", async () => {
+    const res = await post("filter", `{"Pod":"${"x".repeat(65 * 1024 * 1024)}"}`);
+    expect(res.status).toBe(413);
+    expect(((await res.json()) as { Error: string }).Error).toMatch(/exceeds 67108864 bytes/);
   });
 
   it("leave the process unharmed", async () => {
