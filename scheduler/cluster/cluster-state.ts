@@ -8,8 +8,10 @@
  * annotation, so a restarted scheduler rebuilds the same accounting. A placement in flight (assumed at
  * bind, before the pod is seen bound) counts until the pod appears bound or the assumption expires.
  * Pods that already hold resources but whose devices are unknown (bound by another scheduler) get the
- * first free devices that fit.
+ * first free devices that fit, as the placement code lists them.
  */
+
+import { candidatePlacements } from "../placement/fit.js";
 import { allocate, createGpuNode, type DeviceShare, type GpuNode, release } from "./gpu-node.js";
 import type { PodRequest } from "./pod-request.js";
 
@@ -52,11 +54,20 @@ export interface ClusterState {
   removePod(uid: string): void;
   /** A placement decided by this scheduler, counted until confirmed by upsertPod or until it expires. */
   assume(pod: PlacedPod, devices: readonly DeviceShare[], ttlMs: number): void;
+  /** Drops the pod's placement if it is still only assumed (a reservation); true if there was one. */
+  unassume(uid: string): boolean;
   /** Drops expired assumptions; returns how many. */
   expireAssumed(): number;
   /** The devices a pod holds. */
   devicesOf(uid: string): readonly DeviceShare[] | undefined;
   readonly podCount: number;
+}
+
+function anyWholeGpus(node: GpuNode, gpus: number): DeviceShare[] | undefined {
+  const devices: DeviceShare[] = [];
+  for (let i = 0; i < node.free.length && devices.length < gpus; i++)
+    if (node.free[i] === 1000) devices.push({ index: i, milli: 1000 });
+  return gpus > 0 && devices.length === gpus ? devices : undefined;
 }
 
 export function createClusterState(now: () => number = () => Date.now()): ClusterState {
@@ -78,20 +89,10 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       preferred.every((d) => d.index < node.free.length && (node.free[d.index] as number) >= d.milli) &&
       new Set(preferred.map((d) => d.index)).size === preferred.length;
     let devices: DeviceShare[] | undefined = valid ? [...preferred] : undefined;
-    if (devices === undefined) {
-      // First fit: whole GPUs on fully free devices, a share on the first GPU with room.
-      devices = [];
-      if (r.gpus > 0) {
-        for (let i = 0; i < node.free.length && devices.length < r.gpus; i++) {
-          if (node.free[i] === 1000) devices.push({ index: i, milli: 1000 });
-        }
-        if (devices.length < r.gpus) return undefined;
-      } else if (r.gpuMilli > 0) {
-        const i = node.free.findIndex((f) => f >= r.gpuMilli);
-        if (i === -1) return undefined;
-        devices.push({ index: i, milli: r.gpuMilli });
-      }
-    }
+    // Otherwise first fit: the lowest free devices within one NVLink domain, as this scheduler would
+    // place them; failing that, any free whole GPUs (a pod placed by someone else still holds its GPUs).
+    devices ??= candidatePlacements(node, r)[0] ?? anyWholeGpus(node, r.gpus);
+    if (devices === undefined) return undefined;
     allocate(node, r.cpuMilli, r.memMiB, devices);
     return devices;
   }
@@ -174,6 +175,11 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       const placed = place(node, pod, devices);
       if (placed === undefined) throw new RangeError(`${pod.key} no longer fits ${pod.node}`);
       holdings.set(pod.uid, { pod, devices: placed, assumedUntil: now() + ttlMs });
+    },
+    unassume(uid) {
+      if (holdings.get(uid)?.assumedUntil === undefined) return false;
+      unplace(uid);
+      return true;
     },
     expireAssumed() {
       let n = 0;

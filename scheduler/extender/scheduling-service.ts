@@ -4,9 +4,18 @@
  * two surfaces cannot disagree. Decisions come from placement/evaluate.ts, the code the trace replay runs.
  *
  * Filter: nodes that fit; those that never can go to FailedAndUnresolvableNodes; every returned name was
- * in the request. Prioritize: the policy's scores scaled to 0..10. Bind: chooses the devices, records the
+ * in the request. Prioritize: the policy's scores scaled to 0..10, with a single top node that is held
+ * for the pod (see below). Bind: chooses the devices on the node kube-scheduler picked, records the
  * placement as assumed (so concurrent decisions see it), then asks the Binder to annotate the pod with its
- * devices and bind it; on failure the assumption is dropped. Preempt: keeps only the candidate nodes where
+ * devices and bind it; on failure the assumption is dropped.
+ *
+ * Why prioritize holds a node: kube-scheduler binds asynchronously. It assumes pod A in its own cache and
+ * goes on to filter and prioritize pod B before A's bind reaches us, and its cache knows nothing of GPU
+ * shares. Without a hold, B would be scored on a state without A and the policy's packing would be lost
+ * (two shares aimed at the same half-free GPU, one of them then landing elsewhere). So prioritize gives
+ * 10 to one best node only (ties broken at random, as kube-scheduler would), and reserves the pod's
+ * devices there for a short time, like a scheduler framework Reserve plugin. Bind, filter and prioritize
+ * drop a pod's own reservation before deciding again. Preempt: keeps only the candidate nodes where
  * evicting the proposed victims would really make the pod fit.
  */
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
@@ -31,7 +40,13 @@ import type { ClusterState, NodeInfo } from "../cluster/cluster-state.js";
 import { createGpuNode, type DeviceShare, type GpuNode, release } from "../cluster/gpu-node.js";
 import { nodeInfoOf } from "../cluster/kube-objects.js";
 import { type PodRequest, PodRequestError, readPodRequest } from "../cluster/pod-request.js";
-import { chooseBest, type Evaluation, evaluateNodes, extenderScores } from "../placement/evaluate.js";
+import {
+  chooseBest,
+  type Evaluation,
+  evaluateNodes,
+  extenderScores,
+  MAX_SCORE,
+} from "../placement/evaluate.js";
 import { checkFit } from "../placement/fit.js";
 import type { PlacementPolicy, PolicyName } from "../policies/placement-policy.js";
 import { createPolicy, isPolicyName } from "../policies/policies.js";
@@ -53,6 +68,10 @@ export interface SchedulingServiceOptions {
   binder?: Binder;
   /** How long a bound-but-unconfirmed placement counts. Default 60 s. */
   assumeTtlMs?: number;
+  /** How long prioritize's hold on the top node lasts if no bind follows. Default 30 s. */
+  reserveTtlMs?: number;
+  /** Tie-breaking among equally good nodes; Math.random by default. */
+  random?: () => number;
   /** Decision metrics. */
   onDecision?: (verb: string, result: string, seconds: number) => void;
 }
@@ -101,6 +120,13 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
     return { request, policy: name, key, uid };
   }
 
+  /** A new scheduling attempt: the pod's reservation from an earlier one must not count against it. */
+  function readAttempt(pod: Pod | undefined): ReturnType<typeof read> {
+    const attempt = read(pod);
+    if (attempt.uid !== "") state.unassume(attempt.uid);
+    return attempt;
+  }
+
   /** The nodes a request names: cached ones by name, or from the Nodes it carries (full mode). */
   function nodesOf(nodeNames: readonly string[], nodes: readonly Node[] | undefined) {
     const known: GpuNode[] = [];
@@ -136,7 +162,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
         () => {
           let pod: ReturnType<typeof read>;
           try {
-            pod = read(req.pod);
+            pod = readAttempt(req.pod);
           } catch (err) {
             if (err instanceof PodRequestError) return { error: err.message };
             throw err;
@@ -172,7 +198,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
         () => {
           let pod: ReturnType<typeof read>;
           try {
-            pod = read(req.pod);
+            pod = readAttempt(req.pod);
           } catch (err) {
             // A failing prioritize is ignored by kube-scheduler: score every node 0.
             if (err instanceof PodRequestError) {
@@ -181,7 +207,18 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
             throw err;
           }
           const { known, unknown } = nodesOf(req.nodeNames, req.nodes?.items);
-          const scores = extenderScores(evaluateNodes(known, pod.request, policyOf(pod.policy)));
+          const evaluations = evaluateNodes(known, pod.request, policyOf(pod.policy));
+          const scores = extenderScores(evaluations);
+          const best = chooseBest(evaluations, options.random ?? Math.random);
+          if (best !== undefined) {
+            // One node at the top, and the pod's devices held there until bind (see the module comment).
+            for (const s of scores)
+              if (s.score === MAX_SCORE && s.host !== best.node.name) s.score = MAX_SCORE - 1;
+            if (pod.uid !== "") {
+              const held = { uid: pod.uid, key: pod.key, node: best.node.name, request: pod.request };
+              state.assume(held, best.devices, options.reserveTtlMs ?? 30_000);
+            }
+          }
           return { hostPriorities: [...scores, ...unknown.map((host) => ({ host, score: 0 }))] };
         },
       ),
@@ -198,6 +235,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
         return done(`pod ${req.podNamespace}/${req.podName} was not filtered by kinfer-scheduler`);
       const node = state.nodes.get(req.node);
       if (node === undefined) return done(`unknown node ${req.node}`);
+      state.unassume(req.podUid); // prioritize's hold, possibly on another node
       const best = chooseBest(evaluateNodes([node], pod.request, policyOf(pod.policy)), () => 0);
       if (best === undefined) return done(`pod ${pod.key} no longer fits node ${req.node}`);
       const placed = { uid: req.podUid, key: pod.key, node: req.node, request: pod.request };

@@ -49,6 +49,9 @@ export function chooseBest(evaluations: readonly Evaluation[], random: () => num
   return best.length === 0 ? undefined : best[Math.floor(random() * best.length)];
 }
 
+/** kube-scheduler's MaxExtenderPriority. */
+export const MAX_SCORE = 10;
+
 /**
  * Extender scores 0..10 (MaxExtenderPriority): the best node 10, the worst that fits 0, linear between;
  * all 10 when they tie. Nodes that do not fit get 0.
@@ -59,6 +62,10 @@ export function extenderScores(evaluations: readonly Evaluation[]): { host: stri
   const min = Math.min(...fitting.map((e) => e.score));
   return evaluations.map((e) => ({
     host: e.node.name,
-    score: !e.fit.fits ? 0 : max === min ? 10 : Math.round(((e.score - min) / (max - min)) * 10),
+    score: !e.fit.fits
+      ? 0
+      : max === min
+        ? MAX_SCORE
+        : Math.round(((e.score - min) / (max - min)) * MAX_SCORE),
   }));
 }

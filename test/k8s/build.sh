@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane for the tests, once, into a cache outside the repository:
 #   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/{kube-apiserver,kube-scheduler,kubectl,etcd}
-# from the Go modules pinned in test/k8s/control-plane and test/k8s/etcd. Prints the directory.
+# from the Go modules pinned in test/k8s/control-plane and test/k8s/etcd, and copies the CRDs that deploy/
+# needs (prometheus-operator's and KEDA's, from the modules pinned in test/k8s/crds) into crds/ there.
+# Prints the directory.
 # The first build downloads the modules and compiles for several minutes; later runs return at once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,4 +24,23 @@ fi
 if [[ ! -x "$out/etcd" ]]; then
   (cd "$here/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd" .) >&2
 fi
+# CRDs: the modules carry their YAML; ServiceMonitor, PodMonitor, PrometheusRule and ScaledObject are used.
+crds="$out/crds-$(sha256sum "$here/crds/go.sum" | cut -c1-12)"
+if [[ ! -d "$crds" ]]; then
+  dirs="$(cd "$here/crds" && go mod download -json github.com/prometheus-operator/prometheus-operator github.com/kedacore/keda/v2 |
+    awk -F'"' '$2 == "Dir" { print $4 }')"
+  mkdir -p "$crds.tmp"
+  for dir in $dirs; do
+    for f in "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml \
+      "$dir"/config/crd/bases/keda.sh_{scaledobjects,triggerauthentications}.yaml; do
+      [[ -f "$f" ]] && cp "$f" "$crds.tmp/"
+    done
+  done
+  if [[ "$(ls "$crds.tmp" | wc -l)" -ne 5 ]]; then
+    echo "build.sh: expected 5 CRD files, got: $(ls "$crds.tmp")" >&2
+    exit 1
+  fi
+  mv "$crds.tmp" "$crds"
+fi
+ln -sfn "$(basename "$crds")" "$out/crds"
 echo "$out"

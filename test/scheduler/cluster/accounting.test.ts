@@ -248,6 +248,18 @@ describe("accounting", () => {
     expect(liar).toEqual([{ index: 1, milli: 500 }]);
   });
 
+  it("pods without devices get them inside one NVLink domain when one has room, else any free GPUs", () => {
+    const state = createClusterState();
+    state.upsertNode({ ...node("n", 8), nvlinkDomainSize: 4 });
+    const bound = (uid: string, gpus: number, gpuMilli = 0) =>
+      state.upsertPod({ uid, key: uid, node: "n", request: req(gpus, gpuMilli) });
+    expect(bound("share", 0, 500)).toEqual([{ index: 0, milli: 500 }]);
+    // GPU 0 is partly taken: a 4-GPU pod takes the second domain, not GPUs 1-4.
+    expect(bound("four", 4)?.map((d) => d.index)).toEqual([4, 5, 6, 7]);
+    state.removePod("four");
+    expect(bound("one", 1)).toEqual([{ index: 1, milli: 1000 }]);
+    expect(bound("five", 5)?.map((d) => d.index)).toEqual([2, 3, 4, 5, 6]);
+  });
   it("a node that shrinks keeps only the pods that still fit", () => {
     const state = createClusterState();
     state.upsertNode(node("n", 4));
