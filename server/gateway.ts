@@ -4,8 +4,10 @@
  * program and the integration tests call; `drain` is what SIGTERM does.
  *
  * Operational endpoints on the public port: GET /metrics (Prometheus), GET /healthz (liveness: the
- * process serves), GET /readyz (readiness: not draining and at least one model has an eligible replica),
- * grpc.health.v1 and gRPC reflection.
+ * process serves), GET /readyz (readiness: not draining), grpc.health.v1 and gRPC reflection.
+ * Readiness does not depend on model replicas: with none, the gateway still answers (UNAVAILABLE, with
+ * retry info) and counts those answers, which is what scale from zero (deploy/models/keda) triggers on;
+ * a gateway taken out of its Service would turn those typed errors into refused connections.
  */
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
@@ -30,7 +32,6 @@ import { registerReflectionService } from "./protocols/connect/reflection-servic
 import { createOpenAiRoutes } from "./protocols/openai/openai-routes.js";
 import { createRetryBudget } from "./relay/retry-budget.js";
 import { createOutlierDetector } from "./replicas/outlier-detection.js";
-import { isEligible } from "./replicas/replica.js";
 import { type Scraper, startScraper } from "./replicas/scraper.js";
 import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
@@ -152,9 +153,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   const openai = createOpenAiRoutes(pipeline, table, () => config);
 
-  const ready = () =>
-    health.serving &&
-    table.models().some((m) => m.versions.some((v) => v.replicas.some((r) => isEligible(r, now()))));
+  const ready = () => health.serving;
 
   const corsHandler = createCorsHandler({
     allowedOrigins: config.cors.allowedOrigins,

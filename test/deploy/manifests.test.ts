@@ -1,0 +1,278 @@
+/**
+ * deploy/ rendered and checked offline: every object validates against its schema (kubernetes-models,
+ * @kubernetes-models/prometheus-operator and /keda; Flagger's kinds against the CRD in
+ * ../shared/data/crds/flagger.yaml with ajv, unknown fields rejected), and lint rules catch the mistakes
+ * that fail silently in a cluster (../shared/reference/kubernetes-ops.md): HPAs on metrics no API serves,
+ * underscore vLLM names in PromQL, Flagger metrics without templates, GPU Deployments without a startup
+ * probe, /dev/shm or the GPU scheduler. The same objects pass a server-side dry run in
+ * test/k8s/deploy-dry-run.test.ts, and their PromQL runs on a real Prometheus in prometheus.test.ts.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Ajv } from "ajv";
+import { beforeAll, describe, expect, it } from "vitest";
+import { parse, parseAllDocuments } from "yaml";
+import { parseGatewayConfig } from "../../server/config/gateway-config.js";
+import { type KubeObject, kustomizations, promqlExpressions, render, root } from "../helpers/deploy.js";
+
+const GPU = "nvidia.com/gpu";
+let objects: KubeObject[] = [];
+const byKind = (kind: string) => objects.filter((o) => o.kind === kind);
+
+beforeAll(() => {
+  objects = kustomizations()
+    .filter((dir) => ["deploy/base", "deploy/models", "deploy/monitoring"].includes(dir.slice(root.length)))
+    .flatMap((dir) => render(dir));
+});
+
+describe("deploy/ renders", () => {
+  it("every kustomization renders, and the three top-level ones hold the whole platform", () => {
+    const dirs = kustomizations().map((d) => d.slice(root.length));
+    expect(dirs).toEqual(expect.arrayContaining(["deploy/base", "deploy/models", "deploy/monitoring"]));
+    for (const dir of kustomizations()) expect(render(dir).length, dir).toBeGreaterThan(0);
+    const kinds = new Set(objects.map((o) => o.kind));
+    for (const kind of [
+      "Deployment",
+      "HorizontalPodAutoscaler",
+      "ScaledObject",
+      "Canary",
+      "MetricTemplate",
+      "PodMonitor",
+      "ServiceMonitor",
+      "PrometheusRule",
+      "NetworkPolicy",
+      "PodDisruptionBudget",
+    ])
+      expect(kinds, kind).toContain(kind);
+  });
+});
+
+describe("schemas", () => {
+  /** The model class for an apiVersion and kind, from the kubernetes-models packages. */
+  async function modelOf(apiVersion: string, kind: string) {
+    const packages: Record<string, string> = {
+      "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
+      "keda.sh": "@kubernetes-models/keda",
+    };
+    const group = apiVersion.includes("/") ? apiVersion.split("/")[0] : "";
+    const pkg = packages[group as string] ?? "kubernetes-models";
+    const module = (await import(`${pkg}/${apiVersion}`)) as Record<
+      string,
+      new (
+        o: unknown,
+      ) => { validate(): void }
+    >;
+    return module[kind];
+  }
+
+  it("Kubernetes, prometheus-operator and KEDA objects validate against their models", async () => {
+    const checked: string[] = [];
+    for (const o of objects.filter((o) => !o.apiVersion.startsWith("flagger.app/"))) {
+      const Model = await modelOf(o.apiVersion, o.kind);
+      expect(Model, `${o.apiVersion} ${o.kind} has a model`).toBeDefined();
+      expect(
+        () => new (Model as NonNullable<typeof Model>)(o).validate(),
+        `${o.kind}/${o.metadata.name}`,
+      ).not.toThrow();
+      checked.push(o.kind);
+    }
+    expect(checked.length).toBeGreaterThan(20);
+  });
+
+  it("Flagger objects validate against Flagger's CRD schemas, unknown fields rejected", () => {
+    const crds = parseAllDocuments(readFileSync(join(root, "../shared/data/crds/flagger.yaml"), "utf8")).map(
+      (d) => d.toJS(),
+    );
+    const ajv = new Ajv({ strict: false, allErrors: true, validateFormats: false });
+    /** additionalProperties: false wherever the schema lists properties and says nothing else. */
+    const closed = (schema: Record<string, unknown>): Record<string, unknown> => {
+      const out: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(schema)) {
+        if (Array.isArray(v)) out[k] = v.map((x) => (x && typeof x === "object" ? closed(x) : x));
+        else if (v && typeof v === "object") out[k] = closed(v as Record<string, unknown>);
+        else out[k] = v;
+      }
+      if (out.properties !== undefined && out.additionalProperties === undefined)
+        out.additionalProperties = false;
+      return out;
+    };
+    const flagger = objects.filter((o) => o.apiVersion.startsWith("flagger.app/"));
+    expect(flagger.map((o) => o.kind).sort()).toEqual([
+      "Canary",
+      "MetricTemplate",
+      "MetricTemplate",
+      "MetricTemplate",
+    ]);
+    for (const o of flagger) {
+      const [group, version] = o.apiVersion.split("/");
+      const crd = crds.find((c) => c.spec.group === group && c.spec.names.kind === o.kind);
+      const schema = crd.spec.versions.find((v: { name: string }) => v.name === version).schema
+        .openAPIV3Schema;
+      const validate = ajv.compile(closed(schema));
+      expect(validate(o), `${o.kind}/${o.metadata.name}: ${ajv.errorsText(validate.errors)}`).toBe(true);
+    }
+    // The check itself rejects an unknown field and a wrong type.
+    const canary = structuredClone(flagger.find((o) => o.kind === "Canary")) as KubeObject;
+    canary.spec.analysis.stepWeigth = 10;
+    const schema = crds.find((c) => c.spec.names.kind === "Canary").spec.versions[0].schema.openAPIV3Schema;
+    expect(ajv.validate(closed(schema), canary)).toBe(false);
+  });
+});
+
+describe("lint: the mistakes that fail silently", () => {
+  it("HPAs use Resource metrics only for cpu and memory, and Pods metrics that prometheus-adapter serves", () => {
+    const values = parse(
+      readFileSync(join(root, "deploy/monitoring/prometheus-adapter-values.yaml"), "utf8"),
+    );
+    const served = new Set<string>();
+    for (const rule of values.rules.custom) {
+      // The adapter's rename, applied to the series its seriesQuery selects.
+      for (const series of ["vllm:num_requests_waiting", "vllm:num_requests_running"]) {
+        const m = new RegExp(rule.name.matches).exec(series);
+        if (m) served.add(rule.name.as.replace(/\$\{(\d)\}/g, (_: string, i: string) => m[Number(i)] ?? ""));
+      }
+    }
+    expect(served).toEqual(new Set(["vllm_num_requests_waiting", "vllm_num_requests_running"]));
+    for (const hpa of byKind("HorizontalPodAutoscaler")) {
+      for (const m of hpa.spec.metrics) {
+        if (m.type === "Resource") expect(["cpu", "memory"], hpa.metadata.name).toContain(m.resource.name);
+        if (m.type === "Pods") expect(served, hpa.metadata.name).toContain(m.pods.metric.name);
+        expect(["Resource", "Pods"], hpa.metadata.name).toContain(m.type);
+      }
+    }
+  });
+
+  it("PromQL names vLLM's metrics with colons (the underscore forms exist only inside the adapter)", () => {
+    const exprs = promqlExpressions(objects);
+    expect(exprs.length).toBeGreaterThan(25);
+    for (const { where, expr } of exprs) {
+      expect(expr, where).not.toMatch(/(^|[^:\w])vllm_[a-z]/);
+    }
+    expect(exprs.some(({ expr }) => expr.includes("vllm:num_requests_waiting"))).toBe(true);
+  });
+
+  it("every Flagger metric that is not built in has a templateRef that resolves in the bundle", () => {
+    const builtIn = new Set(["request-success-rate", "request-duration"]);
+    for (const canary of byKind("Canary")) {
+      for (const m of canary.spec.analysis.metrics) {
+        if (builtIn.has(m.name) && m.templateRef === undefined) continue;
+        expect(m.templateRef, `${canary.metadata.name}: ${m.name}`).toBeDefined();
+        const ns = m.templateRef.namespace ?? canary.metadata.namespace;
+        const template = byKind("MetricTemplate").find(
+          (t) => t.metadata.name === m.templateRef.name && t.metadata.namespace === ns,
+        );
+        expect(template, `${canary.metadata.name}: ${m.name} -> ${ns}/${m.templateRef.name}`).toBeDefined();
+        // Template variables the query uses are given by the Canary.
+        for (const [, name] of template?.spec.query.matchAll(/\{\{\s*variables\.(\w+)\s*\}\}/g) ?? [])
+          expect(m.templateVariables ?? {}, `${m.name} needs variable ${name}`).toHaveProperty(
+            name as string,
+          );
+      }
+    }
+  });
+
+  it("Flagger targets have exactly one selector label, and their HPA and Deployment exist", () => {
+    for (const canary of byKind("Canary")) {
+      const target = byKind("Deployment").find((d) => d.metadata.name === canary.spec.targetRef.name);
+      expect(target, canary.spec.targetRef.name).toBeDefined();
+      expect(Object.keys(target?.spec.selector.matchLabels ?? {})).toHaveLength(1);
+      expect(byKind("HorizontalPodAutoscaler").map((h) => h.metadata.name)).toContain(
+        canary.spec.autoscalerRef.name,
+      );
+    }
+  });
+
+  it("GPU Deployments: startupProbe, /dev/shm in memory, the GPU scheduler, the GPU toleration, a pinned image", () => {
+    const gpuDeployments = byKind("Deployment").filter((d) =>
+      d.spec.template.spec.containers.some(
+        (c: { resources?: { limits?: object } }) => GPU in (c.resources?.limits ?? {}),
+      ),
+    );
+    expect(gpuDeployments.length).toBeGreaterThanOrEqual(2);
+    for (const d of gpuDeployments) {
+      const pod = d.spec.template.spec;
+      const id = d.metadata.name;
+      expect(pod.schedulerName, id).toBe("gpu-scheduler");
+      expect(pod.tolerations, id).toContainEqual(expect.objectContaining({ key: GPU, effect: "NoSchedule" }));
+      const shm = pod.volumes.find(
+        (v: { emptyDir?: { medium?: string } }) => v.emptyDir?.medium === "Memory",
+      );
+      expect(shm, id).toBeDefined();
+      for (const c of pod.containers) {
+        if (!(GPU in (c.resources?.limits ?? {}))) continue;
+        expect(c.startupProbe, id).toBeDefined();
+        // The startup probe's budget covers a slow model load (at least 10 minutes).
+        expect(c.startupProbe.periodSeconds * c.startupProbe.failureThreshold, id).toBeGreaterThanOrEqual(
+          600,
+        );
+        expect(c.readinessProbe?.initialDelaySeconds ?? 0, id).toBe(0);
+        expect(c.volumeMounts, id).toContainEqual(
+          expect.objectContaining({ name: shm.name, mountPath: "/dev/shm" }),
+        );
+        expect(c.resources.requests[GPU], id).toBe(c.resources.limits[GPU]);
+        expect(c.image, id).toMatch(/:v?\d+\.\d+\.\d+$/);
+      }
+      expect(pod.terminationGracePeriodSeconds, id).toBeGreaterThanOrEqual(60);
+    }
+  });
+
+  it("KEDA triggers: no removed metricName, AverageValue where a fallback needs it", () => {
+    for (const so of byKind("ScaledObject")) {
+      for (const t of so.spec.triggers) {
+        expect(t.metadata, so.metadata.name).not.toHaveProperty("metricName");
+        if (so.spec.fallback !== undefined) expect(t.metricType, so.metadata.name).toBe("AverageValue");
+      }
+    }
+  });
+
+  it("the gateway's config is valid and serves exactly the models deploy/models runs, discovered by label", () => {
+    const cm = byKind("ConfigMap").find((c) => c.metadata.name.startsWith("kinfer-gateway"));
+    const config = parseGatewayConfig(parse(cm?.data?.["gateway.yaml"] ?? ""), "gateway.yaml");
+    expect(config.discovery.source).toBe("kubernetes");
+    const served = byKind("Deployment")
+      .flatMap((d) => d.spec.template.spec.containers)
+      .flatMap((c: { args?: string[] }) => c.args ?? [])
+      .filter((a: string) => a.startsWith("--served-model-name="))
+      .map((a: string) => a.split("=")[1]);
+    expect(config.models.map((m) => m.name).sort()).toEqual([...served].sort());
+    // Each model is discoverable: a Service labelled with its name, or a Canary whose Services will be.
+    for (const model of served) {
+      const service = byKind("Service").some((s) => s.metadata.labels?.["kinfer.io/model"] === model);
+      const canary = byKind("Canary").some(
+        (c) =>
+          c.spec.service.primary.labels["kinfer.io/model"] === model &&
+          c.spec.service.canary.labels["kinfer.io/model"] === model,
+      );
+      expect(service || canary, model).toBe(true);
+    }
+  });
+
+  it("the GPU scheduler's extender is the kinfer-scheduler Service, nodeCacheCapable", () => {
+    const cm = byKind("ConfigMap").find((c) => c.metadata.name.startsWith("gpu-scheduler"));
+    const text = Object.values(cm?.data ?? {})[0] ?? "";
+    const config = parse(text);
+    const service = byKind("Service").find((s) => s.metadata.name === "kinfer-scheduler");
+    const port = service?.spec.ports[0].port;
+    expect(config.profiles.map((p: { schedulerName: string }) => p.schedulerName)).toContain("gpu-scheduler");
+    expect(config.extenders[0].urlPrefix).toBe(`http://kinfer-scheduler.kinfer-system.svc:${port}/scheduler`);
+    expect(config.extenders[0].nodeCacheCapable).toBe(true);
+  });
+
+  it("monitors set the job labels the alerts and the dashboard use", () => {
+    const jobs = [...byKind("PodMonitor"), ...byKind("ServiceMonitor")].map((m) => {
+      const endpoint = (m.spec.podMetricsEndpoints ?? m.spec.endpoints)[0];
+      return endpoint.relabelings.find((r: { targetLabel: string }) => r.targetLabel === "job").replacement;
+    });
+    expect(jobs.sort()).toEqual(["dcgm-exporter", "kinfer-gateway", "kinfer-scheduler", "vllm"]);
+    // Each ServiceMonitor selects a Service that exists (DCGM's comes with NVIDIA's GPU operator).
+    for (const sm of byKind("ServiceMonitor").filter((s) => s.metadata.name !== "dcgm-exporter")) {
+      const match = byKind("Service").filter((s) =>
+        Object.entries(sm.spec.selector.matchLabels).every(([k, v]) => s.metadata.labels?.[k] === v),
+      );
+      expect(
+        match.map((s) => s.metadata.name),
+        sm.metadata.name,
+      ).toEqual([sm.metadata.name]);
+    }
+  });
+});
