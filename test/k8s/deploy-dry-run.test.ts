@@ -1,17 +1,17 @@
 /**
- * Every kustomization under deploy/ (deploy/local is the laptop config, not Kubernetes objects) is
- * rendered with kubectl kustomize and applied with `kubectl apply --dry-run=server` against the real
- * apiserver: the strongest check that the manifests are valid objects for this Kubernetes version.
- * CRDs are applied first: Flagger's (../shared/data/crds/flagger.yaml).
+ * Every kustomization under deploy/ that renders objects is applied with `kubectl apply --dry-run=server
+ * --validate=strict` against the real apiserver: the strongest check that the manifests are valid objects
+ * for this Kubernetes version, with unknown fields rejected. The CRDs they use are installed first:
+ * prometheus-operator's and KEDA's (fetched from their Go modules by test/k8s/build.sh) and Flagger's
+ * (../shared/data/crds/flagger.yaml).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, inject, it } from "vitest";
-import { parseAllDocuments } from "yaml";
+import { kustomizations, render, renderYaml, root } from "../helpers/deploy.js";
 
 const k8s = inject("k8s");
-const root = new URL("../..", import.meta.url).pathname;
 const kubectl = (args: string[], input?: string) =>
   execFileSync(join(k8s.bin, "kubectl"), ["--kubeconfig", k8s.kubeconfig, ...args], {
     encoding: "utf8",
@@ -19,48 +19,57 @@ const kubectl = (args: string[], input?: string) =>
     stdio: ["pipe", "pipe", "pipe"],
   });
 
-/** Directories under deploy/ that hold a kustomization, deploy/local excepted. */
-function kustomizations(dir = join(root, "deploy")): string[] {
-  const out: string[] = [];
-  for (const entry of readdirSync(dir)) {
-    const path = join(dir, entry);
-    if (!statSync(path).isDirectory() || path === join(root, "deploy/local")) continue;
-    if (existsSync(join(path, "kustomization.yaml"))) out.push(path);
-    out.push(...kustomizations(path).filter((p) => !out.includes(p)));
-  }
-  return out;
-}
+const CRDS = [
+  join(root, "../shared/data/crds/flagger.yaml"),
+  ...readdirSync(join(k8s.bin, "crds")).map((f) => join(k8s.bin, "crds", f)),
+];
 
 beforeAll(() => {
-  kubectl(["apply", "--server-side", "-f", join(root, "../shared/data/crds/flagger.yaml")]);
-  kubectl(["wait", "--for=condition=Established", "crd/canaries.flagger.app", "--timeout=60s"]);
+  for (const file of CRDS) kubectl(["apply", "--server-side", "-f", file]);
+  kubectl(["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
 });
 
 describe("deploy/ against the real apiserver", () => {
   const dirs = kustomizations();
 
-  it("has kustomizations to check", () => {
-    expect(dirs.map((d) => d.slice(root.length))).toContain("deploy/base");
+  it("installs the CRDs deploy/ uses", () => {
+    const names = kubectl(["get", "crd", "-o", "name"]);
+    for (const crd of [
+      "canaries.flagger.app",
+      "metrictemplates.flagger.app",
+      "podmonitors.monitoring.coreos.com",
+      "servicemonitors.monitoring.coreos.com",
+      "prometheusrules.monitoring.coreos.com",
+      "scaledobjects.keda.sh",
+    ])
+      expect(names).toContain(`customresourcedefinition.apiextensions.k8s.io/${crd}`);
   });
 
   it.each(dirs.map((d) => [d.slice(root.length), d]))(
-    "%s renders and passes a server-side dry run",
+    "%s renders and passes a strict server-side dry run",
     (_, dir) => {
-      const rendered = kubectl(["kustomize", dir]);
-      const docs = parseAllDocuments(rendered).map(
-        (d) => d.toJS() as { kind: string; metadata: { name: string } },
-      );
+      const docs = render(dir);
       expect(docs.length).toBeGreaterThan(0);
-      // Namespaces are created for real (a dry-run namespace does not exist for the objects in it).
-      for (const ns of docs.filter((d) => d.kind === "Namespace")) {
-        try {
-          kubectl(["create", "namespace", ns.metadata.name]);
-        } catch {
-          // already there from an earlier directory
-        }
+      // Namespaces are created for real: a dry-run namespace does not exist for the objects in it.
+      for (const ns of docs.filter((d) => d.kind === "Namespace").map((d) => d.metadata.name)) {
+        if (!kubectl(["get", "namespace", "-o", "name"]).includes(`namespace/${ns}\n`))
+          kubectl(["create", "namespace", ns]);
       }
-      const out = kubectl(["apply", "--dry-run=server", "-f", "-"], rendered);
+      // monitoring/ goes to the namespace where Prometheus runs, which the cluster already has.
+      if (!kubectl(["get", "namespace", "-o", "name"]).includes("namespace/monitoring\n"))
+        kubectl(["create", "namespace", "monitoring"]);
+      const out = kubectl(["apply", "--dry-run=server", "--validate=strict", "-f", "-"], renderYaml(dir));
       expect(out.trim().split("\n")).toHaveLength(docs.length);
     },
   );
+
+  it("strict validation rejects an unknown field (the check can fail)", () => {
+    const bad = renderYaml(join(root, "deploy/models")).replace(
+      "minReplicaCount: 0",
+      "minReplicaCount: 0\n  minReplicaCuont: 1",
+    );
+    expect(() => kubectl(["apply", "--dry-run=server", "--validate=strict", "-f", "-"], bad)).toThrow(
+      /minReplicaCuont/,
+    );
+  });
 });
