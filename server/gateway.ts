@@ -37,6 +37,8 @@ import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
 import { createCorsHandler } from "./serving/cors.js";
 import { type Listener, listen, type RequestHandler } from "./serving/listener.js";
+import { createAdmitter } from "./tenants/admission.js";
+import { openKeyStore } from "./tenants/key-store.js";
 
 export interface GatewayOptions {
   config: GatewayConfig;
@@ -101,8 +103,18 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const router = createRouter({ now, prefixIndex: config.prefixIndex });
   const outliers = createOutlierDetector(config.ejection);
   const retryBudget = createRetryBudget(config.retry.budgetRatio, config.retry.minRetries);
+  // API keys: opened once; the file itself is watched and reloaded by the store.
+  const keys =
+    config.tenants !== undefined
+      ? openKeyStore({
+          file: config.tenants.keysFile,
+          onReloadError: (err) =>
+            log.error({ err: err.message }, "API keys reload failed; keeping the keys in force"),
+        })
+      : undefined;
   const pipeline = createPipeline({
     config: () => config,
+    admitter: keys !== undefined ? createAdmitter(keys, metrics.tenants, now) : undefined,
     table,
     metrics,
     log,
@@ -208,10 +220,10 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   if (config.admin !== undefined && adminToken !== undefined) {
     const adminHandler = connectNodeAdapter({
       routes(r) {
-        registerAdminService(r, { table, now });
+        registerAdminService(r, { table, now, keys });
         registerReflectionService(r, [file_kinfer_admin_v1_admin, ...DESCRIPTORS.slice(2)], ADMIN_SERVICES);
       },
-      interceptors: [adminAuthInterceptor(adminToken, log)],
+      interceptors: [adminAuthInterceptor(adminToken, log, keys)],
       readMaxBytes: 1024 * 1024,
       shutdownSignal: shutdown.signal,
     });
@@ -238,6 +250,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     await scraper.close();
     await dispatcher.close().catch(() => {});
     await endpoints.close();
+    keys?.close();
   }
 
   return {

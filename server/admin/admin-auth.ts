@@ -1,12 +1,13 @@
 /**
  * Authentication and audit of the admin API: every call must carry `authorization: Bearer <admin token>`,
  * compared in constant time (as SHA-256 digests, so that lengths leak nothing either); a missing or wrong
- * token is UNAUTHENTICATED. Every call is logged with its procedure, the caller's address and its outcome.
+ * token is UNAUTHENTICATED, and a tenant's API key (valid for inference, not here) is PERMISSION_DENIED. Every call is logged with its procedure, the caller's address and its outcome.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "../log/logger.js";
+import type { KeyStore } from "../tenants/key-store.js";
 
 const digest = (s: string) => createHash("sha256").update(s).digest();
 
@@ -24,12 +25,16 @@ export function readAdminToken(admin: {
   return admin.token;
 }
 
-export function adminAuthInterceptor(token: string, log: Logger): Interceptor {
+export function adminAuthInterceptor(token: string, log: Logger, keys?: KeyStore): Interceptor {
   const expected = digest(token);
   return (next) => async (req) => {
     const header = req.header.get("authorization") ?? "";
     const presented = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : "";
     const procedure = `${req.service.typeName}/${req.method.name}`;
+    if (presented !== "" && keys?.authenticate(presented) !== undefined) {
+      log.warn({ audit: true, procedure, code: "permission_denied" }, "admin call with a tenant key refused");
+      throw new ConnectError("a tenant API key cannot call the admin API", Code.PermissionDenied);
+    }
     if (presented === "" || !timingSafeEqual(digest(presented), expected)) {
       log.warn({ audit: true, procedure, code: "unauthenticated" }, "admin call refused");
       throw new ConnectError("a valid admin token is required", Code.Unauthenticated);

@@ -2,15 +2,15 @@
  * kinfer.admin.v1.AdminService: what operators change and watch. Models with their versions, weights,
  * replicas and live signals; traffic splits (validated, applied atomically to the routing table); drain and
  * undrain; routing policies; a watch stream of state changes. It reads and changes only the routing table
- * and replica state, never the request path itself.
- *
- * API keys belong to the tenants work of issue 8 and answer UNIMPLEMENTED until then.
+ * and replica state, never the request path itself. API keys are created, listed and revoked in the key
+ * store (server/tenants/key-store.ts); without one configured, those calls fail with FAILED_PRECONDITION.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import {
   AdminService,
+  type ApiKeySchema,
   ChangeType,
   type ModelSchema,
   ReplicaState,
@@ -21,6 +21,7 @@ import {
 import { type RoutingPolicyConfig, routingPolicySchema } from "../config/gateway-config.js";
 import { freshSignals, type Replica, replicaStatus } from "../replicas/replica.js";
 import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
+import { type ApiKeyRecord, type KeyStore, KeyStoreError } from "../tenants/key-store.js";
 
 const ALGORITHMS: Record<RoutingPolicyConfig["algorithm"], RoutingAlgorithm> = {
   "round-robin": RoutingAlgorithm.ROUND_ROBIN,
@@ -41,6 +42,44 @@ export interface AdminServiceDeps {
   readonly table: RoutingTable;
   /** Monotonic ms (replica timestamps are on this clock). */
   readonly now: () => number;
+  /** Tenants' API keys, when configured. */
+  readonly keys?: KeyStore | undefined;
+}
+
+const MAX_LIMIT = 1e12;
+
+/** The admin view of a key (never its secret or hash). */
+function keyToProto(k: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema> {
+  return {
+    id: k.id,
+    tenant: k.tenant,
+    secretPrefix: k.secretPrefix,
+    allowedModels: k.allowedModels,
+    limits: {
+      requestsPerMinute: k.limits.requestsPerMinute,
+      tokensPerMinute: BigInt(k.limits.tokensPerMinute),
+      maxConcurrentStreams: k.limits.maxConcurrentStreams,
+    },
+    ...(k.createdAt !== undefined ? { createdAt: timestampFromMs(Date.parse(k.createdAt)) } : {}),
+    ...(k.revokedAt !== undefined ? { revokedAt: timestampFromMs(Date.parse(k.revokedAt)) } : {}),
+  };
+}
+
+/** KeyStoreErrors as admin API errors. */
+function keyStoreCall<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof KeyStoreError) {
+      const code = {
+        invalid: Code.InvalidArgument,
+        "read-only": Code.FailedPrecondition,
+        "not-found": Code.NotFound,
+      }[err.kind];
+      throw new ConnectError(err.message, code);
+    }
+    throw err;
+  }
 }
 
 /** The admin view of a policy. */
@@ -131,8 +170,10 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
     if (r === undefined) throw new ConnectError(`replica "${id}" is not known`, Code.NotFound);
     return r;
   };
-  const unimplemented = () => {
-    throw new ConnectError("API keys come with the tenants work (issue 8)", Code.Unimplemented);
+  const keyStore = () => {
+    if (deps.keys === undefined)
+      throw new ConnectError("API keys are not configured (tenants.keysFile)", Code.FailedPrecondition);
+    return deps.keys;
   };
 
   router.service(AdminService, {
@@ -225,8 +266,35 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
         });
       }
     },
-    createApiKey: unimplemented,
-    listApiKeys: unimplemented,
-    revokeApiKey: unimplemented,
+    createApiKey(req) {
+      const store = keyStore();
+      if (req.tenant === "") throw new ConnectError("tenant is required", Code.InvalidArgument);
+      for (const m of req.allowedModels) {
+        if (table.model(m) === undefined)
+          throw new ConnectError(`model "${m}" is not served here`, Code.InvalidArgument);
+      }
+      const tokensPerMinute = Number(req.limits?.tokensPerMinute ?? 0n);
+      if (tokensPerMinute > MAX_LIMIT)
+        throw new ConnectError(`tokens_per_minute must be at most ${MAX_LIMIT}`, Code.InvalidArgument);
+      const { record, secret } = keyStoreCall(() =>
+        store.create({
+          tenant: req.tenant,
+          allowedModels: req.allowedModels,
+          limits: {
+            requestsPerMinute: req.limits?.requestsPerMinute ?? 0,
+            tokensPerMinute,
+            maxConcurrentStreams: req.limits?.maxConcurrentStreams ?? 0,
+          },
+        }),
+      );
+      return { key: keyToProto(record), secret };
+    },
+    listApiKeys: (req) => ({
+      keys: keyStore().list({ tenant: req.tenant, includeRevoked: req.includeRevoked }).map(keyToProto),
+    }),
+    revokeApiKey(req) {
+      const store = keyStore();
+      return { key: keyToProto(keyStoreCall(() => store.revoke(req.id))) };
+    },
   });
 }

@@ -195,6 +195,16 @@ export const gatewayConfigSchema = z
       .strict()
       .optional(),
     /**
+     * Tenants' API keys (server/tenants/key-store.ts). When set, every inference request must carry a
+     * valid key (`authorization: Bearer <key>`), which decides the models it may use and its limits. The
+     * file is YAML ({keys: [...]}), reloaded when it changes: a writable file (the admin API can then
+     * create and revoke keys) or a mounted Secret (read-only).
+     */
+    tenants: z
+      .object({ keysFile: z.string().min(1) })
+      .strict()
+      .optional(),
+    /**
      * Browsers: origins allowed to call the public port (Connect and gRPC-Web over fetch), exact
      * ("https://app.example.com") or "*". Preflights are answered with connect-es's header lists.
      */

@@ -48,6 +48,8 @@ export interface InferenceRequest {
   readonly passthrough: Readonly<Record<string, unknown>>;
   /** Aborted when the client goes away or its deadline passes (the reason says which). */
   readonly signal: AbortSignal;
+  /** The API key presented (`authorization: Bearer <key>`); "" for none. */
+  readonly credential: string;
 }
 
 export interface Usage {

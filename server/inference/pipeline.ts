@@ -1,5 +1,6 @@
 /**
- * The one request path: admit (gateway capacity), validate, route and relay, account. Every protocol
+ * The one request path: authenticate (API key, when keys are configured), admit (gateway capacity),
+ * validate, admit under the key's limits, route and relay, account. Every protocol
  * adapter calls `run` and renders the events it yields; every error it throws is a client-safe
  * ConnectError (gateway-error.ts). Accounting (metrics, the request log line) happens here, once, however
  * the request ends: normally, with an error, or because the client stopped reading.
@@ -12,11 +13,18 @@ import type { Logger } from "../log/logger.js";
 import type { GatewayMetrics } from "../metrics/gateway-metrics.js";
 import { type RelayDeps, type RelayTrace, relay } from "../relay/relay.js";
 import type { RoutingTable } from "../routing/routing-table.js";
+import type { Admission, Admitter } from "../tenants/admission.js";
 import type { InferenceEvent, InferenceRequest } from "./inference-request.js";
 import { validateRequest } from "./validate-request.js";
 
+/** Characters of a request's prompt or messages. */
+const promptChars = (req: InferenceRequest) =>
+  req.prompt?.length ?? (req.messages ?? []).reduce((n, m) => n + m.content.length, 0);
+
 export interface PipelineDeps {
   readonly config: () => GatewayConfig;
+  /** API keys and tenant limits; undefined when no keys are configured (requests need none). */
+  readonly admitter?: Admitter | undefined;
   readonly table: RoutingTable;
   readonly relay: RelayDeps;
   readonly metrics: GatewayMetrics;
@@ -29,6 +37,11 @@ export interface Pipeline {
   run(req: InferenceRequest): AsyncGenerator<InferenceEvent>;
   /** Requests being served now. */
   readonly inFlight: number;
+  /**
+   * Which models a caller may list: every model without API keys; with keys, those of its key (throws
+   * UNAUTHENTICATED for a missing or invalid key).
+   */
+  modelFilter(credential: string): (model: string) => boolean;
 }
 
 /** The client-facing error for an aborted request: the abort reason if it is one of ours. */
@@ -52,10 +65,15 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     let observeInterToken: ((seconds: number) => void) | undefined;
     let completionTokens = 0;
     let promptTokens = 0;
+    let streamedTokens = 0;
+    let admission: Admission | undefined;
+    let promptEstimate = 0;
     inFlight++;
     deps.metrics.requestStarted(modelName);
     const leave = deps.relay.retryBudget.enter();
     try {
+      // Who is calling comes first: a caller without a valid key learns nothing else.
+      const key = deps.admitter?.authenticate(req.credential);
       if (inFlight > config.limits.maxInFlight) {
         throw gatewayError(
           Code.ResourceExhausted,
@@ -66,8 +84,14 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       }
       const model = validateRequest(req, deps.table, config);
       modelName = model.name;
+      if (key !== undefined) {
+        promptEstimate = Math.ceil(promptChars(req) / 4);
+        const maxTokens = req.sampling.maxTokens ?? config.limits.defaultMaxTokens;
+        admission = deps.admitter?.admit(key, model.name, promptEstimate + maxTokens);
+      }
       for await (const event of relay(req, model, deps.relay, acceptedAt, trace)) {
         if (event.type === "delta") {
+          streamedTokens += event.tokenCount;
           const t = deps.now();
           if (observeInterToken !== undefined) observeInterToken((t - lastTokenAt) / 1000);
           else {
@@ -99,6 +123,15 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     } finally {
       inFlight--;
       leave();
+      // Charge what the request used: its usage, or for a stream cut short, its prompt (estimated) and
+      // the tokens it received; nothing if no token was generated.
+      admission?.end(
+        code === undefined
+          ? promptTokens + completionTokens
+          : streamedTokens > 0
+            ? promptEstimate + streamedTokens
+            : 0,
+      );
       const totalMs = deps.now() - acceptedAt;
       deps.metrics.requestEnded(modelName, trace.version, req.protocol, code, totalMs / 1000);
       deps.log.info(
@@ -122,6 +155,11 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
 
   return {
     run,
+    modelFilter(credential) {
+      if (deps.admitter === undefined) return () => true;
+      const key = deps.admitter.authenticate(credential);
+      return (model) => key.allowedModels.length === 0 || key.allowedModels.includes(model);
+    },
     get inFlight() {
       return inFlight;
     },

@@ -11,6 +11,7 @@ import type { UpstreamFailure } from "../errors/gateway-error.js";
 import type { Protocol } from "../inference/inference-request.js";
 import { type Replica, replicaStatus } from "../replicas/replica.js";
 import type { PickReason } from "../routing/pick-replica.js";
+import type { TenantUsage } from "../tenants/admission.js";
 
 const TTFT_BUCKETS = [
   0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
@@ -47,6 +48,8 @@ export interface GatewayMetrics {
   routed(model: string, version: string, reason: PickReason): void;
   retried(model: string, failure: UpstreamFailure): void;
   ejected(replica: Replica): void;
+  /** Per-tenant usage, when API keys are configured. */
+  readonly tenants: TenantUsage;
 }
 
 export function createGatewayMetrics(replicas: () => readonly Replica[], now: () => number): GatewayMetrics {
@@ -160,8 +163,33 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
     },
   });
 
+  const tenantRequests = new Counter({
+    name: "kinfer_gateway_tenant_requests_total",
+    help: "Requests by tenant and admission result (admitted, rate_limited, token_budget, too_many_streams, model_not_allowed).",
+    labelNames: ["tenant", "result"],
+    registers,
+  });
+  const tenantTokens = new Counter({
+    name: "kinfer_gateway_tenant_tokens_total",
+    help: "Tokens (prompt plus generated) used by a tenant's requests, as charged to its token budget.",
+    labelNames: ["tenant"],
+    registers,
+  });
+  const tenantStreams = new Gauge({
+    name: "kinfer_gateway_tenant_streams",
+    help: "Streams a tenant has open.",
+    labelNames: ["tenant"],
+    registers,
+  });
+
   return {
     registry,
+    tenants: {
+      admitted: (tenant) => tenantRequests.inc({ tenant, result: "admitted" }),
+      refused: (tenant, result) => tenantRequests.inc({ tenant, result }),
+      streams: (tenant, delta) => tenantStreams.inc({ tenant }, delta),
+      tokens: (tenant, n) => tenantTokens.inc({ tenant }, n),
+    },
     requestStarted: (model) => inFlight.inc({ model }),
     requestEnded(model, version, protocol, code, seconds) {
       inFlight.dec({ model });

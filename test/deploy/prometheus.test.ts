@@ -166,6 +166,14 @@ beforeAll(async () => {
   );
   await new Promise((r) => setTimeout(r, 1500));
   await traffic();
+  // Prometheus has scraped the final counts, and evaluated the rules on them.
+  const total = async (selector: string) => Number((await query(`sum(${selector})`))[0]?.value[1] ?? -1);
+  await until("the second round scraped", async () =>
+    (await total(`kinfer_gateway_requests_total{model="${COLD_MODEL}"}`)) === 6 &&
+    (await total(`kinfer_gateway_requests_total{model="${MODEL}"}`)) === 2 * 8 * 12
+      ? true
+      : undefined,
+  );
   await until("rules evaluated on the second round", async () => {
     const r = await query('model_version:kinfer_gateway_error_ratio:rate5m{version="canary"}');
     return r.length > 0 && !Number.isNaN(Number(r[0]?.value[1])) ? true : undefined;

@@ -206,10 +206,10 @@ describe("state and changes", () => {
     expect(JSON.parse(stdout).policy.algorithm).toBe("ROUTING_ALGORITHM_LEAST_OUTSTANDING");
   });
 
-  it("API keys are not implemented yet", async () => {
+  it("API keys without a keys file: FAILED_PRECONDITION (test/server/tenants.test.ts has them)", async () => {
     const err = await admin()
       .listApiKeys({})
       .catch((e: unknown) => ConnectError.from(e));
-    expect(err).toMatchObject({ code: Code.Unimplemented });
+    expect(err).toMatchObject({ code: Code.FailedPrecondition });
   });
 });

@@ -32,6 +32,7 @@ import type {
 import type { Pipeline } from "../../inference/pipeline.js";
 import { isEligible } from "../../replicas/replica.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
+import { bearerOf } from "../../tenants/admission.js";
 
 const ROLES: Partial<Record<Role, ChatRole>> = {
   [Role.SYSTEM]: "system",
@@ -111,6 +112,7 @@ export function registerInferenceService(
       priority: PRIORITIES[routing?.priority ?? Priority.UNSPECIFIED] ?? "standard",
       passthrough: {},
       signal: ctx.signal,
+      credential: bearerOf(ctx.requestHeader.get("authorization")),
     };
   }
 
@@ -156,15 +158,19 @@ export function registerInferenceService(
       };
       for await (const e of pipeline.run(request)) yield { event: eventOf(e) };
     },
-    listModels() {
+    listModels(_req, ctx) {
       const t = now();
+      const visible = pipeline.modelFilter(bearerOf(ctx.requestHeader.get("authorization")));
       return {
-        models: table.models().map((m) => ({
-          name: m.name,
-          versions: m.versions.map((v) => v.name),
-          maxContextTokens: m.maxContextTokens,
-          available: m.versions.some((v) => v.weight > 0 && v.replicas.some((r) => isEligible(r, t))),
-        })),
+        models: table
+          .models()
+          .filter((m) => visible(m.name))
+          .map((m) => ({
+            name: m.name,
+            versions: m.versions.map((v) => v.name),
+            maxContextTokens: m.maxContextTokens,
+            available: m.versions.some((v) => v.weight > 0 && v.replicas.some((r) => isEligible(r, t))),
+          })),
       };
     },
   });

@@ -24,6 +24,7 @@ import type {
 import type { Pipeline } from "../../inference/pipeline.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { BodyTooLarge, readBody } from "../../serving/read-body.js";
+import { bearerOf } from "../../tenants/admission.js";
 
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
 export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
@@ -147,6 +148,7 @@ export function createOpenAiRoutes(
       priority: "standard" as const,
       passthrough,
       signal,
+      credential: bearerOf(header("authorization")),
     };
     const request: InferenceRequest = chat
       ? {
@@ -275,9 +277,20 @@ export function createOpenAiRoutes(
         return true;
       }
       if (route === "GET /v1/models") {
+        let visible: (model: string) => boolean;
+        try {
+          const auth = req.headers.authorization;
+          visible = pipeline.modelFilter(bearerOf(Array.isArray(auth) ? auth[0] : auth));
+        } catch (err) {
+          sendError(res, toClientError(err));
+          return true;
+        }
         sendJson(res, 200, {
           object: "list",
-          data: table.models().map((m) => ({ id: m.name, object: "model", created, owned_by: "kinfer" })),
+          data: table
+            .models()
+            .filter((m) => visible(m.name))
+            .map((m) => ({ id: m.name, object: "model", created, owned_by: "kinfer" })),
         });
         return true;
       }

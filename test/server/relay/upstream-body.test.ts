@@ -17,6 +17,7 @@ const base: InferenceRequest = {
   version: "",
   passthrough: { logprobs: true, response_format: { type: "json_object" }, stream: false, model: "evil" },
   signal: new AbortController().signal,
+  credential: "",
 };
 
 it("passes unknown fields through and keeps control of the ones the relay needs", () => {
