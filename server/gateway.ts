@@ -32,7 +32,9 @@ import { registerReflectionService } from "./protocols/connect/reflection-servic
 import { createOpenAiRoutes } from "./protocols/openai/openai-routes.js";
 import { createRetryBudget } from "./relay/retry-budget.js";
 import { createOutlierDetector } from "./replicas/outlier-detection.js";
+import { isEligible } from "./replicas/replica.js";
 import { type Scraper, startScraper } from "./replicas/scraper.js";
+import { createRolloutController } from "./rollout/rollout.js";
 import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
 import { createCorsHandler } from "./serving/cors.js";
@@ -112,8 +114,22 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
             log.error({ err: err.message }, "API keys reload failed; keeping the keys in force"),
         })
       : undefined;
+  const rollouts = createRolloutController({
+    hasReadyReplica: (model, version) =>
+      table
+        .model(model)
+        ?.versions.find((v) => v.name === version)
+        ?.replicas.some((r) => isEligible(r, now())) ?? false,
+    setWeights: (model, weights) => table.setWeights(model, weights),
+    log: (message, fields) => log.info(fields, message),
+    report: (model, phase, weight) => metrics.rollout(model, phase, weight),
+  });
+  const configureRollouts = (c: GatewayConfig) =>
+    rollouts.configure(new Map(c.models.flatMap((m) => (m.rollout ? [[m.name, m.rollout] as const] : []))));
+  configureRollouts(config);
   const pipeline = createPipeline({
     config: () => config,
+    onRequestEnd: rollouts.observe,
     admitter: keys !== undefined ? createAdmitter(keys, metrics.tenants, now) : undefined,
     table,
     metrics,
@@ -251,6 +267,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     await dispatcher.close().catch(() => {});
     await endpoints.close();
     keys?.close();
+    rollouts.close();
   }
 
   return {
@@ -263,6 +280,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     applyConfig(next) {
       config = next;
       staticSource.update(next);
+      configureRollouts(next);
       if (endpoints !== staticSource) rebuild();
       listener.reloadTls();
       log.info({ models: next.models.map((m) => m.name) }, "config applied");

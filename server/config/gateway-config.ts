@@ -7,6 +7,7 @@
 import { readFile } from "node:fs/promises";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { rolloutSchema } from "../rollout/rollout.js";
 
 const ms = (max = 24 * 3600_000) => z.number().int().nonnegative().max(max);
 
@@ -68,6 +69,8 @@ const modelSchema = z
     /** Routing policy; unset fields take the gateway-wide `routing` values. */
     routing: routingPolicySchema.partial().optional(),
     versions: z.array(versionSchema).min(1),
+    /** The built-in progressive rollout of a canary version (server/rollout/rollout.ts); off when unset. */
+    rollout: rolloutSchema.optional(),
   })
   .strict()
   .superRefine((model, ctx) => {
@@ -76,6 +79,14 @@ const modelSchema = z
       if (names.has(v.name))
         ctx.addIssue({ code: "custom", path: ["versions", i, "name"], message: "duplicate version" });
       names.add(v.name);
+    }
+    if (model.rollout !== undefined) {
+      for (const v of [model.rollout.canary, model.rollout.stable]) {
+        if (!names.has(v))
+          ctx.addIssue({ code: "custom", path: ["rollout"], message: `the model has no version "${v}"` });
+      }
+      if (model.rollout.canary === model.rollout.stable)
+        ctx.addIssue({ code: "custom", path: ["rollout"], message: "canary and stable must differ" });
     }
   });
 

@@ -23,6 +23,13 @@ const promptChars = (req: InferenceRequest) =>
 
 export interface PipelineDeps {
   readonly config: () => GatewayConfig;
+  /** Every request's outcome per model version (the built-in rollout judges canaries on it). */
+  readonly onRequestEnd?: (
+    model: string,
+    version: string,
+    code: Code | undefined,
+    ttftMs: number | undefined,
+  ) => void;
   /** API keys and tenant limits; undefined when no keys are configured (requests need none). */
   readonly admitter?: Admitter | undefined;
   readonly table: RoutingTable;
@@ -134,6 +141,13 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       );
       const totalMs = deps.now() - acceptedAt;
       deps.metrics.requestEnded(modelName, trace.version, req.protocol, code, totalMs / 1000);
+      if (trace.version !== "")
+        deps.onRequestEnd?.(
+          modelName,
+          trace.version,
+          code,
+          firstTokenAt === undefined ? undefined : firstTokenAt - acceptedAt,
+        );
       deps.log.info(
         {
           requestId: req.requestId,

@@ -50,6 +50,8 @@ export interface GatewayMetrics {
   ejected(replica: Replica): void;
   /** Per-tenant usage, when API keys are configured. */
   readonly tenants: TenantUsage;
+  /** The built-in rollout's state of a model. */
+  rollout(model: string, phase: string, canaryWeight: number): void;
 }
 
 export function createGatewayMetrics(replicas: () => readonly Replica[], now: () => number): GatewayMetrics {
@@ -182,8 +184,26 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
     registers,
   });
 
+  const rolloutPhase = new Gauge({
+    name: "kinfer_gateway_rollout_phase",
+    help: "1 for the built-in rollout's current phase of a model (idle, progressing, promoted, rolled-back).",
+    labelNames: ["model", "phase"],
+    registers,
+  });
+  const rolloutWeight = new Gauge({
+    name: "kinfer_gateway_rollout_canary_weight",
+    help: "The canary's traffic weight (out of 100) set by the built-in rollout.",
+    labelNames: ["model"],
+    registers,
+  });
+
   return {
     registry,
+    rollout(model, phase, canaryWeight) {
+      for (const p of ["idle", "progressing", "promoted", "rolled-back"])
+        rolloutPhase.set({ model, phase: p }, p === phase ? 1 : 0);
+      rolloutWeight.set({ model }, canaryWeight);
+    },
     tenants: {
       admitted: (tenant) => tenantRequests.inc({ tenant, result: "admitted" }),
       refused: (tenant, result) => tenantRequests.inc({ tenant, result }),

@@ -14,6 +14,8 @@ export interface HarnessOptions {
   models: Record<string, Record<string, number>>;
   /** Version weights (default 1 each). */
   weights?: Record<string, Record<string, number>>;
+  /** Extra config per model (e.g. rollout), merged into its entry. */
+  modelConfig?: Record<string, Record<string, unknown>>;
   /** Extra gateway config, merged over the defaults (shallowly per section). */
   config?: Record<string, unknown>;
   engine?: Partial<EngineOptions>;
@@ -48,7 +50,7 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
         replicas: list.map((r) => r.url),
       });
     }
-    models.push({ name: model, maxContextTokens: 8192, versions: vs });
+    models.push({ name: model, maxContextTokens: 8192, versions: vs, ...options.modelConfig?.[model] });
   }
   const extra = options.config ?? {};
   const config: GatewayConfig = parseGatewayConfig({
