@@ -244,7 +244,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       shutdownSignal: shutdown.signal,
     });
     admin = await listen(
-      { host: config.admin.host, port: config.admin.port, maxConcurrentStreams: 100 },
+      { host: config.admin.host, port: config.admin.port, tls: config.admin.tls, maxConcurrentStreams: 100 },
       (req, res) => adminHandler(req as never, res as never),
     );
     log.info({ url: admin.url }, "admin API listening");
@@ -283,6 +283,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       configureRollouts(next);
       if (endpoints !== staticSource) rebuild();
       listener.reloadTls();
+      admin?.reloadTls();
       log.info({ models: next.models.map((m) => m.name) }, "config applied");
     },
     scrapeNow: () => scraper.scrapeAll(),

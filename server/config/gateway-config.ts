@@ -202,6 +202,14 @@ export const gatewayConfigSchema = z
         port: z.number().int().min(0).max(65_535).default(8081),
         token: z.string().min(16, { error: "admin token: at least 16 characters" }).optional(),
         tokenFile: z.string().optional(),
+        /**
+         * TLS for the admin port; with `clientCaFile`, mutual TLS: callers also need a client certificate
+         * signed by that CA (besides the token).
+         */
+        tls: z
+          .object({ certFile: z.string(), keyFile: z.string(), clientCaFile: z.string().optional() })
+          .strict()
+          .optional(),
       })
       .strict()
       .optional(),

@@ -18,7 +18,8 @@ export type RequestHandler = (
 export interface ListenerOptions {
   host: string;
   port: number;
-  tls?: { certFile: string; keyFile: string } | undefined;
+  /** TLS; with `clientCaFile`, clients must present a certificate signed by that CA (mutual TLS). */
+  tls?: { certFile: string; keyFile: string; clientCaFile?: string | undefined } | undefined;
   /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection. */
   maxConcurrentStreams: number;
 }
@@ -56,7 +57,15 @@ export async function listen(options: ListenerOptions, handler: RequestHandler):
   if (options.tls !== undefined) {
     const tls = options.tls;
     secure = http2.createSecureServer(
-      { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), allowHTTP1: true, settings },
+      {
+        cert: readFileSync(tls.certFile),
+        key: readFileSync(tls.keyFile),
+        ...(tls.clientCaFile !== undefined
+          ? { ca: readFileSync(tls.clientCaFile), requestCert: true, rejectUnauthorized: true }
+          : {}),
+        allowHTTP1: true,
+        settings,
+      },
       handler,
     );
     secure.on("session", trackSession);
@@ -109,6 +118,7 @@ export async function listen(options: ListenerOptions, handler: RequestHandler):
       secure.setSecureContext({
         cert: readFileSync(options.tls.certFile),
         key: readFileSync(options.tls.keyFile),
+        ...(options.tls.clientCaFile !== undefined ? { ca: readFileSync(options.tls.clientCaFile) } : {}),
       });
     },
   };

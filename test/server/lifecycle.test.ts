@@ -14,6 +14,7 @@ import {
   Health,
   HealthCheckResponse_ServingStatus as Status,
 } from "../../gen/es/grpc/health/v1/health_pb.js";
+import { AdminService } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
 import {
   ErrorDetailSchema,
   ErrorReason,
@@ -232,6 +233,102 @@ describe("TLS", () => {
     } finally {
       await gateway?.close();
       await replica.close();
+      rmSync(dir, { recursive: true });
+    }
+  });
+  it("the admin port with mutual TLS: a client certificate from the configured CA and the token are both needed", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kinfer-mtls-"));
+    const openssl = (args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let gateway: Gateway | undefined;
+    try {
+      makeCert(dir, "gateway-admin"); // the server's certificate: cert.pem, key.pem
+      openssl([
+        "req",
+        "-x509",
+        ...ec,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=operators-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+      ]);
+      openssl(["req", ...ec, "-subj", "/CN=operator", "-keyout", "client.key", "-out", "client.csr"]);
+      openssl([
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "client.pem",
+      ]);
+      // A certificate from another CA (self-signed) must be refused.
+      openssl([
+        "req",
+        "-x509",
+        ...ec,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=stranger",
+        "-keyout",
+        "stranger.key",
+        "-out",
+        "stranger.pem",
+      ]);
+      const token = "admin-token-for-mtls-0123456789";
+      gateway = await startGateway({
+        config: parseGatewayConfig({
+          logLevel: "silent",
+          listen: { host: "127.0.0.1", port: 0 },
+          admin: {
+            host: "127.0.0.1",
+            port: 0,
+            token,
+            tls: {
+              certFile: join(dir, "cert.pem"),
+              keyFile: join(dir, "key.pem"),
+              clientCaFile: join(dir, "ca.pem"),
+            },
+          },
+          models: [{ name: "m", versions: [{ name: "s" }] }],
+        }),
+      });
+      const read = (f: string) => readFileSync(join(dir, f), "utf8");
+      const adminClient = (certs: { cert?: string; key?: string }) =>
+        createClient(
+          AdminService,
+          createConnectTransport({
+            baseUrl: gateway?.adminUrl as string,
+            httpVersion: "2",
+            nodeOptions: { ca: read("cert.pem"), ...certs },
+            interceptors: [
+              (next) => (req) => {
+                req.header.set("authorization", `Bearer ${token}`);
+                return next(req);
+              },
+            ],
+          }),
+        );
+      expect(gateway.adminUrl).toMatch(/^https:/);
+      const ok = await adminClient({ cert: read("client.pem"), key: read("client.key") }).listModels({});
+      expect(ok.models.map((m) => m.name)).toEqual(["m"]);
+      await expect(adminClient({}).listModels({})).rejects.toBeInstanceOf(ConnectError);
+      await expect(
+        adminClient({ cert: read("stranger.pem"), key: read("stranger.key") }).listModels({}),
+      ).rejects.toBeInstanceOf(ConnectError);
+    } finally {
+      await gateway?.close();
       rmSync(dir, { recursive: true });
     }
   });
