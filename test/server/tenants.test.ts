@@ -5,15 +5,17 @@
  * request, keys are managed through the admin API and by editing the keys file, and a tenant key is
  * refused on the admin port.
  */
+import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { stringify } from "yaml";
+import { parse, stringify } from "yaml";
 import { AdminService, ListApiKeysResponseSchema } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
 import {
   ErrorDetailSchema,
@@ -23,6 +25,7 @@ import {
 import { type ApiKeyRecord, hashSecret, newKey, parseKeysFile } from "../../server/tenants/key-store.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
 
+const run = promisify(execFile);
 const ADMIN_TOKEN = "admin-token-for-tests-0123456789";
 let h: Harness;
 let dir: string;
@@ -247,8 +250,32 @@ describe("managing keys", () => {
     expect((await admin().listApiKeys({})).keys.some((k) => k.id === keys.revoke?.record.id)).toBe(false);
   });
 
-  it("a key added to the file by hand (or to a mounted Secret) works once the file is reloaded", async () => {
-    const added = newKey({ tenant: "by-hand" });
+  it("a key made by `npm run keys` and added to the file (or to a mounted Secret) works once reloaded", async () => {
+    const { stdout, stderr } = await run(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        "server/tenants/keys-cli.ts",
+        "create",
+        "--tenant",
+        "by-hand",
+        "--models",
+        "a",
+        "--rpm",
+        "600",
+      ],
+      { cwd: new URL("../..", import.meta.url).pathname },
+    );
+    const secret = /kfr_\S+/.exec(stderr)?.[0] as string;
+    const [entry] = parse(stdout) as ApiKeyRecord[];
+    expect(entry).toMatchObject({
+      tenant: "by-hand",
+      allowedModels: ["a"],
+      limits: { requestsPerMinute: 600 },
+    });
+    expect(entry?.sha256).toBe(hashSecret(secret));
+    const added = { record: entry as ApiKeyRecord, secret };
     const onDisk = parseKeysFile(readFileSync(keysFile, "utf8"), keysFile);
     writeFileSync(keysFile, stringify({ keys: [...onDisk, added.record] }));
     const until = Date.now() + 5000;
