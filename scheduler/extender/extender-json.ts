@@ -131,15 +131,8 @@ export function filterReplyText(reply: {
 }): string {
   const key = (localName: string) =>
     JSON.stringify(FilterResponseSchema.fields.find((f) => f.localName === localName)?.jsonName);
-  const map = (m: Readonly<Record<string, string>> | undefined) => {
-    let text = "{";
-    let first = true;
-    for (const k in m) {
-      text += `${first ? "" : ","}${JSON.stringify(k)}:${JSON.stringify(m[k])}`;
-      first = false;
-    }
-    return `${text}}`;
-  };
+  // Native JSON.stringify writes a plain object of strings as fast as anything written by hand here.
+  const map = (m: Readonly<Record<string, string>> | undefined) => JSON.stringify(m ?? {});
   return (
     `{${key("nodeNames")}:${JSON.stringify(reply.nodeNames ?? [])},` +
     `${key("failedNodes")}:${map(reply.failedNodes)},` +

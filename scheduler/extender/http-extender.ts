@@ -16,7 +16,12 @@ import {
   PrioritizeRequestSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import { BodyTooLarge, readBody } from "../../server/serving/read-body.js";
-import { parseExtenderJson, prioritizeReplyText, toExtenderJson } from "./extender-json.js";
+import {
+  filterReplyText,
+  parseExtenderJson,
+  prioritizeReplyText,
+  toExtenderJson,
+} from "./extender-json.js";
 import type { SchedulingService } from "./scheduling-service.js";
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
@@ -45,11 +50,13 @@ export function createHttpExtender(service: SchedulingService, prefix = "/schedu
     readBody(req, MAX_BODY)
       .then(async (body) => {
         switch (verb) {
-          case "filter":
-            return toExtenderJson(
-              FilterResponseSchema,
-              service.filter(parseExtenderJson(FilterRequestSchema, body)),
-            );
+          case "filter": {
+            const reply = service.filter(parseExtenderJson(FilterRequestSchema, body));
+            // nodeCacheCapable (no Nodes in the reply): written directly, as for prioritize.
+            return reply.nodes === undefined
+              ? new RawJson(filterReplyText(reply))
+              : toExtenderJson(FilterResponseSchema, reply);
+          }
           case "prioritize":
             return new RawJson(
               prioritizeReplyText(

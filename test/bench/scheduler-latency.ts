@@ -125,7 +125,8 @@ async function main() {
   for (const policy of values.policies.split(",")) {
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", fileURLToPath(import.meta.url), "--serve", policy],
+      // The flags bin/kinfer-scheduler runs with.
+      ["--max-semi-space-size=64", "--import", "tsx", fileURLToPath(import.meta.url), "--serve", policy],
       {
         stdio: ["ignore", "pipe", "inherit"],
       },
