@@ -16,12 +16,7 @@ import {
   PrioritizeRequestSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import { BodyTooLarge, readBody } from "../../server/serving/read-body.js";
-import {
-  filterReplyText,
-  parseExtenderJson,
-  prioritizeReplyText,
-  toExtenderJson,
-} from "./extender-json.js";
+import { filterReplyText, parseExtenderJson, prioritizeReplyText, toExtenderJson } from "./extender-json.js";
 import type { SchedulingService } from "./scheduling-service.js";
 
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
