@@ -105,8 +105,6 @@ export function parseKeysFile(text: string, source: string): ApiKeyRecord[] {
 export interface KeyStore {
   /** The valid (not revoked) key with this secret, if any. */
   authenticate(secret: string): ApiKeyRecord | undefined;
-  /** Whether any key is configured (then every inference request must carry one). */
-  readonly size: number;
   list(filter?: { tenant?: string; includeRevoked?: boolean }): ApiKeyRecord[];
   create(init: { tenant: string; allowedModels: readonly string[]; limits: ApiKeyLimits }): {
     record: ApiKeyRecord;
@@ -136,6 +134,9 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
   };
   index();
 
+  /** The file's text as last read or written, to tell a real change from a touch. */
+  let last = readFileSync(file, "utf8");
+
   const save = (next: ApiKeyRecord[]) => {
     const tmp = join(dirname(file), `.${basename(file)}.${process.pid}.tmp`);
     try {
@@ -156,7 +157,6 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
   };
 
   // Reload on change: watch the directory (atomic renames and Secret symlink swaps replace the file).
-  let last = readFileSync(file, "utf8");
   let timer: NodeJS.Timeout | undefined;
   const reload = () => {
     timer = undefined;
@@ -180,9 +180,6 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
     authenticate(secret) {
       if (!secret.startsWith(SECRET_PREFIX) || secret.length > 256) return undefined;
       return byHash.get(hashSecret(secret));
-    },
-    get size() {
-      return keys.length;
     },
     list(filter = {}) {
       return keys
