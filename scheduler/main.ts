@@ -2,6 +2,11 @@
  * kinfer-scheduler: the GPU-aware kube-scheduler extender.
  *
  *   kinfer-scheduler [--host 0.0.0.0] [--port 8888] [--policy fragmentation] [--kubeconfig FILE] [--no-bind]
+ *                    [--filter-returns best|all]
+ *
+ * --filter-returns best (the default) makes the filter return only the node the policy picks, so that
+ * kube-scheduler skips scoring (prioritize is never called); "all" returns every node that fits and
+ * leaves the choice to kube-scheduler's scoring with prioritize.
  *
  * Keeps its cache of nodes and pods with informers (in-cluster config, or --kubeconfig, or ~/.kube/config)
  * and binds pods through the API (unless --no-bind, for extenders configured without bindVerb).
@@ -25,16 +30,20 @@ export async function main(argv: string[]): Promise<void> {
       policy: { type: "string", default: "fragmentation" },
       kubeconfig: { type: "string" },
       "no-bind": { type: "boolean", default: false },
+      "filter-returns": { type: "string", default: "best" },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) {
     process.stdout.write(
-      "kinfer-scheduler [--host H] [--port N] [--policy spread|binpack|bestfit|fragmentation] [--kubeconfig FILE] [--no-bind]\n",
+      "kinfer-scheduler [--host H] [--port N] [--policy spread|binpack|bestfit|fragmentation] [--kubeconfig FILE] [--no-bind] [--filter-returns best|all]\n",
     );
     return;
   }
   if (!isPolicyName(values.policy)) throw new Error(`--policy: unknown policy "${values.policy}"`);
+  const filterReturns = values["filter-returns"];
+  if (filterReturns !== "best" && filterReturns !== "all")
+    throw new Error(`--filter-returns: "best" or "all", not "${filterReturns}"`);
   const port = Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65_535)
     throw new Error(`--port: not a port: ${values.port}`);
@@ -59,6 +68,7 @@ export async function main(argv: string[]): Promise<void> {
     port,
     state,
     defaultPolicy: values.policy,
+    filterReturns,
     ...(values["no-bind"] ? {} : { binder: createKubeBinder(kc) }),
   });
   log("ready", { url: server.url, nodes: state.nodes.size, pods: state.podCount, policy: values.policy });

@@ -34,6 +34,8 @@ export interface SchedulerServerOptions {
   binder?: Binder;
   /** Extender URL prefix. Default "/scheduler". */
   prefix?: string;
+  /** Whether filter returns every node that fits or only the chosen one (see scheduling-service.ts). */
+  filterReturns?: "all" | "best";
 }
 
 export interface SchedulerServer {
@@ -100,6 +102,7 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
     state,
     defaultPolicy: options.defaultPolicy,
     ...(options.binder !== undefined ? { binder: options.binder } : {}),
+    ...(options.filterReturns !== undefined ? { filterReturns: options.filterReturns } : {}),
     onDecision(verb, result, seconds) {
       decisions.inc({ verb, result });
       latency.observe({ verb }, seconds);

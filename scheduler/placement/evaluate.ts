@@ -16,15 +16,17 @@ export interface Evaluation {
   readonly devices: readonly DeviceShare[];
 }
 
+/** With `reasons` false, nodes that do not fit come without their reason text (see checkFit). */
 export function evaluateNodes(
   nodes: Iterable<GpuNode>,
   req: PodRequest,
   policy: PlacementPolicy,
+  reasons = true,
 ): Evaluation[] {
   const scorer = policy.forPod(req);
   const out: Evaluation[] = [];
   for (const node of nodes) {
-    const fit = checkFit(node, req);
+    const fit = checkFit(node, req, reasons);
     if (!fit.fits) {
       out.push({ node, fit, score: Number.NaN, devices: [] });
       continue;
@@ -51,6 +53,35 @@ export function chooseBest(evaluations: readonly Evaluation[], random: () => num
 
 /** kube-scheduler's MaxExtenderPriority. */
 export const MAX_SCORE = 10;
+
+/**
+ * `chooseBest(evaluateNodes(nodes, req, policy, false), random)` without building an evaluation per node:
+ * the same choice (same ties, same single draw of `random`), for the hot paths (the extender's filter
+ * that picks, and the trace replay).
+ */
+export function pickBest(
+  nodes: Iterable<GpuNode>,
+  req: PodRequest,
+  policy: PlacementPolicy,
+  random: () => number,
+): Evaluation | undefined {
+  const scorer = policy.forPod(req);
+  let best: { node: GpuNode; score: number; devices: readonly DeviceShare[] }[] = [];
+  let bestScore = Number.NEGATIVE_INFINITY;
+  for (const node of nodes) {
+    if (!checkFit(node, req, false).fits) continue;
+    const placed = scorer.score(node, candidatePlacements(node, req));
+    if (placed.score > bestScore + 1e-12) {
+      bestScore = placed.score;
+      best = [{ node, score: placed.score, devices: placed.devices }];
+    } else if (Math.abs(placed.score - bestScore) <= 1e-12) {
+      best.push({ node, score: placed.score, devices: placed.devices });
+    }
+  }
+  if (best.length === 0) return undefined;
+  const chosen = best[Math.floor(random() * best.length)] as (typeof best)[number];
+  return { ...chosen, fit: checkFit(chosen.node, req) };
+}
 
 /**
  * Extender scores 0..10 (MaxExtenderPriority): the best node 10, the worst that fits 0, linear between;

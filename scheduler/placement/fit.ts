@@ -18,6 +18,9 @@ export interface Fit {
 
 const FITS: Fit = { fits: true, reason: "", unresolvable: false };
 const fail = (reason: string, unresolvable = false): Fit => ({ fits: false, reason, unresolvable });
+/** Failures without their reason text, for callers that only need the verdict (no allocation). */
+const NO_FIT: Fit = { fits: false, reason: "", unresolvable: false };
+const NO_FIT_EVER: Fit = { fits: false, reason: "", unresolvable: true };
 
 /** GPU index ranges that a multi-GPU pod may span (one range when the node has no NVLink domains). */
 function domains(node: GpuNode): [number, number][] {
@@ -28,24 +31,38 @@ function domains(node: GpuNode): [number, number][] {
   return out;
 }
 
-export function checkFit(node: GpuNode, req: PodRequest): Fit {
+/**
+ * Whether the pod fits the node. With `withReason` false, a failure comes without its reason text (the
+ * verdict and `unresolvable` are the same), which saves building a string per node that does not fit.
+ */
+export function checkFit(node: GpuNode, req: PodRequest, withReason = true): Fit {
   if (req.models.length > 0 && !req.models.includes(node.model)) {
-    return fail(`GPU model ${node.model || "unknown"} is not one of ${req.models.join(", ")}`, true);
+    return withReason
+      ? fail(`GPU model ${node.model || "unknown"} is not one of ${req.models.join(", ")}`, true)
+      : NO_FIT_EVER;
   }
   const gpuCount = node.free.length;
   if (req.gpus > gpuCount || (req.gpuMilli > 0 && gpuCount === 0)) {
-    return fail(`needs ${req.gpus || 1} GPU(s), the node has ${gpuCount}`, true);
+    return withReason ? fail(`needs ${req.gpus || 1} GPU(s), the node has ${gpuCount}`, true) : NO_FIT_EVER;
   }
   if (req.gpus > 1 && node.nvlinkDomainSize > 0 && req.gpus > node.nvlinkDomainSize) {
-    return fail(`needs ${req.gpus} GPUs in one NVLink domain of ${node.nvlinkDomainSize}`, true);
+    return withReason
+      ? fail(`needs ${req.gpus} GPUs in one NVLink domain of ${node.nvlinkDomainSize}`, true)
+      : NO_FIT_EVER;
   }
   if (req.cpuMilli > node.cpuMilli)
-    return fail(`needs ${req.cpuMilli}m CPU, the node has ${node.cpuMilli}m`, true);
+    return withReason
+      ? fail(`needs ${req.cpuMilli}m CPU, the node has ${node.cpuMilli}m`, true)
+      : NO_FIT_EVER;
   if (req.memMiB > node.memMiB)
-    return fail(`needs ${req.memMiB} MiB memory, the node has ${node.memMiB} MiB`, true);
-  if (!node.schedulable) return fail("the node is not ready or is cordoned");
-  if (req.cpuMilli > node.cpuFree) return fail(`needs ${req.cpuMilli}m CPU, ${node.cpuFree}m free`);
-  if (req.memMiB > node.memFree) return fail(`needs ${req.memMiB} MiB memory, ${node.memFree} MiB free`);
+    return withReason
+      ? fail(`needs ${req.memMiB} MiB memory, the node has ${node.memMiB} MiB`, true)
+      : NO_FIT_EVER;
+  if (!node.schedulable) return withReason ? fail("the node is not ready or is cordoned") : NO_FIT;
+  if (req.cpuMilli > node.cpuFree)
+    return withReason ? fail(`needs ${req.cpuMilli}m CPU, ${node.cpuFree}m free`) : NO_FIT;
+  if (req.memMiB > node.memFree)
+    return withReason ? fail(`needs ${req.memMiB} MiB memory, ${node.memFree} MiB free`) : NO_FIT;
   if (req.gpus > 0) {
     let best = 0;
     if (node.nvlinkDomainSize === 0) {
@@ -57,11 +74,13 @@ export function checkFit(node: GpuNode, req: PodRequest): Fit {
         best = Math.max(best, whole);
       }
     }
-    if (best < req.gpus) return fail(`needs ${req.gpus} whole GPU(s) together, ${best} free`);
+    if (best < req.gpus)
+      return withReason ? fail(`needs ${req.gpus} whole GPU(s) together, ${best} free`) : NO_FIT;
   } else if (req.gpuMilli > 0) {
     let most = 0;
     for (const f of node.free) most = Math.max(most, f);
-    if (most < req.gpuMilli) return fail(`needs ${req.gpuMilli}/1000 of a GPU, at most ${most} free on one`);
+    if (most < req.gpuMilli)
+      return withReason ? fail(`needs ${req.gpuMilli}/1000 of a GPU, at most ${most} free on one`) : NO_FIT;
   }
   return FITS;
 }

@@ -131,7 +131,18 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
       const scratch = new Int32Array(64);
       return {
         score(node, candidates): ScoredPlacement {
-          const key = `${node.nvlinkDomainSize}|${node.cpuFree}|${node.memFree}|${node.free.join(",")}`;
+          // CPU and memory matter to fragmentation only as "which task types they block", before and
+          // after placing this pod: key the memo by that, so that nodes whose GPUs are in the same state
+          // share one computation, whatever their exact free CPU and memory.
+          let blockedBefore = 0;
+          let blockedAfter = 0;
+          for (let i = 0; i < mix.length; i++) {
+            const t = mix[i] as TaskType;
+            if (t.cpu > node.cpuFree || t.mem > node.memFree) blockedBefore += 2 ** i;
+            if (t.cpu > node.cpuFree - req.cpuMilli || t.mem > node.memFree - req.memMiB)
+              blockedAfter += 2 ** i;
+          }
+          const key = `${node.nvlinkDomainSize}|${blockedBefore}|${blockedAfter}|${String.fromCharCode(...node.free)}`;
           let best = memo.get(key);
           if (best === undefined) {
             const base = fragmentationNow(node);

@@ -2,14 +2,15 @@
  * The trace replay of the FGD paper's experiment: resample the pod list with a seed until its GPU
  * requests reach `demand`% of the cluster's GPU capacity (the whole list first, then pods drawn at random
  * with replacement), shuffle, then place pods one by one with a policy through the extender's own filter
- * and score code (evaluateNodes). Nothing is ever deleted; a pod that fits nowhere fails and is not
- * retried. The allocation ratio (allocated GPU / total GPU) is recorded at every 1% of arrived demand.
+ * and score code (pickBest: evaluateNodes and chooseBest in one pass). Nothing is ever deleted; a pod
+ * that fits nowhere fails and is not retried. The allocation ratio (allocated GPU / total GPU) is recorded
+ * at every 1% of arrived demand.
  */
 
 import { createRng } from "../../sim/random.js";
 import { allocate, createGpuNode, type GpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
-import { chooseBest, evaluateNodes } from "../placement/evaluate.js";
+import { pickBest } from "../placement/evaluate.js";
 import type { PolicyName } from "../policies/placement-policy.js";
 import { createPolicy } from "../policies/policies.js";
 import type { TraceNode } from "./trace.js";
@@ -65,7 +66,7 @@ export function replayOnce(
   let failed = 0;
   for (const pod of workload) {
     policy.observe(pod);
-    const best = chooseBest(evaluateNodes(nodes, pod, policy), random);
+    const best = pickBest(nodes, pod, policy, random);
     if (best === undefined) failed++;
     else {
       allocate(best.node, pod.cpuMilli, pod.memMiB, best.devices);

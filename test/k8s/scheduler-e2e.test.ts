@@ -1,6 +1,7 @@
 /**
  * The scheduler extender end to end: a real kube-scheduler (profile gpu-scheduler, extender at
- * kinfer-scheduler on loopback, nodeCacheCapable, percentageOfNodesToScore 100, bindVerb) against a real
+ * kinfer-scheduler on loopback, nodeCacheCapable, percentageOfNodesToScore 100, bindVerb; the filter
+ * returns the one node it picks, kinfer-scheduler's default, so kube-scheduler skips scoring) against a real
  * apiserver, 60 Node objects with GPUs, and pods asking for whole GPUs and GPU shares. kinfer-scheduler
  * runs with its real informers and binder. Every pod binds to a node the extender allows, no GPU is
  * over-committed, multi-GPU pods get whole GPUs on one node, and while the extender is down pods wait
@@ -54,6 +55,8 @@ async function startExtender() {
     port: extenderPort,
     state,
     defaultPolicy: "fragmentation",
+    // As kinfer-scheduler runs by default: the filter returns the node it picks.
+    filterReturns: "best",
     binder: {
       bind(pod, node, devices) {
         const n = state.nodes.get(node);
@@ -272,6 +275,8 @@ describe("kube-scheduler with the kinfer extender", () => {
     const metrics = await (await fetch(`${extender?.url}/metrics`)).text();
     expect(metrics).toMatch(/kinfer_scheduler_decisions_total\{verb="filter",result="no-fit"\}/);
     expect(metrics).toMatch(/kinfer_scheduler_decisions_total\{verb="bind",result="bound"\} [1-9]/);
+    // The filter returned one node each time, so the real kube-scheduler never called prioritize.
+    expect(metrics).not.toMatch(/kinfer_scheduler_decisions_total\{verb="prioritize"/);
   });
 
   it("with the extender down, pods wait (ignorable: false), then bind when it is back", async () => {

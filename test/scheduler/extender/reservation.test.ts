@@ -2,7 +2,8 @@
  * kube-scheduler binds asynchronously: it filters and prioritizes the next pod before the previous pod's
  * bind reaches the extender. Prioritize therefore holds the pod's devices on its one top node, so the next
  * decision sees them; bind moves the hold to the node kube-scheduler really picked; a new attempt, or the
- * hold's expiry, frees it.
+ * hold's expiry, frees it. With `filterReturns: "best"`, the filter itself picks, returns that one node
+ * and holds it; when nothing fits it still gives every node's reason.
  */
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
@@ -18,7 +19,7 @@ import { createSchedulingService } from "../../../scheduler/extender/scheduling-
 
 const NODES = ["node-a", "node-b", "node-c"];
 
-function setup() {
+function setup(filterReturns: "all" | "best" = "all") {
   let now = 0;
   const state = createClusterState(() => now);
   for (const name of NODES) {
@@ -38,6 +39,7 @@ function setup() {
     defaultPolicy: "binpack",
     reserveTtlMs: 30_000,
     random: () => 0,
+    filterReturns,
     binder: {
       async bind(pod, node, devices) {
         bound.push({ pod: pod.name, node, devices });
@@ -119,5 +121,32 @@ describe("prioritize holds the top node until bind", () => {
     advance(30_001);
     expect(state.expireAssumed()).toBe(1);
     expect(state.podCount).toBe(0);
+  });
+});
+
+describe("filter returns the chosen node (filterReturns: best)", () => {
+  it("returns only the policy's pick, holds it, and the next pod sees the hold", async () => {
+    const { state, filter, bind } = setup("best");
+    const first = filter("p1", 600);
+    expect(first.nodeNames).toHaveLength(1);
+    expect(first.failedNodes ?? {}).toEqual({});
+    const node = first.nodeNames?.[0] as string;
+    expect(state.devicesOf("uid-p1")).toEqual([{ index: expect.any(Number), milli: 600 }]);
+    // binpack: the next share goes to the same GPU's node, on the held state.
+    expect(filter("p2", 400).nodeNames).toEqual([node]);
+    expect((await bind("p1", node)).error).toBe("");
+    expect((await bind("p2", node)).error).toBe("");
+    expect([...(state.nodes.get(node)?.free ?? [])].sort()).toEqual([0, 1000]);
+  });
+
+  it("when nothing fits, every node is listed with its reason", () => {
+    const { filter } = setup("best");
+    // Six whole-GPU pods, each held where the filter put it: every GPU is taken.
+    for (const name of NODES)
+      for (let i = 0; i < 2; i++) expect(filter(`fill-${name}-${i}`, 1000).nodeNames).toHaveLength(1);
+    const full = filter("late", 500);
+    expect(full.nodeNames).toEqual([]);
+    expect(Object.keys(full.failedNodes ?? {}).sort()).toEqual(NODES);
+    expect(Object.values(full.failedNodes ?? {})[0]).toMatch(/needs 500\/1000 of a GPU/);
   });
 });
