@@ -9,6 +9,7 @@ import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { type Dispatcher, request } from "undici";
 import type { UpstreamFailure } from "../errors/gateway-error.js";
 import type { InferenceRequest } from "../inference/inference-request.js";
+import { afterFirstTokens } from "./token-priority.js";
 
 /** What a replica streams, normalised across /v1/completions and /v1/chat/completions. */
 export type UpstreamEvent =
@@ -166,14 +167,21 @@ async function* parseEvents(
     },
   });
   const decoder = new TextDecoder();
+  let relayedText = false;
   try {
     for await (const chunk of body) {
+      // A stream past its first token lets first tokens of other streams go first (token-priority.ts).
+      if (relayedText) await afterFirstTokens();
       const text = decoder.decode(chunk as Buffer, { stream: true });
       bytesSinceEvent += text.length;
       parser.feed(text);
       // The parser buffers an unfinished event: bound it, or a broken replica could grow it forever.
       if (bytesSinceEvent > MAX_EVENT_BYTES) throw new UpstreamError("protocol", "event too large");
-      while (pending.length > 0) yield pending.shift() as UpstreamEvent;
+      while (pending.length > 0) {
+        const event = pending.shift() as UpstreamEvent;
+        if (event.type === "text") relayedText = true;
+        yield event;
+      }
       if (failure !== undefined) throw failure;
       if (done) return;
     }
