@@ -15,7 +15,12 @@
  * CPU 0 (taskset), in both modes, as a gateway in production has cores of its own; otherwise the
  * gateway's CPU use would be charged to the replicas' and the client's timings.
  *
- *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10]
+ * With --together, the direct and the gateway loads run at the same time (each with the given number
+ * of streams), so that both see the same replicas, the same engine batches and the same CPU contention on
+ * CPU 0; run one after the other (the default), the two baselines can differ by more than the gateway
+ * costs, which makes the p99 difference noise.
+ *
+ *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --together]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -153,6 +158,7 @@ async function main() {
     options: {
       levels: { type: "string", default: "1,64,256,1024" },
       seconds: { type: "string", default: "10" },
+      together: { type: "boolean", default: false },
     },
   });
   const levels = values.levels.split(",").map(Number);
@@ -193,13 +199,16 @@ async function main() {
 
   const rows: string[] = [];
   for (const concurrency of levels) {
-    const direct = await load(replicas, concurrency, seconds);
+    const direct = values.together ? undefined : await load(replicas, concurrency, seconds);
     const cpuBefore = await metric(gatewayUrl, "process_cpu_seconds_total");
     const tokensBefore = await metric(
       gatewayUrl,
       'kinfer_gateway_tokens_total{model="m",version="stable",kind="completion"}',
     );
-    const via = await load([gatewayUrl], concurrency, seconds);
+    const [via, directTogether] = await Promise.all([
+      load([gatewayUrl], concurrency, seconds),
+      values.together ? load(replicas, concurrency, seconds) : undefined,
+    ]);
     const cpu = (await metric(gatewayUrl, "process_cpu_seconds_total")) - cpuBefore;
     const tokens =
       (await metric(
@@ -213,19 +222,22 @@ async function main() {
         const trace = t.get(s.id);
         return trace === undefined ? [] : [s.firstAt - s.sentAt - (trace[1] - trace[0])];
       });
-    const oDirect = outside(direct.samples);
+    const base = (direct ?? directTogether) as Awaited<ReturnType<typeof load>>;
+    const oDirect = outside(base.samples);
     const oVia = outside(via.samples);
-    const itlDirect = direct.samples.flatMap((s) => s.gaps);
+    const itlDirect = base.samples.flatMap((s) => s.gaps);
     const itlVia = via.samples.flatMap((s) => s.gaps);
     const ttft = (xs: Sample[]) => xs.map((s) => s.firstAt - s.sentAt);
     rows.push(
-      `| ${concurrency} | ${pct(ttft(direct.samples), 50).toFixed(1)} / ${pct(ttft(via.samples), 50).toFixed(1)} | ` +
-        `${pct(ttft(direct.samples), 99).toFixed(1)} / ${pct(ttft(via.samples), 99).toFixed(1)} | ` +
+      `| ${concurrency} | ${pct(ttft(base.samples), 50).toFixed(1)} / ${pct(ttft(via.samples), 50).toFixed(1)} | ` +
+        `${pct(ttft(base.samples), 99).toFixed(1)} / ${pct(ttft(via.samples), 99).toFixed(1)} | ` +
         `**${(pct(oVia, 50) - pct(oDirect, 50)).toFixed(2)}** | **${(pct(oVia, 99) - pct(oDirect, 99)).toFixed(2)}** | ` +
         `${pct(itlDirect, 50).toFixed(1)} / ${pct(itlVia, 50).toFixed(1)} | ${pct(itlDirect, 99).toFixed(1)} / ${pct(itlVia, 99).toFixed(1)} | ` +
-        `${((cpu / tokens) * 1000).toFixed(3)} | ${via.samples.length} | ${direct.failures + via.failures} |`,
+        `${((cpu / tokens) * 1000).toFixed(3)} | ${via.samples.length} | ${base.failures + via.failures} |`,
     );
-    process.stderr.write(`${concurrency} streams done (${oVia.length}/${via.samples.length} paired)\n`);
+    process.stderr.write(
+      `${concurrency} streams${values.together ? " (together)" : ""} done (${oVia.length}/${via.samples.length} paired)\n`,
+    );
   }
   console.log(
     "| streams | TTFT p50 ms (direct / gateway) | TTFT p99 ms (direct / gateway) | added TTFT p50 ms | added TTFT p99 ms | ITL p50 ms (direct / gateway) | ITL p99 ms (direct / gateway) | gateway CPU s per 1,000 tokens | requests via gateway | failures |",
