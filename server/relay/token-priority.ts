@@ -12,8 +12,9 @@
 const queue: (() => void)[] = [];
 let head = 0;
 let scheduled = false;
-/** Streams resumed per turn of the event loop: about a millisecond of relaying. */
-const SLICE = 16;
+/** Streams resumed per turn of the event loop (about half a millisecond of relaying): at 256 streams, 8
+ * gave the lowest added TTFT of 4, 8, 16 and 32 (BENCHMARKS.md). */
+const SLICE = 8;
 
 function drain(): void {
   scheduled = false;
