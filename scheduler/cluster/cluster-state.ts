@@ -46,6 +46,8 @@ interface Holding {
 
 export interface ClusterState {
   readonly nodes: ReadonlyMap<string, GpuNode>;
+  /** Bumped whenever a node is added, rebuilt (new GpuNode object) or removed: for caches of node lists. */
+  readonly nodesVersion: number;
   upsertNode(info: NodeInfo): void;
   removeNode(name: string): void;
   /** A pod seen bound (or running) on a node. Returns the devices it holds. */
@@ -75,6 +77,7 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
   const holdings = new Map<string, Holding>();
   /** Pods seen on nodes not (yet) in the cache: informers may deliver a pod before its node. */
   const orphans = new Map<string, PlacedPod>();
+  let nodesVersion = 0;
 
   function place(
     node: GpuNode,
@@ -107,6 +110,9 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
 
   return {
     nodes,
+    get nodesVersion() {
+      return nodesVersion;
+    },
     upsertNode(info) {
       const old = nodes.get(info.name);
       if (
@@ -125,6 +131,7 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       }
       // Capacity changed (or a new node): rebuild it and re-apply the pods on it.
       nodes.set(info.name, createGpuNode({ ...info }));
+      nodesVersion++;
       const node = nodes.get(info.name) as GpuNode;
       for (const [uid, h] of holdings) {
         if (h.pod.node !== info.name) continue;
@@ -141,7 +148,7 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       }
     },
     removeNode(name) {
-      nodes.delete(name);
+      if (nodes.delete(name)) nodesVersion++;
       for (const [uid, h] of holdings) {
         if (h.pod.node !== name) continue;
         holdings.delete(uid);

@@ -37,7 +37,13 @@ export function parseExtenderJson<Desc extends DescMessage>(
   body: string | JsonValue,
 ): MessageShape<Desc> {
   let json: JsonValue;
+  let repeatedNames: string[] | undefined;
   if (typeof body === "string") {
+    const trailing = schema.fields.some((f) => f.jsonName === "NodeNames") ? splitNodeNames(body) : undefined;
+    if (trailing !== undefined) {
+      repeatedNames = trailing.names;
+      body = trailing.rest;
+    }
     try {
       json = JSON.parse(body) as JsonValue;
     } catch (err) {
@@ -74,7 +80,38 @@ export function parseExtenderJson<Desc extends DescMessage>(
     throw new ConnectError(`${schema.name}: ${(err as Error).message}`, Code.InvalidArgument);
   }
   for (const [field, value] of lists) (message as Record<string, unknown>)[field.localName] = value;
+  if (repeatedNames !== undefined) (message as { nodeNames?: string[] }).nodeNames = repeatedNames;
   return message;
+}
+
+/**
+ * kube-scheduler writes ExtenderArgs with NodeNames last ({"Pod":…,"Nodes":null,"NodeNames":[…]}) and sends
+ * the same list of thousands of names for pod after pod. When the body ends that way, the list's text is
+ * cut off (the rest is parsed as usual, with NodeNames null) and, when it is the same text as last time,
+ * the array parsed then is used again: no 80 KB parse, no 5,000 new strings, and the service's resolved
+ * node list stays valid (scheduling-service.ts). The array is shared: nobody may change it.
+ */
+const TRAILING_NODE_NAMES = /"NodeNames"\s*:\s*(\[[^\]]*\])\s*\}\s*$/;
+let lastNodeNames: { text: string; names: string[] } | undefined;
+
+function splitNodeNames(body: string): { names: string[]; rest: string } | undefined {
+  const match = TRAILING_NODE_NAMES.exec(body);
+  if (match === null) return undefined;
+  const text = match[1] as string;
+  let names: string[];
+  if (lastNodeNames?.text === text) names = lastNodeNames.names;
+  else {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      return undefined; // not what it looked like: the generic path reports it
+    }
+    if (!Array.isArray(parsed) || !parsed.every((n) => typeof n === "string")) return undefined;
+    names = parsed as string[];
+    lastNodeNames = { text, names };
+  }
+  return { names, rest: `${body.slice(0, match.index)}"NodeNames":null}` };
 }
 
 /**

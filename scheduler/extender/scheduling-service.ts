@@ -144,7 +144,23 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
   }
 
   /** The nodes a request names: cached ones by name, or from the Nodes it carries (full mode). */
+  /**
+   * The last NodeNames list resolved: kube-scheduler sends the same list for pod after pod, and the
+   * parser hands over the same array when the text repeats (extender-json.ts), so resolving 5,000 names
+   * again is skipped while the node set is unchanged.
+   */
+  let lastResolved:
+    | { names: readonly string[]; version: number; known: GpuNode[]; unknown: string[] }
+    | undefined;
+
   function nodesOf(nodeNames: readonly string[], nodes: readonly Node[] | undefined) {
+    if (
+      (nodes === undefined || nodes.length === 0) &&
+      lastResolved?.names === nodeNames &&
+      lastResolved.version === state.nodesVersion
+    ) {
+      return { known: lastResolved.known, unknown: lastResolved.unknown };
+    }
     const known: GpuNode[] = [];
     const unknown: string[] = [];
     if (nodes !== undefined && nodes.length > 0) {
@@ -160,6 +176,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
       if (node === undefined) unknown.push(name);
       else known.push(node);
     }
+    lastResolved = { names: nodeNames, version: state.nodesVersion, known, unknown };
     return { known, unknown };
   }
 

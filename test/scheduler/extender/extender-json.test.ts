@@ -119,6 +119,42 @@ describe("parseExtenderJson", () => {
   });
 });
 
+describe("the trailing NodeNames list kube-scheduler repeats", () => {
+  const names = Array.from({ length: 2000 }, (_, i) => `node-${i}`);
+  const body = (pod: unknown, list: unknown = names) =>
+    JSON.stringify({ Pod: pod, Nodes: null, NodeNames: list });
+  const pod = (uid: string) => ({
+    metadata: { name: "p", uid, annotations: { note: 'a "NodeNames":["evil"]} at the end' } },
+  });
+
+  it("reads the same message as the generic path, and hands over the same array when the list repeats", () => {
+    const first = parseExtenderJson(FilterRequestSchema, body(pod("1")));
+    // The generic path: an already-parsed body skips the cut.
+    const generic = parseExtenderJson(FilterRequestSchema, JSON.parse(body(pod("1"))));
+    expect(first).toEqual(generic);
+    expect(first.nodeNames).toEqual(names);
+    expect(first.pod?.metadata?.annotations.note).toBe('a "NodeNames":["evil"]} at the end');
+    const second = parseExtenderJson(FilterRequestSchema, body(pod("2")));
+    expect(second.pod?.metadata?.uid).toBe("2");
+    expect(second.nodeNames).toBe(first.nodeNames);
+    const other = parseExtenderJson(PrioritizeRequestSchema, body(pod("3"), names.slice(1)));
+    expect(other.nodeNames).toEqual(names.slice(1));
+  });
+
+  it("leaves bodies of other shapes to the generic path, errors included", () => {
+    const nested = JSON.stringify({
+      Pod: { metadata: { name: "p" } },
+      NodeNames: null,
+      x: { NodeNames: ["a"] },
+    });
+    expect(parseExtenderJson(FilterRequestSchema, nested).nodeNames).toEqual([]);
+    expect(() => parseExtenderJson(FilterRequestSchema, body(pod("4"), [1, 2]))).toThrow(ConnectError);
+    expect(() => parseExtenderJson(FilterRequestSchema, '{"Pod":{,"NodeNames":["a"]}')).toThrow(
+      /malformed JSON/,
+    );
+  });
+});
+
 describe("toExtenderJson", () => {
   it("writes ExtenderFilterResult in PascalCase, with NodeNames never null", () => {
     const none = toExtenderJson(FilterResponseSchema, create(FilterResponseSchema, {}));
