@@ -41,6 +41,9 @@ export interface FragmentationOptions {
   packingWeight?: number;
 }
 
+/** 2^i, for the bit sets of task types (at most 52 types: exact in a double). */
+const POW2 = Array.from({ length: 53 }, (_, i) => 2 ** i);
+
 /** The expected fragmentation of a node state under a mix. */
 function fragmentation(
   free: ArrayLike<number>,
@@ -80,7 +83,7 @@ function fragmentation(
 export function createFragmentationPolicy(options: FragmentationOptions = {}): PlacementPolicy {
   const halfLife = options.halfLife ?? 5000;
   const refreshEvery = options.refreshEvery ?? 64;
-  const maxTypes = options.maxTypes ?? 48;
+  const maxTypes = Math.min(52, options.maxTypes ?? 48); // type bit sets must stay exact (POW2)
   const packingWeight = options.packingWeight ?? 0.03;
   const decay = 0.5 ** (1 / halfLife);
   const counts = new Map<string, { type: Omit<TaskType, "weight">; weight: number }>();
@@ -138,9 +141,9 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
           let blockedAfter = 0;
           for (let i = 0; i < mix.length; i++) {
             const t = mix[i] as TaskType;
-            if (t.cpu > node.cpuFree || t.mem > node.memFree) blockedBefore += 2 ** i;
+            if (t.cpu > node.cpuFree || t.mem > node.memFree) blockedBefore += POW2[i] as number;
             if (t.cpu > node.cpuFree - req.cpuMilli || t.mem > node.memFree - req.memMiB)
-              blockedAfter += 2 ** i;
+              blockedAfter += POW2[i] as number;
           }
           const key = `${node.nvlinkDomainSize}|${blockedBefore}|${blockedAfter}|${String.fromCharCode(...node.free)}`;
           let best = memo.get(key);
