@@ -3,24 +3,26 @@
  * Explain. The HTTP extender (http-extender.ts) and the Connect SchedulingService both call these, so the
  * two surfaces cannot disagree. Decisions come from placement/evaluate.ts, the code the trace replay runs.
  *
- * Filter: nodes that fit; those that never can go to FailedAndUnresolvableNodes; every returned name was
- * in the request. With `filterReturns: "best"` (kinfer-scheduler's default) the filter makes the choice
- * itself: it scores the nodes that fit and returns only the policy's pick, so kube-scheduler, left with
- * one feasible node, skips scoring and binds there (HAMi's extender works the same way). One round trip
- * and a reply of one name instead of two requests of every node name and two large replies; and the
- * hold below is then exact. When nothing fits, the reply lists every node with its reason, as always. Prioritize: the policy's scores scaled to 0..10, with a single top node that is held
- * for the pod (see below). Bind: chooses the devices on the node kube-scheduler picked, records the
- * placement as assumed (so concurrent decisions see it), then asks the Binder to annotate the pod with its
- * devices and bind it; on failure the assumption is dropped.
+ * - Filter: the nodes that fit; those that never can go to FailedAndUnresolvableNodes; every returned
+ *   name was in the request. With `filterReturns: "best"` (kinfer-scheduler's default) the filter makes
+ *   the choice itself: it scores the nodes that fit and returns only the policy's pick, so kube-scheduler,
+ *   left with one feasible node, skips scoring and binds there (HAMi's extender works the same way): one
+ *   round trip and a one-name reply instead of two requests naming every node and two large replies, and
+ *   the hold below is then exact. When nothing fits, the reply lists every node with its reason.
+ * - Prioritize: the policy's scores scaled to 0..10, with a single top node, held for the pod.
+ * - Bind: chooses the devices on the node kube-scheduler picked, records the placement as assumed (so
+ *   concurrent decisions see it), then asks the Binder to annotate the pod with its devices and bind it;
+ *   on failure the assumption is dropped.
+ * - Preempt: keeps only the candidate nodes where evicting the proposed victims would really make the pod
+ *   fit.
  *
- * Why prioritize holds a node: kube-scheduler binds asynchronously. It assumes pod A in its own cache and
- * goes on to filter and prioritize pod B before A's bind reaches us, and its cache knows nothing of GPU
- * shares. Without a hold, B would be scored on a state without A and the policy's packing would be lost
- * (two shares aimed at the same half-free GPU, one of them then landing elsewhere). So prioritize gives
- * 10 to one best node only (ties broken at random, as kube-scheduler would), and reserves the pod's
- * devices there for a short time, like a scheduler framework Reserve plugin. Bind, filter and prioritize
- * drop a pod's own reservation before deciding again. Preempt: keeps only the candidate nodes where
- * evicting the proposed victims would really make the pod fit.
+ * Why the chosen node is held: kube-scheduler binds asynchronously. It assumes pod A in its own cache and
+ * goes on to filter (and prioritize) pod B before A's bind reaches us, and its cache knows nothing of GPU
+ * shares. Without a hold, B would be decided on a state without A and the policy's packing would be lost
+ * (two shares aimed at the same half-free GPU, one of them then landing elsewhere). So the pick (filter's
+ * in "best" mode, prioritize's single top node otherwise, ties broken at random as kube-scheduler would)
+ * reserves the pod's devices for a short time, like a scheduler framework Reserve plugin. Bind, filter
+ * and prioritize drop a pod's own reservation before deciding again.
  */
 import type { DescMessage, MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";

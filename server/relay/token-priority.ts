@@ -12,8 +12,10 @@
 const queue: (() => void)[] = [];
 let head = 0;
 let scheduled = false;
-/** Streams resumed per turn of the event loop (about half a millisecond of relaying): at 256 streams, 8
- * gave the lowest added TTFT of 4, 8, 16 and 32 (BENCHMARKS.md). */
+/**
+ * Streams resumed per turn of the event loop (about half a millisecond of relaying). At 256 streams, 8 gave
+ * the lowest added TTFT of 4, 8, 16 and 32 (BENCHMARKS.md).
+ */
 const SLICE = 8;
 
 function drain(): void {
