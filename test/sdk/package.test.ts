@@ -19,12 +19,17 @@ const versions = JSON.parse(readFileSync(join(rootDir, "package.json"), "utf8"))
   string,
   string
 >;
+const ADMIN_TOKEN = "sdk-readme-admin-token-0123456789";
 let project: string;
 let tarball: string;
 let h: Harness;
 
 beforeAll(async () => {
-  h = await startHarness({ models: { "llama-3-8b": { stable: 1 } } });
+  h = await startHarness({
+    models: { "llama-3-8b": { stable: 1, canary: 1 } },
+    weights: { "llama-3-8b": { stable: 100, canary: 0 } },
+    config: { admin: { host: "127.0.0.1", port: 0, token: ADMIN_TOKEN } },
+  });
   requireSdkBuild();
   project = mkdtempSync(join(tmpdir(), "kinfer-sdk-user-"));
   const { stdout } = await run("npm", ["pack", "--json", "--pack-destination", project], { cwd: sdk });
@@ -60,7 +65,12 @@ afterAll(async () => {
 const node = (file: string) =>
   run(process.execPath, [file], {
     cwd: project,
-    env: { ...process.env, KINFER_URL: h.url },
+    env: {
+      ...process.env,
+      KINFER_URL: h.url,
+      KINFER_ADMIN_URL: h.gateway.adminUrl as string,
+      KINFER_ADMIN_TOKEN: ADMIN_TOKEN,
+    },
     timeout: 30_000,
   });
 
@@ -154,5 +164,6 @@ const { createNodeTransport } = require("@kinfer/sdk/node");
     expect(outputs[2]).toBe("NotFound false\nCanceled\n");
     expect(outputs[3]).toBe("llama-3-8b\n");
     expect(outputs[4]?.length).toBeGreaterThan(0);
+    expect(outputs[5]).toBe("canary=10 stable=90\n");
   });
 });
