@@ -16,17 +16,15 @@ export interface Evaluation {
   readonly devices: readonly DeviceShare[];
 }
 
-/** With `reasons` false, nodes that do not fit come without their reason text (see checkFit). */
 export function evaluateNodes(
   nodes: Iterable<GpuNode>,
   req: PodRequest,
   policy: PlacementPolicy,
-  reasons = true,
 ): Evaluation[] {
   const scorer = policy.forPod(req);
   const out: Evaluation[] = [];
   for (const node of nodes) {
-    const fit = checkFit(node, req, reasons);
+    const fit = checkFit(node, req);
     if (!fit.fits) {
       out.push({ node, fit, score: Number.NaN, devices: [] });
       continue;
@@ -55,9 +53,9 @@ export function chooseBest(evaluations: readonly Evaluation[], random: () => num
 export const MAX_SCORE = 10;
 
 /**
- * `chooseBest(evaluateNodes(nodes, req, policy, false), random)` without building an evaluation per node:
- * the same choice (same ties, same single draw of `random`), for the hot paths (the extender's filter
- * that picks, and the trace replay).
+ * `chooseBest(evaluateNodes(nodes, req, policy), random)` without building an evaluation (nor a reason
+ * text) per node: the same choice (same ties, same single draw of `random`), for the hot paths (the
+ * extender's filter that picks, and the trace replay).
  */
 export function pickBest(
   nodes: Iterable<GpuNode>,

@@ -8,7 +8,6 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -22,6 +21,7 @@ import {
   root,
   writeRuleFile,
 } from "../helpers/deploy.js";
+import { freePort } from "../helpers/free-port.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
 import { postJson } from "../helpers/sse.js";
 
@@ -43,16 +43,6 @@ let scheduler: SchedulerServer;
 let prometheus: ChildProcess;
 let promUrl: string;
 let objects: KubeObject[];
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const address = s.address();
-      s.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
 
 async function query(expr: string): Promise<{ metric: Record<string, string>; value: [number, string] }[]> {
   const res = await fetch(`${promUrl}/api/v1/query?${new URLSearchParams({ query: expr })}`);

@@ -10,7 +10,6 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { CoreV1Api, KubeConfig, type V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -19,6 +18,7 @@ import { startKubeSource } from "../../scheduler/cluster/kube-source.js";
 import { DEVICES_ANNOTATION, formatDevices, parseDevices } from "../../scheduler/cluster/pod-request.js";
 import { createKubeBinder } from "../../scheduler/extender/kube-binder.js";
 import { type SchedulerServer, startSchedulerServer } from "../../scheduler/scheduler-server.js";
+import { freePort } from "../helpers/free-port.js";
 
 const k8s = inject("k8s");
 const NS = "gpu-jobs";
@@ -33,16 +33,6 @@ let kubeScheduler: ChildProcess;
 let schedulerLog = "";
 /** Every bind the extender made, for failure messages. */
 const binds: string[] = [];
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const address = s.address();
-      s.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
 
 async function startExtender() {
   const state = createClusterState();
