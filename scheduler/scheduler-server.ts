@@ -108,6 +108,19 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
       latency.observe({ verb }, seconds);
     },
   });
+  new Counter({
+    name: "kinfer_scheduler_node_evaluations_total",
+    help:
+      "Nodes the filter evaluated, by source: scored (fit and score worked out) or cached (unchanged " +
+      "since a pod of the same shape was scored).",
+    labelNames: ["source"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc({ source: "scored" }, service.evaluations.scored);
+      this.inc({ source: "cached" }, service.evaluations.cached);
+    },
+  });
   const health = createHealthState();
   const routes = (router: ConnectRouter) => {
     router.service(SchedulingServiceDesc, {

@@ -12,7 +12,14 @@
  */
 
 import { candidatePlacements } from "../placement/fit.js";
-import { allocate, createGpuNode, type DeviceShare, type GpuNode, release } from "./gpu-node.js";
+import {
+  allocate,
+  createGpuNode,
+  type DeviceShare,
+  type GpuNode,
+  nextGeneration,
+  release,
+} from "./gpu-node.js";
 import type { PodRequest } from "./pod-request.js";
 
 /** What the cache needs to know about a node. */
@@ -62,6 +69,8 @@ export interface ClusterState {
   expireAssumed(): number;
   /** The devices a pod holds. */
   devicesOf(uid: string): readonly DeviceShare[] | undefined;
+  /** Pods holding resources on a node (bound or assumed), oldest first. */
+  pods(): IterableIterator<PlacedPod>;
   readonly podCount: number;
 }
 
@@ -125,7 +134,7 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       ) {
         if (old.schedulable !== info.schedulable) {
           old.schedulable = info.schedulable;
-          old.generation++;
+          old.generation = nextGeneration();
         }
         return;
       }
@@ -200,6 +209,9 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       return n;
     },
     devicesOf: (uid) => holdings.get(uid)?.devices,
+    *pods() {
+      for (const h of holdings.values()) yield h.pod;
+    },
     get podCount() {
       return holdings.size;
     },

@@ -23,8 +23,18 @@ export interface GpuNode {
   readonly nvlinkDomainSize: number;
   /** Ready and not cordoned. */
   schedulable: boolean;
-  /** Bumped on every change, for caches keyed by node state. */
+  /**
+   * Renewed (nextGeneration) on every change, for caches keyed by node state. Unique across nodes, so a
+   * generation names one node object in one state: a cache need not also check which node it was.
+   */
   generation: number;
+}
+
+let lastGeneration = 0;
+
+/** A generation number never given before. */
+export function nextGeneration(): number {
+  return ++lastGeneration;
 }
 
 export function createGpuNode(init: {
@@ -49,7 +59,7 @@ export function createGpuNode(init: {
     memFree: init.memMiB,
     nvlinkDomainSize: init.nvlinkDomainSize ?? 0,
     schedulable: init.schedulable ?? true,
-    generation: 0,
+    generation: nextGeneration(),
   };
 }
 
@@ -81,7 +91,7 @@ export function allocate(
   for (const d of devices) (node.free as Int32Array)[d.index] = (node.free[d.index] as number) - d.milli;
   node.cpuFree -= cpuMilli;
   node.memFree -= memMiB;
-  node.generation++;
+  node.generation = nextGeneration();
 }
 
 /** Gives resources back. */
@@ -98,5 +108,5 @@ export function release(
   }
   node.cpuFree = Math.min(node.cpuMilli, node.cpuFree + cpuMilli);
   node.memFree = Math.min(node.memMiB, node.memFree + memMiB);
-  node.generation++;
+  node.generation = nextGeneration();
 }

@@ -52,9 +52,9 @@ import {
   evaluateNodes,
   extenderScores,
   MAX_SCORE,
-  pickBest,
 } from "../placement/evaluate.js";
 import { checkFit } from "../placement/fit.js";
+import { createPlacementCache, type PlacementCache } from "../placement/placement-cache.js";
 import type { PlacementPolicy, PolicyName } from "../policies/placement-policy.js";
 import { createPolicy, isPolicyName } from "../policies/policies.js";
 
@@ -94,6 +94,8 @@ export interface SchedulingService {
   bind(req: BindRequest): Promise<Reply<typeof BindResponseSchema>>;
   preempt(req: PreemptRequest): Reply<typeof PreemptResponseSchema>;
   explain(req: ExplainRequest): Reply<typeof ExplainResponseSchema>;
+  /** The filter's node evaluations: worked out, or read from the score cache (for /metrics). */
+  readonly evaluations: PlacementCache["evaluations"];
 }
 
 export function createSchedulingService(options: SchedulingServiceOptions): SchedulingService {
@@ -103,6 +105,9 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
     let p = policies.get(name);
     if (p === undefined) {
       p = createPolicy(name);
+      // Start from the mix running in the cluster, so that a (re)started scheduler does not learn it
+      // again from scratch (only the fragmentation policy learns).
+      for (const pod of state.pods()) p.observe(pod.request);
       policies.set(name, p);
     }
     return p;
@@ -151,6 +156,9 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
    * parser hands over the same array when the text repeats (extender-json.ts), so resolving 5,000 names
    * again is skipped while the node set is unchanged.
    */
+  /** Scores per pod shape, refreshed only for nodes that changed (placement-cache.ts). */
+  const placements = createPlacementCache();
+
   let lastResolved:
     | { names: readonly string[]; version: number; known: GpuNode[]; unknown: string[] }
     | undefined;
@@ -190,6 +198,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
   }
 
   return {
+    evaluations: placements.evaluations,
     filter: (req) =>
       timed(
         "filter",
@@ -204,7 +213,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
           }
           const { known, unknown } = nodesOf(req.nodeNames, req.nodes?.items);
           if (options.filterReturns === "best") {
-            const best = pickBest(known, pod.request, policyOf(pod.policy), random);
+            const best = placements.pickBest(known, pod.request, policyOf(pod.policy), random);
             if (best !== undefined) {
               hold(pod, best);
               const init: MessageInitShape<typeof FilterResponseSchema> = { nodeNames: [best.node.name] };
@@ -346,7 +355,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
         throw new ConnectError(`unknown policy "${policyName}"`, Code.InvalidArgument);
       const names = req.nodeNames.length > 0 ? req.nodeNames : [...state.nodes.keys()];
       const { known } = nodesOf(names, undefined);
-      const evaluations = evaluateNodes(known, pod.request, policyOf(policyName));
+      const evaluations = evaluateNodes(known, pod.request, policyOf(policyName), true);
       const scores = new Map(extenderScores(evaluations).map((s) => [s.host, s.score]));
       const order = (a: Evaluation, b: Evaluation) =>
         Number(b.fit.fits) - Number(a.fit.fits) ||

@@ -16,15 +16,17 @@ export interface Evaluation {
   readonly devices: readonly DeviceShare[];
 }
 
+/** Every node's verdict and score; `detail` puts each node's numbers in the reasons (for Explain). */
 export function evaluateNodes(
   nodes: Iterable<GpuNode>,
   req: PodRequest,
   policy: PlacementPolicy,
+  detail = false,
 ): Evaluation[] {
   const scorer = policy.forPod(req);
   const out: Evaluation[] = [];
   for (const node of nodes) {
-    const fit = checkFit(node, req);
+    const fit = checkFit(node, req, detail);
     if (!fit.fits) {
       out.push({ node, fit, score: Number.NaN, devices: [] });
       continue;
@@ -35,16 +37,19 @@ export function evaluateNodes(
   return out;
 }
 
+/** Scores closer than this tie. */
+export const TIE_EPSILON = 1e-12;
+
 /** The best-scoring node that fits; ties broken with `random` (as kube-scheduler does). */
 export function chooseBest(evaluations: readonly Evaluation[], random: () => number): Evaluation | undefined {
   let best: Evaluation[] = [];
   let bestScore = Number.NEGATIVE_INFINITY;
   for (const e of evaluations) {
     if (!e.fit.fits) continue;
-    if (e.score > bestScore + 1e-12) {
+    if (e.score > bestScore + TIE_EPSILON) {
       bestScore = e.score;
       best = [e];
-    } else if (Math.abs(e.score - bestScore) <= 1e-12) best.push(e);
+    } else if (Math.abs(e.score - bestScore) <= TIE_EPSILON) best.push(e);
   }
   return best.length === 0 ? undefined : best[Math.floor(random() * best.length)];
 }
@@ -67,12 +72,12 @@ export function pickBest(
   let best: { node: GpuNode; score: number; devices: readonly DeviceShare[] }[] = [];
   let bestScore = Number.NEGATIVE_INFINITY;
   for (const node of nodes) {
-    if (!checkFit(node, req, false).fits) continue;
+    if (!checkFit(node, req).fits) continue;
     const placed = scorer.score(node, candidatePlacements(node, req));
-    if (placed.score > bestScore + 1e-12) {
+    if (placed.score > bestScore + TIE_EPSILON) {
       bestScore = placed.score;
       best = [{ node, score: placed.score, devices: placed.devices }];
-    } else if (Math.abs(placed.score - bestScore) <= 1e-12) {
+    } else if (Math.abs(placed.score - bestScore) <= TIE_EPSILON) {
       best.push({ node, score: placed.score, devices: placed.devices });
     }
   }

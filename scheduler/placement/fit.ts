@@ -11,16 +11,34 @@ import type { PodRequest } from "../cluster/pod-request.js";
 
 export interface Fit {
   readonly fits: boolean;
-  /** Why it does not fit; "" when it fits. */
+  /**
+   * Why it does not fit, one of a few fixed texts (FAILURES) as kube-scheduler's own plugins give (it
+   * counts nodes per reason in the pod's FailedScheduling event: "0/5000 nodes are available: 3100
+   * Insufficient whole GPUs, ..."); with `detail`, followed by the numbers for this node. "" when it fits.
+   */
   readonly reason: string;
   readonly unresolvable: boolean;
 }
 
 const FITS: Fit = { fits: true, reason: "", unresolvable: false };
-const fail = (reason: string, unresolvable = false): Fit => ({ fits: false, reason, unresolvable });
-/** Failures without their reason text, for callers that only need the verdict (no allocation). */
-const NO_FIT: Fit = { fits: false, reason: "", unresolvable: false };
-const NO_FIT_EVER: Fit = { fits: false, reason: "", unresolvable: true };
+
+/** The reasons a pod does not fit, as reported to kube-scheduler. */
+export const FAILURES = {
+  model: { fits: false, reason: "GPU model not accepted", unresolvable: true },
+  gpuCount: { fits: false, reason: "Too few GPUs on the node", unresolvable: true },
+  nvlink: { fits: false, reason: "Pod larger than an NVLink domain", unresolvable: true },
+  cpuCapacity: { fits: false, reason: "Insufficient cpu capacity", unresolvable: true },
+  memCapacity: { fits: false, reason: "Insufficient memory capacity", unresolvable: true },
+  notReady: { fits: false, reason: "Node not ready or cordoned", unresolvable: false },
+  cpu: { fits: false, reason: "Insufficient cpu", unresolvable: false },
+  mem: { fits: false, reason: "Insufficient memory", unresolvable: false },
+  wholeGpus: { fits: false, reason: "Insufficient whole GPUs", unresolvable: false },
+  gpuShare: { fits: false, reason: "Insufficient GPU share", unresolvable: false },
+} as const satisfies Record<string, Fit>;
+
+/** The failure, with this node's numbers when `detail` is on (Explain), else the shared constant. */
+const fail = (failure: Fit, detail: false | string): Fit =>
+  detail === false ? failure : { ...failure, reason: `${failure.reason}: ${detail}` };
 
 /** GPU index ranges that a multi-GPU pod may span (one range when the node has no NVLink domains). */
 function domains(node: GpuNode): [number, number][] {
@@ -32,37 +50,32 @@ function domains(node: GpuNode): [number, number][] {
 }
 
 /**
- * Whether the pod fits the node. With `withReason` false, a failure comes without its reason text (the
- * verdict and `unresolvable` are the same), which saves building a string per node that does not fit.
+ * Whether the pod fits the node. Without `detail` a failure is one of the FAILURES constants (nothing is
+ * allocated per node, which matters over 5,000 nodes); with it, the reason also says the numbers.
  */
-export function checkFit(node: GpuNode, req: PodRequest, withReason = true): Fit {
+export function checkFit(node: GpuNode, req: PodRequest, detail = false): Fit {
   if (req.models.length > 0 && !req.models.includes(node.model)) {
-    return withReason
-      ? fail(`GPU model ${node.model || "unknown"} is not one of ${req.models.join(", ")}`, true)
-      : NO_FIT_EVER;
+    return fail(
+      FAILURES.model,
+      detail && `${node.model || "unknown"} is not one of ${req.models.join(", ")}`,
+    );
   }
   const gpuCount = node.free.length;
   if (req.gpus > gpuCount || (req.gpuMilli > 0 && gpuCount === 0)) {
-    return withReason ? fail(`needs ${req.gpus || 1} GPU(s), the node has ${gpuCount}`, true) : NO_FIT_EVER;
+    return fail(FAILURES.gpuCount, detail && `needs ${req.gpus || 1}, the node has ${gpuCount}`);
   }
   if (req.gpus > 1 && node.nvlinkDomainSize > 0 && req.gpus > node.nvlinkDomainSize) {
-    return withReason
-      ? fail(`needs ${req.gpus} GPUs in one NVLink domain of ${node.nvlinkDomainSize}`, true)
-      : NO_FIT_EVER;
+    return fail(FAILURES.nvlink, detail && `needs ${req.gpus} GPUs, domains of ${node.nvlinkDomainSize}`);
   }
   if (req.cpuMilli > node.cpuMilli)
-    return withReason
-      ? fail(`needs ${req.cpuMilli}m CPU, the node has ${node.cpuMilli}m`, true)
-      : NO_FIT_EVER;
+    return fail(FAILURES.cpuCapacity, detail && `needs ${req.cpuMilli}m, the node has ${node.cpuMilli}m`);
   if (req.memMiB > node.memMiB)
-    return withReason
-      ? fail(`needs ${req.memMiB} MiB memory, the node has ${node.memMiB} MiB`, true)
-      : NO_FIT_EVER;
-  if (!node.schedulable) return withReason ? fail("the node is not ready or is cordoned") : NO_FIT;
+    return fail(FAILURES.memCapacity, detail && `needs ${req.memMiB} MiB, the node has ${node.memMiB} MiB`);
+  if (!node.schedulable) return FAILURES.notReady;
   if (req.cpuMilli > node.cpuFree)
-    return withReason ? fail(`needs ${req.cpuMilli}m CPU, ${node.cpuFree}m free`) : NO_FIT;
+    return fail(FAILURES.cpu, detail && `needs ${req.cpuMilli}m, ${node.cpuFree}m free`);
   if (req.memMiB > node.memFree)
-    return withReason ? fail(`needs ${req.memMiB} MiB memory, ${node.memFree} MiB free`) : NO_FIT;
+    return fail(FAILURES.mem, detail && `needs ${req.memMiB} MiB, ${node.memFree} MiB free`);
   if (req.gpus > 0) {
     let best = 0;
     if (node.nvlinkDomainSize === 0) {
@@ -75,12 +88,15 @@ export function checkFit(node: GpuNode, req: PodRequest, withReason = true): Fit
       }
     }
     if (best < req.gpus)
-      return withReason ? fail(`needs ${req.gpus} whole GPU(s) together, ${best} free`) : NO_FIT;
+      return fail(FAILURES.wholeGpus, detail && `needs ${req.gpus} together, ${best} free`);
   } else if (req.gpuMilli > 0) {
     let most = 0;
     for (const f of node.free) most = Math.max(most, f);
     if (most < req.gpuMilli)
-      return withReason ? fail(`needs ${req.gpuMilli}/1000 of a GPU, at most ${most} free on one`) : NO_FIT;
+      return fail(
+        FAILURES.gpuShare,
+        detail && `needs ${req.gpuMilli}/1000 of a GPU, at most ${most} free on one`,
+      );
   }
   return FITS;
 }

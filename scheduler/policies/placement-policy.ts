@@ -22,6 +22,11 @@ export interface PodScorer {
 
 export interface PlacementPolicy {
   readonly name: PolicyName;
+  /**
+   * Changes whenever the policy may score the same node state and pod differently than before (the
+   * fragmentation policy's learned mix); caches of scores (placement-cache.ts) key on it.
+   */
+  readonly version: number;
   /** Sees every pod about to be scheduled (the fragmentation policy learns the workload mix). */
   observe(req: PodRequest): void;
   /** Starts scoring one pod. */

@@ -16,6 +16,7 @@ const gpuCapacity = (node: GpuNode) => Math.max(1, node.free.length * 1000);
 export function createSpreadPolicy(): PlacementPolicy {
   return {
     name: "spread",
+    version: 0,
     observe() {},
     forPod: () => ({
       score(node, candidates) {
@@ -29,6 +30,7 @@ export function createSpreadPolicy(): PlacementPolicy {
 export function createBinpackPolicy(): PlacementPolicy {
   return {
     name: "binpack",
+    version: 0,
     observe() {},
     forPod: () => ({
       score(node, candidates) {
@@ -43,6 +45,7 @@ export function createBinpackPolicy(): PlacementPolicy {
 export function createBestfitPolicy(): PlacementPolicy {
   return {
     name: "bestfit",
+    version: 0,
     observe() {},
     forPod: (req: PodRequest) => ({
       score(node, candidates) {

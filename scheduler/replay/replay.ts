@@ -2,7 +2,7 @@
  * The trace replay of the FGD paper's experiment: resample the pod list with a seed until its GPU
  * requests reach `demand`% of the cluster's GPU capacity (the whole list first, then pods drawn at random
  * with replacement), shuffle, then place pods one by one with a policy through the extender's own filter
- * and score code (pickBest: evaluateNodes and chooseBest in one pass). Nothing is ever deleted; a pod
+ * and score code (the placement cache's pickBest, as the extender's filter). Nothing is ever deleted; a pod
  * that fits nowhere fails and is not retried. The allocation ratio (allocated GPU / total GPU) is recorded
  * at every 1% of arrived demand.
  */
@@ -10,7 +10,7 @@
 import { createRng } from "../../sim/random.js";
 import { allocate, createGpuNode, type GpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
-import { pickBest } from "../placement/evaluate.js";
+import { createPlacementCache } from "../placement/placement-cache.js";
 import type { PolicyName } from "../policies/placement-policy.js";
 import { createPolicy } from "../policies/policies.js";
 import type { TraceNode } from "./trace.js";
@@ -59,6 +59,7 @@ export function replayOnce(
   const capacity = nodes.reduce((s, n) => s + n.free.length * 1000, 0);
   const workload = resample(pods, capacity, demand, random);
   const policy = createPolicy(policyName);
+  const placements = createPlacementCache();
   const ratio = new Float64Array(demand + 1);
   let allocated = 0;
   let arrived = 0;
@@ -66,7 +67,7 @@ export function replayOnce(
   let failed = 0;
   for (const pod of workload) {
     policy.observe(pod);
-    const best = pickBest(nodes, pod, policy, random);
+    const best = placements.pickBest(nodes, pod, policy, random);
     if (best === undefined) failed++;
     else {
       allocate(best.node, pod.cpuMilli, pod.memMiB, best.devices);

@@ -147,6 +147,6 @@ describe("filter returns the chosen node (filterReturns: best)", () => {
     const full = filter("late", 500);
     expect(full.nodeNames).toEqual([]);
     expect(Object.keys(full.failedNodes ?? {}).sort()).toEqual(NODES);
-    expect(Object.values(full.failedNodes ?? {})[0]).toMatch(/needs 500\/1000 of a GPU/);
+    expect(Object.values(full.failedNodes ?? {})[0]).toBe("Insufficient GPU share");
   });
 });

@@ -1,0 +1,135 @@
+/**
+ * pickBest with memory: for each pod shape (policy, GPUs or GPU share, CPU, memory, accepted models) it
+ * keeps every node's verdict, score and device choice, and the next pod of the same shape re-evaluates
+ * only the nodes whose state changed since (GpuNode.generation) or all of them when the policy's scores
+ * changed (PlacementPolicy.version: the fragmentation policy's learned mix). Pods come in runs of one
+ * shape (a Deployment's replicas), and between two pods only the node the first one went to changes, so
+ * the filter for 5,000 nodes mostly reads 5,000 cached numbers instead of scoring 5,000 nodes.
+ *
+ * The choice is exactly pickBest's (same scores, same ties, one draw of `random`): the cached value of a
+ * node is what scoring it again would give, because fit and score are functions of the node's state, the
+ * pod's shape and the policy's version only. The replay goes through this cache too, so the replay
+ * results in BENCHMARKS.md check that; a unit test compares it with pickBest pod by pod.
+ */
+import type { GpuNode } from "../cluster/gpu-node.js";
+import type { PodRequest } from "../cluster/pod-request.js";
+import type { PlacementPolicy, PodScorer } from "../policies/placement-policy.js";
+import { type Evaluation, TIE_EPSILON } from "./evaluate.js";
+import { candidatePlacements, checkFit } from "./fit.js";
+
+/**
+ * Cached evaluations of one node list for one pod shape: two numbers per node and nothing else, so that
+ * the cache adds no objects for the garbage collector to copy (the chosen node's devices are worked out
+ * again when it is picked).
+ */
+interface ShapeEntry {
+  readonly policy: PlacementPolicy;
+  /** The node list the arrays below are aligned with (the extender reuses one list per NodeNames text). */
+  readonly nodes: readonly GpuNode[];
+  version: number;
+  /** The node's generation when its slot was filled (generations are unique across nodes); 0: never. */
+  readonly generations: Float64Array;
+  /** Score; NaN when the pod does not fit. */
+  readonly scores: Float64Array;
+}
+
+export interface PlacementCacheOptions {
+  /** Pod shapes remembered (least recently used dropped first). Default 32. */
+  maxShapes?: number;
+}
+
+export interface PlacementCache {
+  /** The same choice as `pickBest(nodes, req, policy, random)`. */
+  pickBest(
+    nodes: readonly GpuNode[],
+    req: PodRequest,
+    policy: PlacementPolicy,
+    random: () => number,
+  ): Evaluation | undefined;
+  /** Shapes currently cached (for /metrics and tests). */
+  readonly size: number;
+  /** Node evaluations so far: worked out (fit and score) or read from the cache. */
+  readonly evaluations: { readonly scored: number; readonly cached: number };
+}
+
+function shapeKey(req: PodRequest, policy: PlacementPolicy): string {
+  return `${policy.name}|${req.gpus}|${req.gpuMilli}|${req.cpuMilli}|${req.memMiB}|${req.models.join(",")}`;
+}
+
+export function createPlacementCache(options: PlacementCacheOptions = {}): PlacementCache {
+  const maxShapes = Math.max(1, options.maxShapes ?? 32);
+  // A Map iterates in insertion order: re-inserting on use makes the first key the least recently used.
+  const shapes = new Map<string, ShapeEntry>();
+  const evaluations = { scored: 0, cached: 0 };
+
+  function entryFor(nodes: readonly GpuNode[], req: PodRequest, policy: PlacementPolicy): ShapeEntry {
+    const key = shapeKey(req, policy);
+    let entry = shapes.get(key);
+    if (entry !== undefined) shapes.delete(key);
+    if (entry === undefined || entry.nodes !== nodes || entry.policy !== policy) {
+      entry = {
+        policy,
+        nodes,
+        version: policy.version,
+        generations: new Float64Array(nodes.length),
+        scores: new Float64Array(nodes.length),
+      };
+    } else if (entry.version !== policy.version) {
+      entry.generations.fill(0);
+      entry.version = policy.version;
+    }
+    shapes.set(key, entry);
+    if (shapes.size > maxShapes) shapes.delete(shapes.keys().next().value as string);
+    return entry;
+  }
+
+  return {
+    get size() {
+      return shapes.size;
+    },
+    evaluations,
+    pickBest(nodes, req, policy, random) {
+      const entry = entryFor(nodes, req, policy);
+      const { generations, scores } = entry;
+      let scorer: PodScorer | undefined;
+      let scored = 0;
+      // Pass 1: bring stale slots up to date and find the best score and how many nodes tie on it.
+      let bestScore = Number.NEGATIVE_INFINITY;
+      let bestFrom = 0; // where bestScore was last raised: pickBest's tie list starts there
+      let ties = 0;
+      for (let i = 0; i < nodes.length; i++) {
+        const node = nodes[i] as GpuNode;
+        if (generations[i] !== node.generation) {
+          generations[i] = node.generation;
+          scored++;
+          if (!checkFit(node, req).fits) scores[i] = Number.NaN;
+          else {
+            scorer ??= policy.forPod(req);
+            scores[i] = scorer.score(node, candidatePlacements(node, req)).score;
+          }
+        }
+        const score = scores[i] as number;
+        if (Number.isNaN(score)) continue;
+        if (score > bestScore + TIE_EPSILON) {
+          bestScore = score;
+          bestFrom = i;
+          ties = 1;
+        } else if (Math.abs(score - bestScore) <= TIE_EPSILON) ties++;
+      }
+      evaluations.scored += scored;
+      evaluations.cached += nodes.length - scored;
+      if (ties === 0) return undefined;
+      // Pass 2: the tie that random() names, counting in list order as pickBest does.
+      let k = Math.floor(random() * ties);
+      for (let i = bestFrom; i < nodes.length; i++) {
+        const score = scores[i] as number;
+        if (Number.isNaN(score) || !(Math.abs(score - bestScore) <= TIE_EPSILON) || k-- > 0) continue;
+        const node = nodes[i] as GpuNode;
+        scorer ??= policy.forPod(req);
+        const { devices } = scorer.score(node, candidatePlacements(node, req));
+        return { node, fit: checkFit(node, req), score, devices };
+      }
+      return undefined; // not reached: pass 1 counted `ties` such slots
+    },
+  };
+}
