@@ -32,6 +32,9 @@ export interface PodRequest {
   readonly policy: string;
 }
 
+/** Floating-point error tolerated when rounding CPU and memory up to whole millicores and MiB. */
+const ROUNDING_SLACK = 1e-6;
+
 export class PodRequestError extends Error {
   override readonly name = "PodRequestError";
 }
@@ -89,9 +92,13 @@ export function readPodRequest(pod: Pod): PodRequest {
       throw new PodRequestError(`a GPU share (${GPU_MILLI}) cannot be combined with ${gpus} whole GPUs`);
     wholeGpus = 0;
   }
-  const cpuMilli = Math.ceil(Math.max(sum(containers, "cpu", false), maxOf(inits, "cpu", false)) * 1000);
+  // Rounded up as Kubernetes rounds quantities, less a hair for binary floating point: "9m" is 0.009
+  // cores, and 0.009 * 1000 is 9.000000000000002, which must stay 9 millicores.
+  const cpuMilli = Math.ceil(
+    Math.max(sum(containers, "cpu", false), maxOf(inits, "cpu", false)) * 1000 - ROUNDING_SLACK,
+  );
   const memMiB = Math.ceil(
-    Math.max(sum(containers, "memory", false), maxOf(inits, "memory", false)) / 2 ** 20,
+    Math.max(sum(containers, "memory", false), maxOf(inits, "memory", false)) / 2 ** 20 - ROUNDING_SLACK,
   );
   const models = (annotations[GPU_MODELS_ANNOTATION] ?? "")
     .split(",")

@@ -6,7 +6,7 @@
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import type { PodRequest } from "../cluster/pod-request.js";
 import type { PlacementPolicy } from "../policies/placement-policy.js";
-import { candidatePlacements, checkFit, type Fit } from "./fit.js";
+import { checkFit, type Fit } from "./fit.js";
 
 export interface Evaluation {
   readonly node: GpuNode;
@@ -31,8 +31,7 @@ export function evaluateNodes(
       out.push({ node, fit, score: Number.NaN, devices: [] });
       continue;
     }
-    const placed = scorer.score(node, candidatePlacements(node, req));
-    out.push({ node, fit, score: placed.score, devices: placed.devices });
+    out.push({ node, fit, score: scorer.score(node), devices: scorer.devices(node) });
   }
   return out;
 }
@@ -69,21 +68,21 @@ export function pickBest(
   random: () => number,
 ): Evaluation | undefined {
   const scorer = policy.forPod(req);
-  let best: { node: GpuNode; score: number; devices: readonly DeviceShare[] }[] = [];
+  let best: { node: GpuNode; score: number }[] = [];
   let bestScore = Number.NEGATIVE_INFINITY;
   for (const node of nodes) {
     if (!checkFit(node, req).fits) continue;
-    const placed = scorer.score(node, candidatePlacements(node, req));
-    if (placed.score > bestScore + TIE_EPSILON) {
-      bestScore = placed.score;
-      best = [{ node, score: placed.score, devices: placed.devices }];
-    } else if (Math.abs(placed.score - bestScore) <= TIE_EPSILON) {
-      best.push({ node, score: placed.score, devices: placed.devices });
+    const score = scorer.score(node);
+    if (score > bestScore + TIE_EPSILON) {
+      bestScore = score;
+      best = [{ node, score }];
+    } else if (Math.abs(score - bestScore) <= TIE_EPSILON) {
+      best.push({ node, score });
     }
   }
   if (best.length === 0) return undefined;
-  const chosen = best[Math.floor(random() * best.length)] as (typeof best)[number];
-  return { ...chosen, fit: checkFit(chosen.node, req) };
+  const { node, score } = best[Math.floor(random() * best.length)] as (typeof best)[number];
+  return { node, score, fit: checkFit(node, req), devices: scorer.devices(node) };
 }
 
 /**

@@ -15,12 +15,12 @@ import type { GpuNode } from "../cluster/gpu-node.js";
 import type { PodRequest } from "../cluster/pod-request.js";
 import type { PlacementPolicy, PodScorer } from "../policies/placement-policy.js";
 import { type Evaluation, TIE_EPSILON } from "./evaluate.js";
-import { candidatePlacements, checkFit } from "./fit.js";
+import { checkFit } from "./fit.js";
 
 /**
  * Cached evaluations of one node list for one pod shape: two numbers per node and nothing else, so that
- * the cache adds no objects for the garbage collector to copy (the chosen node's devices are worked out
- * again when it is picked).
+ * the cache adds no objects for the garbage collector to copy (the chosen node's devices are asked of the
+ * policy when it is picked).
  */
 interface ShapeEntry {
   readonly policy: PlacementPolicy;
@@ -105,7 +105,7 @@ export function createPlacementCache(options: PlacementCacheOptions = {}): Place
           if (!checkFit(node, req).fits) scores[i] = Number.NaN;
           else {
             scorer ??= policy.forPod(req);
-            scores[i] = scorer.score(node, candidatePlacements(node, req)).score;
+            scores[i] = scorer.score(node);
           }
         }
         const score = scores[i] as number;
@@ -126,8 +126,7 @@ export function createPlacementCache(options: PlacementCacheOptions = {}): Place
         if (Number.isNaN(score) || !(Math.abs(score - bestScore) <= TIE_EPSILON) || k-- > 0) continue;
         const node = nodes[i] as GpuNode;
         scorer ??= policy.forPod(req);
-        const { devices } = scorer.score(node, candidatePlacements(node, req));
-        return { node, fit: checkFit(node, req), score, devices };
+        return { node, fit: checkFit(node, req), score, devices: scorer.devices(node) };
       }
       return undefined; // not reached: pass 1 counted `ties` such slots
     },

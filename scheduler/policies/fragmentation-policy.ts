@@ -15,15 +15,16 @@
  * common types, and replaces the mix in use only when it has drifted (`mixDrift`). GPU model constraints of task types are not modelled.
  */
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
-import { freeAfter, type PlacementPolicy, type ScoredPlacement } from "./placement-policy.js";
-
-interface TaskType {
-  readonly gpus: number;
-  readonly milli: number;
-  readonly cpu: number;
-  readonly mem: number;
-  readonly weight: number;
-}
+import { candidatePlacements } from "../placement/fit.js";
+import {
+  expectedFragmentation,
+  type GpuSummary,
+  type MixTable,
+  mixTable,
+  summarize,
+  type TaskType,
+} from "./fragmentation-math.js";
+import { freeAfter, type PlacementPolicy } from "./placement-policy.js";
 
 export interface FragmentationOptions {
   /** Weight of past observations halves after this many pods. Default 5,000. */
@@ -48,87 +49,6 @@ export interface FragmentationOptions {
   mixDrift?: number;
 }
 
-/**
- * The mix as parallel arrays, fast to loop over for every node: per task type its CPU, memory, whole GPUs
- * and weight, and for a share type the index of its size in `shares` (the distinct share sizes, ascending).
- */
-interface MixTable {
-  readonly types: readonly TaskType[];
-  readonly cpu: Float64Array;
-  readonly mem: Float64Array;
-  readonly gpus: Float64Array;
-  readonly weight: Float64Array;
-  /** Index into `shares` for a share type; -1 for whole-GPU and CPU-only types. */
-  readonly share: Int32Array;
-  readonly shares: Float64Array;
-}
-
-function mixTable(types: readonly TaskType[]): MixTable {
-  const shares = [...new Set(types.filter((t) => t.gpus === 0 && t.milli > 0).map((t) => t.milli))].sort(
-    (a, b) => a - b,
-  );
-  return {
-    types,
-    cpu: Float64Array.from(types, (t) => t.cpu),
-    mem: Float64Array.from(types, (t) => t.mem),
-    gpus: Float64Array.from(types, (t) => t.gpus),
-    weight: Float64Array.from(types, (t) => t.weight),
-    share: Int32Array.from(types, (t) => (t.gpus === 0 && t.milli > 0 ? shares.indexOf(t.milli) : -1)),
-    shares: Float64Array.from(shares),
-  };
-}
-
-/** Scratch space of fragmentation(): sorted free shares, and the free share below each share size. */
-const sortedScratch = new Float64Array(64);
-let belowScratch = new Float64Array(64);
-
-/**
- * The expected fragmentation of a node state under a mix: for each task type, the free GPU share that
- * type could not use there, weighted by how common the type is. A type blocked by CPU or memory, or
- * needing more whole GPUs than are free, can use none of it; a whole-GPU type cannot use partly used
- * GPUs; a share type cannot use GPUs with less free than its share (all of them when none has enough).
- */
-function fragmentation(free: ArrayLike<number>, cpuFree: number, memFree: number, mix: MixTable): number {
-  const n = free.length;
-  let total = 0;
-  let partial = 0; // free share on partly used GPUs
-  let whole = 0;
-  for (let i = 0; i < n; i++) {
-    const f = free[i] as number;
-    total += f;
-    if (f === 1000) whole++;
-    else partial += f;
-    // Insertion sort into sortedScratch (a node has at most 64 GPUs, usually 8).
-    let j = i;
-    for (; j > 0 && (sortedScratch[j - 1] as number) > f; j--)
-      sortedScratch[j] = sortedScratch[j - 1] as number;
-    sortedScratch[j] = f;
-  }
-  if (total === 0) return 0;
-  // below[k]: the free share on GPUs with less free than shares[k] (sums of integers: exact in any order).
-  const { shares } = mix;
-  if (belowScratch.length < shares.length) belowScratch = new Float64Array(shares.length);
-  const below = belowScratch;
-  let g = 0;
-  let sum = 0;
-  for (let k = 0; k < shares.length; k++) {
-    const size = shares[k] as number;
-    for (; g < n && (sortedScratch[g] as number) < size; g++) sum += sortedScratch[g] as number;
-    below[k] = sum;
-  }
-  const { cpu, mem, gpus, weight, share } = mix;
-  let expected = 0;
-  for (let t = 0; t < weight.length; t++) {
-    let frag: number;
-    if ((cpu[t] as number) > cpuFree || (mem[t] as number) > memFree) frag = total;
-    else if ((gpus[t] as number) > 0) frag = whole < (gpus[t] as number) ? total : partial;
-    else if ((share[t] as number) >= 0) frag = below[share[t] as number] as number;
-    else continue; // CPU-only tasks use no GPU: no GPU fragmentation
-    expected += (weight[t] as number) * frag;
-  }
-  return expected;
-}
-
 /** How much of the mix's weight moved between two mixes (0: same, 2: nothing in common). */
 function drift(a: readonly TaskType[], b: readonly TaskType[]): number {
   const key = (t: TaskType) => `${t.gpus}/${t.milli}/${t.cpu}/${t.mem}`;
@@ -144,6 +64,15 @@ function drift(a: readonly TaskType[], b: readonly TaskType[]): number {
   return moved;
 }
 
+/** A node's GPU summary and expected fragmentation, for one node generation and mix version. */
+interface NodeNow extends GpuSummary {
+  generation: number;
+  version: number;
+  /** The share sizes the summary was made for. */
+  shares: Float64Array | undefined;
+  value: number;
+}
+
 export function createFragmentationPolicy(options: FragmentationOptions = {}): PlacementPolicy {
   const halfLife = options.halfLife ?? 5000;
   const refreshEvery = options.refreshEvery ?? 64;
@@ -154,32 +83,55 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
   const counts = new Map<string, { type: Omit<TaskType, "weight">; weight: number }>();
   let seen = 0;
   let mix: MixTable = mixTable([]);
-  /** Fragmentation before placement, per node generation and mix version. */
   let mixVersion = 0;
-  const before = new WeakMap<GpuNode, { generation: number; version: number; value: number }>();
+  /** Each node's GPU summary and fragmentation as it is, for its generation and the mix version. */
+  const before = new WeakMap<GpuNode, NodeNow>();
 
   function rebuild() {
     const sorted = [...counts.values()].sort((a, b) => b.weight - a.weight).slice(0, maxTypes);
     const total = sorted.reduce((s, x) => s + x.weight, 0);
     const next = total === 0 ? [] : sorted.map((x) => ({ ...x.type, weight: x.weight / total }));
     if (mix.types.length > 0 && drift(mix.types, next) < mixDrift) return; // the mix in use is still right
-    mix = mixTable(next);
+    mix = mixTable(next, mix);
     mixVersion++;
   }
 
-  function fragmentationNow(node: GpuNode): number {
-    const cached = before.get(node);
-    if (cached !== undefined && cached.generation === node.generation && cached.version === mixVersion)
-      return cached.value;
-    const value = fragmentation(node.free, node.cpuFree, node.memFree, mix);
-    if (cached === undefined) before.set(node, { generation: node.generation, version: mixVersion, value });
-    else {
-      // Updated in place: an object per node and recomputation would keep the garbage collector busy.
-      cached.generation = node.generation;
-      cached.version = mixVersion;
-      cached.value = value;
+  function now(node: GpuNode): NodeNow {
+    let entry = before.get(node);
+    if (entry?.generation === node.generation && entry.version === mixVersion) return entry;
+    // Updated in place: a new object per node change would keep the garbage collector busy.
+    if (entry === undefined) {
+      entry = {
+        generation: -1,
+        version: -1,
+        shares: undefined,
+        total: 0,
+        whole: 0,
+        partial: 0,
+        below: new Float64Array(0),
+        value: 0,
+      };
+      before.set(node, entry);
     }
-    return value;
+    // The GPU summary depends on the mix only through its share sizes: a new mix often keeps it.
+    if (entry.generation !== node.generation || entry.shares !== mix.shares) {
+      summarize(node.free, mix, entry);
+      entry.shares = mix.shares;
+    }
+    entry.generation = node.generation;
+    entry.version = mixVersion;
+    entry.value = expectedFragmentation(
+      mix,
+      entry.total,
+      entry.whole,
+      entry.partial,
+      entry.below,
+      -1,
+      -1,
+      node.cpuFree,
+      node.memFree,
+    );
+    return entry;
   }
 
   return {
@@ -205,30 +157,72 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
       if (seen <= refreshEvery || seen % refreshEvery === 0) rebuild();
     },
     forPod(req) {
-      // The node's free shares after a placement, one array per GPU count (no allocation per node).
-      const scratch: Int32Array[] = [];
-      return {
-        score(node, candidates): ScoredPlacement {
-          const base = fragmentationNow(node);
-          const cpuAfter = node.cpuFree - req.cpuMilli;
-          const memAfter = node.memFree - req.memMiB;
-          const n = node.free.length;
-          let free = scratch[n];
-          if (free === undefined) scratch[n] = free = new Int32Array(n);
-          let bestDelta = Number.POSITIVE_INFINITY;
-          let bestIndex = 0;
-          for (let i = 0; i < candidates.length; i++) {
-            const devices = candidates[i] as readonly DeviceShare[];
-            free.set(node.free);
-            for (const d of devices) free[d.index] = (free[d.index] as number) - d.milli;
-            const delta = fragmentation(free, cpuAfter, memAfter, mix) - base;
-            if (delta < bestDelta - 1e-9) {
-              bestDelta = delta;
-              bestIndex = i;
-            }
+      /** The best placement's fragmentation increase and GPU index (share pods), set by best(). */
+      let bestDelta = 0;
+      let bestGpu = -1;
+      /**
+       * The least fragmenting placement on the node, without building the candidates: whole GPUs (and
+       * CPU-only pods) change the node's summary the same wherever they go; a share is tried on the
+       * first GPU with each distinct free amount that holds it, as candidatePlacements lists them.
+       */
+      function best(node: GpuNode): void {
+        const n = now(node);
+        const cpuAfter = node.cpuFree - req.cpuMilli;
+        const memAfter = node.memFree - req.memMiB;
+        const { total, whole, partial, below } = n;
+        bestGpu = -1;
+        if (req.gpus > 0 || req.gpuMilli === 0) {
+          const k = req.gpus;
+          bestDelta =
+            expectedFragmentation(
+              mix,
+              total - k * 1000,
+              whole - k,
+              partial,
+              below,
+              -1,
+              -1,
+              cpuAfter,
+              memAfter,
+            ) - n.value;
+          return;
+        }
+        bestDelta = Number.POSITIVE_INFINITY;
+        const free = node.free;
+        for (let i = 0; i < free.length; i++) {
+          const from = free[i] as number;
+          if (from < req.gpuMilli) continue;
+          let repeat = false;
+          for (let j = 0; j < i && !repeat; j++) repeat = free[j] === from;
+          if (repeat) continue;
+          const to = from - req.gpuMilli;
+          const after = expectedFragmentation(
+            mix,
+            total - req.gpuMilli,
+            from === 1000 ? whole - 1 : whole,
+            from === 1000 ? partial + to : partial - req.gpuMilli,
+            below,
+            from,
+            to,
+            cpuAfter,
+            memAfter,
+          );
+          if (after - n.value < bestDelta - 1e-9) {
+            bestDelta = after - n.value;
+            bestGpu = i;
           }
-          const devices = candidates[bestIndex] as readonly DeviceShare[];
-          return { score: -bestDelta - freeAfter(node, devices) * packingWeight, devices };
+        }
+      }
+      return {
+        score(node) {
+          best(node);
+          return -bestDelta - freeAfter(node, req) * packingWeight;
+        },
+        devices(node) {
+          best(node);
+          return bestGpu >= 0
+            ? [{ index: bestGpu, milli: req.gpuMilli }]
+            : (candidatePlacements(node, req)[0] as readonly DeviceShare[]);
         },
       };
     },

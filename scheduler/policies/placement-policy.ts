@@ -4,20 +4,22 @@
  * what the replay measures is what the extender does.
  */
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
-import type { PodRequest } from "../cluster/pod-request.js";
+import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
+import { candidatePlacements } from "../placement/fit.js";
 
 export type PolicyName = "spread" | "binpack" | "bestfit" | "fragmentation";
 export const POLICY_NAMES: readonly PolicyName[] = ["spread", "binpack", "bestfit", "fragmentation"];
 
-export interface ScoredPlacement {
-  readonly score: number;
-  readonly devices: readonly DeviceShare[];
-}
-
-/** Scores nodes for one pod; may keep per-pod caches. */
+/**
+ * Scores nodes for one pod; may keep per-pod caches. It is only given nodes the pod fits (checkFit).
+ * Scoring allocates nothing: it runs for thousands of nodes per pod; the devices are asked for the node
+ * chosen.
+ */
 export interface PodScorer {
-  /** `candidates` are the node's distinct placements (non-empty: the pod fits). */
-  score(node: GpuNode, candidates: readonly (readonly DeviceShare[])[]): ScoredPlacement;
+  /** The node's score for the pod: higher is better. */
+  score(node: GpuNode): number;
+  /** The GPUs the pod gets on the node: the placement its score is for. */
+  devices(node: GpuNode): readonly DeviceShare[];
 }
 
 export interface PlacementPolicy {
@@ -33,20 +35,20 @@ export interface PlacementPolicy {
   forPod(req: PodRequest): PodScorer;
 }
 
-/** Free GPU thousandths left on the node after a placement. */
-export function freeAfter(node: GpuNode, devices: readonly DeviceShare[]): number {
+/** Free GPU thousandths left on the node after placing the pod (wherever on the node it goes). */
+export function freeAfter(node: GpuNode, req: PodRequest): number {
   let free = 0;
-  for (const f of node.free) free += f;
-  for (const d of devices) free -= d.milli;
-  return free;
+  for (let i = 0; i < node.free.length; i++) free += node.free[i] as number;
+  return free - gpuMilliOf(req);
 }
 
-/** The candidate whose chosen GPU(s) have the least (tightest) or most free share. */
+/** Of the pod's candidate placements on the node, the one on the GPU(s) with the least or most free. */
 export function pickByFree(
   node: GpuNode,
-  candidates: readonly (readonly DeviceShare[])[],
+  req: PodRequest,
   prefer: "tightest" | "emptiest",
 ): readonly DeviceShare[] {
+  const candidates = candidatePlacements(node, req);
   let best = candidates[0] as readonly DeviceShare[];
   let bestFree = prefer === "tightest" ? Number.POSITIVE_INFINITY : Number.NEGATIVE_INFINITY;
   for (const c of candidates) {

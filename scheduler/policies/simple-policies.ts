@@ -18,11 +18,9 @@ export function createSpreadPolicy(): PlacementPolicy {
     name: "spread",
     version: 0,
     observe() {},
-    forPod: () => ({
-      score(node, candidates) {
-        const utilisation = Math.floor((allocatedMilli(node) * 100) / gpuCapacity(node));
-        return { score: 100 - utilisation, devices: pickByFree(node, candidates, "emptiest") };
-      },
+    forPod: (req: PodRequest) => ({
+      score: (node) => 100 - Math.floor((allocatedMilli(node) * 100) / gpuCapacity(node)),
+      devices: (node) => pickByFree(node, req, "emptiest"),
     }),
   };
 }
@@ -32,12 +30,9 @@ export function createBinpackPolicy(): PlacementPolicy {
     name: "binpack",
     version: 0,
     observe() {},
-    forPod: () => ({
-      score(node, candidates) {
-        const devices = pickByFree(node, candidates, "tightest");
-        const used = 1 - freeAfter(node, devices) / gpuCapacity(node);
-        return { score: used, devices };
-      },
+    forPod: (req: PodRequest) => ({
+      score: (node) => 1 - freeAfter(node, req) / gpuCapacity(node),
+      devices: (node) => pickByFree(node, req, "tightest"),
     }),
   };
 }
@@ -48,13 +43,13 @@ export function createBestfitPolicy(): PlacementPolicy {
     version: 0,
     observe() {},
     forPod: (req: PodRequest) => ({
-      score(node, candidates) {
-        const devices = pickByFree(node, candidates, "tightest");
-        const gpuLeft = freeAfter(node, devices) / 1000;
+      score(node) {
+        const gpuLeft = freeAfter(node, req) / 1000;
         const cpuLeft = (node.cpuFree - req.cpuMilli) / Math.max(1, node.cpuMilli);
         const memLeft = (node.memFree - req.memMiB) / Math.max(1, node.memMiB);
-        return { score: -(gpuLeft + (cpuLeft + memLeft) / 2), devices };
+        return -(gpuLeft + (cpuLeft + memLeft) / 2);
       },
+      devices: (node) => pickByFree(node, req, "tightest"),
     }),
   };
 }

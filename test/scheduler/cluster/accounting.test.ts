@@ -70,6 +70,15 @@ describe("quantities and pod requests", () => {
     });
     const share = create(PodSchema, { metadata: { annotations: { "kinfer.io/gpu-milli": "250" } } });
     expect(readPodRequest(share)).toMatchObject({ gpus: 0, gpuMilli: 250 });
+    // Millicores and MiB come out exact (0.009 * 1000 is 9.000000000000002 in floating point), and
+    // fractions are rounded up.
+    const cpu = (q: string, memory = "1Mi") =>
+      readPodRequest(
+        create(PodSchema, { spec: { containers: [{ resources: { requests: { cpu: q, memory } } }] } }),
+      );
+    for (const m of [1, 9, 13, 1100, 3153, 199_999]) expect(cpu(`${m}m`).cpuMilli).toBe(m);
+    expect(cpu("0.0001").cpuMilli).toBe(1);
+    expect(cpu("1", "1G").memMiB).toBe(954);
     expect(() =>
       readPodRequest(
         create(PodSchema, {
