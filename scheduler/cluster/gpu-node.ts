@@ -24,6 +24,17 @@ export interface GpuNode {
   /** Ready and not cordoned. */
   schedulable: boolean;
   /**
+   * Aggregates of `free`, kept in step by allocate and release (as kube-scheduler's NodeInfo keeps its
+   * sums), so that checking and scoring 5,000 nodes reads a few fields instead of every GPU:
+   * free thousandths in all, wholly free GPUs (in all, and at most in one NVLink domain), the largest free
+   * share on one GPU, and the free shares in ascending order.
+   */
+  readonly freeMilli: number;
+  readonly wholeFree: number;
+  readonly wholeFreeInDomain: number;
+  readonly maxFree: number;
+  readonly freeSorted: Int32Array;
+  /**
    * Renewed (nextGeneration) on every change, for caches keyed by node state. Unique across nodes, so a
    * generation names one node object in one state: a cache need not also check which node it was.
    */
@@ -49,7 +60,7 @@ export function createGpuNode(init: {
   if (!Number.isInteger(init.gpus) || init.gpus < 0 || init.gpus > 64) {
     throw new RangeError(`node ${init.name}: GPU count must be an integer from 0 to 64`);
   }
-  return {
+  const node: GpuNode = {
     name: init.name,
     model: init.model ?? "",
     cpuMilli: init.cpuMilli,
@@ -60,14 +71,60 @@ export function createGpuNode(init: {
     nvlinkDomainSize: init.nvlinkDomainSize ?? 0,
     schedulable: init.schedulable ?? true,
     generation: nextGeneration(),
+    freeMilli: 0,
+    wholeFree: 0,
+    wholeFreeInDomain: 0,
+    maxFree: 0,
+    freeSorted: new Int32Array(init.gpus),
   };
+  summarise(node);
+  return node;
 }
+
+/** A copy of the node in its current state (to try changes on, as preemption does). */
+export function copyGpuNode(node: GpuNode): GpuNode {
+  const copy = createGpuNode({ ...node, gpus: node.free.length });
+  copy.free.set(node.free);
+  copy.cpuFree = node.cpuFree;
+  copy.memFree = node.memFree;
+  summarise(copy);
+  return copy;
+}
+
+/** Recomputes the aggregates of `free` (see GpuNode). */
+function summarise(node: GpuNode): void {
+  const n = node as Mutable<GpuNode>;
+  const { free, freeSorted } = node;
+  const domain = node.nvlinkDomainSize > 0 ? node.nvlinkDomainSize : free.length;
+  let freeMilli = 0;
+  let wholeFree = 0;
+  let wholeFreeInDomain = 0;
+  let inDomain = 0;
+  let maxFree = 0;
+  for (let i = 0; i < free.length; i++) {
+    const f = free[i] as number;
+    if (i % domain === 0) inDomain = 0;
+    freeMilli += f;
+    if (f === 1000) {
+      wholeFree++;
+      inDomain++;
+      if (inDomain > wholeFreeInDomain) wholeFreeInDomain = inDomain;
+    }
+    if (f > maxFree) maxFree = f;
+  }
+  freeSorted.set(free);
+  freeSorted.sort();
+  n.freeMilli = freeMilli;
+  n.wholeFree = wholeFree;
+  n.wholeFreeInDomain = wholeFreeInDomain;
+  n.maxFree = maxFree;
+}
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
 /** Allocated GPU thousandths on the node. */
 export function allocatedMilli(node: GpuNode): number {
-  let free = 0;
-  for (const f of node.free) free += f;
-  return node.free.length * 1000 - free;
+  return node.free.length * 1000 - node.freeMilli;
 }
 
 /** One GPU's share of a placement. */
@@ -92,6 +149,7 @@ export function allocate(
   node.cpuFree -= cpuMilli;
   node.memFree -= memMiB;
   node.generation = nextGeneration();
+  summarise(node);
 }
 
 /** Gives resources back. */
@@ -109,4 +167,5 @@ export function release(
   node.cpuFree = Math.min(node.cpuMilli, node.cpuFree + cpuMilli);
   node.memFree = Math.min(node.memMiB, node.memFree + memMiB);
   node.generation = nextGeneration();
+  summarise(node);
 }

@@ -43,7 +43,7 @@ import type {
   PrioritizeResponseSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import type { ClusterState, NodeInfo } from "../cluster/cluster-state.js";
-import { createGpuNode, type DeviceShare, type GpuNode, release } from "../cluster/gpu-node.js";
+import { copyGpuNode, type DeviceShare, type GpuNode, release } from "../cluster/gpu-node.js";
 import { nodeInfoOf } from "../cluster/kube-objects.js";
 import { type PodRequest, PodRequestError, readPodRequest } from "../cluster/pod-request.js";
 import {
@@ -326,10 +326,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
             const node = state.nodes.get(name);
             if (node === undefined) continue;
             // Simulate the evictions on a copy of the node.
-            const copy = createGpuNode({ ...node, gpus: node.free.length });
-            copy.free.set(node.free);
-            copy.cpuFree = node.cpuFree;
-            copy.memFree = node.memFree;
+            const copy = copyGpuNode(node);
             for (const uid of uids) {
               const devices = state.devicesOf(uid);
               const victim = pending.get(uid);

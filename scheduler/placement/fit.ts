@@ -76,27 +76,18 @@ export function checkFit(node: GpuNode, req: PodRequest, detail = false): Fit {
     return fail(FAILURES.cpu, detail && `needs ${req.cpuMilli}m, ${node.cpuFree}m free`);
   if (req.memMiB > node.memFree)
     return fail(FAILURES.mem, detail && `needs ${req.memMiB} MiB, ${node.memFree} MiB free`);
-  if (req.gpus > 0) {
-    let best = 0;
-    if (node.nvlinkDomainSize === 0) {
-      for (const f of node.free) if (f === 1000) best++;
-    } else {
-      for (const [a, b] of domains(node)) {
-        let whole = 0;
-        for (let i = a; i < b; i++) if (node.free[i] === 1000) whole++;
-        best = Math.max(best, whole);
-      }
-    }
-    if (best < req.gpus)
-      return fail(FAILURES.wholeGpus, detail && `needs ${req.gpus} together, ${best} free`);
-  } else if (req.gpuMilli > 0) {
-    let most = 0;
-    for (const f of node.free) most = Math.max(most, f);
-    if (most < req.gpuMilli)
-      return fail(
-        FAILURES.gpuShare,
-        detail && `needs ${req.gpuMilli}/1000 of a GPU, at most ${most} free on one`,
-      );
+  if (req.gpus > 0 && node.wholeFreeInDomain < req.gpus) {
+    const where = node.nvlinkDomainSize > 0 ? " in one NVLink domain" : "";
+    return fail(
+      FAILURES.wholeGpus,
+      detail && `needs ${req.gpus} together, ${node.wholeFreeInDomain} free${where}`,
+    );
+  }
+  if (req.gpus === 0 && req.gpuMilli > 0 && node.maxFree < req.gpuMilli) {
+    return fail(
+      FAILURES.gpuShare,
+      detail && `needs ${req.gpuMilli}/1000 of a GPU, at most ${node.maxFree} free on one`,
+    );
   }
   return FITS;
 }

@@ -13,9 +13,9 @@
  * The expected fragmentation weighs these by the mix's weights. Types that need the same GPUs (same k,
  * or same m) form a class with one value, so the sum runs over classes, not types; which types CPU and
  * memory block depends only on where the node's free CPU and memory fall among the types' requests, so
- * each class's unblocked weight comes from a table (`unblocked`) built once per mix. Placing a pod
- * changes a node's GPU summary in O(1), so the fragmentation after each candidate placement is computed
- * from the summary before it, without copying or re-sorting the node's GPUs.
+ * each class's unblocked weight comes from a table (`unblocked`) built once per mix. The node's GPUs come
+ * summarised (GpuNode's aggregates: free shares sorted, totals), and a placement changes the summary in
+ * O(1), so the fragmentation after each candidate placement needs no copy of the node's GPUs.
  */
 
 export interface TaskType {
@@ -50,16 +50,8 @@ function distinctSorted(values: Iterable<number>): number[] {
   return [...new Set(values)].sort((a, b) => a - b);
 }
 
-/**
- * The table of a mix. With `previous`, its `shares` array is kept when the share sizes are the same, so
- * that GPU summaries made for the previous mix (which depend on nothing else of it) can be kept too.
- */
-export function mixTable(types: readonly TaskType[], previous?: MixTable): MixTable {
+export function mixTable(types: readonly TaskType[]): MixTable {
   const shares = distinctSorted(types.filter((t) => t.gpus === 0 && t.milli > 0).map((t) => t.milli));
-  const sameShares =
-    previous !== undefined &&
-    previous.shares.length === shares.length &&
-    shares.every((size, k) => previous.shares[k] === size);
   const wholes = distinctSorted(types.filter((t) => t.gpus > 0).map((t) => t.gpus));
   // Classes: whole-GPU classes, then share classes, then the CPU-only class.
   const classes = wholes.length + shares.length + 1;
@@ -79,7 +71,7 @@ export function mixTable(types: readonly TaskType[], previous?: MixTable): MixTa
   return {
     types,
     weight: types.reduce((s, t) => s + t.weight, 0),
-    shares: sameShares ? previous.shares : Float64Array.from(shares),
+    shares: Float64Array.from(shares),
     classGpus: Float64Array.from({ length: classes }, (_, c) =>
       c < wholes.length ? (wholes[c] as number) : 0,
     ),
@@ -104,48 +96,18 @@ function countAtMost(steps: Float64Array, value: number): number {
   return lo;
 }
 
-/** What fragmentation needs to know of a node's GPUs. */
-export interface GpuSummary {
-  /** Free thousandths in all, on wholly free GPUs (count), and on partly used GPUs. */
-  total: number;
-  whole: number;
-  partial: number;
-  /** below[k]: free thousandths on GPUs with less free than the mix's shares[k]. */
-  below: Float64Array;
-}
-
-/** Fills `into` with the summary of `free` under `mix` (reusing its `below` when large enough). */
-export function summarize(free: Int32Array, mix: MixTable, into: GpuSummary): void {
-  let total = 0;
-  let whole = 0;
-  for (let i = 0; i < free.length; i++) {
-    const f = free[i] as number;
-    total += f;
-    if (f === 1000) whole++;
-  }
-  into.total = total;
-  into.whole = whole;
-  into.partial = total - whole * 1000;
-  if (into.below.length < mix.shares.length) into.below = new Float64Array(mix.shares.length);
-  for (let k = 0; k < mix.shares.length; k++) {
-    const size = mix.shares[k] as number;
-    let sum = 0;
-    for (let i = 0; i < free.length; i++) if ((free[i] as number) < size) sum += free[i] as number;
-    into.below[k] = sum;
-  }
-}
-
 /**
- * Expected fragmentation of a node whose GPUs are summarised by total, whole, partial and below, except
- * that one GPU went from `from` to `to` free thousandths since `below` was computed (from = -1: none),
- * with `cpuFree` and `memFree` free.
+ * Expected fragmentation of a node whose GPUs have `sorted` free thousandths (ascending), `total` in all,
+ * `whole` GPUs wholly free and `partial` on the others, except that one GPU went from `from` to `to`
+ * since `sorted` (from = -1: none; total, whole and partial already count the change), with `cpuFree`
+ * and `memFree` free.
  */
 export function expectedFragmentation(
   mix: MixTable,
+  sorted: Int32Array,
   total: number,
   whole: number,
   partial: number,
-  below: Float64Array,
   from: number,
   to: number,
   cpuFree: number,
@@ -158,6 +120,10 @@ export function expectedFragmentation(
     classes;
   let unblocked = 0;
   let sum = 0;
+  // Share classes come in ascending size: `below` (the free share on GPUs with less free than the size)
+  // grows by walking `sorted` once.
+  let g = 0;
+  let below = 0;
   for (let c = 0; c < classes; c++) {
     const u = mix.unblocked[row + c] as number;
     if (u === 0) continue;
@@ -168,7 +134,8 @@ export function expectedFragmentation(
       const s = mix.classShare[c] as number;
       if (s < 0) continue; // CPU-only: no GPU fragmentation
       const size = mix.shares[s] as number;
-      let b = below[s] as number;
+      for (; g < sorted.length && (sorted[g] as number) < size; g++) below += sorted[g] as number;
+      let b = below;
       if (from >= 0) b += (to < size ? to : 0) - (from < size ? from : 0);
       sum += u * b;
     }

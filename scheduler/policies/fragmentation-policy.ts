@@ -16,14 +16,7 @@
  */
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import { candidatePlacements } from "../placement/fit.js";
-import {
-  expectedFragmentation,
-  type GpuSummary,
-  type MixTable,
-  mixTable,
-  summarize,
-  type TaskType,
-} from "./fragmentation-math.js";
+import { expectedFragmentation, type MixTable, mixTable, type TaskType } from "./fragmentation-math.js";
 import { freeAfter, type PlacementPolicy } from "./placement-policy.js";
 
 export interface FragmentationOptions {
@@ -64,14 +57,8 @@ function drift(a: readonly TaskType[], b: readonly TaskType[]): number {
   return moved;
 }
 
-/** A node's GPU summary and expected fragmentation, for one node generation and mix version. */
-interface NodeNow extends GpuSummary {
-  generation: number;
-  version: number;
-  /** The share sizes the summary was made for. */
-  shares: Float64Array | undefined;
-  value: number;
-}
+/** Entries of the fragmentation-before cache: room for every node of a large cluster, and old states. */
+const BEFORE_LIMIT = 200_000;
 
 export function createFragmentationPolicy(options: FragmentationOptions = {}): PlacementPolicy {
   const halfLife = options.halfLife ?? 5000;
@@ -84,54 +71,47 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
   let seen = 0;
   let mix: MixTable = mixTable([]);
   let mixVersion = 0;
-  /** Each node's GPU summary and fragmentation as it is, for its generation and the mix version. */
-  const before = new WeakMap<GpuNode, NodeNow>();
 
   function rebuild() {
     const sorted = [...counts.values()].sort((a, b) => b.weight - a.weight).slice(0, maxTypes);
     const total = sorted.reduce((s, x) => s + x.weight, 0);
     const next = total === 0 ? [] : sorted.map((x) => ({ ...x.type, weight: x.weight / total }));
     if (mix.types.length > 0 && drift(mix.types, next) < mixDrift) return; // the mix in use is still right
-    mix = mixTable(next, mix);
+    mix = mixTable(next);
     mixVersion++;
   }
 
-  function now(node: GpuNode): NodeNow {
-    let entry = before.get(node);
-    if (entry?.generation === node.generation && entry.version === mixVersion) return entry;
-    // Updated in place: a new object per node change would keep the garbage collector busy.
-    if (entry === undefined) {
-      entry = {
-        generation: -1,
-        version: -1,
-        shares: undefined,
-        total: 0,
-        whole: 0,
-        partial: 0,
-        below: new Float64Array(0),
-        value: 0,
-      };
-      before.set(node, entry);
+  /**
+   * Each node's expected fragmentation as it is, by node generation (unique to one node in one state),
+   * for the mix in use: emptied when the mix changes, and when it outgrows its bound (old generations
+   * are never asked for again).
+   */
+  const before = new Map<number, number>();
+  let beforeVersion = 0;
+
+  function now(node: GpuNode): number {
+    if (beforeVersion !== mixVersion || before.size >= BEFORE_LIMIT) {
+      before.clear();
+      beforeVersion = mixVersion;
     }
-    // The GPU summary depends on the mix only through its share sizes: a new mix often keeps it.
-    if (entry.generation !== node.generation || entry.shares !== mix.shares) {
-      summarize(node.free, mix, entry);
-      entry.shares = mix.shares;
+    let value = before.get(node.generation);
+    if (value === undefined) {
+      const { freeSorted, freeMilli, wholeFree } = node;
+      const partial = freeMilli - wholeFree * 1000;
+      value = expectedFragmentation(
+        mix,
+        freeSorted,
+        freeMilli,
+        wholeFree,
+        partial,
+        -1,
+        -1,
+        node.cpuFree,
+        node.memFree,
+      );
+      before.set(node.generation, value);
     }
-    entry.generation = node.generation;
-    entry.version = mixVersion;
-    entry.value = expectedFragmentation(
-      mix,
-      entry.total,
-      entry.whole,
-      entry.partial,
-      entry.below,
-      -1,
-      -1,
-      node.cpuFree,
-      node.memFree,
-    );
-    return entry;
+    return value;
   }
 
   return {
@@ -166,25 +146,26 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
        * first GPU with each distinct free amount that holds it, as candidatePlacements lists them.
        */
       function best(node: GpuNode): void {
-        const n = now(node);
+        const base = now(node);
         const cpuAfter = node.cpuFree - req.cpuMilli;
         const memAfter = node.memFree - req.memMiB;
-        const { total, whole, partial, below } = n;
+        const { freeSorted: sorted, freeMilli: total, wholeFree: whole } = node;
+        const partial = total - whole * 1000;
         bestGpu = -1;
         if (req.gpus > 0 || req.gpuMilli === 0) {
           const k = req.gpus;
           bestDelta =
             expectedFragmentation(
               mix,
+              sorted,
               total - k * 1000,
               whole - k,
               partial,
-              below,
               -1,
               -1,
               cpuAfter,
               memAfter,
-            ) - n.value;
+            ) - base;
           return;
         }
         bestDelta = Number.POSITIVE_INFINITY;
@@ -198,17 +179,17 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
           const to = from - req.gpuMilli;
           const after = expectedFragmentation(
             mix,
+            sorted,
             total - req.gpuMilli,
             from === 1000 ? whole - 1 : whole,
             from === 1000 ? partial + to : partial - req.gpuMilli,
-            below,
             from,
             to,
             cpuAfter,
             memAfter,
           );
-          if (after - n.value < bestDelta - 1e-9) {
-            bestDelta = after - n.value;
+          if (after - base < bestDelta - 1e-9) {
+            bestDelta = after - base;
             bestGpu = i;
           }
         }

@@ -37,9 +37,7 @@ export interface PlacementPolicy {
 
 /** Free GPU thousandths left on the node after placing the pod (wherever on the node it goes). */
 export function freeAfter(node: GpuNode, req: PodRequest): number {
-  let free = 0;
-  for (let i = 0; i < node.free.length; i++) free += node.free[i] as number;
-  return free - gpuMilliOf(req);
+  return node.freeMilli - gpuMilliOf(req);
 }
 
 /** Of the pod's candidate placements on the node, the one on the GPU(s) with the least or most free. */

@@ -8,6 +8,7 @@ import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { PodSchema } from "../../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import { createClusterState, type PlacedPod } from "../../../scheduler/cluster/cluster-state.js";
+import type { GpuNode } from "../../../scheduler/cluster/gpu-node.js";
 import {
   formatDevices,
   PodRequestError,
@@ -141,11 +142,33 @@ describe("fit", () => {
   });
 });
 
+/** The node's aggregates (GpuNode.freeMilli and the rest) agree with its GPUs. */
+function expectAggregatesInStep(n: GpuNode) {
+  const free = [...n.free];
+  const domain = n.nvlinkDomainSize > 0 ? n.nvlinkDomainSize : free.length;
+  const inDomains = Array.from({ length: Math.ceil(free.length / domain) }, (_, d) =>
+    free.slice(d * domain, (d + 1) * domain).filter((f) => f === 1000),
+  );
+  expect({
+    freeMilli: n.freeMilli,
+    wholeFree: n.wholeFree,
+    wholeFreeInDomain: n.wholeFreeInDomain,
+    maxFree: n.maxFree,
+    freeSorted: [...n.freeSorted],
+  }).toEqual({
+    freeMilli: free.reduce((a, b) => a + b, 0),
+    wholeFree: free.filter((f) => f === 1000).length,
+    wholeFreeInDomain: Math.max(0, ...inDomains.map((d) => d.length)),
+    maxFree: Math.max(0, ...free),
+    freeSorted: [...free].sort((a, b) => a - b),
+  });
+}
+
 describe("accounting", () => {
   it("never over-commits under random placements, assumptions, expiries and removals", () => {
     let now = 0;
     const state = createClusterState(() => now);
-    for (let i = 0; i < 5; i++) state.upsertNode(node(`n${i}`));
+    for (let i = 0; i < 5; i++) state.upsertNode({ ...node(`n${i}`), nvlinkDomainSize: i % 2 === 0 ? 0 : 2 });
     const random = createRng(7);
     const live = new Set<string>();
     for (let step = 0; step < 5000; step++) {
@@ -181,6 +204,7 @@ describe("accounting", () => {
         }
         expect(gpuNode.cpuFree).toBeGreaterThanOrEqual(0);
         expect(gpuNode.memFree).toBeGreaterThanOrEqual(0);
+        expectAggregatesInStep(gpuNode);
       }
     }
     for (const uid of [...live]) state.removePod(uid);

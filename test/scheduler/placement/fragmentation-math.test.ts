@@ -6,9 +6,7 @@
 import { describe, expect, it } from "vitest";
 import {
   expectedFragmentation,
-  type GpuSummary,
   mixTable,
-  summarize,
   type TaskType,
 } from "../../../scheduler/policies/fragmentation-math.js";
 import { createRng } from "../../../sim/random.js";
@@ -64,12 +62,14 @@ describe("fragmentation arithmetic", () => {
         const free = randomGpus(random);
         const cpuFree = Math.floor(random() * 40_000);
         const memFree = Math.floor(random() * 300_000);
-        const summary: GpuSummary = { total: 0, whole: 0, partial: 0, below: new Float64Array(0) };
-        summarize(free, mix, summary);
-        const { total, whole, partial, below } = summary;
-        const got = expectedFragmentation(mix, total, whole, partial, below, -1, -1, cpuFree, memFree);
+        // The node's aggregates, as GpuNode keeps them.
+        const sorted = Int32Array.from(free).sort();
+        const total = free.reduce((s, f) => s + f, 0);
+        const whole = free.filter((f) => f === 1000).length;
+        const partial = total - whole * 1000;
+        const got = expectedFragmentation(mix, sorted, total, whole, partial, -1, -1, cpuFree, memFree);
         expect(got).toBeCloseTo(reference(free, cpuFree, memFree, types), 6);
-        // A share placed on one GPU: the O(1) update equals summarising the changed GPUs again.
+        // A share placed on one GPU: the O(1) update of the aggregates gives the changed node's value.
         const gpu = free.findIndex((f) => f > 0);
         if (gpu < 0) continue;
         const from = free[gpu] as number;
@@ -80,10 +80,10 @@ describe("fragmentation arithmetic", () => {
         const partialAfter = from === 1000 ? partial + to : partial - (from - to);
         const incremental = expectedFragmentation(
           mix,
+          sorted,
           total - (from - to),
           wholeAfter,
           partialAfter,
-          below,
           from,
           to,
           cpuFree,

@@ -133,6 +133,8 @@ describe("fit reasons", () => {
     );
     const two: PodRequest = { gpus: 2, gpuMilli: 0, cpuMilli: 1, memMiB: 1, models: [], policy: "" };
     expect(checkFit(node, two)).toBe(FAILURES.wholeGpus); // one whole GPU left
-    expect(checkFit(node, two, true).reason).toBe("Insufficient whole GPUs: needs 2 together, 1 free");
+    expect(checkFit(node, two, true).reason).toBe(
+      "Insufficient whole GPUs: needs 2 together, 1 free in one NVLink domain",
+    );
   });
 });
