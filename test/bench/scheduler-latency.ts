@@ -16,7 +16,7 @@
  * with a reason, ~190 KB). The extender runs in its own process, as it does beside kube-scheduler; this
  * program is the client. Target (issue 5): p99 at most 5 ms.
  *
- *   npm run bench:scheduler [-- --iterations 300 --policies fragmentation,spread
+ *   npm run bench:scheduler [-- --iterations 1000 --policies fragmentation,spread
  *     --filter-returns best|all --shapes trace|six|distinct]
  */
 import { spawn } from "node:child_process";
@@ -183,7 +183,7 @@ async function measure(
 async function main() {
   const { values } = parseArgs({
     options: {
-      iterations: { type: "string", default: "300" },
+      iterations: { type: "string", default: "1000" },
       policies: { type: "string", default: "fragmentation,bestfit,binpack,spread" },
       serve: { type: "string" },
       "filter-returns": { type: "string", default: "best" },
