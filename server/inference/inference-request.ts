@@ -58,10 +58,33 @@ export interface Usage {
   readonly cachedTokens: number;
 }
 
+export interface FirstTokenTiming {
+  /** From sending the request to the replica to reading its first token, in ms (the last attempt's). */
+  readonly upstreamMs: number;
+  /** The rest of the time since the request was accepted: routing, failed attempts, the gateway's work. */
+  readonly gatewayMs: number;
+}
+
+/**
+ * The timing as a Server-Timing header value (W3C), which gateways and proxies use to tell their own
+ * time from their upstream's (as Envoy's x-envoy-upstream-service-time): what a client measures minus
+ * `upstream` is what the gateway and the network to it added.
+ */
+export function serverTiming(t: FirstTokenTiming): string {
+  return `gateway;dur=${t.gatewayMs.toFixed(3)}, upstream;dur=${t.upstreamMs.toFixed(3)};desc="replica to first token"`;
+}
+
 export type FinishReason = "stop" | "length" | "abort" | "unspecified";
 
 export type InferenceEvent =
-  | { readonly type: "start"; readonly requestId: string; readonly model: string; readonly version: string }
+  | {
+      readonly type: "start";
+      readonly requestId: string;
+      readonly model: string;
+      readonly version: string;
+      /** Time to the first token, split: the replica's (request sent to first token read) and the gateway's. */
+      readonly timing: FirstTokenTiming;
+    }
   | { readonly type: "delta"; readonly text: string; readonly tokenCount: number }
   | {
       readonly type: "finish";

@@ -112,7 +112,9 @@ export async function* relay(
       try {
         const first = await firstTokens(replica, path, body, req, attemptControl, deps);
         streamed = true;
-        yield { type: "start", requestId: req.requestId, model: model.name, version: version.name };
+        const upstreamMs = first.firstTokenAt - first.sentAt;
+        const timing = { upstreamMs, gatewayMs: first.firstTokenAt - acceptedAt - upstreamMs };
+        yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
         yield* streamRest(first, replica, req, attemptControl, deps, acceptedAt);
         return;
       } catch (err) {
@@ -152,6 +154,8 @@ interface FirstTokens {
   /** Events read while waiting for the first token, in order. */
   readonly buffered: UpstreamEvent[];
   readonly firstTokenAt: number;
+  /** When the request was sent to the replica. */
+  readonly sentAt: number;
 }
 
 /** Opens the upstream request and waits (up to firstTokenMs) for its first token. */
@@ -170,6 +174,7 @@ async function firstTokens(
       ),
     deps.config.timeouts.firstTokenMs,
   );
+  const sentAt = deps.now();
   try {
     const upstream = await openUpstream(
       replica.url,
@@ -185,7 +190,7 @@ async function firstTokens(
       const next = await iterator.next();
       if (next.done) throw new UpstreamError("broken-stream", "the stream ended before its first token");
       buffered.push(next.value);
-      if (next.value.type !== "usage") return { iterator, buffered, firstTokenAt: deps.now() };
+      if (next.value.type !== "usage") return { iterator, buffered, firstTokenAt: deps.now(), sentAt };
     }
   } catch (err) {
     // An abort by our own timer surfaces as its reason (an UpstreamError); a client abort as the client's.

@@ -11,6 +11,12 @@
  * that figure through the gateway minus the same figure direct. Inter-token latency is compared as seen
  * by the client. CPU comes from the gateway's own process_cpu_seconds_total.
  *
+ * "Added in the path" is measured through the gateway alone, as proxies report their overhead (Envoy's
+ * x-envoy-upstream-service-time): the client's time to first token minus the gateway's Server-Timing
+ * "upstream" (request sent to the replica to first token read). It holds the two hops to and from the
+ * gateway, the gateway's own work and the client's own delays in reading (which the direct path has too),
+ * and none of the replica's.
+ *
  * Placement: with 2 or more CPUs, the gateway is pinned to CPU 1 and the simulator and this client to
  * CPU 0 (taskset), in both modes, as a gateway in production has cores of its own; otherwise the
  * gateway's CPU use would be charged to the replicas' and the client's timings.
@@ -20,7 +26,11 @@
  * CPU 0; run one after the other (the default), the two baselines can differ by more than the gateway
  * costs, which makes the p99 difference noise.
  *
- *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --together]
+ * With --rounds N, each level runs N direct and N gateway phases of --seconds each, alternating, and the
+ * figures come from all of them pooled: slow drifts of this VM's speed then weigh on both modes alike
+ * instead of on whichever ran second. Each round's own added TTFT p50 is printed on stderr.
+ *
+ *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --rounds 1 --together]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -34,6 +44,7 @@ const root = new URL("../..", import.meta.url).pathname;
 const wallClock = () => performance.timeOrigin + performance.now();
 
 const PIN = availableParallelism() >= 2;
+const TOKENS = 'kinfer_gateway_tokens_total{model="m",version="stable",kind="completion"}';
 
 /** Starts `node --import tsx ARGS` on `cpu` (when pinning); resolves when a line matches `ready`. */
 function startProcess(
@@ -63,6 +74,8 @@ interface Sample {
   firstAt: number;
   gaps: number[];
   tokens: number;
+  /** Through the gateway: its Server-Timing "upstream" (request sent to the replica to first token read). */
+  upstreamMs: number | undefined;
 }
 
 /** One streaming completion; returns its timing, or undefined if it failed. */
@@ -84,6 +97,8 @@ async function oneStream(agent: Agent, url: string, i: number): Promise<Sample |
     return undefined;
   }
   const id = String(res.headers["x-request-id"]);
+  const timing = /upstream;dur=([\d.]+)/.exec(String(res.headers["server-timing"] ?? ""));
+  const upstreamMs = timing === null ? undefined : Number(timing[1]);
   let firstAt = 0;
   let last = 0;
   let tokens = 0;
@@ -104,7 +119,7 @@ async function oneStream(agent: Agent, url: string, i: number): Promise<Sample |
       last = now;
     }
   }
-  return { id, sentAt, firstAt, gaps, tokens };
+  return { id, sentAt, firstAt, gaps, tokens, upstreamMs };
 }
 
 function pct(values: number[], p: number): number {
@@ -159,8 +174,10 @@ async function main() {
       levels: { type: "string", default: "1,64,256,1024" },
       seconds: { type: "string", default: "10" },
       together: { type: "boolean", default: false },
+      rounds: { type: "string", default: "1" },
     },
   });
+  const rounds = Math.max(1, Number(values.rounds));
   const levels = values.levels.split(",").map(Number);
   const seconds = Number(values.seconds);
   if (PIN) execFileSync("taskset", ["-p", "-c", "0", String(process.pid)], { stdio: "ignore" });
@@ -199,22 +216,28 @@ async function main() {
 
   const rows: string[] = [];
   for (const concurrency of levels) {
-    const direct = values.together ? undefined : await load(replicas, concurrency, seconds);
-    const cpuBefore = await metric(gatewayUrl, "process_cpu_seconds_total");
-    const tokensBefore = await metric(
-      gatewayUrl,
-      'kinfer_gateway_tokens_total{model="m",version="stable",kind="completion"}',
-    );
-    const [via, directTogether] = await Promise.all([
-      load([gatewayUrl], concurrency, seconds),
-      values.together ? load(replicas, concurrency, seconds) : undefined,
-    ]);
-    const cpu = (await metric(gatewayUrl, "process_cpu_seconds_total")) - cpuBefore;
-    const tokens =
-      (await metric(
-        gatewayUrl,
-        'kinfer_gateway_tokens_total{model="m",version="stable",kind="completion"}',
-      )) - tokensBefore;
+    const base = { samples: [] as Sample[], failures: 0 };
+    const via = { samples: [] as Sample[], failures: 0 };
+    const phases: { direct: Sample[]; via: Sample[] }[] = [];
+    let cpu = 0;
+    let tokens = 0;
+    for (let round = 0; round < rounds; round++) {
+      const direct = values.together ? undefined : await load(replicas, concurrency, seconds);
+      const cpuBefore = await metric(gatewayUrl, "process_cpu_seconds_total");
+      const tokensBefore = await metric(gatewayUrl, TOKENS);
+      const [gateway, directTogether] = await Promise.all([
+        load([gatewayUrl], concurrency, seconds),
+        values.together ? load(replicas, concurrency, seconds) : undefined,
+      ]);
+      cpu += (await metric(gatewayUrl, "process_cpu_seconds_total")) - cpuBefore;
+      tokens += (await metric(gatewayUrl, TOKENS)) - tokensBefore;
+      const baseline = (direct ?? directTogether) as Awaited<ReturnType<typeof load>>;
+      base.samples.push(...baseline.samples);
+      base.failures += baseline.failures;
+      via.samples.push(...gateway.samples);
+      via.failures += gateway.failures;
+      phases.push({ direct: baseline.samples, via: gateway.samples });
+    }
     const t = await traces(replicas);
     /** Time outside the engine before the first token, per request. */
     const outside = (samples: Sample[]) =>
@@ -222,27 +245,33 @@ async function main() {
         const trace = t.get(s.id);
         return trace === undefined ? [] : [s.firstAt - s.sentAt - (trace[1] - trace[0])];
       });
-    const base = (direct ?? directTogether) as Awaited<ReturnType<typeof load>>;
     const oDirect = outside(base.samples);
     const oVia = outside(via.samples);
     const itlDirect = base.samples.flatMap((s) => s.gaps);
     const itlVia = via.samples.flatMap((s) => s.gaps);
     const ttft = (xs: Sample[]) => xs.map((s) => s.firstAt - s.sentAt);
+    // In the path: what the client waited minus what the gateway waited for the replica.
+    const inPath = via.samples.flatMap((s) =>
+      s.upstreamMs === undefined ? [] : [s.firstAt - s.sentAt - s.upstreamMs],
+    );
     rows.push(
       `| ${concurrency} | ${pct(ttft(base.samples), 50).toFixed(1)} / ${pct(ttft(via.samples), 50).toFixed(1)} | ` +
         `${pct(ttft(base.samples), 99).toFixed(1)} / ${pct(ttft(via.samples), 99).toFixed(1)} | ` +
         `**${(pct(oVia, 50) - pct(oDirect, 50)).toFixed(2)}** | **${(pct(oVia, 99) - pct(oDirect, 99)).toFixed(2)}** | ` +
+        `**${pct(inPath, 50).toFixed(2)}** / **${pct(inPath, 99).toFixed(2)}** | ` +
         `${pct(itlDirect, 50).toFixed(1)} / ${pct(itlVia, 50).toFixed(1)} | ${pct(itlDirect, 99).toFixed(1)} / ${pct(itlVia, 99).toFixed(1)} | ` +
         `${((cpu / tokens) * 1000).toFixed(3)} | ${via.samples.length} | ${base.failures + via.failures} |`,
     );
+    const perRound = phases.map((p) => (pct(outside(p.via), 50) - pct(outside(p.direct), 50)).toFixed(2));
     process.stderr.write(
-      `${concurrency} streams${values.together ? " (together)" : ""} done (${oVia.length}/${via.samples.length} paired)\n`,
+      `${concurrency} streams${values.together ? " (together)" : ""} done (${oVia.length}/${via.samples.length} paired)` +
+        `${rounds > 1 ? `; added TTFT p50 by round: ${perRound.join(", ")} ms` : ""}\n`,
     );
   }
   console.log(
-    "| streams | TTFT p50 ms (direct / gateway) | TTFT p99 ms (direct / gateway) | added TTFT p50 ms | added TTFT p99 ms | ITL p50 ms (direct / gateway) | ITL p99 ms (direct / gateway) | gateway CPU s per 1,000 tokens | requests via gateway | failures |",
+    "| streams | TTFT p50 ms (direct / gateway) | TTFT p99 ms (direct / gateway) | added TTFT p50 ms | added TTFT p99 ms | added in the path p50 / p99 ms | ITL p50 ms (direct / gateway) | ITL p99 ms (direct / gateway) | gateway CPU s per 1,000 tokens | requests via gateway | failures |",
   );
-  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const r of rows) console.log(r);
   gw.child.kill("SIGTERM");
   sim.child.kill("SIGTERM");

@@ -188,6 +188,44 @@ describe("one prompt through every protocol", () => {
   });
 });
 
+describe("Server-Timing", () => {
+  const TIMING = /^gateway;dur=(\d+\.\d{3}), upstream;dur=(\d+\.\d{3});desc="replica to first token"$/;
+
+  it("tells the gateway's time from the replica's, on OpenAI (streaming or not) and Connect responses", async () => {
+    const headerOf = async (stream: boolean) => {
+      const started = performance.now();
+      const res = await fetch(`${h.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: MODEL, prompt: PROMPT, max_tokens: 4, stream }),
+      });
+      const header = res.headers.get("server-timing") ?? "";
+      await res.text();
+      return { header, elapsed: performance.now() - started };
+    };
+    for (const stream of [true, false]) {
+      const { header, elapsed } = await headerOf(stream);
+      const m = TIMING.exec(header);
+      expect(m, header).not.toBeNull();
+      const [gateway, upstream] = [Number(m?.[1]), Number(m?.[2])];
+      expect(upstream).toBeGreaterThan(0);
+      expect(gateway).toBeGreaterThanOrEqual(0);
+      expect(gateway + upstream).toBeLessThan(elapsed);
+    }
+
+    let connectHeader = "";
+    const client = createClient(
+      InferenceService,
+      createConnectTransport({ baseUrl: h.url, httpVersion: "2" }),
+    );
+    for await (const _ of client.generate(
+      { model: MODEL, prompt: PROMPT, sampling: { maxTokens: 4 } },
+      { onHeader: (headers) => (connectHeader = headers.get("server-timing") ?? "") },
+    ));
+    expect(connectHeader).toMatch(TIMING);
+  });
+});
+
 describe("operations", () => {
   it("lists models over Connect and OpenAI", async () => {
     const client = createClient(

@@ -21,13 +21,14 @@ import {
 } from "../../../gen/es/kinfer/inference/v1/inference_pb.js";
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { invalidRequest } from "../../errors/gateway-error.js";
-import type {
-  ChatRole,
-  InferenceEvent,
-  InferenceRequest,
-  Priority as InternalPriority,
-  SamplingParams as InternalSampling,
-  Protocol,
+import {
+  type ChatRole,
+  type InferenceEvent,
+  type InferenceRequest,
+  type Priority as InternalPriority,
+  type SamplingParams as InternalSampling,
+  type Protocol,
+  serverTiming,
 } from "../../inference/inference-request.js";
 import type { Pipeline } from "../../inference/pipeline.js";
 import { isEligible } from "../../replicas/replica.js";
@@ -116,6 +117,14 @@ export function registerInferenceService(
     };
   }
 
+  /** The response stream of a request; its headers (sent with the first message) carry Server-Timing. */
+  async function* events(request: InferenceRequest, ctx: HandlerContext) {
+    for await (const e of pipeline.run(request)) {
+      if (e.type === "start") ctx.responseHeader.set("server-timing", serverTiming(e.timing));
+      yield { event: eventOf(e) };
+    }
+  }
+
   /** The proto event of an internal event (GenerateResponse and ChatResponse share the same oneof). */
   function eventOf(e: InferenceEvent): NonNullable<MessageInitShape<typeof GenerateResponseSchema>["event"]> {
     switch (e.type) {
@@ -148,7 +157,7 @@ export function registerInferenceService(
         prompt: req.prompt,
         sampling: sampling(req.sampling),
       };
-      for await (const e of pipeline.run(request)) yield { event: eventOf(e) };
+      yield* events(request, ctx);
     },
     async *chat(req, ctx) {
       const request: InferenceRequest = {
@@ -156,7 +165,7 @@ export function registerInferenceService(
         messages: messages(req.messages),
         sampling: sampling(req.sampling),
       };
-      for await (const e of pipeline.run(request)) yield { event: eventOf(e) };
+      yield* events(request, ctx);
     },
     listModels(_req, ctx) {
       const t = now();

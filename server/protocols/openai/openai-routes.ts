@@ -15,11 +15,12 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { z } from "zod";
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { invalidRequest, openAiError, toClientError } from "../../errors/gateway-error.js";
-import type {
-  ChatTurn,
-  InferenceEvent,
-  InferenceRequest,
-  SamplingParams,
+import {
+  type ChatTurn,
+  type InferenceEvent,
+  type InferenceRequest,
+  type SamplingParams,
+  serverTiming,
 } from "../../inference/inference-request.js";
 import type { Pipeline } from "../../inference/pipeline.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
@@ -212,6 +213,7 @@ export function createOpenAiRoutes(
       let collected = "";
       for await (const event of pipeline.run(request)) {
         if (!stream) {
+          if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
           if (event.type === "delta") collected += event.text;
           if (event.type === "finish")
             sendJson(res, 200, completeBody(id, request.model, chat, collected, event));
@@ -222,6 +224,7 @@ export function createOpenAiRoutes(
           res.writeHead(200, {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
+            "server-timing": serverTiming(event.timing),
           });
           if (chat)
             await write(res, chunk({ delta: { role: "assistant", content: "" }, finish_reason: null }));
