@@ -1,14 +1,16 @@
 /**
  * The scheduling operations on the scheduling proto's messages: Filter, Prioritize, Bind, Preempt and
  * Explain. The HTTP extender (http-extender.ts) and the Connect SchedulingService both call these, so the
- * two surfaces cannot disagree. Decisions come from placement/evaluate.ts, the code the trace replay runs.
+ * two surfaces cannot disagree. Decisions come from placement/ (the filter's pick from the score cache,
+ * placement-cache.ts, exactly as the trace replay makes it; prioritize and Explain from evaluate.ts).
  *
  * - Filter: the nodes that fit; those that never can go to FailedAndUnresolvableNodes; every returned
  *   name was in the request. With `filterReturns: "best"` (kinfer-scheduler's default) the filter makes
  *   the choice itself: it scores the nodes that fit and returns only the policy's pick, so kube-scheduler,
  *   left with one feasible node, skips scoring and binds there (HAMi's extender works the same way): one
  *   round trip and a one-name reply instead of two requests naming every node and two large replies, and
- *   the hold below is then exact. When nothing fits, the reply lists every node with its reason.
+ *   the hold below is then exact. When nothing fits, the reply lists every node with its reason (fixed
+ *   texts such as "Insufficient whole GPUs", which kube-scheduler counts in the pod's event).
  * - Prioritize: the policy's scores scaled to 0..10, with a single top node, held for the pod.
  * - Bind: chooses the devices on the node kube-scheduler picked, records the placement as assumed (so
  *   concurrent decisions see it), then asks the Binder to annotate the pod with its devices and bind it;

@@ -1,7 +1,8 @@
 /**
  * Filter and score in one pass: for each node, whether the pod fits and, if it does, the policy's score
- * and device choice. The extender's filter/prioritize/Explain and the trace replay all call this, so the
- * replay measures exactly what the extender decides.
+ * and device choice (evaluateNodes, for prioritize and Explain), and the best node (pickBest: the
+ * reference that the score cache in placement-cache.ts, which the filter and the trace replay use, is
+ * tested against).
  */
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import type { PodRequest } from "../cluster/pod-request.js";
@@ -57,9 +58,9 @@ export function chooseBest(evaluations: readonly Evaluation[], random: () => num
 export const MAX_SCORE = 10;
 
 /**
- * `chooseBest(evaluateNodes(nodes, req, policy), random)` without building an evaluation (nor a reason
- * text) per node: the same choice (same ties, same single draw of `random`), for the hot paths (the
- * extender's filter that picks, and the trace replay).
+ * `chooseBest(evaluateNodes(nodes, req, policy), random)` without building an evaluation per node: the
+ * same choice (same ties, same single draw of `random`). The hot paths use the score cache
+ * (placement-cache.ts), which makes this same choice and is tested against it pod by pod.
  */
 export function pickBest(
   nodes: Iterable<GpuNode>,
