@@ -17,6 +17,9 @@ import type { Admission, Admitter } from "../tenants/admission.js";
 import type { InferenceEvent, InferenceRequest } from "./inference-request.js";
 import { validateRequest } from "./validate-request.js";
 
+/** Milliseconds to the microsecond. */
+const micro = (ms: number) => Math.round(ms * 1000) / 1000;
+
 /** Characters of a request's prompt or messages. */
 const promptChars = (req: InferenceRequest) =>
   req.prompt?.length ?? (req.messages ?? []).reduce((n, m) => n + m.content.length, 0);
@@ -157,7 +160,10 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
           replica: trace.replica,
           attempts: trace.attempts,
           code: code === undefined ? "ok" : Code[code],
-          ttftMs: firstTokenAt === undefined ? undefined : Math.round(firstTokenAt - acceptedAt),
+          // When the request was accepted (wall clock, ms since the epoch, to the µs) and its time to first
+          // token (to the µs), so that a request can be followed across processes (test/bench does).
+          startedAt: micro(performance.timeOrigin + acceptedAt),
+          ttftMs: firstTokenAt === undefined ? undefined : micro(firstTokenAt - acceptedAt),
           totalMs: Math.round(totalMs),
           promptTokens,
           completionTokens,

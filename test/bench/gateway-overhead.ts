@@ -76,6 +76,8 @@ interface Sample {
   tokens: number;
   /** Through the gateway: its Server-Timing "upstream" (request sent to the replica to first token read). */
   upstreamMs: number | undefined;
+  /** Through the gateway: its Server-Timing "gateway" (accepted to request sent to the replica). */
+  gatewayMs: number | undefined;
 }
 
 /** One streaming completion; returns its timing, or undefined if it failed. */
@@ -99,6 +101,8 @@ async function oneStream(agent: Agent, url: string, i: number): Promise<Sample |
   const id = String(res.headers["x-request-id"]);
   const timing = /upstream;dur=([\d.]+)/.exec(String(res.headers["server-timing"] ?? ""));
   const upstreamMs = timing === null ? undefined : Number(timing[1]);
+  const own = /gateway;dur=([\d.]+)/.exec(String(res.headers["server-timing"] ?? ""));
+  const gatewayMs = own === null ? undefined : Number(own[1]);
   let firstAt = 0;
   let last = 0;
   let tokens = 0;
@@ -119,7 +123,58 @@ async function oneStream(agent: Agent, url: string, i: number): Promise<Sample |
       last = now;
     }
   }
-  return { id, sentAt, firstAt, gaps, tokens, upstreamMs };
+  return { id, sentAt, firstAt, gaps, tokens, upstreamMs, gatewayMs };
+}
+
+/** The gateway's request log: when each request was accepted (wall clock, ms) and its TTFT there. */
+function requestLog(lines: readonly string[]): Map<string, { startedAt: number; ttftMs: number }> {
+  const out = new Map<string, { startedAt: number; ttftMs: number }>();
+  for (const line of lines) {
+    if (!line.includes('"startedAt"')) continue;
+    const j = JSON.parse(line) as { requestId: string; startedAt: number; ttftMs?: number };
+    if (j.ttftMs !== undefined) out.set(j.requestId, { startedAt: j.startedAt, ttftMs: j.ttftMs });
+  }
+  return out;
+}
+
+/**
+ * One row of the time-to-first-token breakdown, each leg from the timestamps of the process at each end
+ * (one wall clock on one machine): the client's, the replicas' /sim/traces, the gateway's request log and
+ * its Server-Timing.
+ */
+function legs(
+  streams: number,
+  direct: Sample[],
+  via: Sample[],
+  traces: Map<string, [number, number]>,
+  log: Map<string, { startedAt: number; ttftMs: number }>,
+): string {
+  const cell = (xs: number[]) => `${pct(xs, 50).toFixed(2)} (${pct(xs, 99).toFixed(2)})`;
+  const d = direct.flatMap((s) => {
+    const t = traces.get(s.id);
+    return t === undefined ? [] : [[t[0] - s.sentAt, t[1] - t[0], s.firstAt - t[1]]];
+  });
+  const v = via.flatMap((s) => {
+    const t = traces.get(s.id);
+    const g = log.get(s.id);
+    if (t === undefined || g === undefined || s.upstreamMs === undefined || s.gatewayMs === undefined)
+      return [];
+    const sent = g.startedAt + s.gatewayMs; // request sent to the replica
+    const read = sent + s.upstreamMs; // first token read from the replica
+    const relayed = g.startedAt + g.ttftMs; // first token handed to the client's stream
+    return [
+      [
+        g.startedAt - s.sentAt,
+        s.gatewayMs + (relayed - read),
+        t[0] - sent,
+        t[1] - t[0],
+        read - t[1],
+        s.firstAt - relayed,
+      ],
+    ];
+  });
+  const col = (rows: number[][], i: number) => rows.map((r) => r[i] as number);
+  return `| ${streams} | ${[0, 1, 2].map((i) => cell(col(d, i))).join(" | ")} | ${[0, 1, 2, 3, 4, 5].map((i) => cell(col(v, i))).join(" | ")} |`;
 }
 
 function pct(values: number[], p: number): number {
@@ -215,6 +270,7 @@ async function main() {
   await new Promise((r) => setTimeout(r, 500));
 
   const rows: string[] = [];
+  const legRows: string[] = [];
   for (const concurrency of levels) {
     const base = { samples: [] as Sample[], failures: 0 };
     const via = { samples: [] as Sample[], failures: 0 };
@@ -262,6 +318,8 @@ async function main() {
         `${pct(itlDirect, 50).toFixed(1)} / ${pct(itlVia, 50).toFixed(1)} | ${pct(itlDirect, 99).toFixed(1)} / ${pct(itlVia, 99).toFixed(1)} | ` +
         `${((cpu / tokens) * 1000).toFixed(3)} | ${via.samples.length} | ${base.failures + via.failures} |`,
     );
+    legRows.push(legs(concurrency, base.samples, via.samples, t, requestLog(gw.lines)));
+    gw.lines.length = 0; // read: the next level's log lines only
     const perRound = phases.map((p) => (pct(outside(p.via), 50) - pct(outside(p.direct), 50)).toFixed(2));
     process.stderr.write(
       `${concurrency} streams${values.together ? " (together)" : ""} done (${oVia.length}/${via.samples.length} paired)` +
@@ -273,6 +331,16 @@ async function main() {
   );
   console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const r of rows) console.log(r);
+  console.log(
+    "\nWhere the time to first token goes, p50 (p99) ms. Direct: client to replica, replica's own, replica to client. " +
+      "Through the gateway: client to gateway (accepted), gateway before sending, gateway to replica, replica's own, " +
+      "replica to gateway (first token read), gateway to client.\n",
+  );
+  console.log(
+    "| streams | direct: to replica | replica | to client | gateway: to gateway | gateway's own | to replica | replica | to gateway | to client |",
+  );
+  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  for (const r of legRows) console.log(r);
   gw.child.kill("SIGTERM");
   sim.child.kill("SIGTERM");
 }
