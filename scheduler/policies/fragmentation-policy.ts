@@ -12,7 +12,8 @@
  *
  * The mix is learned from the pods the policy sees (observe), with exponential forgetting so that it
  * follows a changing workload; it is recomputed every `refreshEvery` pods, keeps the `maxTypes` most
- * common types, and replaces the mix in use only when it has drifted (`mixDrift`). GPU model constraints of task types are not modelled.
+ * common types, and replaces the mix in use only when it has drifted (`mixDrift`). GPU model constraints
+ * of task types are not modelled. The arithmetic is in fragmentation-math.ts.
  */
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import { candidatePlacements } from "../placement/fit.js";
@@ -85,11 +86,15 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
   let mixVersion = 0;
 
   function rebuild() {
-    const all = [...counts].sort((a, b) => b[1].weight - a[1].weight);
-    for (const [i, [key, entry]] of all.entries())
-      if (i >= MAX_COUNTED || entry.weight / scale < FORGOTTEN) counts.delete(key);
+    const kept = [...counts]
+      .sort((a, b) => b[1].weight - a[1].weight)
+      .filter(([key, entry], i) => {
+        const keep = i < MAX_COUNTED && entry.weight / scale >= FORGOTTEN;
+        if (!keep) counts.delete(key);
+        return keep;
+      });
     // Weights are relative: the mix does not depend on `scale`.
-    const sorted = all.slice(0, maxTypes).map(([, entry]) => entry);
+    const sorted = kept.slice(0, maxTypes).map(([, entry]) => entry);
     const total = sorted.reduce((s, x) => s + x.weight, 0);
     const next = total === 0 ? [] : sorted.map((x) => ({ ...x.type, weight: x.weight / total }));
     if (mix.types.length > 0 && drift(mix.types, next) < mixDrift) return; // the mix in use is still right
