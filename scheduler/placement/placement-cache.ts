@@ -1,6 +1,6 @@
 /**
  * pickBest with memory: for each pod shape (policy, GPUs or GPU share, CPU, memory, accepted models) it
- * keeps every node's verdict, score and device choice, and the next pod of the same shape re-evaluates
+ * keeps every node's verdict and score, and the next pod of the same shape re-evaluates
  * only the nodes whose state changed since (GpuNode.generation) or all of them when the policy's scores
  * changed (PlacementPolicy.version: the fragmentation policy's learned mix). Pods come in runs of one
  * shape (a Deployment's replicas), and between two pods only the node the first one went to changes, so
@@ -36,9 +36,12 @@ interface ShapeEntry {
 export interface PlacementCacheOptions {
   /**
    * Pod shapes remembered (least recently used dropped first). Each takes 16 bytes per node: 128 shapes
-   * over 5,000 nodes, 10 MB. Default 128.
+   * over 5,000 nodes, 10 MB. Default 128, and fewer on clusters so large that they would take more than
+   * `maxBytes`.
    */
   maxShapes?: number;
+  /** Memory the cached scores may take. Default 32 MiB. */
+  maxBytes?: number;
 }
 
 export interface PlacementCache {
@@ -61,6 +64,9 @@ function shapeKey(req: PodRequest, policy: PlacementPolicy): string {
 
 export function createPlacementCache(options: PlacementCacheOptions = {}): PlacementCache {
   const maxShapes = Math.max(1, options.maxShapes ?? 128);
+  const maxBytes = options.maxBytes ?? 32 * 2 ** 20;
+  /** Shapes kept for a list of `nodes` nodes: within both bounds, and at least the one in use. */
+  const shapesFor = (nodes: number) => Math.max(1, Math.min(maxShapes, Math.floor(maxBytes / (16 * nodes))));
   // A Map iterates in insertion order: re-inserting on use makes the first key the least recently used.
   const shapes = new Map<string, ShapeEntry>();
   const evaluations = { scored: 0, cached: 0 };
@@ -96,7 +102,7 @@ export function createPlacementCache(options: PlacementCacheOptions = {}): Place
       entry.version = policy.version;
     }
     shapes.set(key, entry);
-    if (shapes.size > maxShapes) {
+    while (shapes.size > shapesFor(nodes.length)) {
       const oldest = shapes.keys().next().value as string;
       drop(shapes.get(oldest) as ShapeEntry);
       shapes.delete(oldest);

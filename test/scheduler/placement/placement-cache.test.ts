@@ -112,6 +112,15 @@ describe("placement cache", () => {
       expect(cached.size).toBeLessThanOrEqual(4);
     });
   }
+
+  it("keeps its scores within a memory bound", () => {
+    const nodes = [...cluster(60).nodes.values()];
+    // 16 bytes per node per shape: 2,000 bytes hold two shapes of 60 nodes.
+    const cached = createPlacementCache({ maxShapes: 10, maxBytes: 2000 });
+    const policy = createPolicy("bestfit");
+    for (const req of SHAPES) cached.pickBest(nodes, req, policy, () => 0);
+    expect(cached.size).toBe(2);
+  });
 });
 
 describe("fit reasons", () => {
