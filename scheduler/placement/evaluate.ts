@@ -1,8 +1,8 @@
 /**
  * Filter and score in one pass: for each node, whether the pod fits and, if it does, the policy's score
- * and device choice (evaluateNodes, for prioritize and Explain), and the best node (pickBest: the
- * reference that the score cache in placement-cache.ts, which the filter and the trace replay use, is
- * tested against).
+ * and device choice (evaluateNodes, for prioritize and Explain), and the best of them (chooseBest). The
+ * filter and the trace replay choose through the score cache (placement-cache.ts), which is tested to
+ * make chooseBest's choice.
  */
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import type { PodRequest } from "../cluster/pod-request.js";
@@ -40,7 +40,7 @@ export function evaluateNodes(
 /** Scores closer than this tie. */
 export const TIE_EPSILON = 1e-12;
 
-/** The best-scoring node that fits; ties broken with `random` (as kube-scheduler does). */
+/** The best-scoring node that fits; ties broken with one draw of `random` (as kube-scheduler does). */
 export function chooseBest(evaluations: readonly Evaluation[], random: () => number): Evaluation | undefined {
   let best: Evaluation[] = [];
   let bestScore = Number.NEGATIVE_INFINITY;
@@ -56,35 +56,6 @@ export function chooseBest(evaluations: readonly Evaluation[], random: () => num
 
 /** kube-scheduler's MaxExtenderPriority. */
 export const MAX_SCORE = 10;
-
-/**
- * `chooseBest(evaluateNodes(nodes, req, policy), random)` without building an evaluation per node: the
- * same choice (same ties, same single draw of `random`). The hot paths use the score cache
- * (placement-cache.ts), which makes this same choice and is tested against it pod by pod.
- */
-export function pickBest(
-  nodes: Iterable<GpuNode>,
-  req: PodRequest,
-  policy: PlacementPolicy,
-  random: () => number,
-): Evaluation | undefined {
-  const scorer = policy.forPod(req);
-  let best: { node: GpuNode; score: number }[] = [];
-  let bestScore = Number.NEGATIVE_INFINITY;
-  for (const node of nodes) {
-    if (!checkFit(node, req).fits) continue;
-    const score = scorer.score(node);
-    if (score > bestScore + TIE_EPSILON) {
-      bestScore = score;
-      best = [{ node, score }];
-    } else if (Math.abs(score - bestScore) <= TIE_EPSILON) {
-      best.push({ node, score });
-    }
-  }
-  if (best.length === 0) return undefined;
-  const { node, score } = best[Math.floor(random() * best.length)] as (typeof best)[number];
-  return { node, score, fit: checkFit(node, req), devices: scorer.devices(node) };
-}
 
 /**
  * Extender scores 0..10 (MaxExtenderPriority): the best node 10, the worst that fits 0, linear between;

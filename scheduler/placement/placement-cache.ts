@@ -1,15 +1,15 @@
 /**
- * pickBest with memory: for each pod shape (policy, GPUs or GPU share, CPU, memory, accepted models) it
+ * The filter's choice, with memory: for each pod shape (policy, GPUs or GPU share, CPU, memory, accepted models) it
  * keeps every node's verdict and score, and the next pod of the same shape re-evaluates
  * only the nodes whose state changed since (GpuNode.generation) or all of them when the policy's scores
  * changed (PlacementPolicy.version: the fragmentation policy's learned mix). Pods come in runs of one
  * shape (a Deployment's replicas), and between two pods only the node the first one went to changes, so
  * the filter for 5,000 nodes mostly reads 5,000 cached numbers instead of scoring 5,000 nodes.
  *
- * The choice is exactly pickBest's (same scores, same ties, one draw of `random`): the cached value of a
- * node is what scoring it again would give, because fit and score are functions of the node's state, the
- * pod's shape and the policy's version only. The replay goes through this cache too, so the replay
- * results in BENCHMARKS.md check that; a unit test compares it with pickBest pod by pod.
+ * The choice is exactly `chooseBest(evaluateNodes(...))`'s (same scores, same ties, one draw of
+ * `random`): the cached value of a node is what scoring it again would give, because fit and score are
+ * functions of the node's state, the pod's shape and the policy's version only. The replay goes through
+ * this cache too; a unit test compares it with evaluating every node, pod by pod.
  */
 import type { GpuNode } from "../cluster/gpu-node.js";
 import type { PodRequest } from "../cluster/pod-request.js";
@@ -45,7 +45,7 @@ export interface PlacementCacheOptions {
 }
 
 export interface PlacementCache {
-  /** The same choice as `pickBest(nodes, req, policy, random)`. */
+  /** The same choice as `chooseBest(evaluateNodes(nodes, req, policy), random)`. */
   pickBest(
     nodes: readonly GpuNode[],
     req: PodRequest,
@@ -146,7 +146,7 @@ export function createPlacementCache(options: PlacementCacheOptions = {}): Place
       evaluations.scored += scored;
       evaluations.cached += nodes.length - scored;
       if (ties === 0) return undefined;
-      // Pass 2: the tie that random() names, counting in list order as pickBest does.
+      // Pass 2: the tie that random() names, counting in list order as chooseBest does.
       let k = Math.floor(random() * ties);
       for (let i = bestFrom; i < nodes.length; i++) {
         const score = scores[i] as number;

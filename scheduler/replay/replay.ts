@@ -2,7 +2,7 @@
  * The trace replay of the FGD paper's experiment: resample the pod list with a seed until its GPU
  * requests reach `demand`% of the cluster's GPU capacity (the whole list first, then pods drawn at random
  * with replacement), shuffle, then place pods one by one with a policy through the extender's own filter
- * and score code (the placement cache's pickBest, as the extender's filter). Nothing is ever deleted; a pod
+ * and score code (the placement cache, as the extender's filter). Nothing is ever deleted; a pod
  * that fits nowhere fails and is not retried. The allocation ratio (allocated GPU / total GPU) is recorded
  * at every 1% of arrived demand.
  */

@@ -1,6 +1,6 @@
 /**
- * The placement cache chooses exactly what pickBest chooses (node, devices, score, and the same draw of
- * `random` among ties), pod after pod, while nodes fill up, free up, get cordoned and get rebuilt, and
+ * The placement cache chooses exactly what evaluating every node chooses (node, devices, score, the
+ * same draw of `random` among ties), pod after pod, while nodes fill up, free up, get cordoned and get rebuilt, and
  * while the fragmentation policy's learned mix changes; and the fit reasons kube-scheduler sees are the
  * fixed texts it aggregates.
  */
@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { createClusterState } from "../../../scheduler/cluster/cluster-state.js";
 import { allocate, type GpuNode, release } from "../../../scheduler/cluster/gpu-node.js";
 import type { PodRequest } from "../../../scheduler/cluster/pod-request.js";
-import { pickBest } from "../../../scheduler/placement/evaluate.js";
+import { chooseBest, evaluateNodes } from "../../../scheduler/placement/evaluate.js";
 import { checkFit, FAILURES } from "../../../scheduler/placement/fit.js";
 import { createPlacementCache } from "../../../scheduler/placement/placement-cache.js";
 import { POLICY_NAMES } from "../../../scheduler/policies/placement-policy.js";
@@ -23,6 +23,17 @@ const SHAPES: PodRequest[] = [
   { gpus: 0, gpuMilli: 0, cpuMilli: 16_000, memMiB: 65_536, models: [], policy: "" },
   { gpus: 1, gpuMilli: 0, cpuMilli: 4000, memMiB: 16_384, models: ["A100"], policy: "" },
 ];
+
+/** What the informers would report for a node, as it is. */
+const infoOf = (node: GpuNode) => ({
+  name: node.name,
+  model: node.model,
+  cpuMilli: node.cpuMilli,
+  memMiB: node.memMiB,
+  gpus: node.free.length,
+  nvlinkDomainSize: node.nvlinkDomainSize,
+  schedulable: node.schedulable,
+});
 
 function cluster(nodes: number) {
   const state = createClusterState();
@@ -42,7 +53,7 @@ function cluster(nodes: number) {
 
 describe("placement cache", () => {
   for (const name of POLICY_NAMES) {
-    it(`makes pickBest's choice pod by pod (${name})`, () => {
+    it(`makes the choice of evaluating every node, pod by pod (${name})`, () => {
       const state = cluster(60);
       const cached = createPlacementCache({ maxShapes: 4 }); // fewer than the shapes: evictions too
       const policy = createPolicy(name);
@@ -68,36 +79,20 @@ describe("placement cache", () => {
         if (roll < 0.17) {
           // A node is cordoned or uncordoned.
           const node = nodes[Math.floor(events() * nodes.length)] as GpuNode;
-          state.upsertNode({
-            name: node.name,
-            model: node.model,
-            cpuMilli: node.cpuMilli,
-            memMiB: node.memMiB,
-            gpus: node.free.length,
-            nvlinkDomainSize: node.nvlinkDomainSize,
-            schedulable: !node.schedulable,
-          });
+          state.upsertNode({ ...infoOf(node), schedulable: !node.schedulable });
           continue;
         }
         if (roll < 0.175) {
           // A node is rebuilt with more memory (a new object, empty): the list is built again.
           const node = nodes[Math.floor(events() * nodes.length)] as GpuNode;
-          state.upsertNode({
-            name: node.name,
-            model: node.model,
-            cpuMilli: node.cpuMilli,
-            memMiB: node.memMiB * 2,
-            gpus: node.free.length,
-            nvlinkDomainSize: node.nvlinkDomainSize,
-            schedulable: true,
-          });
+          state.upsertNode({ ...infoOf(node), memMiB: node.memMiB * 2, schedulable: true });
           for (let i = placed.length - 1; i >= 0; i--) if (placed[i]?.node === node) placed.splice(i, 1);
           nodes = [...state.nodes.values()];
           continue;
         }
         const req = SHAPES[Math.floor(events() * SHAPES.length)] as PodRequest;
         policy.observe(req); // changes the fragmentation policy's version now and then
-        const want = pickBest(nodes, req, policy, randomA);
+        const want = chooseBest(evaluateNodes(nodes, req, policy), randomA);
         const got = cached.pickBest(nodes, req, policy, randomB);
         expect(got?.node.name).toBe(want?.node.name);
         expect(got?.devices).toEqual(want?.devices);
