@@ -3,8 +3,15 @@
  * its CPU cost per 1,000 relayed tokens, at 1, 64, 256 and 1,024 concurrent streams.
  *
  * Three processes on this machine: `kinfer-sim` (4 replicas, max_num_seqs 256), `kinfer-gateway` in front
- * of them, and this client, which runs a closed loop of streaming OpenAI completions (64 tokens each)
- * either straight to the replicas (round-robin) or through the gateway. The engine's own timing varies by
+ * of them, and this client, which runs a closed loop of streaming OpenAI completions either straight to
+ * the replicas or through the gateway, round-robin over the replicas in both modes. Output lengths are
+ * spread over 32-96 tokens (64 on average; --tokens 64 for all alike): with one length for all, the
+ * streams of a closed loop finish in the same engine step and come back at once, bursts of hundreds of
+ * new requests that made the run-to-run spread of the figures (±5 ms) larger than what is measured.
+ * Routing is round-robin in both modes because least-outstanding sends a closed loop's next request to
+ * the replica whose stream just finished, which has just started its next step: the request waits a
+ * whole step there (+9 ms TTFT p50 at 256 streams), an effect of routing, not of the gateway's cost.
+ * The engine's own timing varies by
  * up to a whole batch step, far more than the gateway costs, so TTFT is measured per request outside the
  * engine: (first token at the client - request sent) - (first token written by the replica - request
  * received by the replica), with the replica's times from its /sim/traces. The gateway's added TTFT is
@@ -30,7 +37,7 @@
  * figures come from all of them pooled: slow drifts of this VM's speed then weigh on both modes alike
  * instead of on whichever ran second. Each round's own added TTFT p50 is printed on stderr.
  *
- *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --rounds 1 --together]
+ *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --rounds 1 --tokens 32-96 --together]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -81,7 +88,12 @@ interface Sample {
 }
 
 /** One streaming completion; returns its timing, or undefined if it failed. */
-async function oneStream(agent: Agent, url: string, i: number): Promise<Sample | undefined> {
+async function oneStream(
+  agent: Agent,
+  url: string,
+  i: number,
+  maxTokens: number,
+): Promise<Sample | undefined> {
   const sentAt = wallClock();
   const res = await request(`${url}/v1/completions`, {
     method: "POST",
@@ -90,7 +102,7 @@ async function oneStream(agent: Agent, url: string, i: number): Promise<Sample |
     body: JSON.stringify({
       model: "m",
       prompt: `Request ${i}: tell me about batching.`,
-      max_tokens: 64,
+      max_tokens: maxTokens,
       stream: true,
     }),
   });
@@ -199,8 +211,24 @@ async function traces(replicas: readonly string[]): Promise<Map<string, [number,
   return all;
 }
 
+/** Output lengths: "64" for all alike, "32-96" for lengths spread evenly over the range. */
+function outputLengths(spec: string): (i: number) => number {
+  const m = /^(\d+)(?:-(\d+))?$/.exec(spec);
+  if (m === null) throw new Error(`--tokens: expected N or MIN-MAX, got ${spec}`);
+  const lo = Number(m[1]);
+  const span = Number(m[2] ?? m[1]) - lo + 1;
+  if (span < 1) throw new Error(`--tokens: ${spec} is an empty range`);
+  // A fixed scramble of the request number, so both modes ask for the same sequence of lengths.
+  return (i) => lo + ((Math.imul(i + 1, 2654435761) >>> 0) % span);
+}
+
 /** Runs `concurrency` closed-loop clients for `seconds` (after a 1 s warm-up) against `targets`. */
-async function load(targets: readonly string[], concurrency: number, seconds: number) {
+async function load(
+  targets: readonly string[],
+  concurrency: number,
+  seconds: number,
+  length: (i: number) => number,
+) {
   const agent = new Agent({ connections: null, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 });
   const samples: Sample[] = [];
   let failures = 0;
@@ -211,9 +239,8 @@ async function load(targets: readonly string[], concurrency: number, seconds: nu
     Array.from({ length: concurrency }, async (_, w) => {
       while (performance.now() < until) {
         const i = n++;
-        const s = await oneStream(agent, targets[(w + i) % targets.length] as string, i).catch(
-          () => undefined,
-        );
+        const url = targets[(w + i) % targets.length] as string;
+        const s = await oneStream(agent, url, i, length(i)).catch(() => undefined);
         if (s === undefined) failures++;
         else if (s.sentAt > performance.timeOrigin + warmUntil) samples.push(s);
       }
@@ -230,8 +257,10 @@ async function main() {
       seconds: { type: "string", default: "10" },
       together: { type: "boolean", default: false },
       rounds: { type: "string", default: "1" },
+      tokens: { type: "string", default: "32-96" },
     },
   });
+  const length = outputLengths(values.tokens);
   const rounds = Math.max(1, Number(values.rounds));
   const levels = values.levels.split(",").map(Number);
   const seconds = Number(values.seconds);
@@ -261,7 +290,7 @@ async function main() {
   const configFile = join(dir, "gateway.yaml");
   writeFileSync(
     configFile,
-    `listen: {host: 127.0.0.1, port: 0}\nlogLevel: info\nrouting: {algorithm: least-outstanding}\nmodels:\n  - name: m\n    versions:\n      - name: stable\n        replicas: [${replicas.join(", ")}]\n`,
+    `listen: {host: 127.0.0.1, port: 0}\nlogLevel: info\nrouting: {algorithm: round-robin}\nmodels:\n  - name: m\n    versions:\n      - name: stable\n        replicas: [${replicas.join(", ")}]\n`,
   );
   const gw = await startProcess(["server/main.ts", "--config", configFile], /^kinfer-gateway: serving/, 1);
   const gatewayUrl = /at (http\S+)$/.exec(
@@ -278,12 +307,12 @@ async function main() {
     let cpu = 0;
     let tokens = 0;
     for (let round = 0; round < rounds; round++) {
-      const direct = values.together ? undefined : await load(replicas, concurrency, seconds);
+      const direct = values.together ? undefined : await load(replicas, concurrency, seconds, length);
       const cpuBefore = await metric(gatewayUrl, "process_cpu_seconds_total");
       const tokensBefore = await metric(gatewayUrl, TOKENS);
       const [gateway, directTogether] = await Promise.all([
-        load([gatewayUrl], concurrency, seconds),
-        values.together ? load(replicas, concurrency, seconds) : undefined,
+        load([gatewayUrl], concurrency, seconds, length),
+        values.together ? load(replicas, concurrency, seconds, length) : undefined,
       ]);
       cpu += (await metric(gatewayUrl, "process_cpu_seconds_total")) - cpuBefore;
       tokens += (await metric(gatewayUrl, TOKENS)) - tokensBefore;
