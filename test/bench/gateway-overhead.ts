@@ -61,14 +61,18 @@ function startProcess(
 ): Promise<{ child: ChildProcess; lines: string[] }> {
   const profile = process.env.KINFER_BENCH_PROFILE;
   const prof = profile && args[0] === "server/main.ts" ? ["--cpu-prof", "--cpu-prof-dir", profile] : [];
-  const node = [process.execPath, ...prof, "--import", "tsx", ...args];
+  // KINFER_BENCH_GATEWAY_FLAGS: extra node flags for the gateway (e.g. --trace-gc, heap sizes).
+  const flags = args[0] === "server/main.ts" ? (process.env.KINFER_BENCH_GATEWAY_FLAGS ?? "").split(" ") : [];
+  const node = [process.execPath, ...prof, ...flags.filter(Boolean), "--import", "tsx", ...args];
   const [cmd, ...rest] = PIN ? ["taskset", "-c", String(cpu), ...node] : node;
   const child = spawn(cmd as string, rest, { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
   const lines: string[] = [];
   return new Promise((resolve, reject) => {
     const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
     rl.on("line", (line) => {
-      lines.push(line);
+      if (line.includes(" ms: "))
+        process.stderr.write(`${line}\n`); // --trace-gc
+      else lines.push(line);
       if (ready.test(line)) resolve({ child, lines });
     });
     child.once("exit", (code) => reject(new Error(`${args[0]} exited with ${code}`)));
@@ -349,11 +353,19 @@ async function main() {
     );
     legRows.push(legs(concurrency, base.samples, via.samples, t, requestLog(gw.lines)));
     gw.lines.length = 0; // read: the next level's log lines only
-    const perRound = phases.map((p) => (pct(outside(p.via), 50) - pct(outside(p.direct), 50)).toFixed(2));
+    const added = (p: number) =>
+      phases.map((ph) => (pct(outside(ph.via), p) - pct(outside(ph.direct), p)).toFixed(2)).join(", ");
     process.stderr.write(
       `${concurrency} streams${values.together ? " (together)" : ""} done (${oVia.length}/${via.samples.length} paired)` +
-        `${rounds > 1 ? `; added TTFT p50 by round: ${perRound.join(", ")} ms` : ""}\n`,
+        `${rounds > 1 ? `; added TTFT by round: p50 ${added(50)} ms, p99 ${added(99)} ms` : ""}\n`,
     );
+    // The gateway's pauses so far (prom-client's default metrics), to tell its stalls from the VM's.
+    const gc = (await (await fetch(`${gatewayUrl}/metrics`)).text())
+      .split("\n")
+      .filter((l) =>
+        /^nodejs_gc_duration_seconds_(sum|count)|^nodejs_eventloop_lag_(p99|max)_seconds /.test(l),
+      );
+    process.stderr.write(`  gateway: ${gc.join("; ")}\n`);
   }
   console.log(
     "| streams | TTFT p50 ms (direct / gateway) | TTFT p99 ms (direct / gateway) | added TTFT p50 ms | added TTFT p99 ms | added in the path p50 / p99 ms | ITL p50 ms (direct / gateway) | ITL p99 ms (direct / gateway) | gateway CPU s per 1,000 tokens | requests via gateway | failures |",
