@@ -11,12 +11,13 @@
  * Routing is round-robin in both modes because least-outstanding sends a closed loop's next request to
  * the replica whose stream just finished, which has just started its next step: the request waits a
  * whole step there (+9 ms TTFT p50 at 256 streams), an effect of routing, not of the gateway's cost.
- * The engine's own timing varies by
- * up to a whole batch step, far more than the gateway costs, so TTFT is measured per request outside the
- * engine: (first token at the client - request sent) - (first token written by the replica - request
- * received by the replica), with the replica's times from its /sim/traces. The gateway's added TTFT is
- * that figure through the gateway minus the same figure direct. Inter-token latency is compared as seen
- * by the client. CPU comes from the gateway's own process_cpu_seconds_total.
+ *
+ * The engine's own timing varies by up to a whole batch step, far more than the gateway costs, so TTFT
+ * is measured per request outside the engine: (first token at the client - request sent) - (first token
+ * written by the replica - request received by the replica), with the replica's times from its
+ * /sim/traces. The gateway's added TTFT is that figure through the gateway minus the same figure direct.
+ * Inter-token latency is compared as seen by the client. CPU comes from the gateway's own
+ * process_cpu_seconds_total; its GC and event-loop figures (prom-client's defaults) go to stderr.
  *
  * "Added in the path" is measured through the gateway alone, as proxies report their overhead (Envoy's
  * x-envoy-upstream-service-time): the client's time to first token minus the gateway's Server-Timing
@@ -28,16 +29,18 @@
  * CPU 0 (taskset), in both modes, as a gateway in production has cores of its own; otherwise the
  * gateway's CPU use would be charged to the replicas' and the client's timings.
  *
- * With --together, the direct and the gateway loads run at the same time (each with the given number
- * of streams), so that both see the same replicas, the same engine batches and the same CPU contention on
- * CPU 0; run one after the other (the default), the two baselines can differ by more than the gateway
- * costs, which makes the p99 difference noise.
- *
  * With --rounds N, each level runs N direct and N gateway phases of --seconds each, alternating, and the
- * figures come from all of them pooled: slow drifts of this VM's speed then weigh on both modes alike
- * instead of on whichever ran second. Each round's own added TTFT p50 is printed on stderr.
+ * figures come from all of them pooled: slow drifts of this VM's speed then weigh on both modes alike, and
+ * a p99 rests on N times as many requests (one 15-second round at 256 streams has ~1,700). Each round's
+ * own added TTFT p50 and p99 go to stderr. BENCHMARKS.md uses --rounds 8.
  *
- *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --rounds 1 --tokens 32-96 --together]
+ * With --together, the direct and the gateway loads run at the same time (each with the given number
+ * of streams), so that both see the same engine batches; at 256 streams that saturates CPU 0.
+ *
+ * KINFER_BENCH_PROFILE=DIR writes a CPU profile of the gateway there; KINFER_BENCH_GATEWAY_FLAGS adds node
+ * flags to the gateway (e.g. --trace-gc, whose lines go to stderr).
+ *
+ *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 15 --rounds 8 --tokens 32-96 --together]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
