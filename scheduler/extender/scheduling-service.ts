@@ -152,19 +152,19 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
     return attempt;
   }
 
-  /** The nodes a request names: cached ones by name, or from the Nodes it carries (full mode). */
+  /** Scores per pod shape, refreshed only for nodes that changed (placement-cache.ts). */
+  const placements = createPlacementCache();
+
   /**
    * The last NodeNames list resolved: kube-scheduler sends the same list for pod after pod, and the
    * parser hands over the same array when the text repeats (extender-json.ts), so resolving 5,000 names
    * again is skipped while the node set is unchanged.
    */
-  /** Scores per pod shape, refreshed only for nodes that changed (placement-cache.ts). */
-  const placements = createPlacementCache();
-
   let lastResolved:
     | { names: readonly string[]; version: number; known: GpuNode[]; unknown: string[] }
     | undefined;
 
+  /** The nodes a request names: cached ones by name, or from the Nodes it carries (full mode). */
   function nodesOf(nodeNames: readonly string[], nodes: readonly Node[] | undefined) {
     if (
       (nodes === undefined || nodes.length === 0) &&

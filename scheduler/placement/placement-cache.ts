@@ -1,8 +1,8 @@
 /**
- * The filter's choice, with memory: for each pod shape (policy, GPUs or GPU share, CPU, memory, accepted models) it
- * keeps every node's verdict and score, and the next pod of the same shape re-evaluates
- * only the nodes whose state changed since (GpuNode.generation) or all of them when the policy's scores
- * changed (PlacementPolicy.version: the fragmentation policy's learned mix). Pods come in runs of one
+ * The filter's choice, with memory: for each pod shape (policy, GPUs or GPU share, CPU, memory,
+ * accepted models) it keeps every node's verdict and score, and the next pod of the same shape
+ * re-evaluates only the nodes whose state changed since (GpuNode.generation), or all of them when the
+ * policy's scores changed (PlacementPolicy.version: the fragmentation policy's learned mix). Pods come in runs of one
  * shape (a Deployment's replicas), and between two pods only the node the first one went to changes, so
  * the filter for 5,000 nodes mostly reads 5,000 cached numbers instead of scoring 5,000 nodes.
  *

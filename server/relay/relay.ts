@@ -112,8 +112,10 @@ export async function* relay(
       try {
         const first = await firstTokens(replica, path, body, req, attemptControl, deps);
         streamed = true;
-        const upstreamMs = first.firstTokenAt - first.sentAt;
-        const timing = { upstreamMs, gatewayMs: first.firstTokenAt - acceptedAt - upstreamMs };
+        const timing = {
+          upstreamMs: first.firstTokenAt - first.sentAt,
+          gatewayMs: first.sentAt - acceptedAt,
+        };
         yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
         yield* streamRest(first, replica, req, attemptControl, deps, acceptedAt);
         return;
