@@ -6,7 +6,7 @@
  *   virtual time), alone, so that other test files do not steal their CPU;
  * - k8s: tests against a real control plane (etcd, kube-apiserver, kube-scheduler built from Go modules),
  *   started once by test/k8s/global-setup.ts and shared through `inject`.
- * Benchmarks (test/bench) are programs that print tables, not tests, and are excluded.
+ * Benchmarks live in bench/ (programs that print tables, not tests).
  */
 import { defineConfig } from "vitest/config";
 
@@ -23,7 +23,7 @@ export default defineConfig({
         test: {
           name: "unit",
           include: ["test/**/*.test.ts"],
-          exclude: ["test/k8s/**", "test/bench/**", "**/node_modules/**", ...TIMING],
+          exclude: ["test/k8s/**", "**/node_modules/**", ...TIMING],
           sequence: { groupOrder: 0 },
         },
       },

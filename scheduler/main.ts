@@ -14,8 +14,9 @@
 
 import { parseArgs } from "node:util";
 import { KubeConfig } from "@kubernetes/client-node";
+import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/program.js";
 import { createClusterState } from "./cluster/cluster-state.js";
-import { startKubeSource } from "./cluster/kube-source.js";
+import { startKubeSource } from "./cluster/kube-cluster-source.js";
 import { createKubeBinder } from "./extender/kube-binder.js";
 import { isPolicyName } from "./policies/policies.js";
 import { startSchedulerServer } from "./scheduler-server.js";
@@ -73,19 +74,7 @@ export async function main(argv: string[]): Promise<void> {
   });
   log("ready", { url: server.url, nodes: state.nodes.size, pods: state.podCount, policy: values.policy });
   process.stdout.write(`kinfer-scheduler: ready at ${server.url}\n`);
-  const stop = () => {
-    Promise.all([server.close(), source.close()]).then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
+  stopOnSignal(() => Promise.all([server.close(), source.close()]));
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
-    console.error(`kinfer-scheduler: ${err instanceof Error ? err.message : String(err)}`);
-    process.exit(2);
-  });
-}
+if (isEntryPoint(import.meta.url)) runProgram("kinfer-scheduler", () => main(process.argv.slice(2)));

@@ -6,6 +6,10 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { createHealthState, registerHealthService } from "../common/connect/health-service.js";
+import { registerReflectionService } from "../common/connect/reflection-service.js";
+import { type Listener, listen } from "../common/http/listener.js";
+import { createOpsRoutes } from "../common/http/ops-routes.js";
 import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/es/grpc/reflection/v1alpha/reflection_pb.js";
@@ -13,9 +17,6 @@ import {
   file_kinfer_scheduling_v1_scheduling,
   SchedulingService as SchedulingServiceDesc,
 } from "../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
-import { createHealthState, registerHealthService } from "../server/protocols/connect/health-service.js";
-import { registerReflectionService } from "../server/protocols/connect/reflection-service.js";
-import { type Listener, listen } from "../server/serving/listener.js";
 import type { ClusterState } from "./cluster/cluster-state.js";
 import { allocatedMilli } from "./cluster/gpu-node.js";
 import { createHttpExtender } from "./extender/http-extender.js";
@@ -144,25 +145,14 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
   };
   const connect = connectNodeAdapter({ routes, readMaxBytes: 64 * 1024 * 1024 });
   const extender = createHttpExtender(service, options.prefix ?? "/scheduler");
+  const ops = createOpsRoutes({ registry });
   const expire = setInterval(() => state.expireAssumed(), 1000);
   expire.unref();
 
   const listener: Listener = await listen(
     { host: options.host, port: options.port, maxConcurrentStreams: 1000 },
     (req, res) => {
-      const path = (req.url ?? "").split("?")[0];
-      if (req.method === "GET" && path === "/metrics") {
-        registry.metrics().then((text) => {
-          res.writeHead(200, { "content-type": registry.contentType });
-          res.end(text);
-        });
-        return;
-      }
-      if (req.method === "GET" && path === "/healthz") {
-        res.writeHead(200, { "content-type": "text/plain" });
-        res.end("ok\n");
-        return;
-      }
+      if (ops(req, res)) return;
       if (extender(req, res)) return;
       connect(req as never, res as never);
     },

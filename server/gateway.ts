@@ -13,6 +13,10 @@ import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Agent } from "undici";
+import { createHealthState, registerHealthService } from "../common/connect/health-service.js";
+import { registerReflectionService } from "../common/connect/reflection-service.js";
+import { type Listener, listen, type RequestHandler } from "../common/http/listener.js";
+import { createOpsRoutes } from "../common/http/ops-routes.js";
 import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/es/grpc/reflection/v1alpha/reflection_pb.js";
@@ -23,12 +27,11 @@ import { registerAdminService } from "./admin/admin-service.js";
 import type { GatewayConfig } from "./config/gateway-config.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { createStaticSource } from "./discovery/static-source.js";
-import { createPipeline, type Pipeline } from "./inference/pipeline.js";
 import { createLogger, type Logger } from "./log/logger.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics/gateway-metrics.js";
-import { createHealthState, registerHealthService } from "./protocols/connect/health-service.js";
+import { createPipeline, type Pipeline } from "./pipeline/pipeline.js";
 import { registerInferenceService } from "./protocols/connect/inference-service.js";
-import { registerReflectionService } from "./protocols/connect/reflection-service.js";
+import { createCorsHandler } from "./protocols/cors.js";
 import { createOpenAiRoutes } from "./protocols/openai/openai-routes.js";
 import { createRetryBudget } from "./relay/retry-budget.js";
 import { createOutlierDetector } from "./replicas/outlier-detection.js";
@@ -37,8 +40,6 @@ import { type Scraper, startScraper } from "./replicas/scraper.js";
 import { createRolloutController } from "./rollout/rollout.js";
 import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
-import { createCorsHandler } from "./serving/cors.js";
-import { type Listener, listen, type RequestHandler } from "./serving/listener.js";
 import { createAdmitter } from "./tenants/admission.js";
 import { openKeyStore } from "./tenants/key-store.js";
 
@@ -181,7 +182,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   const openai = createOpenAiRoutes(pipeline, table, () => config);
 
-  const ready = () => health.serving;
+  const ops = createOpsRoutes({ registry: metrics.registry, ready: () => health.serving });
 
   const corsHandler = createCorsHandler({
     allowedOrigins: config.cors.allowedOrigins,
@@ -190,31 +191,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   const handler: RequestHandler = (req, res) => {
     if (corsHandler(req, res)) return;
-    const path = (req.url ?? "").split("?")[0];
-    if (req.method === "GET" && path === "/metrics") {
-      metrics.registry.metrics().then(
-        (text) => {
-          res.writeHead(200, { "content-type": metrics.registry.contentType });
-          res.end(text);
-        },
-        () => {
-          res.writeHead(500);
-          res.end();
-        },
-      );
-      return;
-    }
-    if (req.method === "GET" && path === "/healthz") {
-      res.writeHead(200, { "content-type": "text/plain" });
-      res.end("ok\n");
-      return;
-    }
-    if (req.method === "GET" && path === "/readyz") {
-      const ok = ready();
-      res.writeHead(ok ? 200 : 503, { "content-type": "text/plain" });
-      res.end(ok ? "ready\n" : "not ready\n");
-      return;
-    }
+    if (ops(req, res)) return;
     if (openai.handle(req, res)) return;
     connect(req as never, res as never);
   };

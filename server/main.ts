@@ -8,10 +8,11 @@
  */
 import { parseArgs } from "node:util";
 import { KubeConfig } from "@kubernetes/client-node";
+import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/program.js";
 import { ConfigError, loadGatewayConfig } from "./config/gateway-config.js";
 import { watchConfigFile } from "./config/watch-config.js";
+import { createKubeEndpointSource } from "./discovery/endpoint-slice-source.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
-import { createKubeEndpointSource } from "./discovery/kube-source.js";
 import { startGateway } from "./gateway.js";
 import { createLogger } from "./log/logger.js";
 
@@ -65,23 +66,10 @@ export async function main(argv: string[]): Promise<void> {
       `  OpenAI:                  ${gateway.url}/v1/chat/completions\n` +
       `  metrics:                 ${gateway.url}/metrics\n`,
   );
-  let stopping = false;
-  const stop = () => {
-    if (stopping) return;
-    stopping = true;
+  stopOnSignal(() => {
     watcher.close();
-    gateway.drain().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
-}
-
-if (import.meta.url === `file://${process.argv[1]}`) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
-    console.error(`kinfer-gateway: ${err instanceof Error ? err.message : String(err)}`);
-    process.exit(2);
+    return gateway.drain();
   });
 }
+
+if (isEntryPoint(import.meta.url)) runProgram("kinfer-gateway", () => main(process.argv.slice(2)));

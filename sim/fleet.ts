@@ -4,8 +4,8 @@
  * order given), or free ports when basePort is 0.
  */
 import type { EngineOptions } from "./engine/engine-options.js";
-import type { FaultRates } from "./faults.js";
-import { type Replica, startReplica } from "./replica.js";
+import type { FaultRates } from "./faults/faults.js";
+import { type SimServer, startSimServer } from "./http/sim-server.js";
 
 /** What to start. */
 export interface FleetOptions {
@@ -29,9 +29,9 @@ export interface FleetOptions {
 
 /** Running replicas. */
 export interface Fleet {
-  readonly replicas: readonly Replica[];
+  readonly replicas: readonly SimServer[];
   /** The replicas of one model. */
-  of(model: string): Replica[];
+  of(model: string): SimServer[];
   close(): Promise<void>;
 }
 
@@ -42,13 +42,13 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
   }
   if (options.models.length === 0) throw new RangeError("at least one model is needed");
   if (new Set(options.models).size !== options.models.length) throw new RangeError("a model is named twice");
-  const replicas: Replica[] = [];
+  const replicas: SimServer[] = [];
   try {
     let i = 0;
     for (const model of options.models) {
       for (let r = 0; r < perModel; r++, i++) {
         replicas.push(
-          await startReplica({
+          await startSimServer({
             model,
             host: options.host ?? "127.0.0.1",
             port: options.basePort ? options.basePort + i : 0,

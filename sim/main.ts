@@ -8,8 +8,9 @@
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/program.js";
 import { defaultEngineOptions, type EngineOptions } from "./engine/engine-options.js";
-import { type FaultRates, noFaults } from "./faults.js";
+import { type FaultRates, noFaults } from "./faults/faults.js";
 import { startFleet } from "./fleet.js";
 
 /** Engine option -> flag name. */
@@ -111,14 +112,7 @@ export async function main(argv: string[]): Promise<void> {
   });
   for (const r of fleet.replicas) console.log(`kinfer-sim: ${r.model} at ${r.url}`);
   console.log("kinfer-sim: ready");
-  const stop = () => {
-    fleet.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.once("SIGINT", stop);
-  process.once("SIGTERM", stop);
+  stopOnSignal(() => fleet.close());
 }
 
 /** Names zod's option paths as flags, so that an error points at what the user typed. */
@@ -136,9 +130,4 @@ function explain(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
-    console.error(`kinfer-sim: ${explain(err)}`);
-    process.exit(2);
-  });
-}
+if (isEntryPoint(import.meta.url)) runProgram("kinfer-sim", () => main(process.argv.slice(2)), explain);

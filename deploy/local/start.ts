@@ -5,7 +5,7 @@
  */
 import { loadGatewayConfig } from "../../server/config/gateway-config.js";
 import { main as gatewayMain } from "../../server/main.js";
-import { startReplica } from "../../sim/replica.js";
+import { startSimServer } from "../../sim/http/sim-server.js";
 
 const file = new URL("./gateway.yaml", import.meta.url).pathname;
 const config = await loadGatewayConfig(file);
@@ -13,7 +13,7 @@ for (const model of config.models) {
   for (const version of model.versions) {
     for (const url of version.replicas) {
       const { hostname, port } = new URL(url);
-      const replica = await startReplica({
+      const replica = await startSimServer({
         model: version.servedModelName ?? model.name,
         host: hostname,
         port: Number(port),

@@ -1,6 +1,6 @@
 /**
  * The scheduler's cache of the cluster: GPU nodes and the pods that hold resources on them, with
- * device-level accounting. Fed by the Kubernetes informers in production (kube-source.ts) and directly by
+ * device-level accounting. Fed by the Kubernetes informers in production (kube-cluster-source.ts) and directly by
  * tests; nothing here talks to the API server.
  *
  * Invariants: a GPU's allocated share never exceeds 1000 and a node's CPU and memory are never
@@ -11,7 +11,7 @@
  * first free devices that fit, as the placement code lists them.
  */
 
-import { candidatePlacements } from "../placement/fit.js";
+import { candidatePlacements } from "./fit.js";
 import {
   allocate,
   createGpuNode,

@@ -6,6 +6,7 @@
 import type * as http from "node:http";
 import type * as http2 from "node:http2";
 import { ConnectError } from "@connectrpc/connect";
+import { BodyTooLarge, readBody } from "../../common/http/read-body.js";
 import {
   BindRequestSchema,
   BindResponseSchema,
@@ -15,7 +16,6 @@ import {
   PreemptResponseSchema,
   PrioritizeRequestSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
-import { BodyTooLarge, readBody } from "../../server/serving/read-body.js";
 import { filterReplyText, parseExtenderJson, prioritizeReplyText, toExtenderJson } from "./extender-json.js";
 import type { SchedulingService } from "./scheduling-service.js";
 

@@ -45,6 +45,7 @@ import type {
   PrioritizeResponseSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import type { ClusterState, NodeInfo } from "../cluster/cluster-state.js";
+import { checkFit } from "../cluster/fit.js";
 import { copyGpuNode, type DeviceShare, type GpuNode, release } from "../cluster/gpu-node.js";
 import { nodeInfoOf } from "../cluster/kube-objects.js";
 import { type PodRequest, PodRequestError, readPodRequest } from "../cluster/pod-request.js";
@@ -55,7 +56,6 @@ import {
   extenderScores,
   MAX_SCORE,
 } from "../placement/evaluate.js";
-import { checkFit } from "../placement/fit.js";
 import { createPlacementCache, type PlacementCache } from "../placement/placement-cache.js";
 import type { PlacementPolicy, PolicyName } from "../policies/placement-policy.js";
 import { createPolicy, isPolicyName } from "../policies/policies.js";

@@ -4,10 +4,11 @@
  * filter and the trace replay choose through the score cache (placement-cache.ts), which is tested to
  * make chooseBest's choice.
  */
+
+import { checkFit, type Fit } from "../cluster/fit.js";
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import type { PodRequest } from "../cluster/pod-request.js";
 import type { PlacementPolicy } from "../policies/placement-policy.js";
-import { checkFit, type Fit } from "./fit.js";
 
 export interface Evaluation {
   readonly node: GpuNode;

@@ -11,11 +11,12 @@
  * functions of the node's state, the pod's shape and the policy's version only. The replay goes through
  * this cache too; a unit test compares it with evaluating every node, pod by pod.
  */
+
+import { checkFit } from "../cluster/fit.js";
 import type { GpuNode } from "../cluster/gpu-node.js";
 import type { PodRequest } from "../cluster/pod-request.js";
 import type { PlacementPolicy, PodScorer } from "../policies/placement-policy.js";
 import { type Evaluation, TIE_EPSILON } from "./evaluate.js";
-import { checkFit } from "./fit.js";
 
 /**
  * Cached evaluations of one node list for one pod shape: two numbers per node and nothing else, so that

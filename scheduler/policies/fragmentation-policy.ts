@@ -15,8 +15,9 @@
  * common types, and replaces the mix in use only when it has drifted (`mixDrift`). GPU model constraints
  * of task types are not modelled. The arithmetic is in fragmentation-math.ts.
  */
+
+import { candidatePlacements } from "../cluster/fit.js";
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
-import { candidatePlacements } from "../placement/fit.js";
 import { expectedFragmentation, type MixTable, mixTable, type TaskType } from "./fragmentation-math.js";
 import { freeAfter, type PlacementPolicy } from "./placement-policy.js";
 

@@ -3,9 +3,10 @@
  * pod gets. The extender's prioritize, Explain and the trace replay all go through this interface, so
  * what the replay measures is what the extender does.
  */
+
+import { candidatePlacements } from "../cluster/fit.js";
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
-import { candidatePlacements } from "../placement/fit.js";
 
 export type PolicyName = "spread" | "binpack" | "bestfit" | "fragmentation";
 export const POLICY_NAMES: readonly PolicyName[] = ["spread", "binpack", "bestfit", "fragmentation"];

@@ -10,10 +10,11 @@
  * stderr. `--policy random` is a calibration baseline (the paper's Random), not an extender policy.
  */
 import { parseArgs } from "node:util";
-import { createRng } from "../../sim/random.js";
+import { isEntryPoint, runProgram } from "../../common/process/program.js";
+import { createRng } from "../../common/random.js";
+import { candidatePlacements, checkFit } from "../cluster/fit.js";
 import { allocate, createGpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf } from "../cluster/pod-request.js";
-import { candidatePlacements, checkFit } from "../placement/fit.js";
 import { POLICY_NAMES, type PolicyName } from "../policies/placement-policy.js";
 import { type ReplayRun, replayOnce, resample } from "./replay.js";
 import { readNodes, readPods, type TraceNode } from "./trace.js";
@@ -124,11 +125,4 @@ export function main(argv: string[]): void {
   console.log(`unallocated GPUs at ${demand}%: ${result.unallocatedGpusAtMaxDemand}`);
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  try {
-    main(process.argv.slice(2));
-  } catch (err) {
-    console.error(`sched:replay: ${(err as Error).message}`);
-    process.exit(2);
-  }
-}
+if (isEntryPoint(import.meta.url)) runProgram("sched:replay", () => main(process.argv.slice(2)));

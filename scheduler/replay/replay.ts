@@ -7,7 +7,7 @@
  * at every 1% of arrived demand.
  */
 
-import { createRng } from "../../sim/random.js";
+import { createRng } from "../../common/random.js";
 import { allocate, createGpuNode, type GpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
 import { createPlacementCache } from "../placement/placement-cache.js";

@@ -3,7 +3,7 @@
  * errors. Reach the gateway's admin port (loopback, or through kubectl port-forward in a cluster).
  */
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
-import { AdminService } from "./gen/kinfer/admin/v1/admin_pb.js";
+import { AdminService } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
 
 export interface AdminClientOptions {
   /** A transport to the admin port. */

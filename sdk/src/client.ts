@@ -5,14 +5,14 @@
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, createClient, type Transport } from "@connectrpc/connect";
-import { KinferError } from "./errors.js";
-import { type EventStream, eventStream } from "./event-stream.js";
 import {
   type ChatRequestSchema,
   type GenerateRequestSchema,
   InferenceService,
   type ModelInfo,
-} from "./gen/kinfer/inference/v1/inference_pb.js";
+} from "../../gen/es/kinfer/inference/v1/inference_pb.js";
+import { KinferError } from "./errors.js";
+import { type EventStream, eventStream } from "./event-stream.js";
 
 export interface KinferClientOptions {
   /** From createNodeTransport ("@kinfer/sdk/node") or createWebTransport ("@kinfer/sdk/web"). */

@@ -3,7 +3,7 @@
  * gateway's ErrorDetail read out: the reason, whether retrying may help, and when.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
-import { ErrorDetailSchema, ErrorReason } from "./gen/kinfer/inference/v1/inference_pb.js";
+import { ErrorDetailSchema, ErrorReason } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 
 const RETRYABLE_CODES = new Set([Code.Unavailable, Code.ResourceExhausted, Code.Aborted]);
 

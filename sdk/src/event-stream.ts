@@ -3,13 +3,13 @@
  * collected into the whole text and usage. Iterating twice is an error: the stream is consumed once.
  */
 
-import { KinferError } from "./errors.js";
 import type {
   ChatResponse,
   GenerateResponse,
   StreamFinish,
   StreamStart,
-} from "./gen/kinfer/inference/v1/inference_pb.js";
+} from "../../gen/es/kinfer/inference/v1/inference_pb.js";
+import { KinferError } from "./errors.js";
 
 /** One event of a stream. */
 export type StreamEvent = (GenerateResponse | ChatResponse)["event"];

@@ -10,7 +10,7 @@
  *   .on("data", (r) => r.event?.$case === "delta" && process.stdout.write(r.event.delta.text));
  */
 
-export { AdminServiceClient } from "./gen-grpc-js/kinfer/admin/v1/admin.js";
+export { AdminServiceClient } from "../../gen/grpc-js/kinfer/admin/v1/admin.js";
 export {
   ChatMessage,
   ChatRequest,
@@ -22,5 +22,5 @@ export {
   ListModelsRequest,
   ListModelsResponse,
   Role,
-} from "./gen-grpc-js/kinfer/inference/v1/inference.js";
-export { SchedulingServiceClient } from "./gen-grpc-js/kinfer/scheduling/v1/scheduling.js";
+} from "../../gen/grpc-js/kinfer/inference/v1/inference.js";
+export { SchedulingServiceClient } from "../../gen/grpc-js/kinfer/scheduling/v1/scheduling.js";

@@ -3,6 +3,9 @@
  * APIs. Transports come from "@kinfer/sdk/node" and "@kinfer/sdk/web".
  */
 
+export * as admin from "../../gen/es/kinfer/admin/v1/admin_pb.js";
+export * as inference from "../../gen/es/kinfer/inference/v1/inference_pb.js";
+export * as scheduling from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 export { type AdminClientOptions, createAdminClient } from "./admin.js";
 export {
   createKinferClient,
@@ -12,6 +15,3 @@ export {
 } from "./client.js";
 export { KinferError } from "./errors.js";
 export type { Completion, EventStream, StreamEvent } from "./event-stream.js";
-export * as admin from "./gen/kinfer/admin/v1/admin_pb.js";
-export * as inference from "./gen/kinfer/inference/v1/inference_pb.js";
-export * as scheduling from "./gen/kinfer/scheduling/v1/scheduling_pb.js";

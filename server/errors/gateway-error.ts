@@ -1,7 +1,7 @@
 /**
  * The gateway's errors, mapped in this one place: every failure becomes a ConnectError with a Code and an
- * ErrorDetail (reason, retry-after), and the same error renders as an OpenAI-shaped JSON error with the
- * matching HTTP status. Messages are written here, for clients: upstream exception text, URLs and stack
+ * ErrorDetail (reason, retry-after); the OpenAI surface renders the same error in OpenAI's shape
+ * (protocols/openai/openai-errors.ts). Messages are written here, for clients: upstream exception text, URLs and stack
  * traces never leave the gateway (they go to the logs).
  */
 import { create } from "@bufbuild/protobuf";
@@ -94,42 +94,6 @@ export function upstreamError(failure: UpstreamFailure, retryAfterMs?: number): 
   }
 }
 
-/** The HTTP status of a Connect code, for the OpenAI-compatible surface. */
-export function httpStatusOf(code: Code): number {
-  switch (code) {
-    case Code.InvalidArgument:
-    case Code.OutOfRange:
-    case Code.FailedPrecondition:
-      return 400;
-    case Code.Unauthenticated:
-      return 401;
-    case Code.PermissionDenied:
-      return 403;
-    case Code.NotFound:
-      return 404;
-    case Code.ResourceExhausted:
-      return 429;
-    case Code.Canceled:
-      return 499;
-    case Code.Unimplemented:
-      return 501;
-    case Code.Unavailable:
-      return 503;
-    case Code.DeadlineExceeded:
-      return 504;
-    default:
-      return 500;
-  }
-}
-
-const OPENAI_TYPES: Partial<Record<Code, string>> = {
-  [Code.InvalidArgument]: "invalid_request_error",
-  [Code.NotFound]: "invalid_request_error",
-  [Code.Unauthenticated]: "authentication_error",
-  [Code.PermissionDenied]: "permission_error",
-  [Code.ResourceExhausted]: "rate_limit_error",
-};
-
 /**
  * Normalises anything thrown to a client-safe ConnectError. ConnectErrors made by the gateway pass as they
  * are; anything else (a bug, an unexpected library error) becomes INTERNAL with a fixed message.
@@ -137,30 +101,4 @@ const OPENAI_TYPES: Partial<Record<Code, string>> = {
 export function toClientError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   return new ConnectError("internal error", Code.Internal);
-}
-
-/** The OpenAI error body and HTTP status for an error. */
-export function openAiError(err: ConnectError): {
-  status: number;
-  body: unknown;
-  retryAfterSeconds?: number;
-} {
-  const retryAfter = err.findDetails(ErrorDetailSchema)[0]?.retryAfter;
-  const status = httpStatusOf(err.code);
-  return {
-    status,
-    body: {
-      error: {
-        message: err.rawMessage,
-        type: OPENAI_TYPES[err.code] ?? "server_error",
-        param: null,
-        code: ErrorReason[
-          err.findDetails(ErrorDetailSchema)[0]?.reason ?? ErrorReason.UNSPECIFIED
-        ].toLowerCase(),
-      },
-    },
-    ...(retryAfter !== undefined
-      ? { retryAfterSeconds: Math.max(1, Math.ceil(Number(retryAfter.seconds) + retryAfter.nanos / 1e9)) }
-      : {}),
-  };
 }

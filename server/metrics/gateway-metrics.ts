@@ -7,23 +7,12 @@
 import type { Code } from "@connectrpc/connect";
 import { Code as Codes } from "@connectrpc/connect";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS } from "../../common/metrics/vllm-buckets.js";
 import type { UpstreamFailure } from "../errors/gateway-error.js";
-import type { Protocol } from "../inference/inference-request.js";
 import { type Replica, replicaStatus } from "../replicas/replica.js";
+import type { Protocol } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
 import type { TenantUsage } from "../tenants/admission.js";
-
-const TTFT_BUCKETS = [
-  0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
-  80.0, 160.0, 640.0, 2560.0,
-];
-const ITL_BUCKETS = [
-  0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-];
-const DURATION_BUCKETS = [
-  0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
-  960.0,
-];
 
 /** snake_case name of a Connect code ("ok" for success), as gRPC tooling spells them. */
 export function codeName(code: Code | undefined): string {
@@ -75,21 +64,21 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
     name: "kinfer_gateway_request_duration_seconds",
     help: "Time from accepting a request to its end.",
     labelNames: ["model", "version", "protocol"],
-    buckets: DURATION_BUCKETS,
+    buckets: [...REQUEST_LATENCY_BUCKETS],
     registers,
   });
   const ttft = new Histogram({
     name: "kinfer_gateway_time_to_first_token_seconds",
     help: "Time from accepting a request to relaying its first token.",
     labelNames: ["model", "version"],
-    buckets: TTFT_BUCKETS,
+    buckets: [...TTFT_BUCKETS],
     registers,
   });
   const itl = new Histogram({
     name: "kinfer_gateway_inter_token_latency_seconds",
     help: "Time between two relayed tokens.",
     labelNames: ["model", "version"],
-    buckets: ITL_BUCKETS,
+    buckets: [...ITL_BUCKETS],
     registers,
   });
   const tokens = new Counter({

@@ -12,10 +12,10 @@
 import type { Dispatcher } from "undici";
 import type { GatewayConfig } from "../config/gateway-config.js";
 import { noHealthyReplica, type UpstreamFailure, upstreamError } from "../errors/gateway-error.js";
-import type { FinishReason, InferenceEvent, InferenceRequest } from "../inference/inference-request.js";
-import { prefixTextOf } from "../inference/inference-request.js";
 import type { OutlierDetector } from "../replicas/outlier-detection.js";
 import type { Replica } from "../replicas/replica.js";
+import type { FinishReason, InferenceEvent, InferenceRequest } from "../request/inference-request.js";
+import { prefixTextOf } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
 import type { Router } from "../routing/router.js";
 import type { ModelEntry } from "../routing/routing-table.js";

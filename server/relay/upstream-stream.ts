@@ -8,7 +8,7 @@
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { type Dispatcher, request } from "undici";
 import type { UpstreamFailure } from "../errors/gateway-error.js";
-import type { InferenceRequest } from "../inference/inference-request.js";
+import type { InferenceRequest } from "../request/inference-request.js";
 import { afterFirstTokens } from "./token-priority.js";
 
 /** What a replica streams, normalised across /v1/completions and /v1/chat/completions. */

@@ -19,8 +19,9 @@
  * from its Clock, so it runs unchanged in real and virtual time. It never blocks and never throws for
  * a sequence's sake: bad specs are rejected by `submit` before anything changes.
  */
-import type { CancelTimer, Clock } from "../clock.js";
+
 import { type BlockHash, BlockPool, hashBlocks } from "./block-pool.js";
+import type { CancelTimer, Clock } from "./clock.js";
 import type { EngineOptions } from "./engine-options.js";
 
 /** Why a sequence ended, with vLLM's finish_reason names. */

@@ -9,7 +9,7 @@
  * Stop strings: generation stops at the token that completes a stop string; the returned text excludes
  * the stop string, as vLLM does (finish_reason "stop", stop_reason the string).
  */
-import { createRng } from "../random.js";
+import { createRng } from "../../common/random.js";
 import { pieceId, tokenizePieces } from "./tokenizer.js";
 
 const WORDS = (

@@ -6,7 +6,7 @@
 import { type GatewayConfig, parseGatewayConfig } from "../../server/config/gateway-config.js";
 import { type Gateway, startGateway } from "../../server/gateway.js";
 import type { EngineOptions } from "../../sim/engine/engine-options.js";
-import { type Replica, startReplica } from "../../sim/replica.js";
+import { type SimServer, startSimServer } from "../../sim/http/sim-server.js";
 import { postJson } from "./sse.js";
 
 export interface HarnessOptions {
@@ -25,23 +25,23 @@ export interface Harness {
   readonly gateway: Gateway;
   readonly url: string;
   /** Replicas by "model/version". */
-  readonly replicas: ReadonlyMap<string, Replica[]>;
-  all(): Replica[];
+  readonly replicas: ReadonlyMap<string, SimServer[]>;
+  all(): SimServer[];
   /** Sets fault rates on replicas through POST /sim/faults. */
-  setFaults(replicas: readonly Replica[], rates: Record<string, number>): Promise<void>;
+  setFaults(replicas: readonly SimServer[], rates: Record<string, number>): Promise<void>;
   close(): Promise<void>;
 }
 
 export async function startHarness(options: HarnessOptions): Promise<Harness> {
-  const replicas = new Map<string, Replica[]>();
+  const replicas = new Map<string, SimServer[]>();
   const models = [];
   for (const [model, versions] of Object.entries(options.models)) {
     const vs = [];
     for (const [version, count] of Object.entries(versions)) {
-      const list: Replica[] = [];
+      const list: SimServer[] = [];
       for (let i = 0; i < count; i++) {
         // Long natural replies by default, so that max_tokens decides every stream's length.
-        list.push(await startReplica({ model, engine: { meanOutputTokens: 100_000, ...options.engine } }));
+        list.push(await startSimServer({ model, engine: { meanOutputTokens: 100_000, ...options.engine } }));
       }
       replicas.set(`${model}/${version}`, list);
       vs.push({

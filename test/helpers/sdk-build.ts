@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 
 /** The SDK's build (npm test builds it first: `npm run build:sdk`). */
 export function requireSdkBuild(): void {
-  if (!existsSync(new URL("../../sdk/dist/esm/index.js", import.meta.url))) {
+  if (!existsSync(new URL("../../sdk/dist/esm/sdk/src/index.js", import.meta.url))) {
     throw new Error("sdk/dist is missing: run `npm run build:sdk` first (npm test does)");
   }
 }

@@ -12,7 +12,10 @@ import { CoreV1Api, DiscoveryV1Api, KubeConfig, type V1EndpointSlice } from "@ku
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InferenceService } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { parseGatewayConfig } from "../../server/config/gateway-config.js";
-import { createKubeEndpointSource, type KubeEndpointSource } from "../../server/discovery/kube-source.js";
+import {
+  createKubeEndpointSource,
+  type KubeEndpointSource,
+} from "../../server/discovery/endpoint-slice-source.js";
 import { type Gateway, startGateway } from "../../server/gateway.js";
 
 import { type ControlPlane, startControlPlane } from "./control-plane.js";

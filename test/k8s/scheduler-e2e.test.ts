@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { CoreV1Api, KubeConfig, type V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { type ClusterState, createClusterState } from "../../scheduler/cluster/cluster-state.js";
-import { startKubeSource } from "../../scheduler/cluster/kube-source.js";
+import { startKubeSource } from "../../scheduler/cluster/kube-cluster-source.js";
 import { DEVICES_ANNOTATION, formatDevices, parseDevices } from "../../scheduler/cluster/pod-request.js";
 import { createKubeBinder } from "../../scheduler/extender/kube-binder.js";
 import { type SchedulerServer, startSchedulerServer } from "../../scheduler/scheduler-server.js";

@@ -44,11 +44,11 @@ describe("contracts", () => {
     expect(r.status).toBe(0);
   });
 
-  it("regenerate to exactly the committed gen/ and sdk/src/gen/", () => {
+  it("regenerate to exactly the committed gen/ (the only generated tree)", () => {
     const r = buf("generate", "--output", out);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
-    for (const dir of ["gen", "sdk/src/gen", "sdk/src/gen-grpc-js"]) {
+    for (const dir of ["gen"]) {
       const committed = join(root, dir);
       const fresh = join(out, dir);
       expect(listFiles(fresh)).toEqual(listFiles(committed));

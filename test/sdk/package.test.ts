@@ -80,9 +80,12 @@ describe("@kinfer/sdk from its tarball", () => {
     expect(files.every((f) => /^(dist\/|README\.md$|CHANGELOG\.md$|LICENSE$|package\.json$)/.test(f))).toBe(
       true,
     );
-    expect(files).toContain("dist/esm/index.js");
-    expect(files).toContain("dist/cjs/index.js");
-    expect(files).toContain("dist/esm/index.d.ts");
+    expect(files).toContain("dist/esm/sdk/src/index.js");
+    expect(files).toContain("dist/cjs/sdk/src/index.js");
+    expect(files).toContain("dist/esm/sdk/src/index.d.ts");
+    // The generated code comes from the repository's one gen/ tree, compiled into the package.
+    expect(files).toContain("dist/esm/gen/es/kinfer/inference/v1/inference_pb.js");
+    expect(files).toContain("dist/cjs/gen/grpc-js/kinfer/inference/v1/inference.js");
   });
 
   it("passes publint and attw (types resolve for node10, node16 ESM and CJS, and bundlers)", async () => {

@@ -21,6 +21,8 @@ import {
 } from "../../../gen/es/kinfer/inference/v1/inference_pb.js";
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { invalidRequest } from "../../errors/gateway-error.js";
+import type { Pipeline } from "../../pipeline/pipeline.js";
+import { isEligible } from "../../replicas/replica.js";
 import {
   type ChatRole,
   type InferenceEvent,
@@ -29,9 +31,7 @@ import {
   type SamplingParams as InternalSampling,
   type Protocol,
   serverTiming,
-} from "../../inference/inference-request.js";
-import type { Pipeline } from "../../inference/pipeline.js";
-import { isEligible } from "../../replicas/replica.js";
+} from "../../request/inference-request.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
 

@@ -6,8 +6,10 @@
 
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
+import { createRng } from "../../../common/random.js";
 import { PodSchema } from "../../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
 import { createClusterState, type PlacedPod } from "../../../scheduler/cluster/cluster-state.js";
+import { candidatePlacements, checkFit } from "../../../scheduler/cluster/fit.js";
 import type { GpuNode } from "../../../scheduler/cluster/gpu-node.js";
 import {
   formatDevices,
@@ -16,8 +18,6 @@ import {
   readPodRequest,
 } from "../../../scheduler/cluster/pod-request.js";
 import { parseQuantity } from "../../../scheduler/cluster/quantity.js";
-import { candidatePlacements, checkFit } from "../../../scheduler/placement/fit.js";
-import { createRng } from "../../../sim/random.js";
 
 const node = (name: string, gpus = 4) => ({
   name,

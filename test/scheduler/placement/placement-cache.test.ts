@@ -5,15 +5,15 @@
  * fixed texts it aggregates.
  */
 import { describe, expect, it } from "vitest";
+import { createRng } from "../../../common/random.js";
 import { createClusterState } from "../../../scheduler/cluster/cluster-state.js";
+import { checkFit, FAILURES } from "../../../scheduler/cluster/fit.js";
 import { allocate, type GpuNode, release } from "../../../scheduler/cluster/gpu-node.js";
 import type { PodRequest } from "../../../scheduler/cluster/pod-request.js";
 import { chooseBest, evaluateNodes } from "../../../scheduler/placement/evaluate.js";
-import { checkFit, FAILURES } from "../../../scheduler/placement/fit.js";
 import { createPlacementCache } from "../../../scheduler/placement/placement-cache.js";
 import { POLICY_NAMES } from "../../../scheduler/policies/placement-policy.js";
 import { createPolicy } from "../../../scheduler/policies/policies.js";
-import { createRng } from "../../../sim/random.js";
 
 const SHAPES: PodRequest[] = [
   { gpus: 1, gpuMilli: 0, cpuMilli: 4000, memMiB: 16_384, models: [], policy: "" },

@@ -3,7 +3,7 @@
  * per-request time to first token and end-to-end latency (within 5%).
  */
 import { expect, it } from "vitest";
-import { type Clock, createRealClock, createVirtualClock } from "../../../sim/clock.js";
+import { type Clock, createRealClock, createVirtualClock } from "../../../sim/engine/clock.js";
 import { createEngine } from "../../../sim/engine/engine.js";
 import { resolveEngineOptions } from "../../../sim/engine/engine-options.js";
 

@@ -3,7 +3,7 @@
  * KV cache bound what runs, prefix caching makes repeated prefixes cheaper, and aborts free blocks.
  */
 import { describe, expect, it } from "vitest";
-import { createVirtualClock } from "../../../sim/clock.js";
+import { createVirtualClock } from "../../../sim/engine/clock.js";
 import {
   createEngine,
   type Engine,

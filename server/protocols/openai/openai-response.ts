@@ -1,0 +1,104 @@
+/**
+ * What an OpenAI client reads back: chat.completion / text_completion JSON bodies, and the SSE chunks of a
+ * stream, shaped as vLLM's (role chunk, one chunk per token, finish chunk, usage chunk, `data: [DONE]`).
+ * The per-token chunk is built from two constant halves per request, since it is written for every token.
+ * `write` is the pull point of the relay: it resolves once the socket can take more (or the client left).
+ */
+import type * as http from "node:http";
+import type * as http2 from "node:http2";
+import type { InferenceEvent } from "../../request/inference-request.js";
+
+export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
+export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+type FinishEvent = Extract<InferenceEvent, { type: "finish" }>;
+
+/** Unix seconds, as OpenAI's `created`. */
+export const unixNow = () => Math.floor(Date.now() / 1000);
+
+export function sendJson(
+  res: HttpResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", ...headers });
+  res.end(text);
+}
+
+export function usageOf(e: FinishEvent) {
+  return {
+    prompt_tokens: e.usage.promptTokens,
+    completion_tokens: e.usage.completionTokens,
+    total_tokens: e.usage.promptTokens + e.usage.completionTokens,
+    prompt_tokens_details: { cached_tokens: e.usage.cachedTokens },
+  };
+}
+
+/** The JSON body of a request that did not ask for a stream. */
+export function completeBody(id: string, model: string, chat: boolean, text: string, e: FinishEvent) {
+  const finish_reason = e.finishReason === "unspecified" ? null : e.finishReason;
+  const stop_reason = e.matchedStop === "" ? null : e.matchedStop;
+  return {
+    id,
+    object: chat ? "chat.completion" : "text_completion",
+    created: unixNow(),
+    model,
+    choices: [
+      chat
+        ? {
+            index: 0,
+            message: { role: "assistant", content: text },
+            logprobs: null,
+            finish_reason,
+            stop_reason,
+          }
+        : { index: 0, text, logprobs: null, finish_reason, stop_reason },
+    ],
+    usage: usageOf(e),
+  };
+}
+
+/** The SSE events of one streamed response. */
+export interface StreamRenderer {
+  /** The chat stream's first chunk (role, empty content); "" for text completions. */
+  roleChunk(): string;
+  token(text: string): string;
+  finish(e: FinishEvent): string;
+  usage(e: FinishEvent): string;
+}
+
+export function streamRenderer(id: string, model: string, chat: boolean): StreamRenderer {
+  const base = { id, object: chat ? "chat.completion.chunk" : "text_completion", created: unixNow(), model };
+  const chunk = (choice: Record<string, unknown>) =>
+    `data: ${JSON.stringify({ ...base, choices: [{ index: 0, ...choice, logprobs: null }] })}\n\n`;
+  const head = `data: ${JSON.stringify(base).slice(0, -1)},"choices":[{"index":0,${chat ? '"delta":{"content":' : '"text":'}`;
+  const tail = `${chat ? "}" : ""},"finish_reason":null,"logprobs":null}]}\n\n`;
+  return {
+    roleChunk: () => (chat ? chunk({ delta: { role: "assistant", content: "" }, finish_reason: null }) : ""),
+    token: (text) => `${head}${JSON.stringify(text)}${tail}`,
+    finish(e) {
+      const reason = e.finishReason === "unspecified" ? null : e.finishReason;
+      const stopReason = e.matchedStop === "" ? null : e.matchedStop;
+      return chat
+        ? chunk({ delta: {}, finish_reason: reason, stop_reason: stopReason })
+        : chunk({ text: "", finish_reason: reason, stop_reason: stopReason });
+    },
+    usage: (e) => `data: ${JSON.stringify({ ...base, choices: [], usage: usageOf(e) })}\n\n`,
+  };
+}
+
+/** Writes and waits for the socket to drain if its buffer is full (or for the client to leave). */
+export function write(res: HttpResponse, text: string): Promise<void> {
+  if ((res as http.ServerResponse).write(text)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off("drain", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.on("drain", done);
+    res.on("close", done);
+  });
+}

@@ -1,0 +1,260 @@
+/**
+ * A simulated vLLM server: the HTTP surface (routes, controls, health, metrics) in front of one engine
+ * (sim/engine). Serving a completion itself is sim/completion's work: prepare-completion.ts turns the body
+ * into a sequence, run-completion.ts runs it and writes the answer.
+ *
+ * Endpoints, as vLLM serves them: POST /v1/completions and /v1/chat/completions (JSON, or SSE with
+ * `stream: true`), GET /v1/models, GET /health, GET /metrics, GET /version. And the simulator's own
+ * controls under /sim/: GET|POST /sim/faults (fault rates), POST /sim/health {"healthy"}, POST /sim/drain
+ * {"draining"}, POST /sim/slowdown {"factor"}, GET /sim/stats (the engine's state as JSON), GET /sim/traces
+ * (per request id, wall-clock ms when the request arrived and when its first token was written, for the
+ * last 50,000 requests: benchmarks use it to separate the network and the gateway from the engine).
+ *
+ * Like vLLM, a streaming response sends its headers and role chunk only with the first token, and an error
+ * before that is an ordinary HTTP error; after it, errors arrive in-band. A client that disconnects aborts
+ * its sequence at once, freeing its KV blocks (visible as finished_reason="abort" in /metrics). Bad input
+ * gets vLLM's JSON error and never affects other requests.
+ */
+import { randomBytes } from "node:crypto";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+import { LRUCache } from "lru-cache";
+import { z } from "zod";
+import { BodyTooLarge, readBody } from "../../common/http/read-body.js";
+import { describeZodError } from "../completion/openai-request.js";
+import { type PreparedCompletion, prepareCompletion } from "../completion/prepare-completion.js";
+import { runCompletion, wallClock } from "../completion/run-completion.js";
+import { sendError, sendJson } from "../completion/send-json.js";
+import { VllmError } from "../completion/vllm-error.js";
+import { type Clock, createRealClock } from "../engine/clock.js";
+import { createEngine, type Engine } from "../engine/engine.js";
+import { type EngineOptions, resolveEngineOptions } from "../engine/engine-options.js";
+import { createFaultDice, type FaultRates, parseFaultHeader, type RequestFault } from "../faults/faults.js";
+import { createReplicaMetrics } from "../metrics/vllm-metrics.js";
+
+/** How to start a simulated server. */
+export interface SimServerOptions {
+  /** The served model name. Required. */
+  model: string;
+  /** Listen address. Default "127.0.0.1". */
+  host?: string;
+  /** Listen port; 0 picks a free one. Default 0. */
+  port?: number;
+  /** Engine model parameters (see EngineOptions for the defaults and their sources). */
+  engine?: Partial<EngineOptions>;
+  /** /health answers 503 (and requests are refused) for this long after start, like a loading model. Default 0. */
+  startupDelayMs?: number;
+  /** Random fault rates. Default none. */
+  faults?: Partial<FaultRates>;
+  /** Seed of the fault dice. Default 1. */
+  seed?: number;
+  /** Largest request body accepted, in bytes; larger ones get 413. Default 32 MiB. */
+  maxBodyBytes?: number;
+  /** The clock; real time unless a test injects one. */
+  clock?: Clock;
+}
+
+/** A running simulated server. */
+export interface SimServer {
+  readonly model: string;
+  /** Base URL, e.g. http://127.0.0.1:8001 */
+  readonly url: string;
+  readonly port: number;
+  readonly engine: Engine;
+  /** The Prometheus text of /metrics. */
+  metricsText(): Promise<string>;
+  /** Stops listening, ends open connections (aborting their sequences) and resolves when closed. */
+  close(): Promise<void>;
+}
+
+const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
+const VERSION = "0.12.0+kinfer-sim";
+
+/** Starts a simulated server and resolves once it listens. Throws if an option is invalid. */
+export async function startSimServer(options: SimServerOptions): Promise<SimServer> {
+  const model = z.string().min(1).parse(options.model);
+  const clock = options.clock ?? createRealClock();
+  const metrics = createReplicaMetrics(model);
+  const engine = createEngine(resolveEngineOptions(options.engine), clock, metrics.observer);
+  metrics.bind(engine);
+  const dice = createFaultDice(options.faults ?? {}, options.seed ?? 1);
+  const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const readyAt = Date.now() + (options.startupDelayMs ?? 0);
+  const control = { healthy: true, draining: false };
+  const created = Math.floor(Date.now() / 1000);
+  /** Request id -> [arrived, first token written], wall-clock ms with sub-ms precision. */
+  const traces = new LRUCache<string, [number, number]>({ max: 50_000 });
+
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      // Only a bug reaches here; answer 500 without details and keep serving.
+      console.error("kinfer-sim: unexpected error", err);
+      if (!res.headersSent) sendJson(res, 500, new VllmError(500, "Internal server error").toJson());
+      else res.destroy();
+    });
+  });
+  server.keepAliveTimeout = 65_000;
+
+  function ready(): boolean {
+    return Date.now() >= readyAt && control.healthy && !control.draining;
+  }
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://sim");
+    const route = `${req.method} ${url.pathname}`;
+    switch (route) {
+      case "GET /health":
+        res.writeHead(ready() ? 200 : 503).end();
+        return;
+      case "GET /version":
+        return sendJson(res, 200, { version: VERSION });
+      case "GET /metrics":
+        res.writeHead(200, { "content-type": metrics.registry.contentType });
+        res.end(await metrics.registry.metrics());
+        return;
+      case "GET /v1/models":
+        return sendJson(res, 200, {
+          object: "list",
+          data: [
+            {
+              id: model,
+              object: "model",
+              created,
+              owned_by: "vllm",
+              root: model,
+              parent: null,
+              max_model_len: engine.options.maxModelLen,
+            },
+          ],
+        });
+      case "GET /sim/stats":
+        return sendJson(res, 200, {
+          ...engine.stats(),
+          healthy: control.healthy,
+          draining: control.draining,
+        });
+      case "GET /sim/traces":
+        return sendJson(res, 200, Object.fromEntries(traces.entries()));
+      case "GET /sim/faults":
+        return sendJson(res, 200, dice.rates());
+      case "POST /sim/faults":
+        return runControl(req, res, (body) => dice.setRates(body));
+      case "POST /sim/health":
+        return runControl(req, res, (body) => {
+          control.healthy = z.object({ healthy: z.boolean() }).strict().parse(body).healthy;
+          return control;
+        });
+      case "POST /sim/drain":
+        return runControl(req, res, (body) => {
+          control.draining = z.object({ draining: z.boolean() }).strict().parse(body).draining;
+          return control;
+        });
+      case "POST /sim/slowdown":
+        return runControl(req, res, (body) => {
+          const { factor } = z
+            .object({ factor: z.number().positive().max(1000) })
+            .strict()
+            .parse(body);
+          engine.setSlowdown(factor);
+          return { factor };
+        });
+      case "POST /v1/completions":
+      case "POST /v1/chat/completions":
+        return generate(req, res, url.pathname === "/v1/chat/completions");
+      default:
+        return sendJson(res, 404, { detail: "Not Found" });
+    }
+  }
+
+  /** Runs a /sim/ control: JSON body in, JSON state out, 400 with the reason on bad input. */
+  async function runControl(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    apply: (body: unknown) => unknown,
+  ) {
+    try {
+      const body = JSON.parse(await readBody(req, 64 * 1024)) as unknown;
+      sendJson(res, 200, apply(body));
+    } catch (err) {
+      const message = err instanceof z.ZodError ? describeZodError(err) : (err as Error).message;
+      sendJson(res, 400, new VllmError(400, message).toJson());
+    }
+  }
+
+  async function generate(req: http.IncomingMessage, res: http.ServerResponse, chat: boolean): Promise<void> {
+    const arrivedAt = wallClock();
+    const requestId = headerValue(req, "x-request-id") ?? randomBytes(16).toString("hex");
+    res.setHeader("x-request-id", requestId);
+    let fault: RequestFault;
+    try {
+      const header = headerValue(req, "x-sim-fault");
+      fault = header !== undefined ? parseFaultHeader(header) : dice.roll();
+    } catch (err) {
+      return sendError(res, new VllmError(400, (err as Error).message));
+    }
+    if (fault.refuse) {
+      req.socket.destroy();
+      return;
+    }
+    let bodyText: string;
+    try {
+      bodyText = await readBody(req, maxBodyBytes);
+    } catch (err) {
+      if (err instanceof BodyTooLarge) return sendError(res, new VllmError(413, err.message), true);
+      return; // the client went away while sending
+    }
+    if (Date.now() < readyAt || !control.healthy) {
+      return sendError(res, new VllmError(503, "The model is not ready"));
+    }
+    if (control.draining) return sendError(res, new VllmError(503, "The server is draining"));
+    if (fault.status !== undefined) {
+      if (fault.retryAfterSeconds !== undefined)
+        res.setHeader("retry-after", String(fault.retryAfterSeconds));
+      return sendError(res, new VllmError(fault.status, `Injected failure (status ${fault.status})`));
+    }
+
+    let prepared: PreparedCompletion;
+    try {
+      prepared = prepareCompletion(bodyText, chat, model, engine.options);
+    } catch (err) {
+      if (err instanceof VllmError) return sendError(res, err);
+      throw err;
+    }
+    runCompletion(req, res, prepared, {
+      engine,
+      model,
+      fault,
+      requestId,
+      clock,
+      onFirstToken: (firstTokenAt) => traces.set(requestId.slice(0, 128), [arrivedAt, firstTokenAt]),
+    });
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const { port } = server.address() as AddressInfo;
+  const host = options.host ?? "127.0.0.1";
+
+  return {
+    model,
+    url: `http://${host.includes(":") ? `[${host}]` : host}:${port}`,
+    port,
+    engine,
+    metricsText: () => metrics.registry.metrics(),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function headerValue(req: http.IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
