@@ -27,9 +27,9 @@ import { Agent, request } from "undici";
 import { createRng } from "../common/random.js";
 import { createClusterState } from "../scheduler/cluster/cluster-state.js";
 import { candidatePlacements, checkFit } from "../scheduler/cluster/fit.js";
+import { readPods } from "../scheduler/cluster/openb-trace.js";
 import { GPU_MILLI, GPU_MODELS_ANNOTATION, type PodRequest } from "../scheduler/cluster/pod-request.js";
 import type { PolicyName } from "../scheduler/policies/placement-policy.js";
-import { readPods } from "../scheduler/replay/trace.js";
 import { startSchedulerServer } from "../scheduler/scheduler-server.js";
 
 const NODES = 5000;
@@ -37,7 +37,7 @@ const PODS = 50_000;
 /** Of the pods in the cache, DaemonSet pods per node; the rest (30,000) come from the openb trace. */
 const DAEMON_PODS = 4;
 const MODELS = ["G2", "T4", "P100", "V100M32"];
-const TRACE = new URL("../../shared/data/openb/openb_pod_list_default.csv", import.meta.url).pathname;
+const TRACE = new URL("../data/openb/openb_pod_list_default.csv", import.meta.url).pathname;
 
 function pct(values: number[], p: number) {
   const s = [...values].sort((a, b) => a - b);

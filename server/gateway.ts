@@ -17,6 +17,7 @@ import { createHealthState, registerHealthService } from "../common/connect/heal
 import { registerReflectionService } from "../common/connect/reflection-service.js";
 import { type Listener, listen, type RequestHandler } from "../common/http/listener.js";
 import { createOpsRoutes } from "../common/http/ops-routes.js";
+import { createLogger, type Logger } from "../common/log/logger.js";
 import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/es/grpc/reflection/v1alpha/reflection_pb.js";
@@ -27,7 +28,6 @@ import { registerAdminService } from "./admin/admin-service.js";
 import type { GatewayConfig } from "./config/gateway-config.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { createStaticSource } from "./discovery/static-source.js";
-import { createLogger, type Logger } from "./log/logger.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics/gateway-metrics.js";
 import { createPipeline, type Pipeline } from "./pipeline/pipeline.js";
 import { registerInferenceService } from "./protocols/connect/inference-service.js";
@@ -85,7 +85,7 @@ const DESCRIPTORS: DescFile[] = [
 
 export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   let config = options.config;
-  const log = options.log ?? createLogger(config.logLevel);
+  const log = options.log ?? createLogger(config.logLevel, "kinfer-gateway", config.logFormat);
   const now = () => performance.now();
   const staticSource = createStaticSource(config);
   const endpoints = options.endpoints ?? staticSource;

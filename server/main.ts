@@ -8,13 +8,13 @@
  */
 import { parseArgs } from "node:util";
 import { KubeConfig } from "@kubernetes/client-node";
+import { createLogger } from "../common/log/logger.js";
 import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/program.js";
 import { ConfigError, loadGatewayConfig } from "./config/gateway-config.js";
 import { watchConfigFile } from "./config/watch-config.js";
 import { createKubeEndpointSource } from "./discovery/endpoint-slice-source.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { startGateway } from "./gateway.js";
-import { createLogger } from "./log/logger.js";
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -38,7 +38,7 @@ export async function main(argv: string[]): Promise<void> {
       throw new ConfigError(`--port: not a port: ${values.port}`);
     config = { ...config, listen: { ...config.listen, port } };
   }
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, "kinfer-gateway", config.logFormat);
   let endpoints: EndpointSource | undefined;
   if (config.discovery.source === "kubernetes") {
     const kc = new KubeConfig();

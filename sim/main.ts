@@ -1,10 +1,15 @@
 /**
- * kinfer-sim: runs simulated vLLM replicas on this machine.
+ * kinfer-sim: simulated vLLM servers on this machine, with vLLM's command line where it has one.
  *
+ *   kinfer-sim --port 8000 --model meta-llama/Meta-Llama-3-8B --served-model-name llama-3-8b
  *   kinfer-sim --replicas 3 --base-port 8001 --model llama-3-8b --model qwen-2.5-7b
  *
- * Every engine parameter and fault rate is a flag (`--help` lists them with their defaults). Bad flags
- * are reported by name and the process exits with status 2. SIGINT and SIGTERM close the replicas.
+ * One server, as `vllm serve` starts it: `--port` (and `--host`), `--model` (or the model as the first
+ * argument), `--served-model-name`, `--max-model-len`, `--max-num-seqs`, `--max-num-batched-tokens`,
+ * `--block-size`, `--[no-]enable-prefix-caching`. A fleet: several `--model`s, `--replicas` each, on
+ * consecutive ports from `--base-port`. Every engine parameter and fault rate is a flag (`--help` lists
+ * them with their defaults). Bad flags are reported by name and the process exits with status 2.
+ * SIGINT and SIGTERM close the servers.
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
@@ -13,48 +18,62 @@ import { defaultEngineOptions, type EngineOptions } from "./engine/engine-option
 import { type FaultRates, noFaults } from "./faults/faults.js";
 import { startFleet } from "./fleet.js";
 
-/** Engine option -> flag name. */
-const ENGINE_FLAGS: Record<Exclude<keyof EngineOptions, "enablePrefixCaching">, string> = {
-  maxNumSeqs: "max-num-seqs",
-  maxNumBatchedTokens: "max-num-batched-tokens",
-  blockSize: "block-size",
-  numGpuBlocks: "num-gpu-blocks",
-  maxModelLen: "max-model-len",
-  prefillOverheadMs: "prefill-overhead-ms",
-  prefillMsPerToken: "prefill-ms-per-token",
-  decodeBaseMs: "decode-base-ms",
-  decodeMsPerSeq: "decode-ms-per-seq",
-  meanOutputTokens: "mean-output-tokens",
-  slowdown: "slowdown",
+type NumericEngineOption = Exclude<keyof EngineOptions, "enablePrefixCaching">;
+
+/** Engine option -> flag name (vLLM's spelling where vLLM has the flag), argument and meaning. */
+const ENGINE_FLAGS: Record<NumericEngineOption, readonly [flag: string, arg: string, help: string]> = {
+  maxNumSeqs: ["max-num-seqs", "N", "most sequences in a batch (vLLM)"],
+  maxNumBatchedTokens: ["max-num-batched-tokens", "N", "token budget of one engine step (vLLM)"],
+  blockSize: ["block-size", "N", "tokens per KV-cache block (vLLM)"],
+  numGpuBlocks: ["num-gpu-blocks", "N", "KV-cache blocks (vLLM's --num-gpu-blocks-override)"],
+  maxModelLen: ["max-model-len", "N", "context length, prompt plus output (vLLM)"],
+  prefillOverheadMs: ["prefill-overhead-ms", "MS", "fixed cost of a step that starts prefills"],
+  prefillMsPerToken: ["prefill-ms-per-token", "MS", "prefill cost per uncached prompt token"],
+  decodeBaseMs: ["decode-base-ms", "MS", "fixed cost of an engine step"],
+  decodeMsPerSeq: ["decode-ms-per-seq", "MS", "cost per sequence in the batch per step"],
+  meanOutputTokens: ["mean-output-tokens", "N", "mean length of a reply that ends by itself"],
+  slowdown: ["slowdown", "F", "multiplies every step's duration"],
 };
 
-/** Fault rate -> flag name. */
-const FAULT_FLAGS: Record<keyof FaultRates, string> = {
-  refuse: "fault-refuse-rate",
-  status: "fault-status-rate",
-  statusCode: "fault-status-code",
-  errorMidStream: "fault-error-rate",
-  drop: "fault-drop-rate",
-  afterTokens: "fault-after-tokens",
-  stall: "fault-stall-rate",
-  stallMs: "fault-stall-ms",
-  stallAfterTokens: "fault-stall-after-tokens",
+/** Fault rate -> flag name, argument and meaning. */
+const FAULT_FLAGS: Record<keyof FaultRates, readonly [flag: string, arg: string, help: string]> = {
+  refuse: ["fault-refuse-rate", "P", "share of requests whose connection is reset"],
+  status: ["fault-status-rate", "P", "share answered --fault-status-code before the first token"],
+  statusCode: ["fault-status-code", "CODE", "the status of --fault-status-rate"],
+  errorMidStream: ["fault-error-rate", "P", "share that fail in-band after --fault-after-tokens"],
+  drop: ["fault-drop-rate", "P", "share whose connection drops after --fault-after-tokens"],
+  afterTokens: ["fault-after-tokens", "N", "tokens before an in-band error or a drop"],
+  stall: ["fault-stall-rate", "P", "share that stall for --fault-stall-ms"],
+  stallMs: ["fault-stall-ms", "MS", "how long a stall lasts"],
+  stallAfterTokens: ["fault-stall-after-tokens", "N", "tokens sent before a stall"],
 };
 
-const HELP = `kinfer-sim: simulated vLLM replicas (OpenAI API, vLLM metrics, batching and KV-cache model, faults)
+/** One help line: flag and argument, then the text, in aligned columns. */
+const line = (flag: string, text: string) => `  ${flag.padEnd(32)} ${text}`;
 
-  --model NAME              served model name; repeat for several models (default: llama-3-8b)
-  --replicas N              replicas per model (default 1)
-  --base-port PORT          first port, consecutive after it; 0 picks free ports (default 8001)
-  --host ADDR               listen address (default 127.0.0.1)
-  --startup-delay-ms MS     /health answers 503 for this long after start (default 0)
-  --seed N                  seed of the fault dice (default 1)
-  --no-prefix-caching       disable prefix caching
+const HELP = `kinfer-sim: simulated vLLM servers (OpenAI API, vLLM metrics, batching and KV-cache model, faults)
+
+usage: kinfer-sim [MODEL] [--port PORT] [--served-model-name NAME] [options]     one server, as vllm serve
+       kinfer-sim --model NAME [--model NAME ...] --replicas N --base-port PORT  a fleet
+
+${line("--model NAME", "model; repeat for several (default: llama-3-8b)")}
+${line("--served-model-name NAME", "the name clients use (default: the model); one server only")}
+${line("--port PORT", "one server on this port (vLLM); 0 picks a free port")}
+${line("--replicas N", "servers per model, for a fleet (default 1)")}
+${line("--base-port PORT", "a fleet's first port, consecutive after it (default 8001)")}
+${line("--host ADDR", "listen address (default 127.0.0.1)")}
+${line("--startup-delay-ms MS", "/health answers 503 for this long after start (default 0)")}
+${line("--seed N", "seed of the fault dice (default 1)")}
+${line("--[no-]enable-prefix-caching", "keep finished prompts' KV blocks for reuse (default on)")}
 ${Object.entries(ENGINE_FLAGS)
-  .map(([key, flag]) => `  --${flag.padEnd(24)}default ${defaultEngineOptions[key as keyof EngineOptions]}`)
+  .map(([key, [flag, arg, help]]) =>
+    line(`--${flag} ${arg}`, `${help} (default ${defaultEngineOptions[key as NumericEngineOption]})`),
+  )
   .join("\n")}
 ${Object.entries(FAULT_FLAGS)
-  .map(([key, flag]) => `  --${flag.padEnd(24)}default ${noFaults[key as keyof FaultRates]}`)
+  .map(([key, [flag, arg, help]]) =>
+    line(`--${flag} ${arg}`, `${help} (default ${noFaults[key as keyof FaultRates]})`),
+  )
   .join("\n")}
 `;
 
@@ -68,17 +87,22 @@ function numberFlag(flag: string, value: string | undefined): number | undefined
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const numeric = [...Object.values(ENGINE_FLAGS), ...Object.values(FAULT_FLAGS)];
-  const { values } = parseArgs({
+  const numeric = [...Object.values(ENGINE_FLAGS), ...Object.values(FAULT_FLAGS)].map(([flag]) => flag);
+  const { values, positionals } = parseArgs({
     args: argv,
     strict: true,
+    allowPositionals: true,
     options: {
       model: { type: "string", multiple: true },
+      "served-model-name": { type: "string" },
+      port: { type: "string" },
       replicas: { type: "string" },
       "base-port": { type: "string" },
       host: { type: "string" },
       "startup-delay-ms": { type: "string" },
       seed: { type: "string" },
+      "enable-prefix-caching": { type: "boolean" },
+      "no-enable-prefix-caching": { type: "boolean" },
       "no-prefix-caching": { type: "boolean" },
       help: { type: "boolean", short: "h" },
       ...Object.fromEntries(numeric.map((f) => [f, { type: "string" as const }])),
@@ -90,20 +114,33 @@ export async function main(argv: string[]): Promise<void> {
   }
   const flag = (name: string) => (values as Record<string, string | undefined>)[name];
   const engine: Partial<EngineOptions> = {};
-  for (const [key, name] of Object.entries(ENGINE_FLAGS)) {
+  for (const [key, [name]] of Object.entries(ENGINE_FLAGS)) {
     const n = numberFlag(name, flag(name));
     if (n !== undefined) (engine as Record<string, number>)[key] = n;
   }
-  if (values["no-prefix-caching"]) engine.enablePrefixCaching = false;
+  if (values["no-prefix-caching"] || values["no-enable-prefix-caching"]) engine.enablePrefixCaching = false;
   const faults: Partial<FaultRates> = {};
-  for (const [key, name] of Object.entries(FAULT_FLAGS)) {
+  for (const [key, [name]] of Object.entries(FAULT_FLAGS)) {
     const n = numberFlag(name, flag(name));
     if (n !== undefined) (faults as Record<string, number>)[key] = n;
   }
+  if (positionals.length > 1) throw new Error(`one model as an argument, got: ${positionals.join(" ")}`);
+  const models = [...positionals, ...(values.model ?? [])];
+  const servedName = values["served-model-name"];
+  const single = values.port !== undefined || servedName !== undefined;
+  if (single) {
+    // One server, as `vllm serve MODEL --port PORT --served-model-name NAME` starts it.
+    if (models.length > 1)
+      throw new Error("--port and --served-model-name start one server: give one --model");
+    if (values.replicas !== undefined || values["base-port"] !== undefined)
+      throw new Error("--port starts one server; --replicas and --base-port are for a fleet");
+  }
   const fleet = await startFleet({
-    models: values.model ?? ["llama-3-8b"],
-    replicas: numberFlag("replicas", values.replicas) ?? 1,
-    basePort: numberFlag("base-port", values["base-port"]) ?? 8001,
+    models: single ? [servedName ?? models[0] ?? "llama-3-8b"] : models.length > 0 ? models : ["llama-3-8b"],
+    replicas: single ? 1 : (numberFlag("replicas", values.replicas) ?? 1),
+    basePort: single
+      ? (numberFlag("port", values.port) ?? 8000)
+      : (numberFlag("base-port", values["base-port"]) ?? 8001),
     host: values.host ?? "127.0.0.1",
     engine,
     faults,
@@ -122,7 +159,7 @@ function explain(err: unknown): string {
       .map((issue) => {
         const key = String(issue.path[0] ?? "");
         const name =
-          ENGINE_FLAGS[key as keyof typeof ENGINE_FLAGS] ?? FAULT_FLAGS[key as keyof FaultRates] ?? key;
+          ENGINE_FLAGS[key as NumericEngineOption]?.[0] ?? FAULT_FLAGS[key as keyof FaultRates]?.[0] ?? key;
         return `--${name}: ${issue.message}`;
       })
       .join("\n");

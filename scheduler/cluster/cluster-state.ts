@@ -1,7 +1,7 @@
 /**
  * The scheduler's cache of the cluster: GPU nodes and the pods that hold resources on them, with
- * device-level accounting. Fed by the Kubernetes informers in production (kube-cluster-source.ts) and directly by
- * tests; nothing here talks to the API server.
+ * device-level accounting. Fed by the Kubernetes informers in production (kube-cluster-source.ts), by a
+ * file on a laptop (local-cluster-source.ts) and directly by tests; nothing here talks to the API server.
  *
  * Invariants: a GPU's allocated share never exceeds 1000 and a node's CPU and memory are never
  * over-committed. A pod bound by this scheduler carries its devices in the kinfer.io/gpu-devices
@@ -65,6 +65,11 @@ export interface ClusterState {
   assume(pod: PlacedPod, devices: readonly DeviceShare[], ttlMs: number): void;
   /** Drops the pod's placement if it is still only assumed (a reservation); true if there was one. */
   unassume(uid: string): boolean;
+  /**
+   * Makes an assumed placement on `node` final, as seeing the pod bound there would (the local cluster's
+   * bind); false if the pod holds nothing on that node.
+   */
+  confirm(uid: string, node: string): boolean;
   /** Drops expired assumptions; returns how many. */
   expireAssumed(): number;
   /** The devices a pod holds. */
@@ -195,6 +200,12 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
     unassume(uid) {
       if (holdings.get(uid)?.assumedUntil === undefined) return false;
       unplace(uid);
+      return true;
+    },
+    confirm(uid, node) {
+      const h = holdings.get(uid);
+      if (h === undefined || h.pod.node !== node) return false;
+      h.assumedUntil = undefined;
       return true;
     },
     expireAssumed() {

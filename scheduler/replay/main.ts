@@ -14,10 +14,10 @@ import { isEntryPoint, runProgram } from "../../common/process/program.js";
 import { createRng } from "../../common/random.js";
 import { candidatePlacements, checkFit } from "../cluster/fit.js";
 import { allocate, createGpuNode } from "../cluster/gpu-node.js";
+import { readNodes, readPods, type TraceNode } from "../cluster/openb-trace.js";
 import { gpuMilliOf } from "../cluster/pod-request.js";
 import { POLICY_NAMES, type PolicyName } from "../policies/placement-policy.js";
 import { type ReplayRun, replayOnce, resample } from "./replay.js";
-import { readNodes, readPods, type TraceNode } from "./trace.js";
 
 /** The paper's Random baseline: a random node that fits, a random placement on it. */
 function replayRandom(

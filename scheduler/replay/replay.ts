@@ -9,11 +9,11 @@
 
 import { createRng } from "../../common/random.js";
 import { allocate, createGpuNode, type GpuNode } from "../cluster/gpu-node.js";
+import type { TraceNode } from "../cluster/openb-trace.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
 import { createPlacementCache } from "../placement/placement-cache.js";
 import type { PolicyName } from "../policies/placement-policy.js";
 import { createPolicy } from "../policies/policies.js";
-import type { TraceNode } from "./trace.js";
 
 export interface ReplayRun {
   /** ratio[d] = allocated GPU / total GPU once d% of capacity had arrived (d = 0..demand). */

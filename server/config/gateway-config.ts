@@ -250,8 +250,10 @@ export const gatewayConfigSchema = z
       })
       .strict()
       .prefault({}),
-    /** debug, info, warn or error. Default info. */
+    /** debug, info, warn, error or silent. Default info (a line per request). */
     logLevel: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
+    /** json (one object per line, for log collectors) or text (one readable line, for a terminal). Default json. */
+    logFormat: z.enum(["json", "text"]).default("json"),
     models: z.array(modelSchema).default([]),
   })
   .strict()

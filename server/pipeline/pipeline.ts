@@ -6,10 +6,10 @@
  * the request ends: normally, with an error, or because the client stopped reading.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { Logger } from "../../common/log/logger.js";
 import { ErrorReason } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import type { GatewayConfig } from "../config/gateway-config.js";
 import { gatewayError, toClientError } from "../errors/gateway-error.js";
-import type { Logger } from "../log/logger.js";
 import type { GatewayMetrics } from "../metrics/gateway-metrics.js";
 import { type RelayDeps, type RelayTrace, relay } from "../relay/relay.js";
 import type { InferenceEvent, InferenceRequest } from "../request/inference-request.js";

@@ -1,8 +1,8 @@
 /**
  * deploy/ rendered and checked offline: every object validates against its schema (kubernetes-models,
  * @kubernetes-models/prometheus-operator and /keda; Flagger's kinds against the CRD in
- * ../shared/data/crds/flagger.yaml with ajv, unknown fields rejected), and lint rules catch the mistakes
- * that fail silently in a cluster (../shared/reference/kubernetes-ops.md): HPAs on metrics no API serves,
+ * Flagger's CRD (from its Go module, test/k8s/build.sh) with ajv, unknown fields rejected), and lint rules catch the mistakes
+ * that fail silently in a cluster: HPAs on metrics no API serves,
  * underscore vLLM names in PromQL, Flagger metrics without templates, GPU Deployments without a startup
  * probe, /dev/shm or the GPU scheduler. The same objects pass a server-side dry run in
  * test/k8s/deploy-dry-run.test.ts, and their PromQL runs on a real Prometheus in prometheus.test.ts.
@@ -14,6 +14,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { parseGatewayConfig } from "../../server/config/gateway-config.js";
 import { type KubeObject, kustomizations, promqlExpressions, render, root } from "../helpers/deploy.js";
+import { controlPlaneBinaries } from "../k8s/control-plane.js";
 
 const GPU = "nvidia.com/gpu";
 let objects: KubeObject[] = [];
@@ -80,9 +81,9 @@ describe("schemas", () => {
   });
 
   it("Flagger objects validate against Flagger's CRD schemas, unknown fields rejected", () => {
-    const crds = parseAllDocuments(readFileSync(join(root, "../shared/data/crds/flagger.yaml"), "utf8")).map(
-      (d) => d.toJS(),
-    );
+    const crds = parseAllDocuments(
+      readFileSync(join(controlPlaneBinaries(), "crds/flagger.app_crds.yaml"), "utf8"),
+    ).map((d) => d.toJS());
     const ajv = new Ajv({ strict: false, allErrors: true, validateFormats: false });
     /** additionalProperties: false wherever the schema lists properties and says nothing else. */
     const closed = (schema: Record<string, unknown>): Record<string, unknown> => {

@@ -14,10 +14,15 @@ export interface SimProcess {
   stop(): Promise<void>;
 }
 
-export async function startSimProcess(args: readonly string[], timeoutMs = 20_000): Promise<SimProcess> {
+/** Starts kinfer-sim with `args`; a fleet on free ports unless `fleet` is false (then args say where). */
+export async function startSimProcess(
+  args: readonly string[],
+  timeoutMs = 20_000,
+  fleet = true,
+): Promise<SimProcess> {
   const child: ChildProcess = spawn(
     process.execPath,
-    ["--import", "tsx", "sim/main.ts", "--base-port", "0", ...args],
+    ["--import", "tsx", "sim/main.ts", ...(fleet ? ["--base-port", "0"] : []), ...args],
     {
       cwd: root,
       stdio: ["ignore", "pipe", "pipe"],

@@ -2,7 +2,7 @@
 # Builds the Kubernetes control plane for the tests, once, into a cache outside the repository:
 #   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/{kube-apiserver,kube-scheduler,kubectl,etcd}
 # from the Go modules pinned in test/k8s/control-plane and test/k8s/etcd, and copies the CRDs that deploy/
-# needs (prometheus-operator's and KEDA's, from the modules pinned in test/k8s/crds) into crds/ there.
+# needs (prometheus-operator's, KEDA's and Flagger's, from the modules pinned in test/k8s/crds) into crds/ there.
 # Prints the directory.
 # The first build downloads the modules and compiles for several minutes; later runs return at once.
 set -euo pipefail
@@ -24,10 +24,11 @@ fi
 if [[ ! -x "$out/etcd" ]]; then
   (cd "$here/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd" .) >&2
 fi
-# CRDs: the modules carry their YAML; ServiceMonitor, PodMonitor, PrometheusRule and ScaledObject are used.
+# CRDs: the modules carry their YAML; ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject,
+# TriggerAuthentication and Flagger's (Canary, MetricTemplate, AlertProvider, in one file) are used.
 crds="$out/crds-$(sha256sum "$here/crds/go.sum" | cut -c1-12)"
 if [[ ! -d "$crds" ]]; then
-  dirs="$(cd "$here/crds" && go mod download -json github.com/prometheus-operator/prometheus-operator github.com/kedacore/keda/v2 |
+  dirs="$(cd "$here/crds" && go mod download -json github.com/prometheus-operator/prometheus-operator github.com/kedacore/keda/v2 github.com/fluxcd/flagger |
     awk -F'"' '$2 == "Dir" { print $4 }')"
   mkdir -p "$crds.tmp"
   for dir in $dirs; do
@@ -35,9 +36,10 @@ if [[ ! -d "$crds" ]]; then
       "$dir"/config/crd/bases/keda.sh_{scaledobjects,triggerauthentications}.yaml; do
       [[ -f "$f" ]] && cp "$f" "$crds.tmp/"
     done
+    [[ -f "$dir/artifacts/flagger/crd.yaml" ]] && cp "$dir/artifacts/flagger/crd.yaml" "$crds.tmp/flagger.app_crds.yaml"
   done
-  if [[ "$(ls "$crds.tmp" | wc -l)" -ne 5 ]]; then
-    echo "build.sh: expected 5 CRD files, got: $(ls "$crds.tmp")" >&2
+  if [[ "$(ls "$crds.tmp" | wc -l)" -ne 6 ]]; then
+    echo "build.sh: expected 6 CRD files, got: $(ls "$crds.tmp")" >&2
     exit 1
   fi
   mv "$crds.tmp" "$crds"

@@ -2,8 +2,7 @@
  * Every kustomization under deploy/ that renders objects is applied with `kubectl apply --dry-run=server
  * --validate=strict` against the real apiserver: the strongest check that the manifests are valid objects
  * for this Kubernetes version, with unknown fields rejected. The CRDs they use are installed first:
- * prometheus-operator's and KEDA's (fetched from their Go modules by test/k8s/build.sh) and Flagger's
- * (../shared/data/crds/flagger.yaml).
+ * prometheus-operator's, KEDA's and Flagger's, fetched from their Go modules by test/k8s/build.sh.
  */
 import { execFileSync } from "node:child_process";
 import { readdirSync } from "node:fs";
@@ -19,10 +18,7 @@ const kubectl = (args: string[], input?: string) =>
     stdio: ["pipe", "pipe", "pipe"],
   });
 
-const CRDS = [
-  join(root, "../shared/data/crds/flagger.yaml"),
-  ...readdirSync(join(k8s.bin, "crds")).map((f) => join(k8s.bin, "crds", f)),
-];
+const CRDS = readdirSync(join(k8s.bin, "crds")).map((f) => join(k8s.bin, "crds", f));
 
 beforeAll(() => {
   for (const file of CRDS) kubectl(["apply", "--server-side", "-f", file]);

@@ -5,10 +5,10 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { readNodes, readPods } from "../../../scheduler/cluster/openb-trace.js";
 import { replayOnce } from "../../../scheduler/replay/replay.js";
-import { readNodes, readPods } from "../../../scheduler/replay/trace.js";
 
-const data = new URL("../../../../shared/data/openb/", import.meta.url).pathname;
+const data = new URL("../../../data/openb/", import.meta.url).pathname;
 const nodes = readNodes(`${data}openb_node_list_gpu_node.csv`).slice(0, 120);
 const pods = readPods(`${data}openb_pod_list_default.csv`).slice(0, 800);
 

@@ -1,9 +1,9 @@
 /**
- * Reads the openb trace files (../shared/data/openb): nodes `sn,cpu_milli,memory_mib,gpu,model` and pods
+ * Reads the openb trace files (data/openb): nodes `sn,cpu_milli,memory_mib,gpu,model` and pods
  * `name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,...]`, validating every row.
  */
 import { readFileSync } from "node:fs";
-import type { PodRequest } from "../cluster/pod-request.js";
+import type { PodRequest } from "./pod-request.js";
 
 export interface TraceNode {
   readonly name: string;
