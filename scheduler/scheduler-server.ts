@@ -8,7 +8,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { createHealthState, registerHealthService } from "../common/connect/health-service.js";
 import { registerReflectionService } from "../common/connect/reflection-service.js";
-import { type Listener, listen } from "../common/http/listener.js";
+import { DEFAULT_CONNECTION_LIMITS, type Listener, listen } from "../common/http/listener.js";
 import { createOpsRoutes } from "../common/http/ops-routes.js";
 import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
@@ -150,7 +150,7 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
   expire.unref();
 
   const listener: Listener = await listen(
-    { host: options.host, port: options.port, maxConcurrentStreams: 1000 },
+    { host: options.host, port: options.port, maxConcurrentStreams: 1000, limits: DEFAULT_CONNECTION_LIMITS },
     (req, res) => {
       if (ops(req, res)) return;
       if (extender(req, res)) return;

@@ -30,7 +30,7 @@ import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { createStaticSource } from "./discovery/static-source.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics/gateway-metrics.js";
 import { createPipeline, type Pipeline } from "./pipeline/pipeline.js";
-import { registerInferenceService } from "./protocols/connect/inference-service.js";
+import { inferenceContextValues, registerInferenceService } from "./protocols/connect/inference-service.js";
 import { createCorsHandler } from "./protocols/cors.js";
 import { createOpenAiRoutes } from "./protocols/openai/openai-routes.js";
 import { createRetryBudget } from "./relay/retry-budget.js";
@@ -49,6 +49,22 @@ export interface GatewayOptions {
   endpoints?: EndpointSource;
   /** Default: JSON logs on stdout at config.logLevel. */
   log?: Logger;
+}
+
+/** What the gateway holds for requests right now: all zero when it is idle. */
+export interface GatewayActivity {
+  /** Requests in the pipeline. */
+  readonly inFlight: number;
+  /** Requests accepted and ended since start (equal when idle: every request ended exactly once). */
+  readonly accepted: number;
+  readonly ended: number;
+  /** Upstream requests open on replicas, summed over replicas. */
+  readonly upstreamInFlight: number;
+  /** Requests counted against the retry budget. */
+  readonly retryBudgetInFlight: number;
+  /** Tenants' open streams and reserved tokens (0 without API keys). */
+  readonly tenantStreams: number;
+  readonly reservedTokens: number;
 }
 
 export interface Gateway {
@@ -71,6 +87,10 @@ export interface Gateway {
   close(): Promise<void>;
   /** The admin API's URL, when it is enabled. */
   readonly adminUrl: string | undefined;
+  /** What is held for requests now (tests assert it returns to zero after hostile clients). */
+  activity(): GatewayActivity;
+  /** Connections open on the public port. */
+  readonly connections: number;
 }
 
 const SERVICES = ["kinfer.inference.v1.InferenceService", "grpc.health.v1.Health"];
@@ -128,10 +148,11 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const configureRollouts = (c: GatewayConfig) =>
     rollouts.configure(new Map(c.models.flatMap((m) => (m.rollout ? [[m.name, m.rollout] as const] : []))));
   configureRollouts(config);
+  const admitter = keys !== undefined ? createAdmitter(keys, metrics.tenants, now) : undefined;
   const pipeline = createPipeline({
     config: () => config,
     onRequestEnd: rollouts.observe,
-    admitter: keys !== undefined ? createAdmitter(keys, metrics.tenants, now) : undefined,
+    admitter,
     table,
     metrics,
     log,
@@ -175,6 +196,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   };
   const connect = connectNodeAdapter({
     routes,
+    contextValues: inferenceContextValues,
     readMaxBytes: config.limits.maxRequestBytes,
     writeMaxBytes: config.limits.maxResponseBytes,
     maxTimeoutMs: config.limits.maxTimeoutMs,
@@ -202,6 +224,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       port: config.listen.port,
       tls: config.listen.tls,
       maxConcurrentStreams: config.limits.maxConcurrentStreams,
+      limits: config.connections,
     },
     handler,
   );
@@ -221,7 +244,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       shutdownSignal: shutdown.signal,
     });
     admin = await listen(
-      { host: config.admin.host, port: config.admin.port, tls: config.admin.tls, maxConcurrentStreams: 100 },
+      {
+        host: config.admin.host,
+        port: config.admin.port,
+        tls: config.admin.tls,
+        maxConcurrentStreams: 100,
+        limits: config.connections,
+      },
       (req, res) => adminHandler(req as never, res as never),
     );
     log.info({ url: admin.url }, "admin API listening");
@@ -254,6 +283,21 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     table,
     metrics,
     pipeline,
+    activity() {
+      const tenants = admitter?.activity() ?? { streams: 0, reservedTokens: 0 };
+      return {
+        inFlight: pipeline.inFlight,
+        accepted: pipeline.counts.accepted,
+        ended: pipeline.counts.ended,
+        upstreamInFlight: table.replicas().reduce((n, r) => n + r.inFlight, 0),
+        retryBudgetInFlight: retryBudget.inFlight,
+        tenantStreams: tenants.streams,
+        reservedTokens: tenants.reservedTokens,
+      };
+    },
+    get connections() {
+      return listener.connections;
+    },
     applyConfig(next) {
       config = next;
       staticSource.update(next);

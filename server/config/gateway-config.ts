@@ -132,14 +132,43 @@ export const gatewayConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * What one client connection may hold (common/http/listener.ts), on the public and admin ports: a
+     * careless or hostile client (slowloris, idle sessions, huge metadata) is cut at these bounds.
+     */
+    connections: z
+      .object({
+        /** Time to send a request head (HTTP/1.1) or the HTTP/2 preface and a first stream. Default 10 s. */
+        headersTimeoutMs: ms(3_600_000).min(100).default(10_000),
+        /** Time a request has to send its whole body; then 408 (OpenAI) or the stream is reset. Default 30 s. */
+        bodyTimeoutMs: ms(3_600_000).min(100).default(30_000),
+        /** An HTTP/1.1 keep-alive connection or HTTP/2 session with no request open closes after this. Default 65 s. */
+        idleTimeoutMs: ms(3_600_000).min(100).default(65_000),
+        /** Connections open at once per port; more are refused. Default 10,000. */
+        maxConnections: z.number().int().positive().max(1_000_000).default(10_000),
+        /** Largest request head or HTTP/2 header list, in bytes. Default 32 KiB. */
+        maxHeaderBytes: z
+          .number()
+          .int()
+          .min(4096)
+          .max(16 * 1024 * 1024)
+          .default(32 * 1024),
+      })
+      .strict()
+      .prefault({}),
     timeouts: z
       .object({
         /** Connecting to a replica. Default 2 s. */
         connectMs: ms().default(2000),
         /** From sending a request to its first token (per attempt). Default 60 s. */
         firstTokenMs: ms().default(60_000),
-        /** Between two tokens. Default 30 s. */
+        /** Between two tokens, counted only while the gateway waits on the replica. Default 30 s. */
         interTokenMs: ms().default(30_000),
+        /**
+         * A client that reads nothing for this long while its stream has a token waiting is cancelled (a
+         * slow reader holds a replica's sequence, but is never blamed on the replica). Default 60 s.
+         */
+        slowReaderMs: ms().min(100).default(60_000),
         /** On SIGTERM, how long in-flight streams may finish before they are cut. Default 30 s. */
         drainMs: ms().default(30_000),
       })

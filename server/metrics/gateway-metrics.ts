@@ -22,13 +22,16 @@ export function codeName(code: Code | undefined): string {
 
 export interface GatewayMetrics {
   readonly registry: Registry;
+  /** A request for a configured model began (after validation). */
   requestStarted(model: string): void;
+  /** A request ended; `started` says whether requestStarted was called for it. */
   requestEnded(
     model: string,
     version: string,
     protocol: Protocol,
     code: Code | undefined,
     seconds: number,
+    started: boolean,
   ): void;
   firstToken(model: string, version: string, seconds: number): void;
   /** An observer of one stream's inter-token gaps, its labels resolved once (it runs for every token). */
@@ -200,8 +203,8 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
       tokens: (tenant, n) => tenantTokens.inc({ tenant }, n),
     },
     requestStarted: (model) => inFlight.inc({ model }),
-    requestEnded(model, version, protocol, code, seconds) {
-      inFlight.dec({ model });
+    requestEnded(model, version, protocol, code, seconds, started) {
+      if (started) inFlight.dec({ model });
       requests.inc({ model, version, protocol, code: codeName(code) });
       duration.observe({ model, version, protocol }, seconds);
     },

@@ -2,8 +2,14 @@
  * The one request path: authenticate (API key, when keys are configured), admit (gateway capacity),
  * validate, admit under the key's limits, route and relay, account. Every protocol
  * adapter calls `run` and renders the events it yields; every error it throws is a client-safe
- * ConnectError (gateway-error.ts). Accounting (metrics, the request log line) happens here, once, however
- * the request ends: normally, with an error, or because the client stopped reading.
+ * ConnectError (gateway-error.ts).
+ *
+ * Every request ends exactly once, whatever the client does: accounting (in-flight counts, the tenant's
+ * streams and token reservation, metrics, the request log line) happens in one `finally`, however the
+ * request ends: normally, with an error, cancelled by the client (the adapter returns the generator), or
+ * cut because the client stopped reading (timeouts.slowReaderMs: the upstream request is aborted, the
+ * replica is not blamed, and the adapter closes the client's stream). Only validated model names become
+ * metric labels; anything else is counted as "unknown", so unauthenticated callers cannot choose labels.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "../../common/log/logger.js";
@@ -16,6 +22,42 @@ import type { InferenceEvent, InferenceRequest } from "../request/inference-requ
 import { validateRequest } from "../request/validate-request.js";
 import type { RoutingTable } from "../routing/routing-table.js";
 import type { Admission, Admitter } from "../tenants/admission.js";
+
+/** Longest model name a log line repeats from a request that named no configured model. */
+const MAX_LOGGED_MODEL = 256;
+
+/**
+ * Watches one request's consumer: `yielded` when an event is handed over, `resumed` when the consumer
+ * pulls the next one. If it holds an event for `limitMs` (a client that stopped reading, its socket
+ * buffers full), `onStall` fires once. One lazily re-armed timer per request, not one per token.
+ */
+function createSlowReaderWatch(limitMs: number, now: () => number, onStall: () => void) {
+  let heldSince: number | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let fired = false;
+  const check = () => {
+    timer = undefined;
+    if (fired || heldSince === undefined) return;
+    const held = now() - heldSince;
+    if (held >= limitMs) {
+      fired = true;
+      onStall();
+    } else timer = setTimeout(check, limitMs - held);
+  };
+  return {
+    yielded() {
+      heldSince = now();
+      if (timer === undefined && !fired) timer = setTimeout(check, limitMs);
+    },
+    resumed() {
+      heldSince = undefined;
+    },
+    stop() {
+      clearTimeout(timer);
+      fired = true;
+    },
+  };
+}
 
 /** Milliseconds to the microsecond. */
 const micro = (ms: number) => Math.round(ms * 1000) / 1000;
@@ -47,6 +89,8 @@ export interface Pipeline {
   run(req: InferenceRequest): AsyncGenerator<InferenceEvent>;
   /** Requests being served now. */
   readonly inFlight: number;
+  /** Requests accepted and requests ended since start: equal whenever nothing is in flight. */
+  readonly counts: { readonly accepted: number; readonly ended: number };
   /**
    * Which models a caller may list: every model without API keys; with keys, those of its key (throws
    * UNAUTHENTICATED for a missing or invalid key).
@@ -61,15 +105,21 @@ function abortError(reason: unknown): ConnectError {
     : new ConnectError("the request was cancelled", Code.Canceled);
 }
 
+/** Label of the request metrics for a request whose model was not validated (unknown, or never read). */
+export const UNKNOWN_MODEL = "unknown";
+
 export function createPipeline(deps: PipelineDeps): Pipeline {
   let inFlight = 0;
+  let accepted = 0;
+  let ended = 0;
 
   async function* run(req: InferenceRequest): AsyncGenerator<InferenceEvent> {
     const acceptedAt = deps.now();
     const config = deps.config();
     const trace: RelayTrace = { version: "", replica: "", attempts: 0 };
     let code: Code | undefined = Code.Canceled; // until proven otherwise: a consumer that stops early cancelled
-    let modelName = req.model;
+    /** The model's name once validated: only configured names become metric labels. */
+    let model: string | undefined;
     let firstTokenAt: number | undefined;
     let lastTokenAt = 0;
     let observeInterToken: ((seconds: number) => void) | undefined;
@@ -78,60 +128,26 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     let streamedTokens = 0;
     let admission: Admission | undefined;
     let promptEstimate = 0;
+    // The request's own signal: the client's, or the slow-reader watchdog's (which also cuts the client).
+    const watchdog = new AbortController();
+    const signal = AbortSignal.any([req.signal, watchdog.signal]);
+    const slowReader = createSlowReaderWatch(config.timeouts.slowReaderMs, deps.now, () => {
+      watchdog.abort(new ConnectError("the client stopped reading", Code.Canceled));
+      req.onSlowReader?.();
+    });
     inFlight++;
-    deps.metrics.requestStarted(modelName);
+    accepted++;
     const leave = deps.relay.retryBudget.enter();
-    try {
-      // Who is calling comes first: a caller without a valid key learns nothing else.
-      const key = deps.admitter?.authenticate(req.credential);
-      if (inFlight > config.limits.maxInFlight) {
-        throw gatewayError(
-          Code.ResourceExhausted,
-          ErrorReason.OVERLOADED,
-          "the gateway is at capacity",
-          1000,
-        );
-      }
-      const model = validateRequest(req, deps.table, config);
-      modelName = model.name;
-      if (key !== undefined) {
-        promptEstimate = Math.ceil(promptChars(req) / 4);
-        const maxTokens = req.sampling.maxTokens ?? config.limits.defaultMaxTokens;
-        admission = deps.admitter?.admit(key, model.name, promptEstimate + maxTokens);
-      }
-      for await (const event of relay(req, model, deps.relay, acceptedAt, trace)) {
-        if (event.type === "delta") {
-          streamedTokens += event.tokenCount;
-          const t = deps.now();
-          if (observeInterToken !== undefined) observeInterToken((t - lastTokenAt) / 1000);
-          else {
-            firstTokenAt = t;
-            deps.metrics.firstToken(model.name, trace.version, (t - acceptedAt) / 1000);
-            observeInterToken = deps.metrics.interTokenObserver(model.name, trace.version);
-          }
-          lastTokenAt = t;
-        } else if (event.type === "finish") {
-          promptTokens = event.usage.promptTokens;
-          completionTokens = event.usage.completionTokens;
-          deps.metrics.tokens(
-            model.name,
-            trace.version,
-            promptTokens,
-            completionTokens,
-            event.usage.cachedTokens,
-          );
-          code = undefined;
-        }
-        yield event;
-      }
-    } catch (err) {
-      const clientError = req.signal.aborted ? abortError(req.signal.reason) : toClientError(err);
-      code = clientError.code;
-      if (clientError.code === Code.Internal)
-        deps.log.error({ err, requestId: req.requestId }, "internal error");
-      throw clientError;
-    } finally {
+
+    /** Accounting, exactly once: from the finally below, or from an abort while the consumer holds an event. */
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      slowReader.stop();
+      signal.removeEventListener("abort", onAbortWhileHeld);
       inFlight--;
+      ended++;
       leave();
       // Charge what the request used: its usage, or for a stream cut short, its prompt (estimated) and
       // the tokens it received; nothing if no token was generated.
@@ -143,10 +159,17 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
             : 0,
       );
       const totalMs = deps.now() - acceptedAt;
-      deps.metrics.requestEnded(modelName, trace.version, req.protocol, code, totalMs / 1000);
-      if (trace.version !== "")
+      deps.metrics.requestEnded(
+        model ?? UNKNOWN_MODEL,
+        trace.version,
+        req.protocol,
+        code,
+        totalMs / 1000,
+        model !== undefined,
+      );
+      if (trace.version !== "" && model !== undefined)
         deps.onRequestEnd?.(
-          modelName,
+          model,
           trace.version,
           code,
           firstTokenAt === undefined ? undefined : firstTokenAt - acceptedAt,
@@ -155,7 +178,8 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
         {
           requestId: req.requestId,
           protocol: req.protocol,
-          model: modelName,
+          // What the client asked for, cut to a length a log line can carry.
+          model: model ?? req.model.slice(0, MAX_LOGGED_MODEL),
           version: trace.version,
           replica: trace.replica,
           attempts: trace.attempts,
@@ -170,6 +194,81 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
         },
         "request",
       );
+    };
+    /**
+     * While the consumer holds an event this generator cannot run, and a consumer stuck on a write to a
+     * dead connection may never pull again. An abort then ends the request from here: the relay is
+     * returned (its replica slot and upstream request released) and the request accounted.
+     */
+    let relayed: AsyncGenerator<InferenceEvent> | undefined;
+    let held = false;
+    const onAbortWhileHeld = () => {
+      if (!held) return; // running code sees the abort itself
+      relayed?.return(undefined).catch(() => {});
+      finish();
+    };
+    signal.addEventListener("abort", onAbortWhileHeld);
+
+    try {
+      // Who is calling comes first: a caller without a valid key learns nothing else.
+      const key = deps.admitter?.authenticate(req.credential);
+      if (inFlight > config.limits.maxInFlight) {
+        throw gatewayError(
+          Code.ResourceExhausted,
+          ErrorReason.OVERLOADED,
+          "the gateway is at capacity",
+          1000,
+        );
+      }
+      const entry = validateRequest(req, deps.table, config);
+      model = entry.name;
+      deps.metrics.requestStarted(model);
+      if (key !== undefined) {
+        promptEstimate = Math.ceil(promptChars(req) / 4);
+        const maxTokens = req.sampling.maxTokens ?? config.limits.defaultMaxTokens;
+        admission = deps.admitter?.admit(key, entry.name, promptEstimate + maxTokens);
+      }
+      relayed = relay({ ...req, signal }, entry, deps.relay, acceptedAt, trace);
+      for await (const event of relayed) {
+        if (event.type === "delta") {
+          streamedTokens += event.tokenCount;
+          const t = deps.now();
+          if (observeInterToken !== undefined) observeInterToken((t - lastTokenAt) / 1000);
+          else {
+            firstTokenAt = t;
+            deps.metrics.firstToken(entry.name, trace.version, (t - acceptedAt) / 1000);
+            observeInterToken = deps.metrics.interTokenObserver(entry.name, trace.version);
+          }
+          lastTokenAt = t;
+        } else if (event.type === "finish") {
+          promptTokens = event.usage.promptTokens;
+          completionTokens = event.usage.completionTokens;
+          deps.metrics.tokens(
+            entry.name,
+            trace.version,
+            promptTokens,
+            completionTokens,
+            event.usage.cachedTokens,
+          );
+          code = undefined;
+        }
+        slowReader.yielded();
+        held = true;
+        yield event;
+        held = false;
+        slowReader.resumed();
+        if (finished) return; // ended while held (see onAbortWhileHeld)
+        // A client gone while this event was written: stop here, not at the next upstream read.
+        if (signal.aborted && event.type !== "finish") throw signal.reason;
+      }
+    } catch (err) {
+      const clientError = signal.aborted ? abortError(signal.reason) : toClientError(err);
+      code = clientError.code;
+      if (clientError.code === Code.Internal)
+        deps.log.error({ err, requestId: req.requestId }, "internal error");
+      throw clientError;
+    } finally {
+      finish();
     }
   }
 
@@ -182,6 +281,9 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     },
     get inFlight() {
       return inFlight;
+    },
+    get counts() {
+      return { accepted, ended };
     },
   };
 }

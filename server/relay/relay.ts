@@ -205,7 +205,11 @@ async function firstTokens(
   }
 }
 
-/** Relays the buffered first events and the rest of the stream, with an inter-token idle timeout. */
+/**
+ * Relays the buffered first events and the rest of the stream, with an inter-token idle timeout that
+ * counts only the time spent waiting on the replica: while the consumer (a slow client) holds the stream,
+ * the replica is not read and must not be blamed for the silence (the pipeline bounds slow readers).
+ */
 async function* streamRest(
   first: FirstTokens,
   replica: Replica,
@@ -215,11 +219,12 @@ async function* streamRest(
   acceptedAt: number,
 ): AsyncGenerator<InferenceEvent> {
   const idleLimit = deps.config.timeouts.interTokenMs;
-  let lastEventAt = deps.now();
+  /** When the relay started waiting on the replica for its next event; undefined while it is not waiting. */
+  let waitingSince: number | undefined;
   // One timer per stream, re-armed lazily: cheaper than resetting a timer on every token.
   let idleTimer: NodeJS.Timeout | undefined;
   const checkIdle = () => {
-    const idle = deps.now() - lastEventAt;
+    const idle = waitingSince === undefined ? 0 : deps.now() - waitingSince;
     if (idle >= idleLimit) control.abort(new UpstreamError("inter-token-timeout", `no token for ${idle} ms`));
     else idleTimer = setTimeout(checkIdle, idleLimit - idle);
   };
@@ -231,7 +236,6 @@ async function* streamRest(
   let tokens = 0;
   let finished = false;
   const handle = (e: UpstreamEvent): InferenceEvent | undefined => {
-    lastEventAt = deps.now();
     switch (e.type) {
       case "text":
         tokens++;
@@ -260,6 +264,7 @@ async function* streamRest(
     }
     for (;;) {
       let next: IteratorResult<UpstreamEvent>;
+      waitingSince = deps.now();
       try {
         next = await first.iterator.next();
       } catch (err) {
@@ -269,6 +274,8 @@ async function* streamRest(
         // A replica that closes the connection right after its finish chunk has still finished.
         if (finished && err instanceof UpstreamError && err.failure === "broken-stream") break;
         throw err;
+      } finally {
+        waitingSince = undefined;
       }
       if (next.done) break;
       const out = handle(next.value);

@@ -178,6 +178,9 @@ async function* parseEvents(
       // The parser buffers an unfinished event: bound it, or a broken replica could grow it forever.
       if (bytesSinceEvent > MAX_EVENT_BYTES) throw new UpstreamError("protocol", "event too large");
       while (pending.length > 0) {
+        // Events already parsed are not handed on once the request is aborted (a cancelled client's
+        // stream must stop at once, not after the rest of a network chunk).
+        if (signal.aborted) throw signal.reason;
         const event = pending.shift() as UpstreamEvent;
         if (event.type === "text") relayedText = true;
         yield event;

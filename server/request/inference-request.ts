@@ -50,6 +50,11 @@ export interface InferenceRequest {
   readonly signal: AbortSignal;
   /** The API key presented (`authorization: Bearer <key>`); "" for none. */
   readonly credential: string;
+  /**
+   * Called once if the client reads nothing for timeouts.slowReaderMs while an event waits for it: the
+   * adapter closes the client's stream (the request is then cancelled; the replica is not blamed).
+   */
+  readonly onSlowReader?: () => void;
 }
 
 export interface Usage {

@@ -1,6 +1,7 @@
 /**
- * Admission checks shared by every protocol: the request is well-formed, within the gateway's limits and
- * for a served model. Throws INVALID_ARGUMENT or NOT_FOUND (from gateway-error.ts) naming the field.
+ * Validation shared by every protocol: the request is well-formed, within the gateway's limits and for a
+ * served model. Throws INVALID_ARGUMENT or NOT_FOUND (from gateway-error.ts) naming the field. (Admission
+ * under a tenant's limits is server/tenants/admission.ts.)
  */
 import type { GatewayConfig } from "../config/gateway-config.js";
 import { invalidRequest, modelNotFound } from "../errors/gateway-error.js";
@@ -8,6 +9,8 @@ import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
 import type { InferenceRequest } from "./inference-request.js";
 
 const MAX_KEY_LENGTH = 256;
+/** The longest model name (as in the config schema). */
+const MAX_MODEL_NAME = 256;
 
 function range(name: string, value: number | undefined, min: number, max: number, minExclusive = false) {
   if (value === undefined) return;
@@ -23,6 +26,8 @@ export function validateRequest(
   config: GatewayConfig,
 ): ModelEntry {
   if (req.model === "") throw invalidRequest("model is required");
+  if (req.model.length > MAX_MODEL_NAME)
+    throw invalidRequest(`model must be at most ${MAX_MODEL_NAME} characters`);
   if (req.prompt !== undefined) {
     if (req.prompt.length === 0) throw invalidRequest("prompt must not be empty");
   } else {

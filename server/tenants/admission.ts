@@ -65,10 +65,14 @@ export interface Admitter {
    * model's existence is not revealed) or RESOURCE_EXHAUSTED over a limit.
    */
   admit(key: ApiKeyRecord, model: string, estimatedTokens: number): Admission;
+  /** Streams open and tokens reserved by admitted requests that have not ended, over every key. */
+  activity(): { readonly streams: number; readonly reservedTokens: number };
 }
 
 export function createAdmitter(store: KeyStore, usage: TenantUsage, now: () => number): Admitter {
   const states = new Map<string, KeyState>();
+  let openStreams = 0;
+  let reservedTokens = 0;
   const stateOf = (key: ApiKeyRecord): KeyState => {
     let s = states.get(key.id);
     if (s === undefined) {
@@ -91,6 +95,7 @@ export function createAdmitter(store: KeyStore, usage: TenantUsage, now: () => n
   });
 
   return {
+    activity: () => ({ streams: openStreams, reservedTokens }),
     authenticate(credential) {
       const key = credential === "" ? undefined : store.authenticate(credential);
       if (key === undefined) {
@@ -158,6 +163,8 @@ export function createAdmitter(store: KeyStore, usage: TenantUsage, now: () => n
       if (rpm > 0) s.requests.level -= 1;
       if (tpm > 0) s.tokens.level -= estimatedTokens;
       s.streams++;
+      openStreams++;
+      reservedTokens += estimatedTokens;
       usage.admitted(tenant);
       usage.streams(tenant, 1);
       let ended = false;
@@ -168,6 +175,8 @@ export function createAdmitter(store: KeyStore, usage: TenantUsage, now: () => n
           if (ended) return;
           ended = true;
           s.streams--;
+          openStreams--;
+          reservedTokens -= estimatedTokens;
           usage.streams(tenant, -1);
           usage.tokens(tenant, usedTokens);
           if (tpm > 0) {

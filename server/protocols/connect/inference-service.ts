@@ -6,9 +6,16 @@
  * pipeline holds back until the first token.
  */
 import { randomUUID } from "node:crypto";
+import type * as http from "node:http";
+import * as http2 from "node:http2";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
+import {
+  type ConnectRouter,
+  createContextKey,
+  createContextValues,
+  type HandlerContext,
+} from "@connectrpc/connect";
 import {
   type ChatMessage,
   FinishReason,
@@ -55,6 +62,27 @@ const FINISH: Record<string, FinishReason> = {
   abort: FinishReason.ABORT,
   unspecified: FinishReason.UNSPECIFIED,
 };
+
+/** What connect-node serves: an HTTP/1.1 or HTTP/2 request. */
+type NodeServerRequest = http.IncomingMessage | http2.Http2ServerRequest;
+
+/** The Node request under a call, so that a slow reader's stream can be closed (see `cutClient`). */
+const NODE_REQUEST = createContextKey<NodeServerRequest | undefined>(undefined, {
+  description: "node request",
+});
+
+/** connectNodeAdapter's contextValues: keeps each call's Node request in its context. */
+export function inferenceContextValues(req: NodeServerRequest) {
+  return createContextValues().set(NODE_REQUEST, req);
+}
+
+/** Closes the client's side of a call: RST_STREAM on HTTP/2, the connection on HTTP/1.1. */
+function cutClient(ctx: HandlerContext): void {
+  const req = ctx.values.get(NODE_REQUEST);
+  if (req === undefined) return;
+  if ("stream" in req) req.stream.close(http2.constants.NGHTTP2_CANCEL);
+  else req.socket.destroy();
+}
 
 /** Which wire protocol carried the call, from its content type. */
 export function protocolOf(ctx: HandlerContext): Protocol {
@@ -114,6 +142,7 @@ export function registerInferenceService(
       passthrough: {},
       signal: ctx.signal,
       credential: bearerOf(ctx.requestHeader.get("authorization")),
+      onSlowReader: () => cutClient(ctx),
     };
   }
 

@@ -89,6 +89,14 @@ export function sendBodyTooLarge(res: HttpResponse, message: string): void {
   });
 }
 
+/** Answers 408 and closes the connection: the body did not arrive in time. */
+export function sendBodyTimeout(res: HttpResponse, message: string): void {
+  res.setHeader("connection", "close");
+  sendJson(res, 408, {
+    error: { message, type: "invalid_request_error", param: null, code: "request_timeout" },
+  });
+}
+
 /** The in-band error event that ends a stream that has begun. */
 export function errorEvent(err: ConnectError): string {
   return `data: ${JSON.stringify(openAiError(err).body)}\n\n`;

@@ -63,6 +63,44 @@ function describe(error: z.ZodError): string {
     .join("; ");
 }
 
+/** Deepest nesting of arrays and objects accepted in a body; vLLM's requests need a handful of levels. */
+export const MAX_JSON_DEPTH = 64;
+
+/** The nesting depth of JSON text, read in one pass outside strings (before parsing it). */
+function jsonDepth(text: string): number {
+  let depth = 0;
+  let max = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92 /* \\ */) i++;
+      else if (c === 34 /* " */) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123 /* { */ || c === 91 /* [ */) {
+      depth++;
+      if (depth > max) max = depth;
+    } else if (c === 125 /* } */ || c === 93 /* ] */) depth--;
+  }
+  return max;
+}
+
+/** Parses a request body that must be a JSON object; INVALID_ARGUMENT otherwise, or when nested too deep. */
+export function parseJsonObject(text: string): Record<string, unknown> {
+  if (jsonDepth(text) > MAX_JSON_DEPTH)
+    throw invalidRequest(`the request body is nested deeper than ${MAX_JSON_DEPTH} levels`);
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw invalidRequest("the request body is not valid JSON");
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) {
+    throw invalidRequest("the request body must be a JSON object");
+  }
+  return body as Record<string, unknown>;
+}
+
 /** An OpenAI request as the pipeline sees it, and how the client wants the answer. */
 export interface OpenAiRequest {
   readonly request: InferenceRequest;

@@ -89,16 +89,31 @@ export function streamRenderer(id: string, model: string, chat: boolean): Stream
   };
 }
 
-/** Writes and waits for the socket to drain if its buffer is full (or for the client to leave). */
-export function write(res: HttpResponse, text: string): Promise<void> {
+/** Whether nothing more can be written: the response ended, or its socket or HTTP/2 stream is gone. */
+export function isClosed(res: HttpResponse): boolean {
+  if (res.writableEnded) return true;
+  if ("stream" in res) return res.stream.destroyed || res.stream.closed;
+  return res.destroyed || (res.socket?.destroyed ?? true);
+}
+
+/**
+ * Writes and, when the socket's buffer is full, waits until it drains, the response closes or `signal`
+ * aborts, whichever is first. A response that is already closed gets nothing and never waits (a write on a
+ * reset HTTP/2 stream would wait for a drain that never comes). Callers check `signal` after each write.
+ */
+export function write(res: HttpResponse, text: string, signal: AbortSignal): Promise<void> {
+  if (signal.aborted || isClosed(res)) return Promise.resolve();
   if ((res as http.ServerResponse).write(text)) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
       res.off("drain", done);
       res.off("close", done);
+      signal.removeEventListener("abort", done);
       resolve();
     };
     res.on("drain", done);
     res.on("close", done);
+    signal.addEventListener("abort", done, { once: true });
+    if (isClosed(res)) done();
   });
 }

@@ -10,19 +10,20 @@
  */
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { BodyAborted, BodyTooLarge, readBody } from "../../../common/http/read-body.js";
+import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from "../../../common/http/read-body.js";
 import type { GatewayConfig } from "../../config/gateway-config.js";
-import { invalidRequest, toClientError } from "../../errors/gateway-error.js";
+import { toClientError } from "../../errors/gateway-error.js";
 import type { Pipeline } from "../../pipeline/pipeline.js";
 import { serverTiming } from "../../request/inference-request.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
-import { errorEvent, sendBodyTooLarge, sendError } from "./openai-errors.js";
-import { toInferenceRequest } from "./openai-request.js";
+import { errorEvent, sendBodyTimeout, sendBodyTooLarge, sendError } from "./openai-errors.js";
+import { parseJsonObject, toInferenceRequest } from "./openai-request.js";
 import {
   completeBody,
   type HttpRequest,
   type HttpResponse,
+  isClosed,
   sendJson,
   streamRenderer,
   unixNow,
@@ -44,29 +45,28 @@ export function createOpenAiRoutes(
   async function complete(req: HttpRequest, res: HttpResponse, chat: boolean): Promise<void> {
     const requestId = randomUUID();
     res.setHeader("x-request-id", requestId);
+    const { limits, connections } = config();
     const control = new AbortController();
     const deadline = setTimeout(
       () => control.abort(new ConnectError("the request took too long", Code.DeadlineExceeded)),
-      config().limits.maxTimeoutMs,
+      limits.maxTimeoutMs,
     );
-    res.on("close", () => {
-      if (!res.writableFinished) control.abort(new ConnectError("the client went away", Code.Canceled));
+    // The client went away if the response closes before this request ended it: a closed HTTP/1.1 socket
+    // or an HTTP/2 RST_STREAM. (writableFinished is no guide after an HTTP/2 reset.)
+    let ended = false;
+    const end = (text: string) => {
+      ended = true;
+      res.end(text);
+    };
+    res.once("close", () => {
+      if (!ended) control.abort(new ConnectError("the client went away", Code.Canceled));
     });
     let started = false;
     try {
-      const text = await readBody(req, config().limits.maxRequestBytes);
-      let body: unknown;
-      try {
-        body = JSON.parse(text);
-      } catch {
-        throw invalidRequest("the request body is not valid JSON");
-      }
-      if (body === null || typeof body !== "object" || Array.isArray(body)) {
-        throw invalidRequest("the request body must be a JSON object");
-      }
+      const text = await readBody(req, limits.maxRequestBytes, connections.bodyTimeoutMs);
       const { request, stream, includeUsage } = toInferenceRequest(
         req,
-        body as Record<string, unknown>,
+        parseJsonObject(text),
         chat,
         requestId,
         control.signal,
@@ -74,13 +74,21 @@ export function createOpenAiRoutes(
       );
       const id = `${chat ? "chatcmpl" : "cmpl"}-${requestId}`;
       const render = streamRenderer(id, request.model, chat);
+      const signal = control.signal;
       let collected = "";
-      for await (const event of pipeline.run(request)) {
+      // A client that stops reading is cut, and its request cancelled (the pipeline decides when).
+      const onSlowReader = () => {
+        control.abort(new ConnectError("the client stopped reading", Code.Canceled));
+        res.destroy();
+      };
+      for await (const event of pipeline.run({ ...request, onSlowReader })) {
         if (!stream) {
           if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
           if (event.type === "delta") collected += event.text;
-          if (event.type === "finish")
+          if (event.type === "finish") {
+            ended = true;
             sendJson(res, 200, completeBody(id, request.model, chat, collected, event));
+          }
           continue;
         }
         if (event.type === "start") {
@@ -90,26 +98,31 @@ export function createOpenAiRoutes(
             "cache-control": "no-cache",
             "server-timing": serverTiming(event.timing),
           });
-          if (chat) await write(res, render.roleChunk());
+          if (chat) await write(res, render.roleChunk(), signal);
         } else if (event.type === "delta") {
-          await write(res, render.token(event.text));
+          await write(res, render.token(event.text), signal);
         } else {
-          await write(res, render.finish(event));
-          if (includeUsage) await write(res, render.usage(event));
-          res.end("data: [DONE]\n\n");
+          await write(res, render.finish(event), signal);
+          if (includeUsage) await write(res, render.usage(event), signal);
+          if (!signal.aborted) end("data: [DONE]\n\n");
         }
+        // Leaving the loop returns the pipeline's generator: the request ends (cancelled) at once.
+        if (signal.aborted) break;
       }
     } catch (err) {
       if (err instanceof BodyTooLarge) return sendBodyTooLarge(res, err.message);
-      if (err instanceof BodyAborted) return;
+      if (err instanceof BodyTimeout) return sendBodyTimeout(res, err.message);
+      if (err instanceof BodyAborted || control.signal.aborted || isClosed(res)) return;
       const clientError = toClientError(err);
-      if (res.writableEnded || control.signal.aborted) return;
+      ended = true;
       if (!started) return sendError(res, clientError);
       // The stream has begun: the error goes in-band, then the stream ends.
-      await write(res, errorEvent(clientError));
+      await write(res, errorEvent(clientError), control.signal);
       res.end("data: [DONE]\n\n");
     } finally {
       clearTimeout(deadline);
+      // A stream cut by the client (or its deadline) mid-way: nothing more to send, release the socket.
+      if (!ended && !isClosed(res)) res.destroy();
     }
   }
 
