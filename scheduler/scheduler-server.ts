@@ -4,7 +4,7 @@
  * gRPC reflection and health, /metrics and /healthz, on one port (the gateway's listener).
  */
 import type { ConnectRouter } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { createHealthState, registerHealthService } from "../common/connect/health-service.js";
 import { registerReflectionService } from "../common/connect/reflection-service.js";
@@ -143,7 +143,12 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
       [...SERVICES, "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"],
     );
   };
-  const connect = connectNodeAdapter({ routes, readMaxBytes: 64 * 1024 * 1024 });
+  // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
+  const connect = connectNodeAdapter({
+    routes,
+    readMaxBytes: 64 * 1024 * 1024,
+    acceptCompression: [compressionGzip],
+  });
   const extender = createHttpExtender(service, options.prefix ?? "/scheduler");
   const ops = createOpsRoutes({ registry });
   const expire = setInterval(() => state.expireAssumed(), 1000);

@@ -11,7 +11,7 @@
  */
 import type { DescFile } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Agent } from "undici";
 import { createHealthState, registerHealthService } from "../common/connect/health-service.js";
 import { registerReflectionService } from "../common/connect/reflection-service.js";
@@ -195,6 +195,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     registerReflectionService(r, DESCRIPTORS, [...SERVICES, ...REFLECTION]);
   };
   const connect = connectNodeAdapter({
+    // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
+    acceptCompression: [compressionGzip],
     routes,
     contextValues: inferenceContextValues,
     readMaxBytes: config.limits.maxRequestBytes,
@@ -235,6 +237,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const adminToken = config.admin !== undefined ? readAdminToken(config.admin) : undefined;
   if (config.admin !== undefined && adminToken !== undefined) {
     const adminHandler = connectNodeAdapter({
+      // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
+      acceptCompression: [compressionGzip],
       routes(r) {
         registerAdminService(r, { table, now, keys });
         registerReflectionService(r, [file_kinfer_admin_v1_admin, ...DESCRIPTORS.slice(2)], ADMIN_SERVICES);

@@ -15,6 +15,7 @@ import { readFileSync } from "node:fs";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import { resetClient } from "./reset-client.js";
 
 export type RequestHandler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,
@@ -235,10 +236,7 @@ function boundBody(
     if (req.complete) return;
     // Give a handler that answers the timeout itself a moment, then cut.
     setTimeout(() => {
-      if (!req.complete && !res.writableEnded) {
-        if ("stream" in req) req.stream.close(http2.constants.NGHTTP2_CANCEL);
-        else req.socket.destroy();
-      }
+      if (!req.complete && !res.writableEnded) resetClient(req);
     }, 100).unref();
   }, bodyTimeoutMs);
   timer.unref();

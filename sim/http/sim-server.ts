@@ -63,6 +63,11 @@ export interface SimServer {
   readonly engine: Engine;
   /** The Prometheus text of /metrics. */
   metricsText(): Promise<string>;
+  /**
+   * Bytes of open responses written but not yet taken by the network: what a slow reader (the gateway
+   * when its client stops reading) leaves queued at the replica, i.e. backpressure reaching it.
+   */
+  backlogBytes(): number;
   /** Stops listening, ends open connections (aborting their sequences) and resolves when closed. */
   close(): Promise<void>;
 }
@@ -82,6 +87,13 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
   const readyAt = Date.now() + (options.startupDelayMs ?? 0);
   const control = { healthy: true, draining: false };
   const created = Math.floor(Date.now() / 1000);
+  /** Responses of completions still open (for backlogBytes). */
+  const open = new Set<http.ServerResponse>();
+  const backlogBytes = () => {
+    let n = 0;
+    for (const res of open) n += res.writableLength + (res.socket?.writableLength ?? 0);
+    return n;
+  };
   /** Request id -> [arrived, first token written], wall-clock ms with sub-ms precision. */
   const traces = new LRUCache<string, [number, number]>({ max: 50_000 });
 
@@ -130,6 +142,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       case "GET /sim/stats":
         return sendJson(res, 200, {
           ...engine.stats(),
+          backlogBytes: backlogBytes(),
           healthy: control.healthy,
           draining: control.draining,
         });
@@ -220,6 +233,8 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       if (err instanceof VllmError) return sendError(res, err);
       throw err;
     }
+    open.add(res);
+    res.once("close", () => open.delete(res));
     runCompletion(req, res, prepared, {
       engine,
       model,
@@ -246,6 +261,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     port,
     engine,
     metricsText: () => metrics.registry.metrics(),
+    backlogBytes,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -7,7 +7,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type * as http from "node:http";
-import * as http2 from "node:http2";
+import type * as http2 from "node:http2";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import {
@@ -16,6 +16,7 @@ import {
   createContextValues,
   type HandlerContext,
 } from "@connectrpc/connect";
+import { resetClient } from "../../../common/http/reset-client.js";
 import {
   type ChatMessage,
   FinishReason,
@@ -79,9 +80,7 @@ export function inferenceContextValues(req: NodeServerRequest) {
 /** Closes the client's side of a call: RST_STREAM on HTTP/2, the connection on HTTP/1.1. */
 function cutClient(ctx: HandlerContext): void {
   const req = ctx.values.get(NODE_REQUEST);
-  if (req === undefined) return;
-  if ("stream" in req) req.stream.close(http2.constants.NGHTTP2_CANCEL);
-  else req.socket.destroy();
+  if (req !== undefined) resetClient(req);
 }
 
 /** Which wire protocol carried the call, from its content type. */

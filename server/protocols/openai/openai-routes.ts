@@ -11,6 +11,7 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from "../../../common/http/read-body.js";
+import { resetClient } from "../../../common/http/reset-client.js";
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { toClientError } from "../../errors/gateway-error.js";
 import type { Pipeline } from "../../pipeline/pipeline.js";
@@ -79,7 +80,7 @@ export function createOpenAiRoutes(
       // A client that stops reading is cut, and its request cancelled (the pipeline decides when).
       const onSlowReader = () => {
         control.abort(new ConnectError("the client stopped reading", Code.Canceled));
-        res.destroy();
+        resetClient(res);
       };
       for await (const event of pipeline.run({ ...request, onSlowReader })) {
         if (!stream) {
@@ -122,7 +123,7 @@ export function createOpenAiRoutes(
     } finally {
       clearTimeout(deadline);
       // A stream cut by the client (or its deadline) mid-way: nothing more to send, release the socket.
-      if (!ended && !isClosed(res)) res.destroy();
+      if (!ended && !isClosed(res)) resetClient(res);
     }
   }
 
