@@ -62,7 +62,12 @@ const RETRYABLE: ReadonlySet<UpstreamFailure> = new Set([
   "first-token-timeout",
 ]);
 
-const FINISH_REASONS: Record<string, FinishReason> = { stop: "stop", length: "length", abort: "abort" };
+const FINISH_REASONS: Record<string, FinishReason> = {
+  stop: "stop",
+  length: "length",
+  abort: "abort",
+  tool_calls: "tool_calls",
+};
 
 export async function* relay(
   req: InferenceRequest,
@@ -239,7 +244,9 @@ async function* streamRest(
     switch (e.type) {
       case "text":
         tokens++;
-        return { type: "delta", text: e.text, tokenCount: 1 };
+        return e.extras === undefined
+          ? { type: "delta", text: e.text, tokenCount: 1 }
+          : { type: "delta", text: e.text, tokenCount: 1, extras: e.extras };
       case "finish":
         finished = true;
         finishReason = FINISH_REASONS[e.reason] ?? "unspecified";

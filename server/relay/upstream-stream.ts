@@ -11,9 +11,18 @@ import type { UpstreamFailure } from "../errors/gateway-error.js";
 import type { InferenceRequest } from "../request/inference-request.js";
 import { afterFirstTokens } from "./token-priority.js";
 
+/**
+ * Fields of a chunk's choice beyond its text, kept as the replica sent them for OpenAI clients: the
+ * delta's other fields (tool_calls, reasoning_content, ...) and the choice's logprobs.
+ */
+export interface ChunkExtras {
+  readonly delta?: Readonly<Record<string, unknown>>;
+  readonly logprobs?: unknown;
+}
+
 /** What a replica streams, normalised across /v1/completions and /v1/chat/completions. */
 export type UpstreamEvent =
-  | { readonly type: "text"; readonly text: string }
+  | { readonly type: "text"; readonly text: string; readonly extras?: ChunkExtras }
   | { readonly type: "finish"; readonly reason: string; readonly stopReason: string }
   | {
       readonly type: "usage";
@@ -206,7 +215,8 @@ function interpretChunk(chunk: unknown): UpstreamEvent[] {
     error?: { message?: unknown };
     choices?: {
       text?: unknown;
-      delta?: { content?: unknown };
+      delta?: { content?: unknown } | null;
+      logprobs?: unknown;
       finish_reason?: unknown;
       stop_reason?: unknown;
     }[];
@@ -222,7 +232,21 @@ function interpretChunk(chunk: unknown): UpstreamEvent[] {
   const choice = Array.isArray(c.choices) ? c.choices[0] : undefined;
   if (choice !== undefined) {
     const text = typeof choice.text === "string" ? choice.text : choice.delta?.content;
-    if (typeof text === "string" && text !== "") events.push({ type: "text", text });
+    let extras: ChunkExtras | undefined;
+    if (choice.delta !== undefined && choice.delta !== null && typeof choice.delta === "object") {
+      const { content: _content, role: _role, ...rest } = choice.delta as Record<string, unknown>;
+      for (const k in rest) if (rest[k] === null || rest[k] === undefined) delete rest[k];
+      if (Object.keys(rest).length > 0) extras = { delta: rest };
+    }
+    if (choice.logprobs !== undefined && choice.logprobs !== null)
+      extras = { ...extras, logprobs: choice.logprobs };
+    if ((typeof text === "string" && text !== "") || extras !== undefined) {
+      events.push(
+        extras === undefined
+          ? { type: "text", text: text as string }
+          : { type: "text", text: typeof text === "string" ? text : "", extras },
+      );
+    }
     if (typeof choice.finish_reason === "string") {
       events.push({
         type: "finish",

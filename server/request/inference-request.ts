@@ -79,7 +79,17 @@ export function serverTiming(t: FirstTokenTiming): string {
   return `gateway;dur=${t.gatewayMs.toFixed(3)}, upstream;dur=${t.upstreamMs.toFixed(3)};desc="replica to first token"`;
 }
 
-export type FinishReason = "stop" | "length" | "abort" | "unspecified";
+export type FinishReason = "stop" | "length" | "abort" | "tool_calls" | "unspecified";
+
+/**
+ * What a replica's chunk carried besides text, as it sent it: its delta's other fields (tool_calls,
+ * reasoning_content, ...) and its logprobs. The OpenAI surface relays them; the proto has no fields for
+ * them (Connect and gRPC clients get the text).
+ */
+export interface DeltaExtras {
+  readonly delta?: Readonly<Record<string, unknown>>;
+  readonly logprobs?: unknown;
+}
 
 export type InferenceEvent =
   | {
@@ -90,7 +100,12 @@ export type InferenceEvent =
       /** Time to the first token, split: the replica's (request sent to first token read) and the gateway's. */
       readonly timing: FirstTokenTiming;
     }
-  | { readonly type: "delta"; readonly text: string; readonly tokenCount: number }
+  | {
+      readonly type: "delta";
+      readonly text: string;
+      readonly tokenCount: number;
+      readonly extras?: DeltaExtras;
+    }
   | {
       readonly type: "finish";
       readonly finishReason: FinishReason;

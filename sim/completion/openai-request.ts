@@ -1,7 +1,8 @@
 /**
  * The request bodies of vLLM's OpenAI-compatible endpoints, validated with zod. Fields the simulator does
- * not model (logprobs, tools, response_format, ...) are accepted and ignored, as vLLM accepts fields it
- * does not act on; fields it does model are checked for type and range, and a violation names the field.
+ * not model (response_format, min_p, ...) are accepted and ignored, as vLLM accepts fields it does not act
+ * on; fields it does model (sampling, stop, tools and tool_choice, logprobs) are checked for type and
+ * range, and a violation names the field.
  */
 import { z } from "zod";
 
@@ -27,6 +28,21 @@ const sampling = {
 
 const textPart = z.looseObject({ type: z.literal("text"), text: z.string() });
 
+/** A function the model may call (OpenAI's tools, as vLLM takes them). */
+const tool = z.looseObject({
+  type: z.literal("function"),
+  function: z.looseObject({
+    name: z.string().min(1).max(64),
+    description: nullable(z.string()),
+    parameters: nullable(z.record(z.string(), z.unknown())),
+  }),
+});
+
+const toolChoice = z.union([
+  z.enum(["none", "auto", "required"]),
+  z.looseObject({ type: z.literal("function"), function: z.looseObject({ name: z.string() }) }),
+]);
+
 const chatMessage = z.looseObject({
   role: z.enum(["system", "user", "assistant", "tool", "developer"]),
   content: nullable(z.union([z.string(), z.array(textPart)])),
@@ -38,11 +54,17 @@ export const chatCompletionRequest = z.looseObject({
   ...sampling,
   messages: z.array(chatMessage).min(1, { error: "messages must not be empty" }),
   max_completion_tokens: nullable(z.number().int().min(1)),
+  tools: nullable(z.array(tool).max(128)),
+  tool_choice: nullable(toolChoice),
+  logprobs: nullable(z.boolean()),
+  top_logprobs: nullable(z.number().int().min(0).max(20)),
 });
 
 /** POST /v1/completions */
 export const completionRequest = z.looseObject({
   ...sampling,
+  /** The number of top alternatives per token (the completions API's logprobs is a count). */
+  logprobs: nullable(z.number().int().min(0).max(20)),
   prompt: z.union([
     z.string(),
     z.array(z.string()).length(1, { error: "only one prompt per request is supported" }),

@@ -6,8 +6,10 @@
  */
 import type { EngineOptions } from "../engine/engine-options.js";
 import { renderChatTemplate } from "../text/chat-template.js";
+import { planLogprobs, type TokenLogprob } from "../text/logprobs.js";
 import { type OutputPlan, planOutput } from "../text/output-plan.js";
-import { tokenize } from "../text/tokenizer.js";
+import { pieceId, tokenize } from "../text/tokenizer.js";
+import { chooseTool, type PlannedToolCall, planToolCall } from "../text/tool-calls.js";
 import {
   type ChatCompletionRequest,
   type CompletionRequest,
@@ -25,6 +27,10 @@ export interface PreparedCompletion {
   readonly plan: OutputPlan;
   readonly stream: boolean;
   readonly includeUsage: boolean;
+  /** Set when the model calls a tool: the plan's tokens are then the call's arguments. */
+  readonly toolCall?: PlannedToolCall;
+  /** Log probabilities of each output token, when the request asked for them. */
+  readonly logprobs?: readonly TokenLogprob[];
 }
 
 /**
@@ -82,19 +88,53 @@ export function prepareCompletion(
       : typeof body.stop === "string"
         ? [body.stop]
         : body.stop;
-  const plan = planOutput({
-    maxTokens: requested ?? maxModelLen - promptTokens.length,
-    seed: mixSeed(body.seed ?? Math.floor(Math.random() * 2 ** 32), promptTokens),
+  const seed = mixSeed(body.seed ?? Math.floor(Math.random() * 2 ** 32), promptTokens);
+  const maxTokens = requested ?? maxModelLen - promptTokens.length;
+  let plan = planOutput({
+    maxTokens,
+    seed,
     stop: stop.filter((s) => s.length > 0),
     ignoreEos: body.ignore_eos ?? false,
     meanOutputTokens: engine.meanOutputTokens,
   });
+  let toolCall: PlannedToolCall | undefined;
+  if (chat) {
+    const c = body as ChatCompletionRequest;
+    const tools = (c.tools ?? []).map((t) => ({ name: t.function.name, parameters: t.function.parameters }));
+    const lastUser = [...c.messages].reverse().find((m) => m.role === "user");
+    const chosen = chooseTool(tools, c.tool_choice, messageText(lastUser?.content));
+    if (typeof c.tool_choice === "object" && c.tool_choice !== null && chosen === undefined) {
+      throw new VllmError(
+        400,
+        `tool_choice names function "${c.tool_choice.function.name}", not one of the tools`,
+      );
+    }
+    if (chosen !== undefined) {
+      toolCall = planToolCall(chosen, seed);
+      const pieces = toolCall.argumentPieces.slice(0, maxTokens);
+      plan = {
+        deltas: pieces,
+        tokenIds: pieces.map(pieceId),
+        finishReason: pieces.length < toolCall.argumentPieces.length ? "length" : "stop",
+        stopReason: undefined,
+      };
+    }
+  }
+  const top = chat
+    ? (body as ChatCompletionRequest).logprobs
+      ? ((body as ChatCompletionRequest).top_logprobs ?? 0)
+      : undefined
+    : ((body as CompletionRequest).logprobs ?? undefined);
   return {
     chat,
     promptTokens,
     plan,
     stream: body.stream ?? false,
     includeUsage: body.stream_options?.include_usage ?? false,
+    ...(toolCall !== undefined ? { toolCall } : {}),
+    ...(top !== undefined && top !== null
+      ? { logprobs: planLogprobs(plan.deltas, Math.max(1, top), seed) }
+      : {}),
   };
 }
 

@@ -10,6 +10,7 @@ import type { Clock } from "../engine/clock.js";
 import type { Engine, SequenceResult } from "../engine/engine.js";
 import type { RequestFault } from "../faults/faults.js";
 import { createStallGate } from "../faults/stall-gate.js";
+import { chatLogprob, completionLogprobs } from "../text/logprobs.js";
 import type { PreparedCompletion } from "./prepare-completion.js";
 import { sendError, sendJson } from "./send-json.js";
 import { VllmError } from "./vllm-error.js";
@@ -37,7 +38,7 @@ export function runCompletion(
   context: CompletionContext,
 ): void {
   const { engine, model, fault, requestId, clock, onFirstToken } = context;
-  const { plan, stream, chat } = prepared;
+  const { plan, stream, chat, toolCall } = prepared;
   const id = `${chat ? "chatcmpl" : "cmpl"}-${requestId}`;
   const createdAt = Math.floor(Date.now() / 1000);
   const base = {
@@ -79,11 +80,30 @@ export function runCompletion(
         }
         if (fault.errorAfter === index) return failMidStream();
         const delta = plan.deltas[index] ?? "";
+        const offset = text.length;
         text += delta;
         if (!stream) return;
-        const piece = chat
-          ? chunk({ delta: { content: delta }, logprobs: null, finish_reason: null })
-          : chunk({ text: delta, logprobs: null, finish_reason: null, stop_reason: null }, { usage: null });
+        const lp = prepared.logprobs?.[index];
+        let piece: string;
+        if (toolCall !== undefined) {
+          // vLLM's tool parsers: the call's id, type and name with the first piece, then arguments.
+          const call =
+            index === 0
+              ? {
+                  id: toolCall.id,
+                  type: "function",
+                  index: 0,
+                  function: { name: toolCall.name, arguments: delta },
+                }
+              : { index: 0, function: { arguments: delta } };
+          piece = chunk({ delta: { tool_calls: [call] }, logprobs: null, finish_reason: null });
+        } else if (chat) {
+          const logprobs = lp === undefined ? null : { content: [chatLogprob(lp)] };
+          piece = chunk({ delta: { content: delta }, logprobs, finish_reason: null });
+        } else {
+          const logprobs = lp === undefined ? null : completionLogprobs([lp], offset);
+          piece = chunk({ text: delta, logprobs, finish_reason: null, stop_reason: null }, { usage: null });
+        }
         gate.write(() => res.write(piece), index + 1);
       },
       onFinish(result) {
@@ -122,16 +142,38 @@ export function runCompletion(
       prompt_tokens_details: { cached_tokens: result.cachedTokens },
     };
     const stopReason = plan.stopReason ?? null;
+    // A tool call that ran to its end finishes with "tool_calls", as vLLM's tool parsers report it.
+    const finishReason = toolCall !== undefined && result.reason === "stop" ? "tool_calls" : result.reason;
+    const generated = prepared.logprobs?.slice(0, result.completionTokens);
     if (!stream) {
+      const logprobs =
+        generated === undefined
+          ? null
+          : chat
+            ? { content: generated.map(chatLogprob) }
+            : completionLogprobs(generated, 0);
       const choice = chat
         ? {
             index: 0,
-            message: { role: "assistant", content: text, tool_calls: [] },
-            logprobs: null,
-            finish_reason: result.reason,
+            message:
+              toolCall !== undefined
+                ? {
+                    role: "assistant",
+                    content: null,
+                    tool_calls: [
+                      {
+                        id: toolCall.id,
+                        type: "function",
+                        function: { name: toolCall.name, arguments: text },
+                      },
+                    ],
+                  }
+                : { role: "assistant", content: text, tool_calls: [] },
+            logprobs,
+            finish_reason: finishReason,
             stop_reason: stopReason,
           }
-        : { index: 0, text, logprobs: null, finish_reason: result.reason, stop_reason: stopReason };
+        : { index: 0, text, logprobs, finish_reason: finishReason, stop_reason: stopReason };
       sendJson(res, 200, {
         id,
         object: chat ? "chat.completion" : "text_completion",
@@ -147,11 +189,11 @@ export function runCompletion(
         ? chunk({
             delta: { content: "" },
             logprobs: null,
-            finish_reason: result.reason,
+            finish_reason: finishReason,
             stop_reason: stopReason,
           })
         : chunk(
-            { text: "", logprobs: null, finish_reason: result.reason, stop_reason: stopReason },
+            { text: "", logprobs: null, finish_reason: finishReason, stop_reason: stopReason },
             { usage: null },
           ),
     );

@@ -61,6 +61,7 @@ const FINISH: Record<string, FinishReason> = {
   stop: FinishReason.STOP,
   length: FinishReason.LENGTH,
   abort: FinishReason.ABORT,
+  tool_calls: FinishReason.TOOL_CALLS,
   unspecified: FinishReason.UNSPECIFIED,
 };
 

@@ -1,8 +1,10 @@
 /**
  * What an OpenAI client sends: the bodies of POST /v1/chat/completions and /v1/completions, validated
  * with zod and turned into the gateway's one InferenceRequest. The fields the gateway interprets are
- * checked here (types; ranges are the pipeline's validation); every other field is passed through to
- * vLLM as it is.
+ * checked here (types; ranges are the pipeline's validation); other fields are passed to vLLM as they are
+ * only if they are on an allow-list (PASSED_THROUGH), a few OpenAI platform fields are accepted and not
+ * forwarded (DROPPED), and the rest is refused with 400 naming the field: nothing reaches a replica by
+ * accident.
  */
 import { z } from "zod";
 import type { GatewayConfig } from "../../config/gateway-config.js";
@@ -55,6 +57,70 @@ const completionSchema = z.looseObject({
 });
 
 const INTERPRETED = new Set([...Object.keys(chatSchema.shape), ...Object.keys(completionSchema.shape)]);
+
+/**
+ * Request fields passed to vLLM as the client sent them: OpenAI's (tools, logprobs, response_format, ...)
+ * and vLLM's sampling and structured-output extensions. The README lists them.
+ */
+export const PASSED_THROUGH: ReadonlySet<string> = new Set([
+  // OpenAI
+  "logit_bias",
+  "logprobs",
+  "top_logprobs",
+  "response_format",
+  "tools",
+  "tool_choice",
+  "parallel_tool_calls",
+  "reasoning_effort",
+  "echo",
+  "suffix",
+  // vLLM sampling
+  "min_p",
+  "repetition_penalty",
+  "length_penalty",
+  "min_tokens",
+  "stop_token_ids",
+  "include_stop_str_in_output",
+  "ignore_eos",
+  "skip_special_tokens",
+  "spaces_between_special_tokens",
+  "truncate_prompt_tokens",
+  "allowed_token_ids",
+  "bad_words",
+  "prompt_logprobs",
+  "return_tokens_as_token_ids",
+  // vLLM chat and structured outputs
+  "add_generation_prompt",
+  "continue_final_message",
+  "add_special_tokens",
+  "documents",
+  "chat_template_kwargs",
+  "guided_json",
+  "guided_regex",
+  "guided_choice",
+  "guided_grammar",
+  "guided_whitespace_pattern",
+  "guided_decoding_backend",
+  "structural_tag",
+  "structured_outputs",
+  "cache_salt",
+]);
+
+/** OpenAI platform fields that vLLM does not take: accepted (OpenAI's SDKs send them), not forwarded. */
+export const DROPPED: ReadonlySet<string> = new Set(["store", "metadata", "service_tier"]);
+
+/** vLLM fields a client may not set through the gateway, and why. */
+export const REFUSED: Readonly<Record<string, string>> = {
+  priority: "the gateway sets the replica's scheduling priority from the request's criticality",
+  request_id: "the gateway names every request (x-request-id)",
+  best_of: "only one sequence per request is supported",
+  use_beam_search: "only one sequence per request is supported",
+  kv_transfer_params: "disaggregated-serving internals are set by the serving stack, not by clients",
+  chat_template: "a client-supplied template would run on the replica",
+  logits_processors: "a client-supplied processor would run on the replica",
+  vllm_xargs: "replica extensions are not exposed",
+  mm_processor_kwargs: "multimodal input is not supported",
+};
 
 function describe(error: z.ZodError): string {
   return error.issues
@@ -135,7 +201,24 @@ export function toInferenceRequest(
     ...(b.presence_penalty != null ? { presencePenalty: b.presence_penalty } : {}),
     ...(b.frequency_penalty != null ? { frequencyPenalty: b.frequency_penalty } : {}),
   };
-  const passthrough = Object.fromEntries(Object.entries(body).filter(([k]) => !INTERPRETED.has(k)));
+  const passthrough: Record<string, unknown> = {};
+  const unknown: string[] = [];
+  for (const [k, v] of Object.entries(body)) {
+    if (INTERPRETED.has(k) || DROPPED.has(k)) continue;
+    const refused = REFUSED[k];
+    if (refused !== undefined) throw invalidRequest(`${k} is not accepted: ${refused}`);
+    if (PASSED_THROUGH.has(k)) passthrough[k] = v;
+    else unknown.push(k);
+  }
+  if (unknown.length > 0) {
+    const named = unknown
+      .slice(0, 5)
+      .map((k) => JSON.stringify(k.slice(0, 64)))
+      .join(", ");
+    throw invalidRequest(
+      `unknown field${unknown.length > 1 ? "s" : ""} ${named}: see the gateway's README for the fields it takes`,
+    );
+  }
   const common = {
     requestId,
     protocol: "openai" as const,

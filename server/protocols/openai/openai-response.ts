@@ -12,6 +12,74 @@ export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
 export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
 
 type FinishEvent = Extract<InferenceEvent, { type: "finish" }>;
+type DeltaEvent = Extract<InferenceEvent, { type: "delta" }>;
+
+interface ToolCallDelta {
+  index?: number;
+  id?: string;
+  type?: string;
+  function?: { name?: string; arguments?: string };
+}
+
+/**
+ * Builds a non-streamed reply from the stream's deltas, as vLLM builds its own: the text, tool calls
+ * merged by index (id, type and name from their first delta, arguments concatenated), other string
+ * fields of the deltas concatenated (reasoning_content), and logprobs joined in order.
+ */
+export function createReplyCollector(chat: boolean) {
+  let text = "";
+  const toolCalls: { id?: string; type: string; function: { name: string; arguments: string } }[] = [];
+  const other: Record<string, string> = {};
+  const chatLogprobs: unknown[] = [];
+  const completionLogprobs = {
+    text_offset: [] as unknown[],
+    token_logprobs: [] as unknown[],
+    tokens: [] as unknown[],
+    top_logprobs: [] as unknown[],
+  };
+  let sawLogprobs = false;
+  return {
+    add(e: DeltaEvent) {
+      text += e.text;
+      const extras = e.extras;
+      if (extras === undefined) return;
+      for (const [k, v] of Object.entries(extras.delta ?? {})) {
+        if (k === "tool_calls" && Array.isArray(v)) {
+          for (const d of v as ToolCallDelta[]) {
+            const i =
+              typeof d.index === "number" && d.index >= 0 && d.index < 128 ? d.index : toolCalls.length;
+            const call = (toolCalls[i] ??= { type: "function", function: { name: "", arguments: "" } });
+            if (typeof d.id === "string") call.id = d.id;
+            if (typeof d.type === "string") call.type = d.type;
+            if (typeof d.function?.name === "string") call.function.name += d.function.name;
+            if (typeof d.function?.arguments === "string") call.function.arguments += d.function.arguments;
+          }
+        } else if (typeof v === "string") other[k] = (other[k] ?? "") + v;
+      }
+      const lp = extras.logprobs as Record<string, unknown[] | undefined> | undefined;
+      if (lp !== undefined && lp !== null && typeof lp === "object") {
+        sawLogprobs = true;
+        if (chat) chatLogprobs.push(...(lp.content ?? []));
+        else
+          for (const key of Object.keys(completionLogprobs) as (keyof typeof completionLogprobs)[])
+            completionLogprobs[key].push(...(lp[key] ?? []));
+      }
+    },
+    /** The choice's message (chat) or text fields, and its logprobs. */
+    choice(): Record<string, unknown> {
+      const logprobs = !sawLogprobs ? null : chat ? { content: chatLogprobs } : completionLogprobs;
+      if (!chat) return { text, logprobs };
+      const calls = toolCalls.filter((c) => c !== undefined);
+      const message = {
+        role: "assistant",
+        content: calls.length > 0 && text === "" ? null : text,
+        ...other,
+        tool_calls: calls,
+      };
+      return { message, logprobs };
+    },
+  };
+}
 
 /** Unix seconds, as OpenAI's `created`. */
 export const unixNow = () => Math.floor(Date.now() / 1000);
@@ -37,7 +105,13 @@ export function usageOf(e: FinishEvent) {
 }
 
 /** The JSON body of a request that did not ask for a stream. */
-export function completeBody(id: string, model: string, chat: boolean, text: string, e: FinishEvent) {
+export function completeBody(
+  id: string,
+  model: string,
+  chat: boolean,
+  reply: ReturnType<typeof createReplyCollector>,
+  e: FinishEvent,
+) {
   const finish_reason = e.finishReason === "unspecified" ? null : e.finishReason;
   const stop_reason = e.matchedStop === "" ? null : e.matchedStop;
   return {
@@ -45,17 +119,7 @@ export function completeBody(id: string, model: string, chat: boolean, text: str
     object: chat ? "chat.completion" : "text_completion",
     created: unixNow(),
     model,
-    choices: [
-      chat
-        ? {
-            index: 0,
-            message: { role: "assistant", content: text },
-            logprobs: null,
-            finish_reason,
-            stop_reason,
-          }
-        : { index: 0, text, logprobs: null, finish_reason, stop_reason },
-    ],
+    choices: [{ index: 0, ...reply.choice(), finish_reason, stop_reason }],
     usage: usageOf(e),
   };
 }
@@ -64,7 +128,8 @@ export function completeBody(id: string, model: string, chat: boolean, text: str
 export interface StreamRenderer {
   /** The chat stream's first chunk (role, empty content); "" for text completions. */
   roleChunk(): string;
-  token(text: string): string;
+  /** A delta: the prebuilt text chunk, or, with extras (tool calls, logprobs), the chunk built whole. */
+  delta(e: DeltaEvent): string;
   finish(e: FinishEvent): string;
   usage(e: FinishEvent): string;
 }
@@ -74,15 +139,27 @@ export function streamRenderer(id: string, model: string, chat: boolean): Stream
   const chunk = (choice: Record<string, unknown>) =>
     `data: ${JSON.stringify({ ...base, choices: [{ index: 0, ...choice, logprobs: null }] })}\n\n`;
   const head = `data: ${JSON.stringify(base).slice(0, -1)},"choices":[{"index":0,${chat ? '"delta":{"content":' : '"text":'}`;
-  const tail = `${chat ? "}" : ""},"finish_reason":null,"logprobs":null}]}\n\n`;
+  const tail = `${chat ? "}" : ""},"finish_reason":null,${chat ? "" : '"stop_reason":null,'}"logprobs":null}]}\n\n`;
   return {
     roleChunk: () => (chat ? chunk({ delta: { role: "assistant", content: "" }, finish_reason: null }) : ""),
-    token: (text) => `${head}${JSON.stringify(text)}${tail}`,
+    delta(e) {
+      if (e.extras === undefined) return `${head}${JSON.stringify(e.text)}${tail}`;
+      const logprobs = e.extras.logprobs ?? null;
+      const choice = chat
+        ? {
+            index: 0,
+            delta: { ...(e.text !== "" ? { content: e.text } : {}), ...e.extras.delta },
+            logprobs,
+            finish_reason: null,
+          }
+        : { index: 0, text: e.text, logprobs, finish_reason: null, stop_reason: null };
+      return `data: ${JSON.stringify({ ...base, choices: [choice] })}\n\n`;
+    },
     finish(e) {
       const reason = e.finishReason === "unspecified" ? null : e.finishReason;
       const stopReason = e.matchedStop === "" ? null : e.matchedStop;
       return chat
-        ? chunk({ delta: {}, finish_reason: reason, stop_reason: stopReason })
+        ? chunk({ delta: { content: "" }, finish_reason: reason, stop_reason: stopReason })
         : chunk({ text: "", finish_reason: reason, stop_reason: stopReason });
     },
     usage: (e) => `data: ${JSON.stringify({ ...base, choices: [], usage: usageOf(e) })}\n\n`,

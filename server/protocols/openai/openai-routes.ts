@@ -22,6 +22,7 @@ import { errorEvent, sendBodyTimeout, sendBodyTooLarge, sendError } from "./open
 import { parseJsonObject, toInferenceRequest } from "./openai-request.js";
 import {
   completeBody,
+  createReplyCollector,
   type HttpRequest,
   type HttpResponse,
   isClosed,
@@ -76,7 +77,7 @@ export function createOpenAiRoutes(
       const id = `${chat ? "chatcmpl" : "cmpl"}-${requestId}`;
       const render = streamRenderer(id, request.model, chat);
       const signal = control.signal;
-      let collected = "";
+      const reply = createReplyCollector(chat);
       // A client that stops reading is cut, and its request cancelled (the pipeline decides when).
       const onSlowReader = () => {
         control.abort(new ConnectError("the client stopped reading", Code.Canceled));
@@ -85,10 +86,10 @@ export function createOpenAiRoutes(
       for await (const event of pipeline.run({ ...request, onSlowReader })) {
         if (!stream) {
           if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
-          if (event.type === "delta") collected += event.text;
+          if (event.type === "delta") reply.add(event);
           if (event.type === "finish") {
             ended = true;
-            sendJson(res, 200, completeBody(id, request.model, chat, collected, event));
+            sendJson(res, 200, completeBody(id, request.model, chat, reply, event));
           }
           continue;
         }
@@ -101,7 +102,7 @@ export function createOpenAiRoutes(
           });
           if (chat) await write(res, render.roleChunk(), signal);
         } else if (event.type === "delta") {
-          await write(res, render.token(event.text), signal);
+          await write(res, render.delta(event), signal);
         } else {
           await write(res, render.finish(event), signal);
           if (includeUsage) await write(res, render.usage(event), signal);

@@ -151,6 +151,8 @@ export enum FinishReason {
   FINISH_REASON_LENGTH = 2,
   /** FINISH_REASON_ABORT - The model server aborted the request. */
   FINISH_REASON_ABORT = 3,
+  /** FINISH_REASON_TOOL_CALLS - The model called a tool (OpenAI's "tool_calls"); the call itself reaches OpenAI clients only. */
+  FINISH_REASON_TOOL_CALLS = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -168,6 +170,9 @@ export function finishReasonFromJSON(object: any): FinishReason {
     case 3:
     case "FINISH_REASON_ABORT":
       return FinishReason.FINISH_REASON_ABORT;
+    case 4:
+    case "FINISH_REASON_TOOL_CALLS":
+      return FinishReason.FINISH_REASON_TOOL_CALLS;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -185,6 +190,8 @@ export function finishReasonToJSON(object: FinishReason): string {
       return "FINISH_REASON_LENGTH";
     case FinishReason.FINISH_REASON_ABORT:
       return "FINISH_REASON_ABORT";
+    case FinishReason.FINISH_REASON_TOOL_CALLS:
+      return "FINISH_REASON_TOOL_CALLS";
     case FinishReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

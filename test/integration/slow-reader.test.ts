@@ -1,0 +1,125 @@
+/**
+ * A client that stops reading (HTTP/2 window 0), against the gateway as its own process: while it reads
+ * nothing, the replica keeps generating but the gateway stops reading it, so the bytes pile up in the
+ * sockets between them (backpressure reaches the replica) and the gateway's memory stays flat; after
+ * timeouts.slowReaderMs the client's stream is reset, the upstream request aborted, and the replica is
+ * not blamed (no failure counted, no ejection). Nothing is left in flight.
+ */
+import { readFileSync } from "node:fs";
+import * as http2 from "node:http2";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { type SimServer, startSimServer } from "../../sim/http/sim-server.js";
+import { type GatewayProcess, startGatewayProcess } from "../helpers/gateway-process.js";
+import { waitFor } from "../helpers/idle.js";
+
+const SLOW_READER_MS = 4000;
+let replica: SimServer;
+let gateway: GatewayProcess;
+
+beforeAll(async () => {
+  // Fast steps: about 1,000 tokens (200 KB of SSE) a second toward a client that reads nothing.
+  replica = await startSimServer({
+    model: "m",
+    engine: { decodeBaseMs: 0.1, decodeMsPerSeq: 0, meanOutputTokens: 100_000 },
+  });
+  gateway = await startGatewayProcess({
+    logLevel: "warn",
+    timeouts: { slowReaderMs: SLOW_READER_MS },
+    limits: { maxTokens: 8000 },
+    models: [{ name: "m", versions: [{ name: "stable", replicas: [replica.url] }] }],
+  });
+});
+afterAll(async () => {
+  await gateway?.stop();
+  await replica?.close();
+});
+
+/** Bytes queued in the kernel on the TCP connections of a port (Linux /proc/net/tcp*): sent, not yet read. */
+function kernelQueueBytes(port: number): number {
+  let sum = 0;
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = "";
+    try {
+      text = readFileSync(file, "utf8");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 5) continue;
+      const local = Number.parseInt((f[1] as string).split(":")[1] as string, 16);
+      const remote = Number.parseInt((f[2] as string).split(":")[1] as string, 16);
+      const [tx, rx] = (f[4] as string).split(":").map((x) => Number.parseInt(x, 16)) as [number, number];
+      if (local === port) sum += tx;
+      if (remote === port) sum += rx;
+    }
+  }
+  return sum;
+}
+
+async function metric(name: string): Promise<number> {
+  const page = await (await fetch(`${gateway.url}/metrics`)).text();
+  return page
+    .split("\n")
+    .filter((l) => l.startsWith(name) && (l[name.length] === "{" || l[name.length] === " "))
+    .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+}
+
+it("is cut after slowReaderMs; backpressure reaches the replica, the gateway's memory stays flat, no replica blamed", async () => {
+  // Warm the gateway up (its code, pools, first requests) before measuring its memory.
+  for (let i = 0; i < 5; i++)
+    await fetch(`${gateway.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "m", prompt: "x", max_tokens: 50 }),
+    });
+  const session = http2.connect(gateway.url, { settings: { initialWindowSize: 1024 } });
+  session.on("error", () => {});
+  const stream = session.request({
+    ":method": "POST",
+    ":path": "/v1/chat/completions",
+    "content-type": "application/json",
+  });
+  stream.on("error", () => {});
+  let received = 0;
+  stream.on("data", (d: Buffer) => {
+    received += d.length;
+    stream.pause(); // read one chunk, then never again
+  });
+  const closed = new Promise<number>((resolve) => stream.on("close", () => resolve(stream.rstCode)));
+  stream.end(
+    JSON.stringify({
+      model: "m",
+      stream: true,
+      max_tokens: 8000,
+      messages: [{ role: "user", content: "Hi" }],
+    }),
+  );
+  await waitFor(() => received > 0, "the first token");
+  const started = performance.now();
+  await new Promise((r) => setTimeout(r, 1000));
+  const rssBefore = gateway.rssBytes();
+  const backlogBefore = kernelQueueBytes(replica.port) + replica.backlogBytes();
+  await new Promise((r) => setTimeout(r, SLOW_READER_MS - 1800));
+  const grown = gateway.rssBytes() - rssBefore;
+  const backlogGrown = kernelQueueBytes(replica.port) + replica.backlogBytes() - backlogBefore;
+  const generated = replica.engine.stats().generationTokens;
+  console.log(
+    `slow reader: ${generated} tokens generated, backlog at the replica +${(backlogGrown / 1e6).toFixed(2)} MB, gateway RSS ${grown >= 0 ? "+" : ""}${(grown / 1e6).toFixed(2)} MB`,
+  );
+  // The replica went on producing, and what it produced waits outside the gateway.
+  expect(backlogGrown).toBeGreaterThan(256 * 1024);
+  expect(grown).toBeLessThan(backlogGrown / 2);
+  expect(await closed).toBe(http2.constants.NGHTTP2_CANCEL);
+  const cutAfter = performance.now() - started;
+  expect(cutAfter).toBeLessThan(SLOW_READER_MS + 2000);
+  await waitFor(
+    () => replica.engine.stats().running + replica.engine.stats().waiting === 0,
+    "the replica's sequence to be aborted",
+  );
+  expect(await metric("kinfer_gateway_requests_in_flight")).toBe(0);
+  expect(await metric("kinfer_gateway_ejections_total")).toBe(0);
+  const page = await (await fetch(`${gateway.url}/metrics`)).text();
+  expect(page).toMatch(/kinfer_gateway_replica_state\{[^}]*state="ready"\} 1/);
+  session.destroy();
+}, 30_000);
