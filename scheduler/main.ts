@@ -29,8 +29,10 @@ import { startSchedulerServer } from "./scheduler-server.js";
 
 const HELP = `kinfer-scheduler: the GPU-aware kube-scheduler extender
 
-  --host ADDR                 listen address (default 127.0.0.1)
-  --port PORT                 listen port (default 8888)
+  --host ADDR                 the extender's address: kube-scheduler's only (default 127.0.0.1)
+  --port PORT                 the extender's port, with the full SchedulingService (default 8888)
+  --ops-host ADDR             a read-only port's address: metrics, health, Explain (default 0.0.0.0)
+  --ops-port PORT             the read-only port (default: none)
   --policy NAME               spread, binpack, bestfit or fragmentation (default fragmentation)
   --filter-returns best|all   filter returns the policy's pick only, or every node that fits (default best)
   --kubeconfig FILE           credentials (default: in-cluster, then ~/.kube/config)
@@ -47,6 +49,8 @@ export async function main(argv: string[]): Promise<void> {
     options: {
       host: { type: "string", default: "127.0.0.1" },
       port: { type: "string", default: "8888" },
+      "ops-host": { type: "string", default: "0.0.0.0" },
+      "ops-port": { type: "string" },
       policy: { type: "string", default: "fragmentation" },
       kubeconfig: { type: "string" },
       "no-bind": { type: "boolean", default: false },
@@ -65,9 +69,14 @@ export async function main(argv: string[]): Promise<void> {
   const filterReturns = values["filter-returns"];
   if (filterReturns !== "best" && filterReturns !== "all")
     throw new Error(`--filter-returns: "best" or "all", not "${filterReturns}"`);
-  const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65_535)
-    throw new Error(`--port: not a port: ${values.port}`);
+  const portOf = (flag: string, value: string) => {
+    const port = Number(value);
+    if (value.trim() === "" || !Number.isInteger(port) || port < 0 || port > 65_535)
+      throw new Error(`--${flag}: not a port: ${value}`);
+    return port;
+  };
+  const port = portOf("port", values.port);
+  const opsPort = values["ops-port"] === undefined ? undefined : portOf("ops-port", values["ops-port"]);
   const format = values["log-format"];
   if (format !== "json" && format !== "text")
     throw new Error(`--log-format: "json" or "text", not "${format}"`);
@@ -97,12 +106,19 @@ export async function main(argv: string[]): Promise<void> {
   const server = await startSchedulerServer({
     host: values.host,
     port,
+    ...(opsPort !== undefined ? { ops: { host: values["ops-host"], port: opsPort } } : {}),
     state,
     defaultPolicy: values.policy,
     filterReturns,
     ...(binder !== undefined ? { binder } : {}),
   });
-  log("ready", { url: server.url, nodes: state.nodes.size, pods: state.podCount, policy: values.policy });
+  log("ready", {
+    url: server.url,
+    opsUrl: server.opsUrl,
+    nodes: state.nodes.size,
+    pods: state.podCount,
+    policy: values.policy,
+  });
   process.stdout.write(`kinfer-scheduler: ready at ${server.url}\n`);
   stopOnSignal(() => Promise.all([server.close(), closeSource()]));
 }

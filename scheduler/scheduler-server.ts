@@ -1,7 +1,12 @@
 /**
  * kinfer-scheduler's server: the kube-scheduler extender (HTTP JSON under /scheduler), the same
  * operations as kinfer.scheduling.v1.SchedulingService over Connect/gRPC (with Explain, for `buf curl`),
- * gRPC reflection and health, /metrics and /healthz, on one port (the gateway's listener).
+ * gRPC reflection and health, /metrics and /healthz, on one port (common/http/listener.ts).
+ *
+ * Filter, prioritize and bind change what the scheduler holds, so that port belongs to kube-scheduler
+ * alone: in a cluster it listens on loopback inside kube-scheduler's pod (deploy/base/scheduler). The
+ * optional `ops` port serves what others may reach: /metrics, /healthz, health, reflection and the
+ * read-only Explain (other RPCs there answer UNIMPLEMENTED).
  */
 import type { ConnectRouter } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
@@ -28,8 +33,11 @@ import {
 import type { PolicyName } from "./policies/placement-policy.js";
 
 export interface SchedulerServerOptions {
+  /** The extender and the full SchedulingService: kube-scheduler's port. */
   host: string;
   port: number;
+  /** A second, read-only port for Prometheus and operators: metrics, health, reflection, Explain. */
+  ops?: { host: string; port: number } | undefined;
   state: ClusterState;
   defaultPolicy: PolicyName;
   binder?: Binder;
@@ -37,17 +45,27 @@ export interface SchedulerServerOptions {
   prefix?: string;
   /** Whether filter returns every node that fits or only the chosen one (see scheduling-service.ts). */
   filterReturns?: "all" | "best";
+  /** Bound on holds and how long one lasts (scheduling-service.ts). Default 64 holds of 30 s. */
+  holds?: { max: number; ttlMs: number };
 }
 
 export interface SchedulerServer {
   readonly url: string;
   readonly port: number;
+  /** The read-only ops port's URL, when one was asked for. */
+  readonly opsUrl: string | undefined;
   readonly service: SchedulingService;
   readonly registry: Registry;
   close(): Promise<void>;
 }
 
 const SERVICES = ["kinfer.scheduling.v1.SchedulingService", "grpc.health.v1.Health"];
+
+/**
+ * Largest extender request or message: kube-scheduler's ExtenderArgs with a Pod and the names of
+ * thousands of nodes is a few hundred KB; a full-mode NodeList of 5,000 nodes a few MB.
+ */
+const MAX_REQUEST_BYTES = 16 * 1024 * 1024;
 
 export async function startSchedulerServer(options: SchedulerServerOptions): Promise<SchedulerServer> {
   const { state } = options;
@@ -104,6 +122,9 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
     defaultPolicy: options.defaultPolicy,
     ...(options.binder !== undefined ? { binder: options.binder } : {}),
     ...(options.filterReturns !== undefined ? { filterReturns: options.filterReturns } : {}),
+    ...(options.holds !== undefined
+      ? { maxHolds: options.holds.max, reserveTtlMs: options.holds.ttlMs }
+      : {}),
     onDecision(verb, result, seconds) {
       decisions.inc({ verb, result });
       latency.observe({ verb }, seconds);
@@ -122,16 +143,13 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
       this.inc({ source: "cached" }, service.evaluations.cached);
     },
   });
+  const holdsRefused = new Counter({
+    name: "kinfer_scheduler_holds_refused_total",
+    help: "Picks the filter or prioritize could not hold because maxHolds pods were held already.",
+    registers: [registry],
+  });
   const health = createHealthState();
-  const routes = (router: ConnectRouter) => {
-    router.service(SchedulingServiceDesc, {
-      filter: (req) => service.filter(req),
-      prioritize: (req) => service.prioritize(req),
-      bind: (req) => service.bind(req),
-      preempt: (req) => service.preempt(req),
-      explain: (req) => service.explain(req),
-    });
-    registerHealthService(router, health, SERVICES);
+  const reflection = (router: ConnectRouter) =>
     registerReflectionService(
       router,
       [
@@ -142,17 +160,34 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
       ],
       [...SERVICES, "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"],
     );
-  };
-  // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
-  const connect = connectNodeAdapter({
-    routes,
-    readMaxBytes: 64 * 1024 * 1024,
-    acceptCompression: [compressionGzip],
+  const adapter = (routes: (router: ConnectRouter) => void) =>
+    // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
+    connectNodeAdapter({ routes, readMaxBytes: MAX_REQUEST_BYTES, acceptCompression: [compressionGzip] });
+  const connect = adapter((router) => {
+    router.service(SchedulingServiceDesc, {
+      filter: (req) => service.filter(req),
+      prioritize: (req) => service.prioritize(req),
+      bind: (req) => service.bind(req),
+      preempt: (req) => service.preempt(req),
+      explain: (req) => service.explain(req),
+    });
+    registerHealthService(router, health, SERVICES);
+    reflection(router);
   });
-  const extender = createHttpExtender(service, options.prefix ?? "/scheduler");
+  const readOnly = adapter((router) => {
+    router.service(SchedulingServiceDesc, { explain: (req) => service.explain(req) });
+    registerHealthService(router, health, SERVICES);
+    reflection(router);
+  });
+  const extender = createHttpExtender(service, {
+    prefix: options.prefix ?? "/scheduler",
+    maxBodyBytes: MAX_REQUEST_BYTES,
+    bodyTimeoutMs: DEFAULT_CONNECTION_LIMITS.bodyTimeoutMs,
+  });
   const ops = createOpsRoutes({ registry });
   const expire = setInterval(() => state.expireAssumed(), 1000);
   expire.unref();
+  service.onHoldRefused = () => holdsRefused.inc();
 
   const listener: Listener = await listen(
     { host: options.host, port: options.port, maxConcurrentStreams: 1000, limits: DEFAULT_CONNECTION_LIMITS },
@@ -162,18 +197,35 @@ export async function startSchedulerServer(options: SchedulerServerOptions): Pro
       connect(req as never, res as never);
     },
   );
+  const opsListener =
+    options.ops === undefined
+      ? undefined
+      : await listen(
+          {
+            host: options.ops.host,
+            port: options.ops.port,
+            maxConcurrentStreams: 100,
+            limits: DEFAULT_CONNECTION_LIMITS,
+          },
+          (req, res) => {
+            if (ops(req, res)) return;
+            readOnly(req as never, res as never);
+          },
+        );
 
   return {
     url: listener.url,
     port: listener.port,
+    opsUrl: opsListener?.url,
     service,
     registry,
     async close() {
       clearInterval(expire);
       health.set(false);
-      const stopped = listener.stopAccepting();
-      listener.closeAll();
-      await stopped;
+      const listeners = [listener, ...(opsListener !== undefined ? [opsListener] : [])];
+      const stopped = listeners.map((l) => l.stopAccepting());
+      for (const l of listeners) l.closeAll();
+      await Promise.all(stopped);
     },
   };
 }

@@ -74,6 +74,8 @@ export interface ClusterState {
   expireAssumed(): number;
   /** The devices a pod holds. */
   devicesOf(uid: string): readonly DeviceShare[] | undefined;
+  /** The pod holding resources under this uid (bound or assumed), if any. */
+  podOf(uid: string): PlacedPod | undefined;
   /** Pods holding resources on a node (bound or assumed), oldest first. */
   pods(): IterableIterator<PlacedPod>;
   readonly podCount: number;
@@ -220,6 +222,7 @@ export function createClusterState(now: () => number = () => Date.now()): Cluste
       return n;
     },
     devicesOf: (uid) => holdings.get(uid)?.devices,
+    podOf: (uid) => holdings.get(uid)?.pod,
     *pods() {
       for (const h of holdings.values()) yield h.pod;
     },

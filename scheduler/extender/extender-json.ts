@@ -91,13 +91,37 @@ export function parseExtenderJson<Desc extends DescMessage>(
  * the array parsed then is used again: no 80 KB parse, no 5,000 new strings, and the service's resolved
  * node list stays valid (scheduling-service.ts). The array is shared: nobody may change it.
  */
-const TRAILING_NODE_NAMES = /"NodeNames"\s*:\s*(\[[^\]]*\])\s*\}\s*$/;
 let lastNodeNames: { text: string; names: string[] } | undefined;
 
+/** The index just after the last non-whitespace character before `end`. */
+function trimEnd(body: string, end: number): number {
+  let i = end;
+  while (
+    i > 0 &&
+    (body[i - 1] === " " || body[i - 1] === "\n" || body[i - 1] === "\r" || body[i - 1] === "\t")
+  )
+    i--;
+  return i;
+}
+
+/**
+ * Finds a trailing `"NodeNames": [...] }` by reading backwards from the end of the body: a few characters
+ * and one lastIndexOf, linear in the body whatever it holds (no regular expression runs over input that
+ * is not parsed yet). A list whose names contain brackets is not recognised here and takes the generic path.
+ */
 function splitNodeNames(body: string): { names: string[]; rest: string } | undefined {
-  const match = TRAILING_NODE_NAMES.exec(body);
-  if (match === null) return undefined;
-  const text = match[1] as string;
+  let end = trimEnd(body, body.length);
+  if (body[end - 1] !== "}") return undefined;
+  end = trimEnd(body, end - 1);
+  if (body[end - 1] !== "]") return undefined;
+  const open = body.lastIndexOf("[", end - 1);
+  if (open < 0) return undefined;
+  let k = trimEnd(body, open);
+  if (body[k - 1] !== ":") return undefined;
+  k = trimEnd(body, k - 1);
+  const key = '"NodeNames"';
+  if (k < key.length || !body.startsWith(key, k - key.length)) return undefined;
+  const text = body.slice(open, end);
   let names: string[];
   if (lastNodeNames?.text === text) names = lastNodeNames.names;
   else {
@@ -111,7 +135,7 @@ function splitNodeNames(body: string): { names: string[]; rest: string } | undef
     names = parsed as string[];
     lastNodeNames = { text, names };
   }
-  return { names, rest: `${body.slice(0, match.index)}"NodeNames":null}` };
+  return { names, rest: `${body.slice(0, k - key.length)}"NodeNames":null}` };
 }
 
 /**

@@ -6,7 +6,7 @@
 import type * as http from "node:http";
 import type * as http2 from "node:http2";
 import { ConnectError } from "@connectrpc/connect";
-import { BodyTooLarge, readBody } from "../../common/http/read-body.js";
+import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from "../../common/http/read-body.js";
 import {
   BindRequestSchema,
   BindResponseSchema,
@@ -22,9 +22,6 @@ import type { SchedulingService } from "./scheduling-service.js";
 type Req = http.IncomingMessage | http2.Http2ServerRequest;
 type Res = http.ServerResponse | http2.Http2ServerResponse;
 
-/** Largest extender request accepted: full-mode NodeLists of thousands of nodes are several MB. */
-const MAX_BODY = 64 * 1024 * 1024;
-
 /** JSON text that is already serialised. */
 class RawJson {
   constructor(readonly text: string) {}
@@ -35,14 +32,24 @@ function send(res: Res, status: number, body: unknown) {
   res.end(body instanceof RawJson ? body.text : JSON.stringify(body));
 }
 
-/** Returns a handler for `prefix` (e.g. "/scheduler"), or false for other paths. */
-export function createHttpExtender(service: SchedulingService, prefix = "/scheduler") {
+export interface HttpExtenderOptions {
+  /** URL prefix of the verbs, e.g. "/scheduler". */
+  readonly prefix: string;
+  /** Largest body accepted; larger ones get 413. */
+  readonly maxBodyBytes: number;
+  /** Time a body has to arrive; then 408. */
+  readonly bodyTimeoutMs: number;
+}
+
+/** Returns a handler for the extender's paths; it returns false for other paths. */
+export function createHttpExtender(service: SchedulingService, options: HttpExtenderOptions) {
+  const prefix = options.prefix;
   return (req: Req, res: Res): boolean => {
     const path = (req.url ?? "").split("?")[0] ?? "";
     if (req.method !== "POST" || !path.startsWith(`${prefix}/`)) return false;
     const verb = path.slice(prefix.length + 1);
     if (!["filter", "prioritize", "bind", "preempt"].includes(verb)) return false;
-    readBody(req, MAX_BODY)
+    readBody(req, options.maxBodyBytes, options.bodyTimeoutMs)
       .then(async (body) => {
         switch (verb) {
           case "filter": {
@@ -73,10 +80,11 @@ export function createHttpExtender(service: SchedulingService, prefix = "/schedu
       .then(
         (json) => send(res, 200, json),
         (err: unknown) => {
-          if (err instanceof BodyTooLarge) {
+          if (err instanceof BodyTooLarge || err instanceof BodyTimeout) {
             res.setHeader("connection", "close");
-            return send(res, 413, { Error: err.message });
+            return send(res, err instanceof BodyTooLarge ? 413 : 408, { Error: err.message });
           }
+          if (err instanceof BodyAborted) return;
           const message = err instanceof ConnectError ? err.rawMessage : "internal error";
           send(res, err instanceof ConnectError ? 400 : 500, { Error: message });
         },

@@ -44,10 +44,9 @@ import type {
   PrioritizeRequest,
   PrioritizeResponseSchema,
 } from "../../gen/es/kinfer/scheduling/v1/scheduling_pb.js";
-import type { ClusterState, NodeInfo } from "../cluster/cluster-state.js";
+import type { ClusterState } from "../cluster/cluster-state.js";
 import { checkFit } from "../cluster/fit.js";
 import { copyGpuNode, type DeviceShare, type GpuNode, release } from "../cluster/gpu-node.js";
-import { nodeInfoOf } from "../cluster/kube-objects.js";
 import { type PodRequest, PodRequestError, readPodRequest } from "../cluster/pod-request.js";
 import {
   chooseBest,
@@ -79,12 +78,20 @@ export interface SchedulingServiceOptions {
   assumeTtlMs?: number;
   /** How long prioritize's hold on the top node lasts if no bind follows. Default 30 s. */
   reserveTtlMs?: number;
+  /**
+   * Most holds at once (pods decided but not yet bound). kube-scheduler binds a handful of pods at a time;
+   * the bound keeps a caller that sends filter after filter from reserving every GPU. Past it, the
+   * filter still answers but holds nothing. Default 64.
+   */
+  maxHolds?: number;
   /** Tie-breaking among equally good nodes; Math.random by default. */
   random?: () => number;
   /** "all" (default): filter returns every node that fits; "best": only the policy's choice. */
   filterReturns?: "all" | "best";
   /** Decision metrics. */
   onDecision?: (verb: string, result: string, seconds: number) => void;
+  /** Called when a hold is refused because maxHolds are held. */
+  onHoldRefused?: () => void;
 }
 
 /** Replies are plain init objects: cheap to build for thousands of nodes; Connect and the HTTP JSON writer take them. */
@@ -98,6 +105,10 @@ export interface SchedulingService {
   explain(req: ExplainRequest): Reply<typeof ExplainResponseSchema>;
   /** The filter's node evaluations: worked out, or read from the score cache (for /metrics). */
   readonly evaluations: PlacementCache["evaluations"];
+  /** Pods held now (decided, not yet bound). */
+  readonly holds: number;
+  /** Called when a hold is refused because maxHolds pods are held (for /metrics). */
+  onHoldRefused: (() => void) | undefined;
 }
 
 export function createSchedulingService(options: SchedulingServiceOptions): SchedulingService {
@@ -138,17 +149,32 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
 
   const random = options.random ?? Math.random;
 
-  /** Holds the pod's devices on its chosen node until bind (see the module comment). */
+  /** Pods held now (uid -> when the hold lapses), for the bound on holds. */
+  const holds = new Map<string, number>();
+  const maxHolds = options.maxHolds ?? 64;
+  const reserveTtlMs = options.reserveTtlMs ?? 30_000;
+
+  /** Holds the pod's devices on its chosen node until bind (see the module comment), within maxHolds. */
   function hold(pod: ReturnType<typeof read>, best: Evaluation): void {
     if (pod.uid === "") return;
+    const t = Date.now();
+    for (const [uid, until] of holds) if (until <= t) holds.delete(uid);
+    if (!holds.has(pod.uid) && holds.size >= maxHolds) {
+      (options.onHoldRefused ?? self.onHoldRefused)?.();
+      return;
+    }
     const held = { uid: pod.uid, key: pod.key, node: best.node.name, request: pod.request };
-    state.assume(held, best.devices, options.reserveTtlMs ?? 30_000);
+    state.assume(held, best.devices, reserveTtlMs);
+    holds.set(pod.uid, t + reserveTtlMs);
   }
 
   /** A new scheduling attempt: the pod's reservation from an earlier one must not count against it. */
   function readAttempt(pod: Pod | undefined): ReturnType<typeof read> {
     const attempt = read(pod);
-    if (attempt.uid !== "") state.unassume(attempt.uid);
+    if (attempt.uid !== "") {
+      state.unassume(attempt.uid);
+      holds.delete(attempt.uid);
+    }
     return attempt;
   }
 
@@ -164,31 +190,25 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
     | { names: readonly string[]; version: number; known: GpuNode[]; unknown: string[] }
     | undefined;
 
-  /** The nodes a request names: cached ones by name, or from the Nodes it carries (full mode). */
+  /**
+   * The cached nodes a request names (NodeNames, or the names of the Nodes it carries when kube-scheduler
+   * runs the extender without nodeCacheCapable). A request's Node objects are never taken into the cache:
+   * the cache is the informers' (or the local cluster file's), so a caller cannot resize or invent nodes.
+   */
   function nodesOf(nodeNames: readonly string[], nodes: readonly Node[] | undefined) {
-    if (
-      (nodes === undefined || nodes.length === 0) &&
-      lastResolved?.names === nodeNames &&
-      lastResolved.version === state.nodesVersion
-    ) {
+    const names =
+      nodes !== undefined && nodes.length > 0 ? nodes.map((n) => n.metadata?.name ?? "") : nodeNames;
+    if (lastResolved?.names === names && lastResolved.version === state.nodesVersion) {
       return { known: lastResolved.known, unknown: lastResolved.unknown };
     }
     const known: GpuNode[] = [];
     const unknown: string[] = [];
-    if (nodes !== undefined && nodes.length > 0) {
-      for (const n of nodes) {
-        const info: NodeInfo = nodeInfoOf(n);
-        state.upsertNode(info);
-        known.push(state.nodes.get(info.name) as GpuNode);
-      }
-      return { known, unknown };
-    }
-    for (const name of nodeNames) {
+    for (const name of names) {
       const node = state.nodes.get(name);
       if (node === undefined) unknown.push(name);
       else known.push(node);
     }
-    lastResolved = { names: nodeNames, version: state.nodesVersion, known, unknown };
+    lastResolved = { names, version: state.nodesVersion, known, unknown };
     return { known, unknown };
   }
 
@@ -199,7 +219,14 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
     return out;
   }
 
-  return {
+  const self: SchedulingService = {
+    onHoldRefused: undefined,
+    get holds() {
+      const t = Date.now();
+      let n = 0;
+      for (const until of holds.values()) if (until > t) n++;
+      return n;
+    },
     evaluations: placements.evaluations,
     filter: (req) =>
       timed(
@@ -290,6 +317,7 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
       const node = state.nodes.get(req.node);
       if (node === undefined) return done(`unknown node ${req.node}`);
       state.unassume(req.podUid); // prioritize's hold, possibly on another node
+      holds.delete(req.podUid);
       const best = chooseBest(evaluateNodes([node], pod.request, policyOf(pod.policy)), () => 0);
       if (best === undefined) return done(`pod ${pod.key} no longer fits node ${req.node}`);
       const placed = { uid: req.podUid, key: pod.key, node: req.node, request: pod.request };
@@ -327,13 +355,13 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
           for (const [name, uids, victims] of candidates) {
             const node = state.nodes.get(name);
             if (node === undefined) continue;
-            // Simulate the evictions on a copy of the node.
+            // Simulate the evictions on a copy of the node: only victims that really hold resources there.
             const copy = copyGpuNode(node);
-            for (const uid of uids) {
+            for (const uid of new Set(uids)) {
+              const victim = state.podOf(uid);
               const devices = state.devicesOf(uid);
-              const victim = pending.get(uid);
-              if (devices !== undefined)
-                release(copy, victim?.request.cpuMilli ?? 0, victim?.request.memMiB ?? 0, devices);
+              if (victim === undefined || victim.node !== name || devices === undefined) continue;
+              release(copy, victim.request.cpuMilli, victim.request.memMiB, devices);
             }
             if (checkFit(copy, pod.request).fits) out[name] = victims;
           }
@@ -380,4 +408,5 @@ export function createSchedulingService(options: SchedulingServiceOptions): Sche
       };
     },
   };
+  return self;
 }

@@ -108,15 +108,20 @@ describe("filter", () => {
     expect(json.FailedAndUnresolvableNodes).toEqual({ "gpu-node-1": "Too few GPUs on the node" });
   });
 
-  it("works in full mode, returning the fitting nodes of the NodeList", async () => {
+  it("works in full mode, returning the fitting nodes of the NodeList, judged on its own cache", async () => {
+    const before = [...(state.nodes.get("gpu-node-1")?.free ?? [])];
     const json = (await (await post("filter", fixture("filter-args-full.json"))).json()) as {
       NodeNames: string[];
       Nodes: { items: { metadata: { name: string } }[] };
-      FailedAndUnresolvableNodes: Record<string, string>;
+      FailedNodes: Record<string, string>;
     };
     expect(json.NodeNames).toEqual(["gpu-node-1"]);
     expect(json.Nodes.items.map((n) => n.metadata.name)).toEqual(["gpu-node-1"]);
-    expect(Object.keys(json.FailedAndUnresolvableNodes)).toEqual(["cpu-node-1"]);
+    // The request's Node objects never enter the cache: a node it does not know is not judged on them.
+    expect(json.FailedNodes).toEqual({ "cpu-node-1": "not in kinfer-scheduler's cache yet" });
+    expect(state.nodes.has("cpu-node-1")).toBe(false);
+    expect([...(state.nodes.get("gpu-node-1")?.free ?? [])]).toEqual(before);
+    expect(state.nodes.get("gpu-node-1")?.cpuMilli).toBe(96_000);
   });
 
   it("reports an invalid pod request in Error", async () => {
@@ -204,10 +209,10 @@ describe("malformed requests", () => {
     expect(((await res.json()) as { Error: string }).Error.length).toBeGreaterThan(0);
   });
 
-  it("a body over 64 MiB: HTTP 413, not buffered", async () => {
-    const res = await post("filter", `{"Pod":"${"x".repeat(65 * 1024 * 1024)}"}`);
+  it("a body over 16 MiB: HTTP 413, not buffered", async () => {
+    const res = await post("filter", `{"Pod":"${"x".repeat(17 * 1024 * 1024)}"}`);
     expect(res.status).toBe(413);
-    expect(((await res.json()) as { Error: string }).Error).toMatch(/exceeds 67108864 bytes/);
+    expect(((await res.json()) as { Error: string }).Error).toMatch(/exceeds 16777216 bytes/);
   });
 
   it("leave the process unharmed", async () => {
