@@ -10,11 +10,12 @@
  * a gateway taken out of its Service would turn those typed errors into refused connections.
  */
 import type { DescFile } from "@bufbuild/protobuf";
-import type { ConnectRouter } from "@connectrpc/connect";
+import { Code, type ConnectRouter } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
 import { Agent } from "undici";
 import { createHealthState, registerHealthService } from "../common/connect/health-service.js";
 import { registerReflectionService } from "../common/connect/reflection-service.js";
+import { type FileWatch, watchFile } from "../common/fs/watch-file.js";
 import { type Listener, listen, type RequestHandler } from "../common/http/listener.js";
 import { createOpsRoutes } from "../common/http/ops-routes.js";
 import { createLogger, type Logger } from "../common/log/logger.js";
@@ -22,12 +23,17 @@ import { file_grpc_health_v1_health } from "../gen/es/grpc/health/v1/health_pb.j
 import { file_grpc_reflection_v1_reflection } from "../gen/es/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/es/grpc/reflection/v1alpha/reflection_pb.js";
 import { file_kinfer_admin_v1_admin } from "../gen/es/kinfer/admin/v1/admin_pb.js";
-import { file_kinfer_inference_v1_inference } from "../gen/es/kinfer/inference/v1/inference_pb.js";
+import {
+  ErrorReason,
+  file_kinfer_inference_v1_inference,
+} from "../gen/es/kinfer/inference/v1/inference_pb.js";
 import { adminAuthInterceptor, readAdminToken } from "./admin/admin-auth.js";
 import { registerAdminService } from "./admin/admin-service.js";
+import { planReload } from "./config/config-reload.js";
 import type { GatewayConfig } from "./config/gateway-config.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { createStaticSource } from "./discovery/static-source.js";
+import { gatewayError } from "./errors/gateway-error.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics/gateway-metrics.js";
 import { createPipeline, type Pipeline } from "./pipeline/pipeline.js";
 import { inferenceContextValues, registerInferenceService } from "./protocols/connect/inference-service.js";
@@ -74,7 +80,10 @@ export interface Gateway {
   readonly table: RoutingTable;
   readonly metrics: GatewayMetrics;
   readonly pipeline: Pipeline;
-  /** Applies a reloaded config (models, weights, policies, static replicas). */
+  /**
+   * Applies a reloaded config: the keys that can change at run time take effect (config-reload.ts), the
+   * others keep their running values and are named in a warning.
+   */
   applyConfig(config: GatewayConfig): void;
   /** Scrapes every replica once now. */
   scrapeNow(): Promise<void>;
@@ -94,6 +103,8 @@ export interface Gateway {
 }
 
 const SERVICES = ["kinfer.inference.v1.InferenceService", "grpc.health.v1.Health"];
+/** After a drain, how long the last responses (errors and trailers included) have to leave before close. */
+const DRAIN_FLUSH_MS = 1000;
 const REFLECTION = ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 const ADMIN_SERVICES = ["kinfer.admin.v1.AdminService", ...REFLECTION];
 const DESCRIPTORS: DescFile[] = [
@@ -208,11 +219,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   const ops = createOpsRoutes({ registry: metrics.registry, ready: () => health.serving });
 
-  const corsHandler = createCorsHandler({
-    allowedOrigins: config.cors.allowedOrigins,
-    maxAgeSeconds: config.cors.maxAgeSeconds,
-    extraHeaders: [config.sessionHeader, config.versionHeader],
-  });
+  const corsOf = (c: GatewayConfig) =>
+    createCorsHandler({
+      allowedOrigins: c.cors.allowedOrigins,
+      maxAgeSeconds: c.cors.maxAgeSeconds,
+      extraHeaders: [c.sessionHeader, c.versionHeader],
+    });
+  let corsHandler = corsOf(config);
   const handler: RequestHandler = (req, res) => {
     if (corsHandler(req, res)) return;
     if (ops(req, res)) return;
@@ -234,7 +247,28 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   // The admin API: its own listener (loopback by default), its own token.
   let admin: Listener | undefined;
-  const adminToken = config.admin !== undefined ? readAdminToken(config.admin) : undefined;
+  // The admin token: re-read when the config names another, or when its file changes (a rotated Secret).
+  let adminToken = config.admin !== undefined ? readAdminToken(config.admin) : undefined;
+  const reloadAdminToken = (why: string) => {
+    if (config.admin === undefined) return;
+    try {
+      const next = readAdminToken(config.admin);
+      if (next !== undefined && next !== adminToken) {
+        adminToken = next;
+        log.info({ why }, "admin token rotated");
+      }
+    } catch (err) {
+      log.error({ err: (err as Error).message, why }, "admin token not rotated; keeping the one in force");
+    }
+  };
+  let tokenWatch: FileWatch | undefined;
+  const watchToken = () => {
+    tokenWatch?.close();
+    const file = config.admin?.tokenFile;
+    tokenWatch =
+      file === undefined ? undefined : watchFile(file, () => reloadAdminToken("token file changed"));
+  };
+  watchToken();
   if (config.admin !== undefined && adminToken !== undefined) {
     const adminHandler = connectNodeAdapter({
       // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
@@ -243,7 +277,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         registerAdminService(r, { table, now, keys });
         registerReflectionService(r, [file_kinfer_admin_v1_admin, ...DESCRIPTORS.slice(2)], ADMIN_SERVICES);
       },
-      interceptors: [adminAuthInterceptor(adminToken, log, keys)],
+      interceptors: [adminAuthInterceptor(() => adminToken ?? "", log, keys)],
       readMaxBytes: 1024 * 1024,
       shutdownSignal: shutdown.signal,
     });
@@ -277,6 +311,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     await dispatcher.close().catch(() => {});
     await endpoints.close();
     keys?.close();
+    tokenWatch?.close();
     rollouts.close();
   }
 
@@ -302,14 +337,29 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     get connections() {
       return listener.connections;
     },
-    applyConfig(next) {
-      config = next;
-      staticSource.update(next);
-      configureRollouts(next);
+    applyConfig(file) {
+      const plan = planReload(config, file);
+      const tokenChanged =
+        plan.config.admin?.token !== config.admin?.token ||
+        plan.config.admin?.tokenFile !== config.admin?.tokenFile;
+      config = plan.config;
+      staticSource.update(config);
+      configureRollouts(config);
       if (endpoints !== staticSource) rebuild();
+      corsHandler = corsOf(config);
+      log.level = config.logLevel;
       listener.reloadTls();
       admin?.reloadTls();
-      log.info({ models: next.models.map((m) => m.name) }, "config applied");
+      if (tokenChanged) {
+        reloadAdminToken("config changed");
+        watchToken();
+      }
+      log.info({ applied: plan.applied, models: config.models.map((m) => m.name) }, "config applied");
+      if (plan.notApplied.length > 0)
+        log.warn(
+          { notApplied: plan.notApplied },
+          "config keys not applied: they take effect at the next restart",
+        );
     },
     scrapeNow: () => scraper.scrapeAll(),
     async drain(deadlineMs = config.timeouts.drainMs) {
@@ -317,10 +367,17 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       log.info({ inFlight: pipeline.inFlight, deadlineMs }, "draining");
       const until = now() + deadlineMs;
       while (pipeline.inFlight > 0 && now() < until) await new Promise((r) => setTimeout(r, 50));
-      // The last streams' ends and trailers may still be on their way out: let connections finish (and
-      // watch streams end) before anything is cut.
+      if (pipeline.inFlight > 0) {
+        // Out of time: every stream still open ends with a typed, retryable error rather than a cut.
+        log.warn({ inFlight: pipeline.inFlight }, "drain deadline reached; ending the remaining streams");
+        pipeline.abortAll(
+          gatewayError(Code.Unavailable, ErrorReason.SHUTTING_DOWN, "the gateway is shutting down; retry", 0),
+        );
+      }
+      // The last streams' ends and trailers are on their way out: let connections finish (and watch
+      // streams end) for a moment, then close.
       shutdown.abort();
-      await listener.closeGracefully(Math.max(0, Math.min(2000, until - now())));
+      await listener.closeGracefully(DRAIN_FLUSH_MS);
       await close();
     },
     close,

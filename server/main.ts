@@ -31,7 +31,8 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const file = values.config;
-  let config = await loadGatewayConfig(file);
+  const loaded = await loadGatewayConfig(file);
+  let config = loaded;
   if (values.port !== undefined) {
     const port = Number(values.port);
     if (!Number.isInteger(port) || port < 0 || port > 65_535)
@@ -54,6 +55,7 @@ export async function main(argv: string[]): Promise<void> {
   const gateway = await startGateway({ config, log, ...(endpoints !== undefined ? { endpoints } : {}) });
   const watcher = watchConfigFile(
     file,
+    loaded,
     (next) => gateway.applyConfig(values.port === undefined ? next : { ...next, listen: config.listen }),
     (err) => log.error({ err: err.message }, "config reload failed; keeping the running config"),
   );
@@ -64,7 +66,8 @@ export async function main(argv: string[]): Promise<void> {
       .join(", ")} at ${gateway.url}\n` +
       `  gRPC, Connect, gRPC-Web: ${gateway.url}/kinfer.inference.v1.InferenceService/\n` +
       `  OpenAI:                  ${gateway.url}/v1/chat/completions\n` +
-      `  metrics:                 ${gateway.url}/metrics\n`,
+      `  metrics:                 ${gateway.url}/metrics\n` +
+      (gateway.adminUrl !== undefined ? `  admin:                   ${gateway.adminUrl}\n` : ""),
   );
   stopOnSignal(() => {
     watcher.close();

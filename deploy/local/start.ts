@@ -45,6 +45,7 @@ for (const model of config.models) {
 const gateway = await startGateway({ config, log });
 const watcher = watchConfigFile(
   configFile,
+  config,
   (next) => gateway.applyConfig(next),
   (err) => log.error({ err: err.message }, "config reload failed; keeping the running config"),
 );

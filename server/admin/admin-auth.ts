@@ -25,9 +25,16 @@ export function readAdminToken(admin: {
   return admin.token;
 }
 
-export function adminAuthInterceptor(token: string, log: Logger, keys?: KeyStore): Interceptor {
-  const expected = digest(token);
+/** `token` is read on every call, so that a rotated token takes effect at once. */
+export function adminAuthInterceptor(token: () => string, log: Logger, keys?: KeyStore): Interceptor {
+  let current = "";
+  let expected = digest("");
   return (next) => async (req) => {
+    const t = token();
+    if (t !== current) {
+      current = t;
+      expected = digest(t);
+    }
     const header = req.header.get("authorization") ?? "";
     const presented = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : "";
     const procedure = `${req.service.typeName}/${req.method.name}`;
@@ -35,7 +42,7 @@ export function adminAuthInterceptor(token: string, log: Logger, keys?: KeyStore
       log.warn({ audit: true, procedure, code: "permission_denied" }, "admin call with a tenant key refused");
       throw new ConnectError("a tenant API key cannot call the admin API", Code.PermissionDenied);
     }
-    if (presented === "" || !timingSafeEqual(digest(presented), expected)) {
+    if (presented === "" || current === "" || !timingSafeEqual(digest(presented), expected)) {
       log.warn({ audit: true, procedure, code: "unauthenticated" }, "admin call refused");
       throw new ConnectError("a valid admin token is required", Code.Unauthenticated);
     }

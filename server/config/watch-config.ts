@@ -1,26 +1,27 @@
 /**
- * Reloads the config file when it changes. The directory is watched, not the file, so that editors'
- * atomic renames and Kubernetes ConfigMap symlink swaps are seen. Changes are debounced; a file that
- * fails validation is reported and the running config is kept.
+ * Reloads the config file when it changes (common/fs/watch-file.ts: atomic renames and ConfigMap symlink
+ * swaps are seen; events debounced). A file that fails validation is reported and the running config is
+ * kept; one that parses to the same config is not a reload.
  */
-import { watch } from "node:fs";
-import { basename, dirname } from "node:path";
+import { watchFile } from "../../common/fs/watch-file.js";
 import { type GatewayConfig, loadGatewayConfig } from "./gateway-config.js";
 
 export interface ConfigWatcher {
   close(): void;
 }
 
+/** Watches `file`, whose config in force is `current` (what the caller loaded and started with). */
 export function watchConfigFile(
   file: string,
+  current: GatewayConfig,
   onConfig: (config: GatewayConfig) => void,
   onError: (err: Error) => void,
   debounceMs = 100,
 ): ConfigWatcher {
-  let timer: NodeJS.Timeout | undefined;
-  let last = "";
+  // Compared with what is in force, not with a second read of the file: a change made between the
+  // caller's load and this watch must still count as a change.
+  let last = JSON.stringify(current);
   const reload = () => {
-    timer = undefined;
     loadGatewayConfig(file).then(
       (config) => {
         const fingerprint = JSON.stringify(config);
@@ -31,24 +32,5 @@ export function watchConfigFile(
       (err: unknown) => onError(err as Error),
     );
   };
-  // The first load is the caller's; remember it so that a touch without changes is not a reload.
-  loadGatewayConfig(file).then(
-    (config) => {
-      last = JSON.stringify(config);
-    },
-    () => {},
-  );
-  const name = basename(file);
-  const watcher = watch(dirname(file), (_event, changed) => {
-    if (changed !== null && changed !== name && !changed.startsWith("..")) return;
-    clearTimeout(timer);
-    timer = setTimeout(reload, debounceMs);
-  });
-  watcher.on("error", onError);
-  return {
-    close() {
-      clearTimeout(timer);
-      watcher.close();
-    },
-  };
+  return watchFile(file, reload, onError, debounceMs);
 }

@@ -91,6 +91,8 @@ export interface Pipeline {
   readonly inFlight: number;
   /** Requests accepted and requests ended since start: equal whenever nothing is in flight. */
   readonly counts: { readonly accepted: number; readonly ended: number };
+  /** Ends every request in flight with `reason` (a client-safe error), as a drain's deadline does. */
+  abortAll(reason: ConnectError): void;
   /**
    * Which models a caller may list: every model without API keys; with keys, those of its key (throws
    * UNAUTHENTICATED for a missing or invalid key).
@@ -112,6 +114,8 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
   let inFlight = 0;
   let accepted = 0;
   let ended = 0;
+  /** The watchdog of every request in flight, so that a drain can end them all. */
+  const watchdogs = new Set<AbortController>();
 
   async function* run(req: InferenceRequest): AsyncGenerator<InferenceEvent> {
     const acceptedAt = deps.now();
@@ -130,6 +134,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     let promptEstimate = 0;
     // The request's own signal: the client's, or the slow-reader watchdog's (which also cuts the client).
     const watchdog = new AbortController();
+    watchdogs.add(watchdog);
     const signal = AbortSignal.any([req.signal, watchdog.signal]);
     const slowReader = createSlowReaderWatch(config.timeouts.slowReaderMs, deps.now, () => {
       watchdog.abort(new ConnectError("the client stopped reading", Code.Canceled));
@@ -144,6 +149,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     const finish = () => {
       if (finished) return;
       finished = true;
+      watchdogs.delete(watchdog);
       slowReader.stop();
       signal.removeEventListener("abort", onAbortWhileHeld);
       inFlight--;
@@ -284,6 +290,9 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     },
     get counts() {
       return { accepted, ended };
+    },
+    abortAll(reason) {
+      for (const w of [...watchdogs]) w.abort(reason);
     },
   };
 }

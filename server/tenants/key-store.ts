@@ -11,10 +11,11 @@
  * (`npm run keys` prints a new key's entry).
  */
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync, renameSync, watch, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { parse, stringify } from "yaml";
 import { z } from "zod";
+import { watchFile } from "../../common/fs/watch-file.js";
 
 const SECRET_PREFIX = "kfr_";
 
@@ -156,10 +157,8 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
     index();
   };
 
-  // Reload on change: watch the directory (atomic renames and Secret symlink swaps replace the file).
-  let timer: NodeJS.Timeout | undefined;
+  // Reload on change (atomic renames and Secret symlink swaps replace the file: common/fs/watch-file.ts).
   const reload = () => {
-    timer = undefined;
     try {
       const text = readFileSync(file, "utf8");
       if (text === last) return;
@@ -170,11 +169,7 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
       options.onReloadError?.(err as Error);
     }
   };
-  const watcher = watch(dirname(file), (_event, name) => {
-    if (name !== null && name !== basename(file) && !name.startsWith("..")) return;
-    if (timer !== undefined) clearTimeout(timer);
-    timer = setTimeout(reload, 50);
-  });
+  const watcher = watchFile(file, reload);
 
   return {
     authenticate(secret) {
@@ -205,7 +200,6 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
     },
     close() {
       watcher.close();
-      if (timer !== undefined) clearTimeout(timer);
     },
   };
 }

@@ -14,6 +14,8 @@ const root = new URL("../..", import.meta.url).pathname;
 
 export interface GatewayProcess {
   readonly url: string;
+  /** The admin API's URL, when the config enables it. */
+  readonly adminUrl: string | undefined;
   readonly pid: number;
   readonly child: ChildProcess;
   /** The config file (rewrite it to test reloads). */
@@ -38,21 +40,29 @@ export async function startGatewayProcess(config: Record<string, unknown>): Prom
   child.stderr?.on("data", (d) => {
     output += d;
   });
+  let adminUrl: string | undefined;
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`kinfer-gateway did not start:\n${output}`)), 30_000);
     child.once("exit", (code) => reject(new Error(`kinfer-gateway exited with ${code}:\n${output}`)));
+    let serving: string | undefined;
     createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
       output += `${line}\n`;
-      const m = /^kinfer-gateway: serving .* at (\S+)$/.exec(line);
-      if (m) {
+      serving ??= /^kinfer-gateway: serving .* at (\S+)$/.exec(line)?.[1];
+      adminUrl ??= /^ {2}admin: +(\S+)$/.exec(line)?.[1];
+      // The banner's last line names the metrics (and the admin API after it, when there is one).
+      if (
+        serving !== undefined &&
+        (/^ {2}admin: /.test(line) || (/^ {2}metrics: /.test(line) && !("admin" in config)))
+      ) {
         clearTimeout(timer);
-        resolve(m[1] as string);
+        resolve(serving);
       }
     });
   });
   child.removeAllListeners("exit");
   return {
     url,
+    adminUrl,
     pid: child.pid as number,
     child,
     configFile,

@@ -98,6 +98,7 @@ describe("config", () => {
     const errors: string[] = [];
     const watcher = watchConfigFile(
       file,
+      await loadGatewayConfig(file),
       (c) => seen.push(c.models[0]?.versions[0]?.weight ?? -1),
       (e) => errors.push(e.message),
       20,

@@ -48,7 +48,8 @@ export function createReplyCollector(chat: boolean) {
           for (const d of v as ToolCallDelta[]) {
             const i =
               typeof d.index === "number" && d.index >= 0 && d.index < 128 ? d.index : toolCalls.length;
-            const call = (toolCalls[i] ??= { type: "function", function: { name: "", arguments: "" } });
+            toolCalls[i] ??= { type: "function", function: { name: "", arguments: "" } };
+            const call = toolCalls[i];
             if (typeof d.id === "string") call.id = d.id;
             if (typeof d.type === "string") call.type = d.type;
             if (typeof d.function?.name === "string") call.function.name += d.function.name;
