@@ -262,11 +262,12 @@ export function createFragmentationPolicy(options: FragmentationOptions = {}): P
       return {
         score(node) {
           best(node);
-          let score = -bestDelta - freeAfter(node, req) * packingWeight;
+          const free = freeAfter(node, req);
+          let score = -bestDelta - free * packingWeight;
           if (strandingWeight > 0)
             score -=
               strandingWeight *
-              (stranded(freeAfter(node, req), node.cpuFree - req.cpuMilli, node.memFree - req.memMiB) -
+              (stranded(free, node.cpuFree - req.cpuMilli, node.memFree - req.memMiB) -
                 stranded(node.freeMilli, node.cpuFree, node.memFree));
           return score;
         },
