@@ -8,8 +8,14 @@ import { candidatePlacements } from "../cluster/fit.js";
 import type { DeviceShare, GpuNode } from "../cluster/gpu-node.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
 
-export type PolicyName = "spread" | "binpack" | "bestfit" | "fragmentation";
-export const POLICY_NAMES: readonly PolicyName[] = ["spread", "binpack", "bestfit", "fragmentation"];
+export type PolicyName = "spread" | "binpack" | "bestfit" | "fragmentation" | "fgd-reference";
+export const POLICY_NAMES: readonly PolicyName[] = [
+  "spread",
+  "binpack",
+  "bestfit",
+  "fragmentation",
+  "fgd-reference",
+];
 
 /**
  * Scores nodes for one pod; may keep per-pod caches. It is only given nodes the pod fits (checkFit).

@@ -1,81 +1,110 @@
 /**
- * The trace replay of the FGD paper's experiment: resample the pod list with a seed until its GPU
- * requests reach `demand`% of the cluster's GPU capacity (the whole list first, then pods drawn at random
- * with replacement), shuffle, then place pods one by one with a policy through the extender's own filter
- * and score code (the placement cache, as the extender's filter). Nothing is ever deleted; a pod
- * that fits nowhere fails and is not retried. The allocation ratio (allocated GPU / total GPU) is recorded
- * at every 1% of arrived demand.
+ * The trace replay of the FGD paper's experiment, following the authors' simulator step by step
+ * (workload.ts: shuffle, tune to the target demand, seeded node order; allocation-levels.ts: the
+ * allocation ratio per arrived-demand level), with placements made by the extender's own filter and
+ * score code (the placement cache). Pods are placed one by one and never deleted; a pod that fits
+ * nowhere fails and is not retried. Score ties go to the first node in the seeded order, as the
+ * simulator's smallest-prefixed-name rule does, for every policy. `random` is the paper's Random
+ * baseline (a random node that fits, a random placement on it), not an extender policy.
  */
 
 import { createRng } from "../../common/random.js";
-import { allocate, createGpuNode, type GpuNode } from "../cluster/gpu-node.js";
+import { candidatePlacements, checkFit } from "../cluster/fit.js";
+import { allocate, createGpuNode, type DeviceShare, type GpuNode } from "../cluster/gpu-node.js";
 import type { TraceNode } from "../cluster/openb-trace.js";
 import { gpuMilliOf, type PodRequest } from "../cluster/pod-request.js";
 import { createPlacementCache } from "../placement/placement-cache.js";
-import type { PolicyName } from "../policies/placement-policy.js";
+import type { PlacementPolicy, PolicyName } from "../policies/placement-policy.js";
 import { createPolicy } from "../policies/policies.js";
+import { createAllocationTrace } from "./allocation-levels.js";
+import { buildWorkload } from "./workload.js";
+
+/**
+ * A placement policy by name, the paper's Random baseline, or a factory given the trace's pod list (for
+ * benchmarks that try a policy's options).
+ */
+export type ReplayPolicy = PolicyName | "random" | ((workload: readonly PodRequest[]) => PlacementPolicy);
 
 export interface ReplayRun {
-  /** ratio[d] = allocated GPU / total GPU once d% of capacity had arrived (d = 0..demand). */
-  readonly ratio: Float64Array;
+  /** Allocation ratio (%) at each arrived-demand level 0..demand, the FGD authors' way (NaN: no event near). */
+  readonly allocation: Float64Array;
+  /** GPUs left unallocated at the top level: capacity times (100 - allocation[demand]) %. */
   readonly unallocatedGpus: number;
+  /** Pods in the workload, and how many fit nowhere. */
   readonly pods: number;
   readonly failed: number;
+  /** Arrived GPU demand at the end, in % of capacity. */
+  readonly arrivedPercent: number;
 }
 
-/** The workload of one seed: the list, topped up by sampling to `demand`%, shuffled. */
-export function resample(
-  pods: readonly PodRequest[],
-  capacityMilli: number,
-  demand: number,
-  random: () => number,
-): PodRequest[] {
-  const list = [...pods];
-  let total = list.reduce((s, p) => s + gpuMilliOf(p), 0);
-  const target = (demand / 100) * capacityMilli;
-  while (total < target && pods.length > 0) {
-    const p = pods[Math.floor(random() * pods.length)] as PodRequest;
-    list.push(p);
-    total += gpuMilliOf(p);
-  }
-  for (let i = list.length - 1; i > 0; i--) {
-    const j = Math.floor(random() * (i + 1));
-    [list[i], list[j]] = [list[j] as PodRequest, list[i] as PodRequest];
-  }
-  return list;
+/** Chooses where a pod goes: a node and its devices, or undefined when it fits nowhere. */
+type Placer = (pod: PodRequest) => { node: GpuNode; devices: readonly DeviceShare[] } | undefined;
+
+function policyPlacer(
+  nodes: readonly GpuNode[],
+  chosen: Exclude<ReplayPolicy, "random">,
+  workload: readonly PodRequest[],
+): Placer {
+  const policy = typeof chosen === "function" ? chosen(workload) : createPolicy(chosen, { workload });
+  const placements = createPlacementCache();
+  const firstTie = () => 0;
+  return (pod) => {
+    policy.observe(pod);
+    return placements.pickBest(nodes, pod, policy, firstTie);
+  };
+}
+
+function randomPlacer(nodes: readonly GpuNode[], random: () => number): Placer {
+  return (pod) => {
+    const fitting = nodes.filter((n) => checkFit(n, pod).fits);
+    const node = fitting[Math.floor(random() * fitting.length)];
+    if (node === undefined) return undefined;
+    const candidates = candidatePlacements(node, pod);
+    return { node, devices: candidates[Math.floor(random() * candidates.length)] ?? [] };
+  };
 }
 
 export function replayOnce(
   traceNodes: readonly TraceNode[],
   pods: readonly PodRequest[],
-  policyName: PolicyName,
+  policy: ReplayPolicy,
   seed: number,
   demand: number,
 ): ReplayRun {
   const random = createRng(seed);
-  const nodes: GpuNode[] = traceNodes.map((n) =>
-    createGpuNode({ name: n.name, model: n.model, cpuMilli: n.cpuMilli, memMiB: n.memMiB, gpus: n.gpus }),
-  );
-  const capacity = nodes.reduce((s, n) => s + n.free.length * 1000, 0);
-  const workload = resample(pods, capacity, demand, random);
-  const policy = createPolicy(policyName);
-  const placements = createPlacementCache();
-  const ratio = new Float64Array(demand + 1);
+  const capacity = traceNodes.reduce((s, n) => s + n.gpus * 1000, 0);
+  const workload = buildWorkload(pods, traceNodes.length, capacity, demand, random);
+  const nodes = workload.nodeOrder.map((i) => {
+    const n = traceNodes[i] as TraceNode;
+    return createGpuNode({
+      name: n.name,
+      model: n.model,
+      cpuMilli: n.cpuMilli,
+      memMiB: n.memMiB,
+      gpus: n.gpus,
+    });
+  });
+  const place = policy === "random" ? randomPlacer(nodes, random) : policyPlacer(nodes, policy, pods);
+  const trace = createAllocationTrace(capacity);
   let allocated = 0;
   let arrived = 0;
-  let mark = 1;
   let failed = 0;
-  for (const pod of workload) {
-    policy.observe(pod);
-    const best = placements.pickBest(nodes, pod, policy, random);
-    if (best === undefined) failed++;
+  for (const pod of workload.pods) {
+    arrived += gpuMilliOf(pod);
+    const choice = place(pod);
+    if (choice === undefined) failed++;
     else {
-      allocate(best.node, pod.cpuMilli, pod.memMiB, best.devices);
+      allocate(choice.node, pod.cpuMilli, pod.memMiB, choice.devices);
       allocated += gpuMilliOf(pod);
     }
-    arrived += gpuMilliOf(pod);
-    while (mark <= demand && arrived >= (mark / 100) * capacity) ratio[mark++] = allocated / capacity;
+    trace.record(arrived, allocated);
   }
-  while (mark <= demand) ratio[mark++] = allocated / capacity;
-  return { ratio, unallocatedGpus: (capacity - allocated) / 1000, pods: workload.length, failed };
+  const allocation = trace.levels(demand);
+  return {
+    allocation,
+    unallocatedGpus: (capacity / 1000) * (1 - (allocation[demand] as number) / 100),
+    pods: workload.pods.length,
+    failed,
+    arrivedPercent: (arrived / capacity) * 100,
+  };
 }
