@@ -4,6 +4,7 @@
  * undrain; routing policies; a watch stream of state changes. It reads and changes only the routing table
  * and replica state, never the request path itself. API keys are created, listed and revoked in the key
  * store (server/tenants/key-store.ts); without one configured, those calls fail with FAILED_PRECONDITION.
+ * ListQueues shows flow control's queues (server/flow/flow-control.ts).
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -19,6 +20,7 @@ import {
   type RoutingPolicySchema,
 } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
 import { type RoutingPolicyConfig, routingPolicySchema } from "../config/gateway-config.js";
+import type { QueueState } from "../flow/flow-control.js";
 import { freshSignals, type Replica, replicaStatus } from "../replicas/replica.js";
 import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
 import { type ApiKeyRecord, type KeyStore, KeyStoreError } from "../tenants/key-store.js";
@@ -44,6 +46,8 @@ export interface AdminServiceDeps {
   readonly now: () => number;
   /** Tenants' API keys, when configured. */
   readonly keys?: KeyStore | undefined;
+  /** Flow control's queues (ListQueues). */
+  readonly queues: () => readonly QueueState[];
 }
 
 const MAX_LIMIT = 1e12;
@@ -295,6 +299,27 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
     revokeApiKey(req) {
       const store = keyStore();
       return { key: keyToProto(keyStoreCall(() => store.revoke(req.id))) };
+    },
+    listQueues(req) {
+      const queues = deps
+        .queues()
+        .filter((q) => req.model === "" || q.model === req.model)
+        .sort((a, b) => a.model.localeCompare(b.model));
+      return {
+        queues: queues.map((q) => ({
+          model: q.model,
+          active: q.active,
+          slots: Math.min(q.slots, 2 ** 32 - 1),
+          queued: q.queued,
+          queuedBytes: BigInt(q.queuedBytes),
+          oldestWait: durationFromMs(Math.round(q.oldestWaitMs)),
+          tenants: q.tenants.map((t) => ({
+            tenant: t.tenant,
+            queued: t.queued,
+            virtualTokens: t.virtualTokens,
+          })),
+        })),
+      };
     },
   });
 }
