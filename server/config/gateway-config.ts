@@ -66,8 +66,20 @@ const versionSchema = z
  */
 export const flowSchema = z
   .object({
-    /** Requests this gateway lets through per routable, unsaturated replica before requests wait. Default 256. */
-    maxInFlightPerReplica: z.number().int().positive().max(100_000).default(256),
+    /**
+     * Requests this gateway lets through per routable, unsaturated replica before requests wait: the batch
+     * size at which a replica reaches its throughput, at most vLLM's --max-num-seqs. Default 128: for the
+     * simulator's 8B model on one H100, as much throughput as 256 with half the latency (BENCHMARKS.md).
+     */
+    maxInFlightPerReplica: z.number().int().positive().max(100_000).default(128),
+    /**
+     * Prompt tokens a replica may have pending prefill (this gateway's requests before their first token)
+     * and still take non-critical requests: about one engine step's budget (vLLM's
+     * --max-num-batched-tokens). Default 8192.
+     */
+    maxPrefillTokensPerReplica: z.number().int().positive().default(8192),
+    /** The share of that bound kept for critical requests (others wait short of it). Default 0.1. */
+    criticalReserve: z.number().min(0).max(0.9).default(0.1),
     /** Requests waiting per model; a full queue evicts lower classes first, else refuses (429). Default 1,000. */
     maxQueued: z.number().int().nonnegative().max(1_000_000).default(1000),
     /** Prompt bytes held by waiting requests per model. Default 32 MiB. */

@@ -5,18 +5,29 @@
  *
  * - Saturation: a model has a slot for a new request while one of its routable replicas is under the
  *   router's own thresholds (fresh signals: waiting requests and KV-cache usage) and the requests this
- *   gateway has released to the model are fewer than maxInFlightPerReplica per such replica.
+ *   gateway has released to the model are fewer than maxInFlightPerReplica per such replica. A share of
+ *   that bound (criticalReserve) is kept for critical requests, so that they rarely wait at all: with the
+ *   bound at the replica's batch size (vLLM's max_num_seqs), they find a free place in its batch too. And a
+ *   replica with more prompt tokens waiting for prefill than one engine step takes (maxPrefillTokens-
+ *   PerReplica, this gateway's requests before their first token) takes no non-critical request: prefill
+ *   stays short, so a critical request's first token comes within a step or two even under overload.
  * - While the model has slots and nothing waits, a request passes at once (no allocation, no timer).
  *   Otherwise it waits, and waiters are released as slots free (a request ends, a scrape, a replica
  *   appears: `notify`), critical before standard before sheddable.
- * - Fairness: within a class, the backlogged tenant that has received the least weighted service goes
- *   first (virtual token counters: each dispatch adds its cost, prompt plus max_tokens, over the tenant's
- *   weight; a tenant that starts waiting is lifted to the least counter of those waiting, so idle time
- *   earns no credit), so a tenant sending ten times as much gets no more than its share while others wait.
+ * - Order: critical requests first; below critical, the backlogged tenant that has received the least
+ *   weighted service goes next, its standard requests before its sheddable ones (virtual token counters:
+ *   each dispatch adds its cost, prompt plus max_tokens, over the tenant's weight; a tenant that starts
+ *   waiting is lifted to the least counter of those waiting, so idle time earns no credit). A tenant
+ *   sending ten times as much gets no more than its share while others wait, and under overload its own
+ *   sheddable work is what waits and is shed.
  * - Bounds: waiters per model (maxQueued) and their prompt bytes (maxQueuedBytes); a full queue evicts its
  *   newest waiter of a lower class for a higher one, else refuses the newcomer. A waiter leaves with
  *   RESOURCE_EXHAUSTED (HTTP 429, retry-after) after maxWaitMs or just before its own deadline, and at once
- *   when its client cancels.
+ *   when its client cancels. A request that would wait longer than that anyway (the waiters ahead of it
+ *   over the rate at which the saturated model ends requests), or would then not finish before its
+ *   deadline (its cost times the model's smoothed service time per token of cost), is refused at once
+ *   rather than held to fail later; and a waiter whose deadline is too near to finish is not let through. Under overload the queue stays
+ *   as long as the model can serve in time, so what it admits finishes: goodput holds.
  * - Scale from zero: a model with no routable replica holds requests up to activationTimeoutMs (0: fail at
  *   once with UNAVAILABLE), and the waiting count is exported for KEDA or the HPA to scale on.
  *
@@ -34,11 +45,15 @@ export const CLASSES: readonly Priority[] = ["critical", "standard", "sheddable"
 const RANK: Record<Priority, number> = { critical: 0, standard: 1, sheddable: 2 };
 
 /** Why a request was refused or sent away by flow control (a metric label). */
-export type ShedReason = "queue-full" | "evicted" | "wait-timeout" | "no-replica";
+export type ShedReason = "queue-full" | "evicted" | "wait-timeout" | "wait-too-long" | "no-replica";
 
 /** The bounds of a model's queue (config `flow`, defaults there). */
 export interface FlowLimits {
   readonly maxInFlightPerReplica: number;
+  /** A replica with more prompt tokens pending prefill (this gateway's) takes no non-critical request. */
+  readonly maxPrefillTokensPerReplica: number;
+  /** The share of the in-flight bound kept for critical requests (others stop short of it). */
+  readonly criticalReserve: number;
   readonly maxQueued: number;
   readonly maxQueuedBytes: number;
   readonly maxWaitMs: number;
@@ -122,6 +137,10 @@ interface Waiter {
 interface ModelFlow {
   readonly name: string;
   active: number;
+  /** When the last requests ended while others waited (the model's service rate when saturated). */
+  readonly endings: number[];
+  /** Smoothed time from letting a request through to its end, per token of its cost, ms (0 until one ended). */
+  msPerCost: number;
   bytes: number;
   count: number;
   /** Waiters by class, then by tenant, oldest first. */
@@ -135,10 +154,18 @@ interface ModelFlow {
 /** Re-check saturated models this often while requests wait, besides the events that free slots. */
 const TICK_MS = 50;
 
-/** Replicas a new request may go to now, and of those, the ones under the router's thresholds. */
-function replicaCapacity(model: ModelEntry, now: number): { routable: number; unsaturated: number } {
+/**
+ * Replicas a new request may go to now; of those, the ones under the router's thresholds (critical
+ * requests may use these), and of those the ones whose pending prefill is also under its bound (others).
+ */
+function replicaCapacity(
+  model: ModelEntry,
+  now: number,
+  maxPrefillTokens: number,
+): { routable: number; unsaturated: number; open: number } {
   let routable = 0;
   let unsaturated = 0;
+  let open = 0;
   const p = model.policy;
   for (const v of model.versions) {
     if (v.weight <= 0) continue;
@@ -146,14 +173,15 @@ function replicaCapacity(model: ModelEntry, now: number): { routable: number; un
       if (!isEligible(r, now)) continue;
       routable++;
       const s = freshSignals(r, now, p.signalMaxAgeMs);
-      if (
-        s === undefined ||
-        (s.waiting + r.sentSinceScrape <= p.queueThreshold && s.kvCacheUsage <= p.kvCacheThreshold)
-      )
-        unsaturated++;
+      const saturated =
+        s !== undefined &&
+        (s.waiting + r.sentSinceScrape > p.queueThreshold || s.kvCacheUsage > p.kvCacheThreshold);
+      if (saturated) continue;
+      unsaturated++;
+      if (r.prefillTokens <= maxPrefillTokens) open++;
     }
   }
-  return { routable, unsaturated };
+  return { routable, unsaturated, open };
 }
 
 export function createFlowController(options: FlowControllerOptions): FlowController {
@@ -167,6 +195,8 @@ export function createFlowController(options: FlowControllerOptions): FlowContro
       f = {
         name,
         active: 0,
+        endings: [],
+        msPerCost: 0,
         bytes: 0,
         count: 0,
         queues: CLASSES.map(() => new Map()),
@@ -178,24 +208,77 @@ export function createFlowController(options: FlowControllerOptions): FlowContro
     return f;
   };
 
-  function slotsOf(f: ModelFlow, model: ModelEntry | undefined): { routable: number; slots: number } {
-    if (model === undefined) return { routable: 0, slots: 0 };
-    const { routable, unsaturated } = replicaCapacity(model, options.now());
-    const bound = unsaturated * options.limits(f.name).maxInFlightPerReplica;
-    return { routable, slots: Math.max(0, bound - f.active) };
+  /** Slots for standard and sheddable requests, and for critical ones (which may use the reserve). */
+  function slotsOf(
+    f: ModelFlow,
+    model: ModelEntry | undefined,
+  ): { routable: number; slots: number; criticalSlots: number } {
+    if (model === undefined) return { routable: 0, slots: 0, criticalSlots: 0 };
+    const limits = options.limits(f.name);
+    const { routable, unsaturated, open } = replicaCapacity(
+      model,
+      options.now(),
+      limits.maxPrefillTokensPerReplica,
+    );
+    const bound = unsaturated * limits.maxInFlightPerReplica;
+    const reserve = Math.ceil(bound * limits.criticalReserve);
+    return {
+      routable,
+      slots:
+        open === 0
+          ? 0
+          : Math.max(0, Math.min(bound - reserve, open * limits.maxInFlightPerReplica) - f.active),
+      criticalSlots: Math.max(0, bound - f.active),
+    };
   }
 
-  function ticket(f: ModelFlow): FlowTicket {
+  function ticket(f: ModelFlow, cost: number): FlowTicket {
     f.active++;
+    const since = options.now();
     let released = false;
     return {
       release() {
         if (released) return;
         released = true;
         f.active--;
-        if (f.count > 0) dispatch(f);
+        const now = options.now();
+        const perCost = (now - since) / Math.max(1, cost);
+        f.msPerCost = f.msPerCost === 0 ? perCost : f.msPerCost + SERVICE_ALPHA * (perCost - f.msPerCost);
+        if (f.count > 0) {
+          f.endings.push(now);
+          if (f.endings.length > RATE_SAMPLES) f.endings.shift();
+          dispatch(f);
+        }
       },
     };
+  }
+
+  /**
+   * Requests per ms the model takes while saturated: the last RATE_SAMPLES endings while others waited.
+   * Undefined until there are enough, or when the last one is old (the model may have changed since).
+   */
+  function serviceRate(f: ModelFlow, now: number): number | undefined {
+    const e = f.endings;
+    if (e.length < MIN_RATE_SAMPLES) return undefined;
+    const first = e[0] as number;
+    const last = e.at(-1) as number;
+    if (last <= first || now - last > 4 * (last - first)) return undefined;
+    return (e.length - 1) / (last - first);
+  }
+
+  /** Waiters that would be served before a newcomer of class `c`. */
+  function ahead(f: ModelFlow, c: Priority, tenant: string): number {
+    const critical = [...(f.queues[0] as Map<string, Waiter[]>).values()].reduce((n, l) => n + l.length, 0);
+    if (c === "critical") return critical;
+    // Below critical, tenants take turns: before a newcomer's turn each backlogged tenant is served about
+    // as many requests as the newcomer's tenant has waiting ahead of it (its own standard ones first).
+    const own = (RANK[c] >= 1 ? queuedIn(f, 1, tenant) : 0) + (RANK[c] >= 2 ? queuedIn(f, 2, tenant) : 0);
+    let n = critical + own;
+    for (const other of backloggedTenants(f)) {
+      if (other === tenant) continue;
+      n += Math.min(queuedIn(f, 1, other) + queuedIn(f, 2, other), own + 1);
+    }
+    return n;
   }
 
   /** The least virtual counter among tenants waiting in any class (the lift for a newcomer). */
@@ -227,37 +310,65 @@ export function createFlowController(options: FlowControllerOptions): FlowContro
     }
   }
 
-  /** The next waiter: the first class with waiters, its tenant with the least counter, its oldest. */
+  /**
+   * The next waiter. Critical requests go first, whoever sends them (the tenant with the least counter
+   * among them). Below critical, fairness comes before class: the backlogged tenant with the least
+   * counter is next, and within its requests, standard before sheddable, oldest first. So a tenant below
+   * its share is served in full, while the one above it sees its sheddable work wait, and go, first.
+   */
   function next(f: ModelFlow): Waiter | undefined {
-    for (const byTenant of f.queues) {
-      let best: Waiter | undefined;
-      let bestCounter = Number.POSITIVE_INFINITY;
-      for (const [tenant, list] of byTenant) {
+    const critical = leastCounterHead(f, [f.queues[0] as Map<string, Waiter[]>]);
+    if (critical !== undefined) return critical;
+    return leastCounterHead(f, [f.queues[1] as Map<string, Waiter[]>, f.queues[2] as Map<string, Waiter[]>]);
+  }
+
+  /** Of the tenants waiting in `classes`, the one with the least counter; its head in the first class it has. */
+  function leastCounterHead(f: ModelFlow, classes: Map<string, Waiter[]>[]): Waiter | undefined {
+    let best: Waiter | undefined;
+    let bestCounter = Number.POSITIVE_INFINITY;
+    for (const byTenant of classes)
+      for (const tenant of byTenant.keys()) {
         const c = f.counters.get(tenant) ?? 0;
-        const head = list[0] as Waiter;
-        if (c < bestCounter || (c === bestCounter && best !== undefined && head.seq < best.seq)) {
+        if (c > bestCounter) continue;
+        let head: Waiter | undefined;
+        for (const q of classes) {
+          head = q.get(tenant)?.[0];
+          if (head !== undefined) break;
+        }
+        if (head === undefined) continue;
+        if (c < bestCounter || (best !== undefined && head.seq < best.seq)) {
           best = head;
           bestCounter = c;
         }
       }
-      if (best !== undefined) return best;
-    }
-    return undefined;
+    return best;
   }
 
   function dispatch(f: ModelFlow): void {
     if (closed) return;
     const model = options.model(f.name);
-    let { routable, slots } = slotsOf(f, model);
+    const { routable, slots, criticalSlots } = slotsOf(f, model);
+    let [free, freeCritical] = [slots, criticalSlots];
     const now = options.now();
-    while (f.count > 0 && slots > 0 && routable > 0) {
+    while (f.count > 0 && routable > 0) {
       const w = next(f) as Waiter;
+      if ((w.req.criticality === "critical" ? freeCritical : free) <= 0) break;
+      // One that cannot finish before its client gives up would only take the place of one that can.
+      if (
+        w.req.deadlineAt !== undefined &&
+        f.msPerCost > 0 &&
+        now + f.msPerCost * w.req.cost > w.req.deadlineAt
+      ) {
+        refuse(f, w, "wait-too-long");
+        continue;
+      }
       remove(f, w);
       const r = w.req;
       f.counters.set(r.tenant, (f.counters.get(r.tenant) ?? 0) + r.cost / Math.max(r.weight, 1e-6));
       options.hooks?.dispatched?.(f.name, r.criticality, r.tenant, now - w.enqueuedAt, r.cost);
-      w.resolve(ticket(f));
-      slots--;
+      w.resolve(ticket(f, r.cost));
+      free--;
+      freeCritical--;
     }
   }
 
@@ -281,11 +392,14 @@ export function createFlowController(options: FlowControllerOptions): FlowContro
     acquire(req) {
       const f = flowOf(req.model.name);
       const limits = options.limits(f.name);
-      const { routable, slots } = slotsOf(f, req.model);
-      if (f.count === 0 && slots > 0) {
+      const { routable, slots, criticalSlots } = slotsOf(f, req.model);
+      const critical = req.criticality === "critical";
+      // Critical requests pass waiting non-critical ones, and may use the reserve.
+      const noneAhead = f.count === 0 || (critical && (f.queues[0] as Map<string, Waiter[]>).size === 0);
+      if (noneAhead && (critical ? criticalSlots : slots) > 0) {
         options.hooks?.dispatched?.(f.name, req.criticality, req.tenant, 0, req.cost);
         f.counters.set(req.tenant, (f.counters.get(req.tenant) ?? 0) + req.cost / Math.max(req.weight, 1e-6));
-        return ticket(f);
+        return ticket(f, req.cost);
       }
       if (routable === 0 && limits.activationTimeoutMs === 0) {
         options.hooks?.shed?.(f.name, req.criticality, "no-replica");
@@ -301,8 +415,24 @@ export function createFlowController(options: FlowControllerOptions): FlowContro
         }
         refuse(f, victim, "evicted");
       }
+      const now = options.now();
+      const waitMs = routable === 0 ? limits.activationTimeoutMs : limits.maxWaitMs;
+      // Leave just before the client's own deadline, so that it hears why.
+      const leaveAt = Math.min(
+        now + waitMs,
+        (req.deadlineAt ?? Number.POSITIVE_INFINITY) - DEADLINE_MARGIN_MS,
+      );
+      // Refuse now what would wait past its limit, or be let through too late to finish in time.
+      const rate = routable > 0 ? serviceRate(f, now) : undefined;
+      if (rate !== undefined) {
+        const wait = (ahead(f, req.criticality, req.tenant) + 1) / rate;
+        const finishAt = now + wait + f.msPerCost * req.cost;
+        if (wait > leaveAt - now || (req.deadlineAt !== undefined && finishAt > req.deadlineAt)) {
+          options.hooks?.shed?.(f.name, req.criticality, "wait-too-long");
+          throw shedError("wait-too-long", limits);
+        }
+      }
       return new Promise<FlowTicket>((resolve, reject) => {
-        const now = options.now();
         const lift = leastWaitingCounter(f);
         const byTenant = f.queues[RANK[req.criticality]] as Map<string, Waiter[]>;
         if (lift !== undefined && !queuedAnywhere(f, req.tenant))
@@ -395,9 +525,26 @@ export function createFlowController(options: FlowControllerOptions): FlowContro
 
 /** The client hears the queue's answer this long before its own deadline would cut the call. */
 const DEADLINE_MARGIN_MS = 50;
+/** Endings kept for a saturated model's service rate, and the fewest that give an estimate. */
+const RATE_SAMPLES = 64;
+const MIN_RATE_SAMPLES = 8;
+/** Weight of a new request's time in the smoothed service time per token. */
+const SERVICE_ALPHA = 0.05;
 
 function queuedAnywhere(f: ModelFlow, tenant: string): boolean {
   return f.queues.some((byTenant) => byTenant.has(tenant));
+}
+
+function queuedIn(f: ModelFlow, rank: number, tenant: string): number {
+  return (f.queues[rank] as Map<string, Waiter[]>).get(tenant)?.length ?? 0;
+}
+
+/** Tenants with standard or sheddable requests waiting. */
+function backloggedTenants(f: ModelFlow): Set<string> {
+  return new Set([
+    ...(f.queues[1] as Map<string, Waiter[]>).keys(),
+    ...(f.queues[2] as Map<string, Waiter[]>).keys(),
+  ]);
 }
 
 /** The newest waiter of a class below `than`, lowest class first. */
@@ -441,6 +588,13 @@ function shedError(reason: ShedReason, limits: FlowLimits): ConnectError {
         Code.ResourceExhausted,
         ErrorReason.OVERLOADED,
         "the model stayed at capacity for as long as the request could wait",
+        1000,
+      );
+    case "wait-too-long":
+      return gatewayError(
+        Code.ResourceExhausted,
+        ErrorReason.OVERLOADED,
+        "the model is at capacity and could not take the request in time",
         1000,
       );
   }

@@ -7,7 +7,8 @@
  * - least-outstanding: fewest requests in flight from this gateway.
  * - power-of-two-choices: the less loaded of two picked at random.
  * - resource-aware: llm-d's scoring from scraped vLLM signals. Replicas over the queue or KV thresholds
- *   are skipped while any other is under both; the rest score weights.queue x queue score (fewer waiting
+ *   (or with as many requests in flight as flow control's per-replica bound) are skipped while any other
+ *   is under them; the rest score weights.queue x queue score (fewer waiting
  *   requests is better, normalised across candidates) + weights.kvCache x (1 - KV usage).
  * - prefix-aware: resource-aware plus weights.prefix x the share of the prompt's prefix blocks the replica
  *   holds (PrefixAffinityIndex), dropped for a replica loaded over affinityLoadFactor x the mean (+1), so
@@ -35,6 +36,8 @@ export interface PickContext {
   readonly random: () => number;
   /** Round-robin position of this model version; advanced by round-robin picks. */
   readonly turn: { value: number };
+  /** In-flight requests at which a replica counts as full for scored policies (default: no bound). */
+  readonly maxInFlight?: number;
   /** Leading prefix blocks each replica holds, and how many blocks the prompt has (prefix-aware only). */
   readonly prefix?: { readonly matches: ReadonlyMap<string, number>; readonly blocks: number };
 }
@@ -109,7 +112,10 @@ function scored(candidates: readonly Replica[], ctx: PickContext): Pick {
       kv: s?.kvCacheUsage ?? kvDefault,
     };
   });
-  const under = rows.filter((x) => x.queue <= policy.queueThreshold && x.kv <= policy.kvCacheThreshold);
+  const full = ctx.maxInFlight ?? Number.POSITIVE_INFINITY;
+  const under = rows.filter(
+    (x) => x.queue <= policy.queueThreshold && x.kv <= policy.kvCacheThreshold && x.r.inFlight < full,
+  );
   const pool = under.length > 0 ? under : rows;
   const maxQ = Math.max(...pool.map((x) => x.queue));
   const minQ = Math.min(...pool.map((x) => x.queue));

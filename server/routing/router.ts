@@ -28,6 +28,11 @@ export interface RouterOptions {
 export interface RouteInput {
   /** A version named by the client (header or RoutingHints.version); empty follows the weights. */
   readonly pinnedVersion: string;
+  /**
+   * Requests in flight from this gateway at which a replica counts as full (flow control's
+   * maxInFlightPerReplica): scored policies send elsewhere while another has room. Default: no bound.
+   */
+  readonly maxInFlight?: number;
   /** A session key; empty for none. */
   readonly affinityKey: string;
   /** Hashes of the prompt's leading blocks (from `hashPrompt`). */
@@ -112,6 +117,7 @@ export function createRouter(options: RouterOptions): Router {
         policy,
         random,
         turn,
+        ...(input.maxInFlight !== undefined ? { maxInFlight: input.maxInFlight } : {}),
         ...(policy.algorithm === "prefix-aware"
           ? {
               prefix: { matches: prefixIndex.matches(input.prefixHashes), blocks: input.prefixHashes.length },

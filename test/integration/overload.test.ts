@@ -33,7 +33,7 @@ let dir: string;
 const extra: SimServer[] = [];
 
 /** Models: each test its own, one replica that runs 2 sequences (2 slots), slow tokens (~50 a second). */
-const FLOW = { maxInFlightPerReplica: 2, maxQueued: 4, maxWaitMs: 5000 };
+const FLOW = { maxInFlightPerReplica: 2, criticalReserve: 0, maxQueued: 4, maxWaitMs: 5000 };
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "kinfer-overload-"));
   const keysFile = join(dir, "keys.yaml");
@@ -143,11 +143,12 @@ describe("criticality", () => {
         order.push(`${name}:${r.status}`);
         await r.text();
       });
-    // The queue fills with sheddable work (the batch key's default) and one standard request.
+    // The queue fills with one tenant's sheddable work and a standard request.
+    const sheddable = { "x-kinfer-priority": "sheddable" };
     const waiting = [
-      tagged("shed1", chat("prio", keys.batch, 5)),
-      tagged("shed2", chat("prio", keys.batch, 5)),
-      tagged("shed3", chat("prio", keys.batch, 5)),
+      tagged("shed1", chat("prio", keys.a, 5, sheddable)),
+      tagged("shed2", chat("prio", keys.a, 5, sheddable)),
+      tagged("shed3", chat("prio", keys.a, 5, sheddable)),
     ];
     await waitFor(() => h.gateway.activity().inFlight === 5, "three waiters");
     waiting.push(tagged("standard", chat("prio", keys.a, 5)));
@@ -157,13 +158,27 @@ describe("criticality", () => {
     await Promise.all([...waiting, ...busy.map((b) => b.then((r) => r.text()))]);
     expect(order[0]).toBe("shed3:429");
     const served = order.filter((o) => o.endsWith(":200")).map((o) => o.split(":")[0]);
-    expect(served.slice(0, 2).sort()).toEqual(["critical", "standard"].sort());
-    expect(served.indexOf("critical")).toBeLessThan(served.indexOf("shed1"));
+    // Critical first; then, within the tenant, standard before sheddable.
+    // (Two slots: the last two run together and may end in either order.)
+    expect(served.slice(0, 2)).toEqual(["critical", "standard"]);
+    expect(served.slice(2).sort()).toEqual(["shed1", "shed2"]);
     await expectIdle(h);
   });
 });
 
 describe("fairness", () => {
+  it("a key's default criticality applies to its requests", async () => {
+    const busy = [chat("prio", keys.a, 30), chat("prio", keys.a, 30)];
+    await waitFor(() => replicaOf("prio").engine.stats().running === 2, "both slots busy");
+    const shed = chat("prio", keys.batch, 5); // the batch key's requests are sheddable
+    await waitFor(() => h.gateway.activity().inFlight === 3, "it to wait");
+    const q =
+      (await h.gateway.metrics.registry.getSingleMetric("kinfer_gateway_queue_length")?.get())?.values ?? [];
+    expect(q.find((v) => v.labels.model === "prio" && v.labels.priority === "sheddable")?.value).toBe(1);
+    await Promise.all([shed, ...busy].map((p) => p.then((r) => r.text())));
+    await expectIdle(h);
+  });
+
   it("a tenant that floods the queue does not starve another: the other's requests go next", async () => {
     const starts: string[] = [];
     const first = async (tenant: string, key: { secret: string }) => {

@@ -28,6 +28,8 @@ function setup(limits: Partial<FlowLimits> = {}) {
     model: () => model,
     limits: () => ({
       maxInFlightPerReplica: 1,
+      maxPrefillTokensPerReplica: 1e9,
+      criticalReserve: 0,
       maxQueued: 1000,
       maxQueuedBytes: 1e9,
       maxWaitMs: 1e9,
@@ -115,6 +117,15 @@ describe("flow control", () => {
     const served = await serveAll(s, pending);
     // The first went through at once (the model had a slot); the rest by class.
     expect(served.slice(1)).toEqual(["critical2", "critical4", "standard1", "sheddable3"]);
+  });
+
+  it("keeps a share of the bound for critical requests; others wait short of it", async () => {
+    const s = setup({ maxInFlightPerReplica: 10, criticalReserve: 0.2 });
+    for (let i = 0; i < 8; i++) expect(s.request("a")).not.toBeInstanceOf(Promise);
+    expect(s.request("a")).toBeInstanceOf(Promise); // standard: waits at 8 of 10
+    expect(s.request("a", { criticality: "critical" })).not.toBeInstanceOf(Promise);
+    expect(s.request("a", { criticality: "critical" })).not.toBeInstanceOf(Promise);
+    expect(s.request("a", { criticality: "critical" })).toBeInstanceOf(Promise); // the bound (10) is reached
   });
 
   it("bounds the bytes held by waiters", async () => {
