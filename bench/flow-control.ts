@@ -5,7 +5,7 @@
  *
  * Traffic (seeded): Poisson arrivals; prompts and outputs log-normal (medians 200 and 150 tokens, as
  * bench/routing.ts's sharegpt); 10% critical, 60% standard, 30% sheddable; two tenants of equal weight,
- * one sending ten times as much as the other. Every client gives up at its deadline (20 s after it sent
+ * one sending ten times as much as the other. Every client gives up at its deadline (120 s after it sent
  * the request): a request still waiting or generating then is cancelled, as a real client's would be.
  * The fleet's capacity (output tokens per second) is measured first, by saturating it.
  *

@@ -26,8 +26,9 @@
  *   when its client cancels. A request that would wait longer than that anyway (the waiters ahead of it
  *   over the rate at which the saturated model ends requests), or would then not finish before its
  *   deadline (its cost times the model's smoothed service time per token of cost), is refused at once
- *   rather than held to fail later; and a waiter whose deadline is too near to finish is not let through. Under overload the queue stays
- *   as long as the model can serve in time, so what it admits finishes: goodput holds.
+ *   rather than held to fail later; and a waiter whose deadline is too near to finish is not let through.
+ *   Under overload the queue stays as long as the model can serve in time, so what it admits finishes:
+ *   goodput holds.
  * - Scale from zero: a model with no routable replica holds requests up to activationTimeoutMs (0: fail at
  *   once with UNAVAILABLE), and the waiting count is exported for KEDA or the HPA to scale on.
  *

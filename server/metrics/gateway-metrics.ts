@@ -235,7 +235,7 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
   });
   const shed = new Counter({
     name: "kinfer_gateway_shed_total",
-    help: "Requests flow control refused or sent away, by criticality and reason (queue-full, evicted, wait-timeout, no-replica).",
+    help: "Requests flow control refused or sent away, by criticality and reason (queue-full, evicted, wait-timeout, wait-too-long, no-replica).",
     labelNames: ["model", "priority", "reason"],
     registers,
   });

@@ -19,7 +19,7 @@ import { gatewayError, toClientError } from "../errors/gateway-error.js";
 import type { FlowController, FlowTicket } from "../flow/flow-control.js";
 import type { GatewayMetrics } from "../metrics/gateway-metrics.js";
 import { type RelayDeps, type RelayTrace, relay } from "../relay/relay.js";
-import type { InferenceEvent, InferenceRequest } from "../request/inference-request.js";
+import type { InferenceEvent, InferenceRequest, Priority } from "../request/inference-request.js";
 import { validateRequest } from "../request/validate-request.js";
 import type { RoutingTable } from "../routing/routing-table.js";
 import type { Admission, Admitter } from "../tenants/admission.js";
@@ -238,8 +238,9 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       promptEstimate = Math.ceil(chars / 4);
       const cost = promptEstimate + (req.sampling.maxTokens ?? config.limits.defaultMaxTokens);
       if (key !== undefined) admission = deps.admitter?.admit(key, entry.name, cost);
-      // Wait for a slot while the model is saturated (at once when it is not).
-      const criticality = req.priority ?? key?.priority ?? "standard";
+      // Wait for a slot while the model is saturated (at once when it is not). A key's criticality is
+      // both its requests' default and the most they may claim: a tenant cannot jump others' queue.
+      const criticality = capPriority(req.priority ?? key?.priority ?? "standard", key?.priority);
       const granted = deps.flow.acquire({
         model: entry,
         criticality,
@@ -315,4 +316,10 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       for (const w of [...watchdogs]) w.abort(reason);
     },
   };
+}
+
+const PRIORITY_RANK: Record<Priority, number> = { critical: 0, standard: 1, sheddable: 2 };
+/** The claimed criticality, lowered to the ceiling when there is one. */
+function capPriority(claimed: Priority, ceiling: Priority | undefined): Priority {
+  return ceiling !== undefined && PRIORITY_RANK[claimed] < PRIORITY_RANK[ceiling] ? ceiling : claimed;
 }

@@ -73,7 +73,7 @@ export function newKey(init: {
   tenant: string;
   allowedModels?: readonly string[];
   limits?: Partial<ApiKeyLimits>;
-  priority?: "critical" | "standard" | "sheddable";
+  priority?: ApiKeyRecord["priority"];
   weight?: number;
   now?: Date;
 }): { record: ApiKeyRecord; secret: string } {
@@ -115,7 +115,13 @@ export interface KeyStore {
   /** The valid (not revoked) key with this secret, if any. */
   authenticate(secret: string): ApiKeyRecord | undefined;
   list(filter?: { tenant?: string; includeRevoked?: boolean }): ApiKeyRecord[];
-  create(init: { tenant: string; allowedModels: readonly string[]; limits: ApiKeyLimits }): {
+  create(init: {
+    tenant: string;
+    allowedModels: readonly string[];
+    limits: ApiKeyLimits;
+    priority?: ApiKeyRecord["priority"];
+    weight?: number;
+  }): {
     record: ApiKeyRecord;
     secret: string;
   };

@@ -27,6 +27,7 @@ const keys = {
   a: newKey({ tenant: "team-a" }),
   b: newKey({ tenant: "team-b" }),
   batch: newKey({ tenant: "batch", priority: "sheddable" }),
+  ops: newKey({ tenant: "ops", priority: "critical" }),
 };
 let h: Harness;
 let dir: string;
@@ -153,8 +154,8 @@ describe("criticality", () => {
     await waitFor(() => h.gateway.activity().inFlight === 5, "three waiters");
     waiting.push(tagged("standard", chat("prio", keys.a, 5)));
     await waitFor(() => h.gateway.activity().inFlight === 6, "four waiters");
-    // A critical request on a full queue: the newest sheddable one makes way.
-    waiting.push(tagged("critical", chat("prio", keys.a, 5, { "x-kinfer-priority": "critical" })));
+    // A critical request (from a key allowed to claim it) on a full queue: the newest sheddable one makes way.
+    waiting.push(tagged("critical", chat("prio", keys.ops, 5, { "x-kinfer-priority": "critical" })));
     await Promise.all([...waiting, ...busy.map((b) => b.then((r) => r.text()))]);
     expect(order[0]).toBe("shed3:429");
     const served = order.filter((o) => o.endsWith(":200")).map((o) => o.split(":")[0]);
@@ -176,6 +177,21 @@ describe("fairness", () => {
       (await h.gateway.metrics.registry.getSingleMetric("kinfer_gateway_queue_length")?.get())?.values ?? [];
     expect(q.find((v) => v.labels.model === "prio" && v.labels.priority === "sheddable")?.value).toBe(1);
     await Promise.all([shed, ...busy].map((p) => p.then((r) => r.text())));
+    await expectIdle(h);
+  });
+
+  it("a key's criticality is the most its requests may claim: a standard key's 'critical' waits as standard", async () => {
+    const busy = [chat("prio", keys.a, 30), chat("prio", keys.a, 30)];
+    await waitFor(() => replicaOf("prio").engine.stats().running === 2, "both slots busy");
+    const claimed = chat("prio", keys.b, 5, { "x-kinfer-priority": "critical" });
+    const lowered = chat("prio", keys.ops, 5, { "x-kinfer-priority": "sheddable" });
+    await waitFor(() => h.gateway.activity().inFlight === 4, "both to wait");
+    const q =
+      (await h.gateway.metrics.registry.getSingleMetric("kinfer_gateway_queue_length")?.get())?.values ?? [];
+    const waiting = (priority: string) =>
+      q.find((v) => v.labels.model === "prio" && v.labels.priority === priority)?.value;
+    expect([waiting("critical"), waiting("standard"), waiting("sheddable")]).toEqual([0, 1, 1]);
+    await Promise.all([claimed, lowered, ...busy].map((p) => p.then((r) => r.text())));
     await expectIdle(h);
   });
 

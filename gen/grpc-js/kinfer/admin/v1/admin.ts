@@ -22,6 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { Duration } from "../../../google/protobuf/duration.js";
 import { Timestamp } from "../../../google/protobuf/timestamp.js";
+import { Priority, priorityFromJSON, priorityToJSON } from "../../inference/v1/inference.js";
 
 export const protobufPackage = "kinfer.admin.v1";
 
@@ -492,7 +493,13 @@ export interface ApiKey {
     | Timestamp
     | undefined;
   /** When the key was revoked; unset while it is valid. */
-  revokedAt: Timestamp | undefined;
+  revokedAt:
+    | Timestamp
+    | undefined;
+  /** The criticality of the key's requests that name none (flow control). */
+  priority: Priority;
+  /** The key's share of a saturated model relative to other keys' (flow control's fair queueing). */
+  weight: number;
 }
 
 /** ApiKeyLimits bound what a key may use; 0 means no limit. */
@@ -515,7 +522,13 @@ export interface CreateApiKeyRequest {
   /** The models the key may use; empty allows every model. */
   allowedModels: string[];
   /** The key's limits. */
-  limits: ApiKeyLimits | undefined;
+  limits:
+    | ApiKeyLimits
+    | undefined;
+  /** The criticality of the key's requests that name none; unspecified is standard. */
+  priority: Priority;
+  /** The key's share of a saturated model relative to other keys'; 0 means 1. At most 1000. */
+  weight: number;
 }
 
 /** CreateApiKeyResponse holds the new key and, this once, its secret. */
@@ -3199,6 +3212,8 @@ function createBaseApiKey(): ApiKey {
     limits: undefined,
     createdAt: undefined,
     revokedAt: undefined,
+    priority: 0,
+    weight: 0,
   };
 }
 
@@ -3224,6 +3239,12 @@ export const ApiKey: MessageFns<ApiKey> = {
     }
     if (message.revokedAt !== undefined) {
       Timestamp.encode(message.revokedAt, writer.uint32(58).fork()).join();
+    }
+    if (message.priority !== 0) {
+      writer.uint32(64).int32(message.priority);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(73).double(message.weight);
     }
     return writer;
   },
@@ -3297,6 +3318,22 @@ export const ApiKey: MessageFns<ApiKey> = {
             message.revokedAt = Timestamp.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3334,6 +3371,8 @@ export const ApiKey: MessageFns<ApiKey> = {
         : isSet(object.revoked_at)
         ? fromJsonTimestamp(object.revoked_at)
         : undefined,
+      priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
     };
   },
 
@@ -3360,6 +3399,12 @@ export const ApiKey: MessageFns<ApiKey> = {
     if (message.revokedAt !== undefined) {
       obj.revokedAt = fromTimestamp(message.revokedAt).toISOString();
     }
+    if (message.priority !== 0) {
+      obj.priority = priorityToJSON(message.priority);
+    }
+    if (message.weight !== 0) {
+      obj.weight = message.weight;
+    }
     return obj;
   },
 
@@ -3381,6 +3426,8 @@ export const ApiKey: MessageFns<ApiKey> = {
     message.revokedAt = (object.revokedAt !== undefined && object.revokedAt !== null)
       ? Timestamp.fromPartial(object.revokedAt)
       : undefined;
+    message.priority = object.priority ?? 0;
+    message.weight = object.weight ?? 0;
     return message;
   },
 };
@@ -3504,7 +3551,7 @@ export const ApiKeyLimits: MessageFns<ApiKeyLimits> = {
 };
 
 function createBaseCreateApiKeyRequest(): CreateApiKeyRequest {
-  return { tenant: "", allowedModels: [], limits: undefined };
+  return { tenant: "", allowedModels: [], limits: undefined, priority: 0, weight: 0 };
 }
 
 export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
@@ -3517,6 +3564,12 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
     }
     if (message.limits !== undefined) {
       ApiKeyLimits.encode(message.limits, writer.uint32(26).fork()).join();
+    }
+    if (message.priority !== 0) {
+      writer.uint32(32).int32(message.priority);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(41).double(message.weight);
     }
     return writer;
   },
@@ -3558,6 +3611,22 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
             message.limits = ApiKeyLimits.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3579,6 +3648,8 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
         ? object.allowed_models.map((e: any) => globalThis.String(e))
         : [],
       limits: isSet(object.limits) ? ApiKeyLimits.fromJSON(object.limits) : undefined,
+      priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
     };
   },
 
@@ -3593,6 +3664,12 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
     if (message.limits !== undefined) {
       obj.limits = ApiKeyLimits.toJSON(message.limits);
     }
+    if (message.priority !== 0) {
+      obj.priority = priorityToJSON(message.priority);
+    }
+    if (message.weight !== 0) {
+      obj.weight = message.weight;
+    }
     return obj;
   },
 
@@ -3606,6 +3683,8 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
     message.limits = (object.limits !== undefined && object.limits !== null)
       ? ApiKeyLimits.fromPartial(object.limits)
       : undefined;
+    message.priority = object.priority ?? 0;
+    message.weight = object.weight ?? 0;
     return message;
   },
 };
