@@ -1,46 +1,38 @@
 /**
- * Gateway overhead benchmark: what the gateway adds to time to first token and inter-token latency, and
- * its CPU cost per 1,000 relayed tokens, at 1, 64, 256 and 1,024 concurrent streams.
+ * Gateway overhead benchmark: what kinfer's gateway costs per relayed token, side by side in one run with
+ * the proxies it is measured against: nginx as a plain streaming proxy and the seed article's Go gateway
+ * (gin + httputil.ReverseProxy), both in overhead/reference-proxies.ts. Three parts:
  *
- * Three processes on this machine: `kinfer-sim` (4 replicas, max_num_seqs 256), `kinfer-gateway` in front
- * of them, and this client, which runs a closed loop of streaming OpenAI completions either straight to
- * the replicas or through the gateway, round-robin over the replicas in both modes. Output lengths are
- * spread over 32-96 tokens (64 on average; --tokens 64 for all alike): with one length for all, the
- * streams of a closed loop finish in the same engine step and come back at once, bursts of hundreds of
- * new requests that made the run-to-run spread of the figures (±5 ms) larger than what is measured.
- * Routing is round-robin in both modes because least-outstanding sends a closed loop's next request to
- * the replica whose stream just finished, which has just started its next step: the request waits a
- * whole step there (+9 ms TTFT p50 at 256 streams), an effect of routing, not of the gateway's cost.
+ * 1. Relay cost at 1, 64, 256 and 1,024 concurrent streams: closed loops of streaming completions, each
+ *    target in turn (direct to the replicas; nginx; the seed gateway; kinfer on each surface it serves:
+ *    OpenAI SSE, Connect, gRPC, gRPC-Web), the order rotated every round. Per target: CPU per relayed
+ *    token (the proxy's user + system time from /proc over the phase, divided by the tokens its clients
+ *    received), the ratio to nginx's, added time to first token and inter-token latency against direct,
+ *    and, for kinfer, V8 heap allocation per relayed token (below).
+ * 2. Memory with 1,000 and 10,000 streams open at once (cleartext HTTP/2 clients, 100 streams per
+ *    connection, so that a proxy's sockets fit in this machine's file-descriptor limit of 20,000): each
+ *    proxy's RSS once every stream has its first token, and the ratio to nginx's.
+ * 3. Idle cost: kinfer's CPU and the requests it sends each replica while 64 replicas sit idle.
  *
- * The engine's own timing varies by up to a whole batch step, far more than the gateway costs, so TTFT
- * is measured per request outside the engine: (first token at the client - request sent) - (first token
- * written by the replica - request received by the replica), with the replica's times from its
- * /sim/traces. The gateway's added TTFT is that figure through the gateway minus the same figure direct.
- * Inter-token latency is compared as seen by the client. CPU comes from the gateway's own
- * process_cpu_seconds_total; its GC and event-loop figures (prom-client's defaults) go to stderr.
+ * Processes: `kinfer-sim` (4 replicas, max_num_seqs 256; output lengths spread over 32-96 tokens so that a
+ * closed loop settles into a steady state instead of bursts), the proxies, and this client. With 2 or
+ * more CPUs every proxy is pinned to CPU 1 and the simulator and this client to CPU 0 (taskset): the
+ * proxies get the same core, one at a time under load.
  *
- * "Added in the path" is measured through the gateway alone, as proxies report their overhead (Envoy's
- * x-envoy-upstream-service-time): the client's time to first token minus the gateway's Server-Timing
- * "upstream" (request sent to the replica to first token read). It holds the two hops to and from the
- * gateway, the gateway's own work and the client's own delays in reading (which the direct path has too),
- * and none of the replica's.
+ * Added TTFT pairs each request's client-side timing with the replica's own record of it (/sim/traces):
+ * (first token at client - sent) - (first token written by the replica - received by the replica), through
+ * a proxy minus direct; this removes the engine's step alignment, which varies by a whole step.
  *
- * Placement: with 2 or more CPUs, the gateway is pinned to CPU 1 and the simulator and this client to
- * CPU 0 (taskset), in both modes, as a gateway in production has cores of its own; otherwise the
- * gateway's CPU use would be charged to the replicas' and the client's timings.
+ * Allocation: kinfer runs with --trace-gc-nvp, whose line for every collection says how many bytes were
+ * allocated on the V8 heap since the previous one (`allocated=`); their sum over a phase, divided by the
+ * tokens relayed, is the allocation per token. Off-heap Buffer memory (socket reads) is not in it.
  *
- * With --rounds N, each level runs N direct and N gateway phases of --seconds each, alternating, and the
- * figures come from all of them pooled: slow drifts of this VM's speed then weigh on both modes alike, and
- * a p99 rests on N times as many requests (one 15-second round at 256 streams has ~1,700). Each round's
- * own added TTFT p50 and p99 go to stderr. BENCHMARKS.md uses --rounds 8.
+ * KINFER_BENCH_PROFILE=DIR writes a CPU profile of kinfer's gateway there; KINFER_BENCH_GATEWAY_FLAGS adds
+ * node flags to it.
  *
- * With --together, the direct and the gateway loads run at the same time (each with the given number
- * of streams), so that both see the same engine batches; at 256 streams that saturates CPU 0.
- *
- * KINFER_BENCH_PROFILE=DIR writes a CPU profile of the gateway there; KINFER_BENCH_GATEWAY_FLAGS adds node
- * flags to the gateway (e.g. --trace-gc, whose lines go to stderr).
- *
- *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 15 --rounds 8 --tokens 32-96 --together]
+ *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --rounds 3 --tokens 32-96
+ *                              --targets direct,nginx,seed,openai,connect,grpc,grpc-web --open 1000,10000
+ *                              --idle-seconds 30]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -48,165 +40,182 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { Agent, request } from "undici";
+import { buildSync } from "esbuild";
+import { cpuSeconds, rssBytes } from "./overhead/proc-stats.js";
+import { type ProxyProcess, startNginx, startSeedGateway } from "./overhead/reference-proxies.js";
+import { createStreamClient, openStreams, type Sample, type Surface } from "./overhead/stream-clients.js";
 
 const root = new URL("..", import.meta.url).pathname;
-const wallClock = () => performance.timeOrigin + performance.now();
-
 const PIN = availableParallelism() >= 2;
-const TOKENS = 'kinfer_gateway_tokens_total{model="m",version="stable",kind="completion"}';
+const PROXY_CPU = PIN ? 1 : undefined;
 
-/** Starts `node --import tsx ARGS` on `cpu` (when pinning); resolves when a line matches `ready`. */
-function startProcess(
+interface NodeProcess {
+  child: ChildProcess;
+  lines: string[];
+  /** Bytes allocated on the V8 heap so far, from --trace-gc-nvp (0 without it). */
+  allocated: number;
+}
+
+/**
+ * Starts `node ARGS` (with `--import tsx` for a .ts script) on `cpu` (when pinning); resolves when a line
+ * matches `ready`.
+ */
+function startNode(
   args: string[],
   ready: RegExp,
   cpu: number,
-): Promise<{ child: ChildProcess; lines: string[] }> {
-  const profile = process.env.KINFER_BENCH_PROFILE;
-  const prof = profile && args[0] === "server/main.ts" ? ["--cpu-prof", "--cpu-prof-dir", profile] : [];
-  // KINFER_BENCH_GATEWAY_FLAGS: extra node flags for the gateway (e.g. --trace-gc, heap sizes).
-  const flags = args[0] === "server/main.ts" ? (process.env.KINFER_BENCH_GATEWAY_FLAGS ?? "").split(" ") : [];
-  const node = [process.execPath, ...prof, ...flags.filter(Boolean), "--import", "tsx", ...args];
+  nodeFlags: string[] = [],
+): Promise<NodeProcess> {
+  const loader = args[0]?.endsWith(".ts") ? ["--import", "tsx"] : [];
+  const node = [process.execPath, ...nodeFlags, ...loader, ...args];
   const [cmd, ...rest] = PIN ? ["taskset", "-c", String(cpu), ...node] : node;
   const child = spawn(cmd as string, rest, { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
-  const lines: string[] = [];
+  const proc: NodeProcess = { child, lines: [], allocated: 0 };
   return new Promise((resolve, reject) => {
     const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
     rl.on("line", (line) => {
-      if (line.includes(" ms: "))
-        process.stderr.write(`${line}\n`); // --trace-gc
-      else lines.push(line);
-      if (ready.test(line)) resolve({ child, lines });
+      const gc = / allocated=(\d+) /.exec(line);
+      if (gc !== null) proc.allocated += Number(gc[1]);
+      else if (proc.lines.length < 1000) proc.lines.push(line);
+      if (ready.test(line)) resolve(proc);
     });
     child.once("exit", (code) => reject(new Error(`${args[0]} exited with ${code}`)));
   });
 }
 
-interface Sample {
-  id: string;
-  sentAt: number;
-  firstAt: number;
-  gaps: number[];
-  tokens: number;
-  /** Through the gateway: its Server-Timing "upstream" (request sent to the replica to first token read). */
-  upstreamMs: number | undefined;
-  /** Through the gateway: its Server-Timing "gateway" (accepted to request sent to the replica). */
-  gatewayMs: number | undefined;
-}
-
-/** One streaming completion; returns its timing, or undefined if it failed. */
-async function oneStream(
-  agent: Agent,
-  url: string,
-  i: number,
-  maxTokens: number,
-): Promise<Sample | undefined> {
-  const sentAt = wallClock();
-  const res = await request(`${url}/v1/completions`, {
-    method: "POST",
-    dispatcher: agent,
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({
-      model: "m",
-      prompt: `Request ${i}: tell me about batching.`,
-      max_tokens: maxTokens,
-      stream: true,
-    }),
-  });
-  if (res.statusCode !== 200) {
-    await res.body.dump();
-    return undefined;
-  }
-  const id = String(res.headers["x-request-id"]);
-  const timing = /upstream;dur=([\d.]+)/.exec(String(res.headers["server-timing"] ?? ""));
-  const upstreamMs = timing === null ? undefined : Number(timing[1]);
-  const own = /gateway;dur=([\d.]+)/.exec(String(res.headers["server-timing"] ?? ""));
-  const gatewayMs = own === null ? undefined : Number(own[1]);
-  let firstAt = 0;
-  let last = 0;
-  let tokens = 0;
-  const gaps: number[] = [];
-  let buffered = "";
-  for await (const chunk of res.body) {
-    const now = wallClock();
-    buffered += (chunk as Buffer).toString("utf8");
-    let end = buffered.indexOf("\n\n");
-    while (end !== -1) {
-      const event = buffered.slice(0, end);
-      buffered = buffered.slice(end + 2);
-      end = buffered.indexOf("\n\n");
-      if (!event.includes('"text":"') || event.includes('"text":""')) continue;
-      tokens++;
-      if (firstAt === 0) firstAt = now;
-      else gaps.push(now - last);
-      last = now;
-    }
-  }
-  return { id, sentAt, firstAt, gaps, tokens, upstreamMs, gatewayMs };
-}
-
-/** The gateway's request log: when each request was accepted (wall clock, ms) and its TTFT there. */
-function requestLog(lines: readonly string[]): Map<string, { startedAt: number; ttftMs: number }> {
-  const out = new Map<string, { startedAt: number; ttftMs: number }>();
-  for (const line of lines) {
-    if (!line.includes('"startedAt"')) continue;
-    const j = JSON.parse(line) as { requestId: string; startedAt: number; ttftMs?: number };
-    if (j.ttftMs !== undefined) out.set(j.requestId, { startedAt: j.startedAt, ttftMs: j.ttftMs });
-  }
-  return out;
+async function startSim(replicas: number, engine: string[]): Promise<{ proc: NodeProcess; urls: string[] }> {
+  const proc = await startNode(
+    ["sim/main.ts", "--model", "m", "--replicas", String(replicas), "--base-port", "0", ...engine],
+    /^kinfer-sim: ready$/,
+    0,
+  );
+  const urls = proc.lines
+    .map((l) => /at (http\S+)$/.exec(l)?.[1])
+    .filter((u): u is string => u !== undefined);
+  return { proc, urls };
 }
 
 /**
- * One row of the time-to-first-token breakdown, each leg from the timestamps of the process at each end
- * (one wall clock on one machine): the client's, the replicas' /sim/traces, the gateway's request log and
- * its Server-Timing.
+ * The gateway compiled, as production runs it (no tsx loader, whose worker thread and source maps would
+ * count in its memory): one esbuild bundle with its packages left to node_modules, written where Node
+ * resolves them from, under node_modules/.cache.
  */
-function legs(
-  streams: number,
-  direct: Sample[],
-  via: Sample[],
-  traces: Map<string, [number, number]>,
-  log: Map<string, { startedAt: number; ttftMs: number }>,
-): string {
-  const cell = (xs: number[]) => `${pct(xs, 50).toFixed(2)} (${pct(xs, 99).toFixed(2)})`;
-  const d = direct.flatMap((s) => {
-    const t = traces.get(s.id);
-    return t === undefined ? [] : [[t[0] - s.sentAt, t[1] - t[0], s.firstAt - t[1]]];
+function gatewayBundle(): string {
+  const outfile = join(root, "node_modules/.cache/kinfer-bench/gateway.mjs");
+  buildSync({
+    entryPoints: [join(root, "server/main.ts")],
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    packages: "external",
+    outfile,
+    logLevel: "warning",
   });
-  const v = via.flatMap((s) => {
-    const t = traces.get(s.id);
-    const g = log.get(s.id);
-    if (t === undefined || g === undefined || s.upstreamMs === undefined || s.gatewayMs === undefined)
-      return [];
-    const sent = g.startedAt + s.gatewayMs; // request sent to the replica
-    const read = sent + s.upstreamMs; // first token read from the replica
-    const relayed = g.startedAt + g.ttftMs; // first token handed to the client's stream
-    return [
-      [
-        g.startedAt - s.sentAt,
-        s.gatewayMs + (relayed - read),
-        t[0] - sent,
-        t[1] - t[0],
-        read - t[1],
-        s.firstAt - relayed,
-      ],
-    ];
-  });
-  const col = (rows: number[][], i: number) => rows.map((r) => r[i] as number);
-  return `| ${streams} | ${[0, 1, 2].map((i) => cell(col(d, i))).join(" | ")} | ${[0, 1, 2, 3, 4, 5].map((i) => cell(col(v, i))).join(" | ")} |`;
+  return outfile;
+}
+
+/** kinfer's gateway in front of `replicas`, set up as a relay (round-robin, no admission queue in the way). */
+async function startKinfer(replicas: readonly string[]): Promise<NodeProcess & { url: string }> {
+  const dir = mkdtempSync(join(tmpdir(), "kinfer-bench-"));
+  const configFile = join(dir, "gateway.yaml");
+  writeFileSync(
+    configFile,
+    [
+      "listen: {host: 127.0.0.1, port: 0}",
+      "logLevel: warn",
+      "routing: {algorithm: round-robin}",
+      // The relay is measured, not flow control: nginx and the seed gateway queue nothing either.
+      "flow: {maxInFlightPerReplica: 100000}",
+      "limits: {maxInFlight: 20000, maxConcurrentStreams: 1000, maxTokens: 8192}",
+      "connections: {maxConnections: 15000}",
+      "models:",
+      "  - name: m",
+      "    versions:",
+      `      - {name: stable, replicas: [${replicas.join(", ")}]}`,
+      "",
+    ].join("\n"),
+  );
+  const profile = process.env.KINFER_BENCH_PROFILE;
+  const flags = [
+    "--trace-gc-nvp",
+    ...(profile ? ["--cpu-prof", "--cpu-prof-dir", profile] : []),
+    ...(process.env.KINFER_BENCH_GATEWAY_FLAGS ?? "").split(" ").filter(Boolean),
+  ];
+  const proc = await startNode(
+    [gatewayBundle(), "--config", configFile],
+    /^kinfer-gateway: serving/,
+    1,
+    flags,
+  );
+  const url = /at (http\S+)$/.exec(
+    proc.lines.find((l) => l.startsWith("kinfer-gateway: serving")) ?? "",
+  )?.[1];
+  return Object.assign(proc, { url: url as string });
+}
+
+/** What the client drives: a name, a surface, where to send and whose CPU to count (none for direct). */
+interface Target {
+  readonly name: string;
+  readonly surface: Surface;
+  readonly urls: readonly string[];
+  readonly h2Url: string;
+  readonly pid: number | undefined;
+  /** Heap bytes allocated so far (kinfer only). */
+  readonly allocated?: () => number;
+}
+
+interface Running {
+  readonly targets: Target[];
+  readonly skipped: string[];
+  stop(): void;
+}
+
+const KINFER_SURFACES: readonly Surface[] = ["openai", "connect", "grpc", "grpc-web"];
+
+async function startTargets(replicas: readonly string[], wanted: ReadonlySet<string>): Promise<Running> {
+  const targets: Target[] = [];
+  const skipped: string[] = [];
+  const stops: (() => void)[] = [];
+  if (wanted.has("direct"))
+    targets.push({ name: "direct", surface: "openai", urls: replicas, h2Url: "", pid: undefined });
+  for (const [name, start] of [
+    ["nginx", startNginx],
+    ["seed", startSeedGateway],
+  ] as const) {
+    if (!wanted.has(name)) continue;
+    const p: ProxyProcess | string = await start(replicas, PROXY_CPU);
+    if (typeof p === "string") {
+      skipped.push(`${name}: ${p}`);
+      process.stderr.write(`skipping ${name}: ${p}\n`);
+      continue;
+    }
+    stops.push(p.stop);
+    const label = name === "seed" ? "seed Go gateway (gin)" : "nginx";
+    targets.push({ name: label, surface: "openai", urls: [p.url], h2Url: p.h2Url, pid: p.pid });
+  }
+  if (KINFER_SURFACES.some((s) => wanted.has(s))) {
+    const gw = await startKinfer(replicas);
+    stops.push(() => gw.child.kill("SIGTERM"));
+    for (const surface of KINFER_SURFACES) {
+      if (!wanted.has(surface)) continue;
+      targets.push({
+        name: `kinfer ${surface}`,
+        surface,
+        urls: [gw.url],
+        h2Url: gw.url,
+        pid: gw.child.pid,
+        allocated: () => gw.allocated,
+      });
+    }
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  return { targets, skipped, stop: () => stops.forEach((s) => s()) };
 }
 
 function pct(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
-}
-
-async function metric(url: string, name: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  return text
-    .split("\n")
-    .filter((l) => l.startsWith(name) && !l.startsWith("#"))
-    .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
 }
 
 async function traces(replicas: readonly string[]): Promise<Map<string, [number, number]>> {
@@ -225,36 +234,215 @@ function outputLengths(spec: string): (i: number) => number {
   const lo = Number(m[1]);
   const span = Number(m[2] ?? m[1]) - lo + 1;
   if (span < 1) throw new Error(`--tokens: ${spec} is an empty range`);
-  // A fixed scramble of the request number, so both modes ask for the same sequence of lengths.
+  // A fixed scramble of the request number, so every target gets the same sequence of lengths.
   return (i) => lo + ((Math.imul(i + 1, 2654435761) >>> 0) % span);
 }
 
-/** Runs `concurrency` closed-loop clients for `seconds` (after a 1 s warm-up) against `targets`. */
-async function load(
-  targets: readonly string[],
+interface PhaseResult {
+  samples: Sample[];
+  failures: number;
+  tokens: number;
+  cpu: number;
+  allocated: number;
+}
+
+/** Runs `concurrency` closed-loop clients for `seconds` (after a 1 s warm-up) against `target`. */
+async function phase(
+  target: Target,
   concurrency: number,
   seconds: number,
   length: (i: number) => number,
-) {
-  const agent = new Agent({ connections: null, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 });
+): Promise<PhaseResult> {
+  const clients = target.urls.map((u) => createStreamClient(target.surface, u));
   const samples: Sample[] = [];
   let failures = 0;
+  let tokens = 0;
   let n = 0;
+  const cpuBefore = target.pid === undefined ? 0 : cpuSeconds(target.pid);
+  const allocatedBefore = target.allocated?.() ?? 0;
   const warmUntil = performance.now() + 1000;
   const until = warmUntil + seconds * 1000;
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
       while (performance.now() < until) {
         const i = n++;
-        const url = targets[i % targets.length] as string; // round-robin, as the gateway routes here
-        const s = await oneStream(agent, url, i, length(i)).catch(() => undefined);
+        const client = clients[i % clients.length]; // round-robin, as the proxies route here
+        const s = await client?.stream(i, length(i)).catch(() => undefined);
         if (s === undefined) failures++;
-        else if (s.sentAt > performance.timeOrigin + warmUntil) samples.push(s);
+        else {
+          tokens += s.tokens;
+          if (s.sentAt > performance.timeOrigin + warmUntil) samples.push(s);
+        }
       }
     }),
   );
-  await agent.close();
-  return { samples, failures };
+  await Promise.all(clients.map((c) => c.close()));
+  // Collections that ended the phase are reported a moment later.
+  await new Promise((r) => setTimeout(r, 200));
+  return {
+    samples,
+    failures,
+    tokens,
+    cpu: target.pid === undefined ? 0 : cpuSeconds(target.pid) - cpuBefore,
+    allocated: (target.allocated?.() ?? 0) - allocatedBefore,
+  };
+}
+
+async function relayCost(
+  levels: number[],
+  rounds: number,
+  seconds: number,
+  length: (i: number) => number,
+  wanted: ReadonlySet<string>,
+): Promise<string[]> {
+  const sim = await startSim(4, ["--max-num-seqs", "256", "--mean-output-tokens", "100000"]);
+  const running = await startTargets(sim.urls, wanted);
+  const out: string[] = [];
+  try {
+    out.push(
+      "| streams | target | CPU µs per token | ratio to nginx | added TTFT p50 / p99 ms | ITL p50 / p99 ms | heap allocated per token | tokens | failures |",
+      "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    );
+    for (const concurrency of levels) {
+      const pooled = new Map<Target, PhaseResult>(
+        running.targets.map((t) => [t, { samples: [], failures: 0, tokens: 0, cpu: 0, allocated: 0 }]),
+      );
+      for (let round = 0; round < rounds; round++) {
+        const order = running.targets.map((_, i) => running.targets[(i + round) % running.targets.length]);
+        for (const target of order as Target[]) {
+          const r = await phase(target, concurrency, seconds, length);
+          const p = pooled.get(target) as PhaseResult;
+          p.samples.push(...r.samples);
+          p.failures += r.failures;
+          p.tokens += r.tokens;
+          p.cpu += r.cpu;
+          p.allocated += r.allocated;
+          process.stderr.write(
+            `${concurrency} streams, round ${round + 1}, ${target.name}: ${r.tokens} tokens, ` +
+              `${target.pid === undefined ? "-" : ((r.cpu / r.tokens) * 1e6).toFixed(1)} µs/token\n`,
+          );
+        }
+      }
+      const t = await traces(sim.urls);
+      /** Time outside the engine before the first token, per request. */
+      const outside = (samples: Sample[]) =>
+        samples.flatMap((s) => {
+          const trace = t.get(s.id);
+          return trace === undefined ? [] : [s.firstAt - s.sentAt - (trace[1] - trace[0])];
+        });
+      const direct = [...pooled].find(([target]) => target.name === "direct")?.[1];
+      const nginx = [...pooled].find(([target]) => target.name === "nginx")?.[1];
+      const nginxCpu = nginx === undefined ? Number.NaN : nginx.cpu / nginx.tokens;
+      const oDirect = direct === undefined ? [] : outside(direct.samples);
+      for (const [target, r] of pooled) {
+        const perToken = r.cpu / r.tokens;
+        const o = outside(r.samples);
+        const gaps = r.samples.flatMap((s) => s.gaps);
+        const added =
+          target.name === "direct" || direct === undefined
+            ? "-"
+            : `${(pct(o, 50) - pct(oDirect, 50)).toFixed(2)} / ${(pct(o, 99) - pct(oDirect, 99)).toFixed(2)}`;
+        out.push(
+          `| ${concurrency} | ${target.name} | ${target.pid === undefined ? "-" : (perToken * 1e6).toFixed(1)} | ` +
+            `${target.pid === undefined ? "-" : `${(perToken / nginxCpu).toFixed(2)}x`} | ${added} | ` +
+            `${pct(gaps, 50).toFixed(1)} / ${pct(gaps, 99).toFixed(1)} | ` +
+            `${target.allocated === undefined ? "-" : `${(r.allocated / r.tokens / 1024).toFixed(2)} KB`} | ${r.tokens} | ${r.failures} |`,
+        );
+      }
+    }
+  } finally {
+    running.stop();
+    sim.proc.child.kill("SIGTERM");
+  }
+  return [...running.skipped.map((s) => `skipped ${s}`), ...out];
+}
+
+async function openStreamMemory(counts: number[], wanted: ReadonlySet<string>): Promise<string[]> {
+  // Slow steps (a token every 2 s per stream) and room for every stream in the batch: the streams stay
+  // open and the simulator stays light, for the proxies' memory to be read with all of them open.
+  const perReplica = Math.ceil(Math.max(...counts) / 4);
+  const sim = await startSim(4, [
+    "--max-num-seqs",
+    String(perReplica),
+    "--max-num-batched-tokens",
+    String(perReplica * 16),
+    "--decode-base-ms",
+    "2000",
+    "--decode-ms-per-seq",
+    "0",
+    "--prefill-overhead-ms",
+    "1",
+    "--mean-output-tokens",
+    "100000",
+  ]);
+  const rows: string[] = [];
+  const rss = new Map<string, number[]>();
+  try {
+    // Each proxy fresh for each count, alone: RSS rarely shrinks, so an earlier phase would count too.
+    for (const count of counts) {
+      for (const name of [...wanted].filter((w) => w !== "direct")) {
+        const running = await startTargets(sim.urls, new Set([name]));
+        const target = running.targets[0];
+        if (target === undefined) continue;
+        const idle = rssBytes(target.pid as number);
+        const opened = await openStreams(target.surface, target.h2Url, count, 100, 120_000);
+        await new Promise((r) => setTimeout(r, 2000));
+        const bytes = rssBytes(target.pid as number);
+        opened.close();
+        running.stop();
+        process.stderr.write(
+          `${count} open streams, ${target.name}: ${opened.opened} opened, RSS ${(idle / 2 ** 20).toFixed(1)} -> ${(bytes / 2 ** 20).toFixed(1)} MiB\n`,
+        );
+        rss.set(target.name, [...(rss.get(target.name) ?? []), opened.opened < count ? Number.NaN : bytes]);
+        // Let the replicas see the cancellations before the next target opens its streams.
+        await new Promise((r) => setTimeout(r, 3000));
+      }
+    }
+    const nginx = rss.get("nginx") ?? [];
+    rows.push(
+      `| target | ${counts.map((c) => `RSS at ${c.toLocaleString("en")} streams (MiB)`).join(" | ")} | ${counts.map((c) => `ratio to nginx at ${c.toLocaleString("en")}`).join(" | ")} |`,
+      `|---|${counts.map(() => "---:").join("|")}|${counts.map(() => "---:").join("|")}|`,
+    );
+    for (const [name, values] of rss) {
+      rows.push(
+        `| ${name} | ${values.map((v) => (v / 2 ** 20).toFixed(1)).join(" | ")} | ${values.map((v, i) => `${(v / (nginx[i] as number)).toFixed(2)}x`).join(" | ")} |`,
+      );
+    }
+  } finally {
+    sim.proc.child.kill("SIGTERM");
+  }
+  return rows;
+}
+
+/** kinfer's cost when nothing happens: CPU and requests per watched replica. */
+async function idleCost(seconds: number): Promise<string[]> {
+  const replicas = 64;
+  const sim = await startSim(replicas, []);
+  const running = await startTargets(sim.urls, new Set(["openai"]));
+  try {
+    const gw = running.targets[0] as Target;
+    const served = async () => {
+      let n = 0;
+      for (const r of sim.urls) {
+        const stats = (await (await fetch(`${r}/sim/stats`)).json()) as { served: Record<string, number> };
+        n += (stats.served["GET /health"] ?? 0) + (stats.served["GET /metrics"] ?? 0);
+      }
+      return n;
+    };
+    await new Promise((r) => setTimeout(r, 5000)); // past start-up
+    const [cpuBefore, requestsBefore] = [cpuSeconds(gw.pid as number), await served()];
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    const cpu = cpuSeconds(gw.pid as number) - cpuBefore;
+    const requests = (await served()) - requestsBefore - replicas; // the stats reads above are not scrapes
+    return [
+      "| replicas watched | seconds | gateway CPU (% of a core) | per replica | requests per second per replica |",
+      "|---:|---:|---:|---:|---:|",
+      `| ${replicas} | ${seconds} | ${((cpu / seconds) * 100).toFixed(3)}% | ${((cpu / seconds / replicas) * 100).toFixed(4)}% | ${(requests / seconds / replicas).toFixed(2)} |`,
+    ];
+  } finally {
+    running.stop();
+    sim.proc.child.kill("SIGTERM");
+  }
 }
 
 async function main() {
@@ -262,131 +450,40 @@ async function main() {
     options: {
       levels: { type: "string", default: "1,64,256,1024" },
       seconds: { type: "string", default: "10" },
-      together: { type: "boolean", default: false },
-      rounds: { type: "string", default: "1" },
+      rounds: { type: "string", default: "3" },
       tokens: { type: "string", default: "32-96" },
+      targets: { type: "string", default: "direct,nginx,seed,openai,connect,grpc,grpc-web" },
+      open: { type: "string", default: "1000,10000" },
+      "idle-seconds": { type: "string", default: "30" },
     },
   });
-  const length = outputLengths(values.tokens);
-  const rounds = Math.max(1, Number(values.rounds));
-  const levels = values.levels.split(",").map(Number);
-  const seconds = Number(values.seconds);
   if (PIN) execFileSync("taskset", ["-p", "-c", "0", String(process.pid)], { stdio: "ignore" });
-
-  const sim = await startProcess(
-    [
-      "sim/main.ts",
-      "--model",
-      "m",
-      "--replicas",
-      "4",
-      "--base-port",
-      "0",
-      "--max-num-seqs",
-      "256",
-      "--mean-output-tokens",
-      "100000",
-    ],
-    /^kinfer-sim: ready$/,
-    0,
-  );
-  const replicas = sim.lines
-    .map((l) => /at (http\S+)$/.exec(l)?.[1])
-    .filter((u): u is string => u !== undefined);
-  const dir = mkdtempSync(join(tmpdir(), "kinfer-bench-"));
-  const configFile = join(dir, "gateway.yaml");
-  writeFileSync(
-    configFile,
-    `listen: {host: 127.0.0.1, port: 0}\nlogLevel: info\nrouting: {algorithm: round-robin}\nmodels:\n  - name: m\n    versions:\n      - name: stable\n        replicas: [${replicas.join(", ")}]\n`,
-  );
-  const gw = await startProcess(["server/main.ts", "--config", configFile], /^kinfer-gateway: serving/, 1);
-  const gatewayUrl = /at (http\S+)$/.exec(
-    gw.lines.find((l) => l.startsWith("kinfer-gateway: serving")) ?? "",
-  )?.[1] as string;
-  await new Promise((r) => setTimeout(r, 500));
-
-  const rows: string[] = [];
-  const legRows: string[] = [];
-  for (const concurrency of levels) {
-    const base = { samples: [] as Sample[], failures: 0 };
-    const via = { samples: [] as Sample[], failures: 0 };
-    const phases: { direct: Sample[]; via: Sample[] }[] = [];
-    let cpu = 0;
-    let tokens = 0;
-    for (let round = 0; round < rounds; round++) {
-      const direct = values.together ? undefined : await load(replicas, concurrency, seconds, length);
-      const cpuBefore = await metric(gatewayUrl, "process_cpu_seconds_total");
-      const tokensBefore = await metric(gatewayUrl, TOKENS);
-      const [gateway, directTogether] = await Promise.all([
-        load([gatewayUrl], concurrency, seconds, length),
-        values.together ? load(replicas, concurrency, seconds, length) : undefined,
-      ]);
-      cpu += (await metric(gatewayUrl, "process_cpu_seconds_total")) - cpuBefore;
-      tokens += (await metric(gatewayUrl, TOKENS)) - tokensBefore;
-      const baseline = (direct ?? directTogether) as Awaited<ReturnType<typeof load>>;
-      base.samples.push(...baseline.samples);
-      base.failures += baseline.failures;
-      via.samples.push(...gateway.samples);
-      via.failures += gateway.failures;
-      phases.push({ direct: baseline.samples, via: gateway.samples });
-    }
-    const t = await traces(replicas);
-    /** Time outside the engine before the first token, per request. */
-    const outside = (samples: Sample[]) =>
-      samples.flatMap((s) => {
-        const trace = t.get(s.id);
-        return trace === undefined ? [] : [s.firstAt - s.sentAt - (trace[1] - trace[0])];
-      });
-    const oDirect = outside(base.samples);
-    const oVia = outside(via.samples);
-    const itlDirect = base.samples.flatMap((s) => s.gaps);
-    const itlVia = via.samples.flatMap((s) => s.gaps);
-    const ttft = (xs: Sample[]) => xs.map((s) => s.firstAt - s.sentAt);
-    // In the path: what the client waited minus what the gateway waited for the replica.
-    const inPath = via.samples.flatMap((s) =>
-      s.upstreamMs === undefined ? [] : [s.firstAt - s.sentAt - s.upstreamMs],
+  const wanted = new Set(values.targets.split(","));
+  const levels = values.levels.split(",").filter(Boolean).map(Number);
+  const output: string[] = [];
+  if (levels.length > 0) {
+    output.push("Relay cost (pooled rounds; CPU from /proc, per token the clients received):\n");
+    output.push(
+      ...(await relayCost(
+        levels,
+        Math.max(1, Number(values.rounds)),
+        Number(values.seconds),
+        outputLengths(values.tokens),
+        wanted,
+      )),
     );
-    rows.push(
-      `| ${concurrency} | ${pct(ttft(base.samples), 50).toFixed(1)} / ${pct(ttft(via.samples), 50).toFixed(1)} | ` +
-        `${pct(ttft(base.samples), 99).toFixed(1)} / ${pct(ttft(via.samples), 99).toFixed(1)} | ` +
-        `**${(pct(oVia, 50) - pct(oDirect, 50)).toFixed(2)}** | **${(pct(oVia, 99) - pct(oDirect, 99)).toFixed(2)}** | ` +
-        `**${pct(inPath, 50).toFixed(2)}** / **${pct(inPath, 99).toFixed(2)}** | ` +
-        `${pct(itlDirect, 50).toFixed(1)} / ${pct(itlVia, 50).toFixed(1)} | ${pct(itlDirect, 99).toFixed(1)} / ${pct(itlVia, 99).toFixed(1)} | ` +
-        `${((cpu / tokens) * 1000).toFixed(3)} | ${via.samples.length} | ${base.failures + via.failures} |`,
-    );
-    legRows.push(legs(concurrency, base.samples, via.samples, t, requestLog(gw.lines)));
-    gw.lines.length = 0; // read: the next level's log lines only
-    const added = (p: number) =>
-      phases.map((ph) => (pct(outside(ph.via), p) - pct(outside(ph.direct), p)).toFixed(2)).join(", ");
-    process.stderr.write(
-      `${concurrency} streams${values.together ? " (together)" : ""} done (${oVia.length}/${via.samples.length} paired)` +
-        `${rounds > 1 ? `; added TTFT by round: p50 ${added(50)} ms, p99 ${added(99)} ms` : ""}\n`,
-    );
-    // The gateway's pauses so far (prom-client's default metrics), to tell its stalls from the VM's.
-    const gc = (await (await fetch(`${gatewayUrl}/metrics`)).text())
-      .split("\n")
-      .filter((l) =>
-        /^nodejs_gc_duration_seconds_(sum|count)|^nodejs_eventloop_lag_(p99|max)_seconds /.test(l),
-      );
-    process.stderr.write(`  gateway: ${gc.join("; ")}\n`);
   }
-  console.log(
-    "| streams | TTFT p50 ms (direct / gateway) | TTFT p99 ms (direct / gateway) | added TTFT p50 ms | added TTFT p99 ms | added in the path p50 / p99 ms | ITL p50 ms (direct / gateway) | ITL p99 ms (direct / gateway) | gateway CPU s per 1,000 tokens | requests via gateway | failures |",
-  );
-  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-  for (const r of rows) console.log(r);
-  console.log(
-    "\nWhere the time to first token goes, p50 (p99) ms. Direct: client to replica, replica's own, replica to client. " +
-      "Through the gateway: client to gateway (accepted), gateway before sending, gateway to replica, replica's own, " +
-      "replica to gateway (first token read), gateway to client.\n",
-  );
-  console.log(
-    "| streams | direct: to replica | replica | to client | gateway: to gateway | gateway's own | to replica | replica | to gateway | to client |",
-  );
-  console.log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-  for (const r of legRows) console.log(r);
-  gw.child.kill("SIGTERM");
-  sim.child.kill("SIGTERM");
+  const counts = values.open.split(",").filter(Boolean).map(Number);
+  if (counts.length > 0) {
+    output.push("\nMemory with streams open (cleartext HTTP/2 clients, 100 streams per connection):\n");
+    output.push(...(await openStreamMemory(counts, wanted)));
+  }
+  const idle = Number(values["idle-seconds"]);
+  if (idle > 0) {
+    output.push("\nIdle cost of kinfer's gateway:\n");
+    output.push(...(await idleCost(idle)));
+  }
+  console.log(output.join("\n"));
 }
 
 main().catch((err: unknown) => {

@@ -6,7 +6,8 @@
  * Endpoints, as vLLM serves them: POST /v1/completions and /v1/chat/completions (JSON, or SSE with
  * `stream: true`), GET /v1/models, GET /health, GET /metrics, GET /version. And the simulator's own
  * controls under /sim/: GET|POST /sim/faults (fault rates), POST /sim/health {"healthy"}, POST /sim/drain
- * {"draining"}, POST /sim/slowdown {"factor"}, GET /sim/stats (the engine's state as JSON), GET /sim/traces
+ * {"draining"}, POST /sim/slowdown {"factor"}, GET /sim/stats (the engine's state and
+ * the requests served on the gateway's routes, as JSON), GET /sim/traces
  * (per request id, wall-clock ms when the request arrived and when its first token was written, for the
  * last 50,000 requests: benchmarks use it to separate the network and the gateway from the engine).
  *
@@ -96,6 +97,16 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
   };
   /** Request id -> [arrived, first token written], wall-clock ms with sub-ms precision. */
   const traces = new LRUCache<string, [number, number]>({ max: 50_000 });
+  /**
+   * Requests served since start on the routes a gateway calls (benchmarks count what its scraping costs a
+   * replica); only these keys, so a client cannot grow the map.
+   */
+  const served: Record<string, number> = {
+    "GET /health": 0,
+    "GET /metrics": 0,
+    "POST /v1/completions": 0,
+    "POST /v1/chat/completions": 0,
+  };
 
   const server = http.createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
@@ -114,6 +125,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://sim");
     const route = `${req.method} ${url.pathname}`;
+    if (route in served) (served[route] as number)++;
     switch (route) {
       case "GET /health":
         res.writeHead(ready() ? 200 : 503).end();
@@ -143,6 +155,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
         return sendJson(res, 200, {
           ...engine.stats(),
           backlogBytes: backlogBytes(),
+          served,
           healthy: control.healthy,
           draining: control.draining,
         });
