@@ -210,7 +210,13 @@ async function startTargets(replicas: readonly string[], wanted: ReadonlySet<str
     }
   }
   await new Promise((r) => setTimeout(r, 500));
-  return { targets, skipped, stop: () => stops.forEach((s) => s()) };
+  return {
+    targets,
+    skipped,
+    stop() {
+      for (const s of stops) s();
+    },
+  };
 }
 
 function pct(values: number[], p: number): number {
