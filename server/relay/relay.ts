@@ -20,7 +20,13 @@ import type { PickReason } from "../routing/pick-replica.js";
 import type { Router } from "../routing/router.js";
 import type { ModelEntry } from "../routing/routing-table.js";
 import type { RetryBudget } from "./retry-budget.js";
-import { openUpstream, UpstreamError, type UpstreamEvent, upstreamBody } from "./upstream-stream.js";
+import {
+  openUpstream,
+  UpstreamError,
+  type UpstreamEvent,
+  type UpstreamStream,
+  upstreamBody,
+} from "./upstream-stream.js";
 
 export interface RelayDeps {
   readonly config: GatewayConfig;
@@ -169,7 +175,7 @@ export async function* relay(
 
 /** The upstream stream, positioned after its first event(s) that carry text or end it. */
 interface FirstTokens {
-  readonly iterator: AsyncIterator<UpstreamEvent>;
+  readonly upstream: UpstreamStream;
   /** Events read while waiting for the first token, in order. */
   readonly buffered: UpstreamEvent[];
   readonly firstTokenAt: number;
@@ -203,13 +209,11 @@ async function firstTokens(
       control.signal,
       deps.dispatcher,
     );
-    const iterator = upstream.events[Symbol.asyncIterator]();
     const buffered: UpstreamEvent[] = [];
     for (;;) {
-      const next = await iterator.next();
-      if (next.done) throw new UpstreamError("broken-stream", "the stream ended before its first token");
-      buffered.push(next.value);
-      if (next.value.type !== "usage") return { iterator, buffered, firstTokenAt: deps.now(), sentAt };
+      const event = upstream.take() ?? (await upstream.next());
+      buffered.push(event);
+      if (event.type !== "usage") return { upstream, buffered, firstTokenAt: deps.now(), sentAt };
     }
   } catch (err) {
     // An abort by our own timer surfaces as its reason (an UpstreamError); a client abort as the client's.
@@ -282,10 +286,15 @@ async function* streamRest(
       if (out !== undefined) yield out;
     }
     for (;;) {
-      let next: IteratorResult<UpstreamEvent>;
-      waitingSince = deps.now();
+      let event: UpstreamEvent;
       try {
-        next = await first.iterator.next();
+        // What the replica already sent, else wait for it (only that wait counts toward the idle limit).
+        const read = first.upstream.take();
+        if (read !== undefined) event = read;
+        else {
+          waitingSince = deps.now();
+          event = await first.upstream.next();
+        }
       } catch (err) {
         if (control.signal.aborted && control.signal.reason instanceof UpstreamError && !req.signal.aborted) {
           throw control.signal.reason;
@@ -296,10 +305,9 @@ async function* streamRest(
       } finally {
         waitingSince = undefined;
       }
-      if (next.done) break;
-      const out = handle(next.value);
+      const out = handle(event);
       if (out !== undefined) yield out;
-      if (next.value.type === "done") break;
+      if (event.type === "done") break;
     }
   } finally {
     clearTimeout(idleTimer);

@@ -31,13 +31,15 @@ function drain(): void {
   }
 }
 
-/** Resolves after the I/O callbacks of the current event loop turn (and their first tokens) have run. */
-export function afterFirstTokens(): Promise<void> {
-  return new Promise((resolve) => {
-    queue.push(resolve);
-    if (!scheduled) {
-      scheduled = true;
-      setImmediate(drain);
-    }
-  });
+/**
+ * Runs `work` after the I/O callbacks of the current event loop turn (and their first tokens) have run.
+ * A callback rather than a promise: it runs for every relayed token, and a stream passes the same
+ * function each time, so the queue allocates nothing per token.
+ */
+export function afterFirstTokens(work: () => void): void {
+  queue.push(work);
+  if (!scheduled) {
+    scheduled = true;
+    setImmediate(drain);
+  }
 }

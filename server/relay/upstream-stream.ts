@@ -6,7 +6,7 @@
  * Failures are classified here (UpstreamFailure) and nowhere else; their raw text is kept for logs only.
  */
 import { createParser, type EventSourceMessage } from "eventsource-parser";
-import { type Dispatcher, request } from "undici";
+import type { Dispatcher } from "undici";
 import type { UpstreamFailure } from "../errors/gateway-error.js";
 import type { InferenceRequest } from "../request/inference-request.js";
 import { afterFirstTokens } from "./token-priority.js";
@@ -82,47 +82,260 @@ export function upstreamBody(
   return JSON.stringify(body);
 }
 
-export interface UpstreamResponse {
-  /** The events, pulled one at a time. Throws UpstreamError, or the signal's reason when aborted. */
-  readonly events: AsyncIterable<UpstreamEvent>;
+/**
+ * An upstream response being read. Events are parsed as the replica's bytes arrive and wait here for the
+ * relay; once MAX_PENDING events or network chunks wait, the replica's socket is paused until the relay
+ * has taken them all, so a slow client holds back the replica, not the gateway's memory.
+ */
+export interface UpstreamStream {
+  /**
+   * The next event already read, or undefined if none is yet. Throws the stream's failure (UpstreamError,
+   * or the signal's reason once aborted) when every event before it has been taken.
+   */
+  take(): UpstreamEvent | undefined;
+  /** Waits for the next event (take's, when there is one); rejects as take throws. */
+  next(): Promise<UpstreamEvent>;
 }
 
 /**
  * Sends the request. Resolves once the replica answered 200 (vLLM sends its headers with the first token);
  * rejects with UpstreamError for a non-200 answer or a connection failure, or with the signal's reason.
  */
-export async function openUpstream(
+export function openUpstream(
   url: string,
   path: "/v1/completions" | "/v1/chat/completions",
   body: string,
   requestId: string,
   signal: AbortSignal,
   dispatcher: Dispatcher,
-): Promise<UpstreamResponse> {
-  let res: Dispatcher.ResponseData;
-  try {
-    res = await request(`${url}${path}`, {
-      method: "POST",
-      body,
-      headers: { "content-type": "application/json", accept: "text/event-stream", "x-request-id": requestId },
-      signal,
-      dispatcher,
-    });
-  } catch (err) {
-    if (signal.aborted) throw signal.reason;
-    throw new UpstreamError("connect", describe(err));
-  }
-  if (res.statusCode !== 200) {
-    const text = await readLimited(res.body, MAX_ERROR_BODY).catch(() => "");
-    const retryAfter = Number(res.headers["retry-after"]);
-    const retryAfterMs = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined;
-    throw new UpstreamError(
-      classifyStatus(res.statusCode, text),
-      `HTTP ${res.statusCode}: ${text.slice(0, 300)}`,
-      retryAfterMs,
+): Promise<UpstreamStream> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const stream = new ReplicaStream(signal, resolve, reject);
+    dispatcher.dispatch(
+      {
+        origin: url,
+        path,
+        method: "POST",
+        body,
+        headers: { "content-type": "application/json", accept: "text/event-stream", "x-request-id": requestId },
+      },
+      stream,
     );
+  });
+}
+
+/**
+ * Events parsed and network chunks read, not yet taken by the relay, beyond which the replica's socket is
+ * paused: with one event per chunk as vLLM writes them, 32 of about 250 bytes; a chunk is at most one
+ * socket read (64 KiB). Pausing below this bound would cost a pause and resume per token (undici puts the
+ * rest of the read back into the socket each time).
+ */
+const MAX_PENDING = 32;
+
+/**
+ * After [DONE], how long the rest of the response (its final empty chunk) may take before the request is
+ * aborted. A replica ends its response with [DONE], so this only bounds a broken one; meanwhile the
+ * connection is kept for the next request instead of being cut when the relay finishes.
+ */
+const AFTER_DONE_MS = 1000;
+
+/**
+ * The dispatch handler of one upstream request (undici's handler API: callbacks on the connection's own
+ * reads, with pause and resume), and the UpstreamStream the relay reads. It replaces undici's request(),
+ * whose body Readable and async iterator cost more per token than the rest of the relay together.
+ */
+class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
+  #controller: Dispatcher.DispatchController | undefined;
+  #status = 0;
+  #retryAfterMs: number | undefined;
+  #errorText = "";
+  /** Events parsed and not yet taken (the socket is paused beyond MAX_PENDING). */
+  readonly #queue: UpstreamEvent[] = [];
+  #failure: unknown;
+  #done = false;
+  #ended = false;
+  /** Network chunks waiting for their turn behind other streams' first tokens (token-priority.ts). */
+  readonly #held: Buffer[] = [];
+  #relayedText = false;
+  #bytesSinceEvent = 0;
+  #wake: (() => void) | undefined;
+  #afterDone: NodeJS.Timeout | undefined;
+  readonly #decoder = new TextDecoder();
+  readonly #parser = createParser({ onEvent: (message) => this.#onEvent(message) });
+  readonly #signal: AbortSignal;
+  #opened: ((stream: UpstreamStream) => void) | undefined;
+  #refused: ((err: unknown) => void) | undefined;
+  readonly #release = () => {
+    this.#consumeHeld();
+    if (this.#queue.length > 0) this.#wakeReader();
+    else this.#resumeIfDrained();
+  };
+  readonly #onAbort = () => {
+    if (this.#done) {
+      // The relay is finished with a stream that said [DONE]: let its last bytes arrive, within a bound.
+      this.#afterDone ??= setTimeout(() => this.#abort(this.#signal.reason), AFTER_DONE_MS);
+      return;
+    }
+    this.#abort(this.#signal.reason);
+  };
+
+  constructor(signal: AbortSignal, opened: (stream: UpstreamStream) => void, refused: (err: unknown) => void) {
+    this.#signal = signal;
+    this.#opened = opened;
+    this.#refused = refused;
+    signal.addEventListener("abort", this.#onAbort);
   }
-  return { events: parseEvents(res.body, signal) };
+
+  take(): UpstreamEvent | undefined {
+    // Events already parsed are not handed on once the request is aborted: a cancelled client's stream
+    // stops at once, not after the rest of a network chunk.
+    if (this.#signal.aborted && !this.#done) throw this.#signal.reason;
+    const event = this.#queue.shift();
+    if (event === undefined) {
+      if (this.#failure !== undefined) throw this.#failure;
+      return undefined;
+    }
+    if (event.type === "text") this.#relayedText = true;
+    this.#resumeIfDrained();
+    return event;
+  }
+
+  async next(): Promise<UpstreamEvent> {
+    for (;;) {
+      const event = this.take();
+      if (event !== undefined) return event;
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve;
+      });
+    }
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#signal.aborted) controller.abort(this.#signal.reason);
+  }
+
+  onResponseStart(
+    _controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: Record<string, string | string[] | undefined>,
+  ): void {
+    this.#status = statusCode;
+    if (statusCode === 200) {
+      this.#opened?.(this);
+      this.#opened = undefined;
+      return;
+    }
+    const retryAfter = Number(headers["retry-after"]);
+    this.#retryAfterMs = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined;
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#status !== 200) {
+      if (this.#errorText.length < MAX_ERROR_BODY) this.#errorText += chunk.toString("utf8");
+      return;
+    }
+    if (this.#relayedText) {
+      // A stream past its first token lets first tokens of other streams go first (token-priority.ts).
+      if (this.#held.push(chunk) === 1) afterFirstTokens(this.#release);
+    } else {
+      this.#consume(chunk);
+      if (this.#queue.length > 0) this.#wakeReader();
+    }
+    if (this.#queue.length + this.#held.length >= MAX_PENDING) controller.pause();
+  }
+
+  onResponseEnd(): void {
+    this.#ended = true;
+    this.#consumeHeld(); // what came before the end is read before the end is judged
+    clearTimeout(this.#afterDone);
+    this.#signal.removeEventListener("abort", this.#onAbort);
+    if (this.#status !== 200) {
+      const text = this.#errorText.slice(0, MAX_ERROR_BODY);
+      this.#refuse(
+        new UpstreamError(
+          classifyStatus(this.#status, text),
+          `HTTP ${this.#status}: ${text.slice(0, 300)}`,
+          this.#retryAfterMs,
+        ),
+      );
+      return;
+    }
+    if (!this.#done) this.#fail(new UpstreamError("broken-stream", "the stream ended without [DONE]"));
+    else this.#wakeReader();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.#ended = true;
+    if (this.#status === 200) this.#consumeHeld();
+    clearTimeout(this.#afterDone);
+    this.#signal.removeEventListener("abort", this.#onAbort);
+    const failure = this.#signal.aborted
+      ? this.#signal.reason
+      : err instanceof UpstreamError
+        ? err
+        : new UpstreamError(this.#status === 0 ? "connect" : "broken-stream", describe(err));
+    if (this.#opened !== undefined || this.#status !== 200) this.#refuse(failure);
+    else this.#fail(failure);
+  }
+
+  #consume(chunk: Buffer): void {
+    this.#bytesSinceEvent += chunk.length;
+    this.#parser.feed(this.#decoder.decode(chunk, { stream: true }));
+    // The parser buffers an unfinished event: bound it, or a broken replica could grow it forever.
+    if (this.#bytesSinceEvent > MAX_EVENT_BYTES) this.#abort(new UpstreamError("protocol", "event too large"));
+  }
+
+  #consumeHeld(): void {
+    for (const chunk of this.#held) this.#consume(chunk);
+    this.#held.length = 0;
+  }
+
+  #onEvent(message: EventSourceMessage): void {
+    this.#bytesSinceEvent = 0;
+    if (this.#done || this.#failure !== undefined) return;
+    if (message.data === "[DONE]") {
+      this.#done = true;
+      this.#queue.push({ type: "done" });
+      return;
+    }
+    try {
+      for (const e of interpretChunk(JSON.parse(message.data))) this.#queue.push(e);
+    } catch (err) {
+      this.#abort(
+        err instanceof UpstreamError ? err : new UpstreamError("protocol", `bad event: ${describe(err)}`),
+      );
+    }
+  }
+
+  #resumeIfDrained(): void {
+    if (this.#queue.length === 0 && this.#held.length === 0 && !this.#ended && this.#controller?.paused)
+      this.#controller.resume();
+  }
+
+  /** Ends the request with `failure` (the events before it are still taken first). */
+  #abort(failure: unknown): void {
+    this.#fail(failure);
+    if (!this.#ended) this.#controller?.abort(failure as Error);
+  }
+
+  #fail(failure: unknown): void {
+    this.#failure ??= failure;
+    this.#wakeReader();
+  }
+
+  #refuse(err: unknown): void {
+    if (this.#opened === undefined) return this.#fail(err);
+    this.#opened = undefined;
+    this.#refused?.(err);
+  }
+
+  #wakeReader(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
 }
 
 function classifyStatus(status: number, text: string): UpstreamFailure {
@@ -134,79 +347,9 @@ function classifyStatus(status: number, text: string): UpstreamFailure {
   return "rejected";
 }
 
-async function readLimited(body: Dispatcher.ResponseData["body"], limit: number): Promise<string> {
-  let text = "";
-  for await (const chunk of body) {
-    text += (chunk as Buffer).toString("utf8");
-    if (text.length >= limit) {
-      body.destroy();
-      break;
-    }
-  }
-  return text.slice(0, limit);
-}
-
 function describe(err: unknown): string {
   const e = err as { code?: string; message?: string } | undefined;
   return `${e?.code ?? "error"} ${e?.message ?? String(err)}`;
-}
-
-/** Reads SSE events off the body, pulling one network chunk at a time. */
-async function* parseEvents(
-  body: Dispatcher.ResponseData["body"],
-  signal: AbortSignal,
-): AsyncGenerator<UpstreamEvent> {
-  const pending: UpstreamEvent[] = [];
-  let failure: UpstreamError | undefined;
-  let done = false;
-  let bytesSinceEvent = 0;
-  const parser = createParser({
-    onEvent(message: EventSourceMessage) {
-      bytesSinceEvent = 0;
-      if (done || failure !== undefined) return;
-      if (message.data === "[DONE]") {
-        done = true;
-        pending.push({ type: "done" });
-        return;
-      }
-      try {
-        for (const e of interpretChunk(JSON.parse(message.data))) pending.push(e);
-      } catch (err) {
-        failure =
-          err instanceof UpstreamError ? err : new UpstreamError("protocol", `bad event: ${describe(err)}`);
-      }
-    },
-  });
-  const decoder = new TextDecoder();
-  let relayedText = false;
-  try {
-    for await (const chunk of body) {
-      // A stream past its first token lets first tokens of other streams go first (token-priority.ts).
-      if (relayedText) await afterFirstTokens();
-      const text = decoder.decode(chunk as Buffer, { stream: true });
-      bytesSinceEvent += text.length;
-      parser.feed(text);
-      // The parser buffers an unfinished event: bound it, or a broken replica could grow it forever.
-      if (bytesSinceEvent > MAX_EVENT_BYTES) throw new UpstreamError("protocol", "event too large");
-      while (pending.length > 0) {
-        // Events already parsed are not handed on once the request is aborted (a cancelled client's
-        // stream must stop at once, not after the rest of a network chunk).
-        if (signal.aborted) throw signal.reason;
-        const event = pending.shift() as UpstreamEvent;
-        if (event.type === "text") relayedText = true;
-        yield event;
-      }
-      if (failure !== undefined) throw failure;
-      if (done) return;
-    }
-  } catch (err) {
-    if (signal.aborted) throw signal.reason;
-    if (err instanceof UpstreamError) throw err;
-    throw new UpstreamError("broken-stream", describe(err));
-  } finally {
-    if (!body.destroyed) body.destroy();
-  }
-  throw new UpstreamError("broken-stream", "the stream ended without [DONE]");
 }
 
 /** Turns one parsed vLLM chunk into events; throws UpstreamError for vLLM's in-band error event. */

@@ -17,13 +17,18 @@ it("releases every waiter in order, and lets I/O in after one slice, not after t
   await new Promise((resolve) => socket.once("connect", resolve));
   // The burst: 256 streams past their first token, each waiting for its turn, queued just before the
   // first token's bytes arrive.
-  const waiters = Array.from({ length: 256 }, (_, i) =>
-    afterFirstTokens().then(() => {
-      order.push(`stream ${i}`);
-      // Each stream's relaying work: about 20 µs of CPU.
-      const until = performance.now() + 0.02;
-      while (performance.now() < until);
-    }),
+  const waiters = Array.from(
+    { length: 256 },
+    (_, i) =>
+      new Promise<void>((resolve) =>
+        afterFirstTokens(() => {
+          order.push(`stream ${i}`);
+          // Each stream's relaying work: about 20 µs of CPU.
+          const until = performance.now() + 0.02;
+          while (performance.now() < until);
+          resolve();
+        }),
+      ),
   );
   const firstToken = new Promise<void>((resolve) =>
     socket.once("data", () => {
