@@ -14,6 +14,7 @@ import { type Replica, replicaStatus } from "../replicas/replica.js";
 import type { Protocol } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
 import type { TenantUsage } from "../tenants/admission.js";
+import { createTokenHistogram } from "./token-histogram.js";
 
 /** snake_case name of a Connect code ("ok" for success), as gRPC tooling spells them. */
 export function codeName(code: Code | undefined): string {
@@ -82,12 +83,13 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
     buckets: [...TTFT_BUCKETS],
     registers,
   });
-  const itl = new Histogram({
+  // Observed for every relayed token: a histogram whose observers are bound once per request.
+  const itl = createTokenHistogram({
     name: "kinfer_gateway_inter_token_latency_seconds",
     help: "Time between two relayed tokens.",
     labelNames: ["model", "version"],
-    buckets: [...ITL_BUCKETS],
-    registers,
+    buckets: ITL_BUCKETS,
+    registry,
   });
   const tokens = new Counter({
     name: "kinfer_gateway_tokens_total",
@@ -277,8 +279,7 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
     },
     firstToken: (model, version, seconds) => ttft.observe({ model, version }, seconds),
     interTokenObserver(model, version) {
-      const child = itl.labels({ model, version });
-      return (seconds) => child.observe(seconds);
+      return itl.observer({ model, version });
     },
     tokens(model, version, prompt, completion, cached) {
       tokens.inc({ model, version, kind: "prompt" }, prompt);

@@ -118,7 +118,11 @@ export function openUpstream(
         path,
         method: "POST",
         body,
-        headers: { "content-type": "application/json", accept: "text/event-stream", "x-request-id": requestId },
+        headers: {
+          "content-type": "application/json",
+          accept: "text/event-stream",
+          "x-request-id": requestId,
+        },
       },
       stream,
     );
@@ -180,7 +184,11 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
     this.#abort(this.#signal.reason);
   };
 
-  constructor(signal: AbortSignal, opened: (stream: UpstreamStream) => void, refused: (err: unknown) => void) {
+  constructor(
+    signal: AbortSignal,
+    opened: (stream: UpstreamStream) => void,
+    refused: (err: unknown) => void,
+  ) {
     this.#signal = signal;
     this.#opened = opened;
     this.#refused = refused;
@@ -284,7 +292,8 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
     this.#bytesSinceEvent += chunk.length;
     this.#parser.feed(this.#decoder.decode(chunk, { stream: true }));
     // The parser buffers an unfinished event: bound it, or a broken replica could grow it forever.
-    if (this.#bytesSinceEvent > MAX_EVENT_BYTES) this.#abort(new UpstreamError("protocol", "event too large"));
+    if (this.#bytesSinceEvent > MAX_EVENT_BYTES)
+      this.#abort(new UpstreamError("protocol", "event too large"));
   }
 
   #consumeHeld(): void {
