@@ -186,6 +186,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   metrics.setQueueSource(() => flow.snapshot());
   // Slots free when the table changes (replicas appear, weights move) and when signals are scraped.
   table.onChange(() => flow.notify());
+  const scraper: Scraper = startScraper(
+    () => table.replicas(),
+    config.scrape,
+    now,
+    (replica, healthy) => log.info({ replica: replica.id, healthy }, "replica health changed"),
+    (replica) => flow.notify(replica.model),
+  );
   const pipeline = createPipeline({
     config: () => config,
     onRequestEnd: rollouts.observe,
@@ -205,6 +212,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       dispatcher,
       now,
       onRouted: metrics.routed,
+      onSend: (replica) => scraper.touch(replica),
       onRetry: metrics.retried,
       onEjected(replica) {
         metrics.ejected(replica);
@@ -218,13 +226,6 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       },
     },
   });
-  const scraper: Scraper = startScraper(
-    () => table.replicas(),
-    config.scrape,
-    now,
-    (replica, healthy) => log.info({ replica: replica.id, healthy }, "replica health changed"),
-    (replica) => flow.notify(replica.model),
-  );
 
   const health = createHealthState();
   const shutdown = new AbortController();

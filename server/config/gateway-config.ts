@@ -238,16 +238,31 @@ export const gatewayConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Reading each replica's /metrics (server/replicas/scraper.ts): at `intervalMs` while it has traffic,
+     * backing off to `idleIntervalMs` while nothing changes; health from the scrape, with /health read
+     * every `healthIntervalMs`.
+     */
     scrape: z
       .object({
-        /** How often each replica's /metrics and /health are read. Default 100 ms. */
-        intervalMs: z.number().int().min(10).default(100),
-        /** Timeout of one scrape. Default 1 s. */
-        timeoutMs: z.number().int().positive().default(1000),
-        /** Scrapes in flight at once. Default 16. */
-        concurrency: z.number().int().positive().default(16),
+        /** Scrape interval of a replica with traffic (ours, or moving gauges). Default 100 ms; 10 ms to 10 s. */
+        intervalMs: z.number().int().min(10).max(10_000).default(100),
+        /** Longest interval, reached while a replica is idle and unchanged. Default 1 s; 100 ms to 60 s. */
+        idleIntervalMs: z.number().int().min(100).max(60_000).default(1000),
+        /** How often /health is read (and at every scrape while it says 503). Default 5 s; 1 s to 10 min. */
+        healthIntervalMs: z.number().int().min(1000).max(600_000).default(5000),
+        /** Consecutive failed or timed-out scrapes that mark a replica unhealthy. Default 3; 1 to 10. */
+        unhealthyAfter: z.number().int().min(1).max(10).default(3),
+        /** Timeout of one scrape request. Default 1 s; at most 60 s. */
+        timeoutMs: z.number().int().positive().max(60_000).default(1000),
+        /** Scrapes in flight at once. Default 16; at most 1,000. */
+        concurrency: z.number().int().positive().max(1000).default(16),
       })
       .strict()
+      .refine((s) => s.idleIntervalMs >= s.intervalMs, {
+        error: "idleIntervalMs must be at least intervalMs",
+        path: ["idleIntervalMs"],
+      })
       .prefault({}),
     /**
      * Where replicas come from: "static" (the replica URLs listed under each version) or "kubernetes"

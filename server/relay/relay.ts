@@ -37,6 +37,8 @@ export interface RelayDeps {
   /** Monotonic ms. */
   readonly now: () => number;
   readonly onRouted?: (model: string, version: string, reason: PickReason) => void;
+  /** A request is being sent to `replica` (the scraper follows traffic: scraper.ts `touch`). */
+  readonly onSend?: (replica: Replica) => void;
   readonly onRetry?: (model: string, failure: UpstreamFailure) => void;
   readonly onEjected?: (replica: Replica) => void;
   /** For logs: a failure's raw detail, never shown to clients. */
@@ -123,6 +125,7 @@ export async function* relay(
       req.signal.addEventListener("abort", onClientAbort, { once: true });
       replica.inFlight++;
       replica.sentSinceScrape++;
+      deps.onSend?.(replica);
       replica.prefillTokens += promptTokens;
       let prefilling = true;
       const prefilled = () => {
@@ -146,7 +149,7 @@ export async function* relay(
         if (!(err instanceof UpstreamError)) throw err;
         deps.onUpstreamFailure?.(replica, err, req.requestId);
         // A refused or reset connection is a health verdict: stop routing here until the scraper's next
-        // successful /health probe, instead of letting every request in the meantime find out.
+        // successful scrape, instead of letting every request in the meantime find out.
         if (err.failure === "connect" && !streamed) replica.healthy = false;
         if (COUNTS_AGAINST_REPLICA.has(err.failure)) {
           if (deps.outliers.failure(replica, version.replicas, deps.now())) deps.onEjected?.(replica);

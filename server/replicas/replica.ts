@@ -41,6 +41,11 @@ export interface Replica {
    */
   prefillTokens: number;
   signals: ScrapedSignals | undefined;
+  /**
+   * The scraper's current interval for it (ms): short under traffic, longer while it is idle and
+   * unchanged. Its signals are trusted for that long (see freshSignals).
+   */
+  scrapeIntervalMs: number;
   /** Consecutive failed attempts (reset by a success). */
   consecutiveFailures: number;
   /** Ejected by outlier detection until this time (monotonic ms); 0 when not ejected. */
@@ -63,6 +68,7 @@ export function createReplica(model: string, version: string, url: string, sourc
     sentSinceScrape: 0,
     prefillTokens: 0,
     signals: undefined,
+    scrapeIntervalMs: 0,
     consecutiveFailures: 0,
     ejectedUntil: 0,
     ejections: 0,
@@ -84,7 +90,13 @@ export function isEligible(r: Replica, now: number): boolean {
   return replicaStatus(r, now) === "ready";
 }
 
-/** Whether the scraped signals are fresh enough to route on. */
+/**
+ * The scraped signals if they are fresh enough to route on: no older than `maxAgeMs`, or, for a replica
+ * the scraper visits less often because nothing changed there, than its next scrape (the relay brings
+ * that forward as soon as it sends the replica a request).
+ */
 export function freshSignals(r: Replica, now: number, maxAgeMs: number): ScrapedSignals | undefined {
-  return r.signals !== undefined && now - r.signals.scrapedAt <= maxAgeMs ? r.signals : undefined;
+  // Half an interval more, for a scrape that comes late by its own duration.
+  const age = Math.max(maxAgeMs, 1.5 * r.scrapeIntervalMs);
+  return r.signals !== undefined && now - r.signals.scrapedAt <= age ? r.signals : undefined;
 }

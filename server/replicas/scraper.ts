@@ -1,20 +1,52 @@
 /**
- * Polls every replica's /health and /metrics so that routing sees live health and load. Each round scrapes
- * all replicas with at most `concurrency` requests at once, every `intervalMs`; a round still running when
- * the next is due delays it (rounds never pile up). A replica whose /health fails or times out is marked
- * unhealthy until a probe succeeds again. Uses its own connection pool, apart from the relay's.
+ * Reads every replica's /metrics so that routing sees live load and health, at a rate that follows
+ * traffic: a gateway watching hundreds of idle replicas must cost them (and itself) almost nothing, and
+ * one carrying traffic must see load change within a scrape interval.
+ *
+ * - A replica this gateway sends requests to, or whose gauges moved at its last scrape (other gateways'
+ *   traffic), is scraped every `intervalMs` (default 100 ms). The relay calls `touch` when it sends a
+ *   request, which brings the next scrape of an idle replica forward to at most `intervalMs` away.
+ * - A replica with nothing in flight from us and unchanged gauges is scraped less and less often, the
+ *   interval doubling up to `idleIntervalMs` (default 1 s): one request a second to each idle replica.
+ *   Between scrapes routing counts this gateway's own requests (in flight, sent since the scrape).
+ * - Health comes from the scrape itself: an answered /metrics means the server is up. A failed or slow
+ *   scrape counts one failure; `unhealthyAfter` consecutive ones (default 3) mark the replica unhealthy,
+ *   so one slow scrape under load never flaps it. /health, which alone tells a loading, draining or dead
+ *   engine (503) from a running one, is read every `healthIntervalMs` (default 5 s), and at every scrape
+ *   while it says 503; one success of both makes the replica healthy again.
+ *
+ * Scrapes run at most `concurrency` at once, on their own connection pool apart from the relay's.
  */
 import { Agent, request } from "undici";
 import type { GatewayConfig } from "../config/gateway-config.js";
 import type { Replica } from "./replica.js";
-import { parseVllmSignals } from "./vllm-signals.js";
+import { parseVllmSignals, type VllmSignals } from "./vllm-signals.js";
 
+/** Largest /metrics page read (vLLM's is about 50 KB with every histogram). */
 const MAX_METRICS_BYTES = 4 * 1024 * 1024;
 
 export interface Scraper {
-  /** Scrapes every replica once now (tests and start-up use it). */
+  /** Scrapes every replica (/health and /metrics) once now (tests and start-up use it). */
   scrapeAll(): Promise<void>;
+  /** The gateway sent `replica` a request: scrape it at the traffic rate from now on. */
+  touch(replica: Replica): void;
   close(): Promise<void>;
+}
+
+/** What the scraper keeps per replica, beside the Replica itself. */
+interface ScrapeState {
+  /** Monotonic ms when the next scrape is due. */
+  dueAt: number;
+  /** The current interval: intervalMs under traffic, doubling to idleIntervalMs when nothing changes. */
+  intervalMs: number;
+  /** When /health was last read (monotonic ms). */
+  healthAt: number;
+  /** /health's last answer: false while it says the engine is not ready. */
+  healthOk: boolean;
+  /** Consecutive failed scrapes. */
+  failures: number;
+  last: VllmSignals | undefined;
+  running: boolean;
 }
 
 export function startScraper(
@@ -29,9 +61,30 @@ export function startScraper(
     keepAliveTimeout: 30_000,
     connect: { timeout: options.timeoutMs },
   });
+  const states = new WeakMap<Replica, ScrapeState>();
   let timer: NodeJS.Timeout | undefined;
+  let timerAt = Number.POSITIVE_INFINITY;
   let closed = false;
-  let round: Promise<void> | undefined;
+  let running = 0;
+  const rounds = new Set<Promise<void>>();
+
+  const stateOf = (r: Replica): ScrapeState => {
+    let s = states.get(r);
+    if (s === undefined) {
+      // A new replica is scraped (health included) at once.
+      s = {
+        dueAt: 0,
+        intervalMs: options.intervalMs,
+        healthAt: Number.NEGATIVE_INFINITY,
+        healthOk: true,
+        failures: 0,
+        last: undefined,
+        running: false,
+      };
+      states.set(r, s);
+    }
+    return s;
+  };
 
   async function fetchText(url: string): Promise<{ status: number; text: string }> {
     const res = await request(url, {
@@ -40,67 +93,130 @@ export function startScraper(
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
     });
-    let text = "";
+    const chunks: Buffer[] = [];
+    let bytes = 0;
     for await (const chunk of res.body) {
-      text += (chunk as Buffer).toString("utf8");
-      if (text.length > MAX_METRICS_BYTES) {
+      bytes += (chunk as Buffer).length;
+      if (bytes > MAX_METRICS_BYTES) {
         res.body.destroy();
         throw new Error("metrics page too large");
       }
+      chunks.push(chunk as Buffer);
     }
-    return { status: res.statusCode, text };
+    return { status: res.statusCode, text: Buffer.concat(chunks, bytes).toString("utf8") };
   }
 
-  async function scrape(replica: Replica): Promise<void> {
-    let healthy: boolean;
-    try {
-      healthy = (await fetchText(`${replica.url}/health`)).status === 200;
-    } catch {
-      healthy = false;
+  /** One scrape: /metrics, and /health when it is due; updates health, signals and the next due time. */
+  async function scrape(replica: Replica, s: ScrapeState, withHealth: boolean): Promise<void> {
+    const started = now();
+    let answered = true;
+    if (withHealth || !s.healthOk || started - s.healthAt >= options.healthIntervalMs) {
+      try {
+        s.healthOk = (await fetchText(`${replica.url}/health`)).status === 200;
+      } catch {
+        answered = false;
+      }
+      s.healthAt = started;
     }
-    if (replica.healthy !== healthy) {
+    let signals: VllmSignals | undefined;
+    if (answered) {
+      try {
+        const page = await fetchText(`${replica.url}/metrics`);
+        signals = page.status === 200 ? parseVllmSignals(page.text) : undefined;
+        answered = page.status === 200;
+      } catch {
+        answered = false;
+      }
+    }
+    s.failures = answered ? 0 : s.failures + 1;
+    const healthy = s.healthOk && s.failures < options.unhealthyAfter;
+    // A replica marked down by the relay (a refused connection) comes back with the first good scrape.
+    if (replica.healthy !== healthy && (answered || !healthy)) {
       replica.healthy = healthy;
       onHealthChange?.(replica, healthy);
       onSignals?.(replica);
     }
-    if (!healthy) return;
-    try {
-      const page = await fetchText(`${replica.url}/metrics`);
-      const signals = page.status === 200 ? parseVllmSignals(page.text) : undefined;
-      if (signals !== undefined) {
-        replica.signals = { ...signals, scrapedAt: now() };
-        replica.sentSinceScrape = 0;
-        onSignals?.(replica);
-      }
-    } catch {
-      // Keep the last signals; they go stale by age and routing stops trusting them.
+    const changed =
+      signals !== undefined &&
+      (s.last === undefined ||
+        signals.waiting !== s.last.waiting ||
+        signals.running !== s.last.running ||
+        signals.kvCacheUsage !== s.last.kvCacheUsage);
+    if (signals !== undefined) {
+      s.last = signals;
+      replica.signals = { ...signals, scrapedAt: now() };
+      replica.sentSinceScrape = 0;
+      onSignals?.(replica);
     }
+    // Under traffic (ours, or moving gauges), or unhealthy: the fast rate. Otherwise back off.
+    const busy = replica.inFlight > 0 || replica.sentSinceScrape > 0 || changed;
+    s.intervalMs = busy ? options.intervalMs : Math.min(s.intervalMs * 2, options.idleIntervalMs);
+    replica.scrapeIntervalMs = s.intervalMs;
+    s.dueAt = started + s.intervalMs;
   }
 
-  async function scrapeAll(): Promise<void> {
-    const queue = [...replicas()];
-    const workers = Array.from({ length: Math.min(options.concurrency, queue.length) }, async () => {
-      for (let r = queue.shift(); r !== undefined; r = queue.shift()) await scrape(r);
-    });
-    await Promise.all(workers);
-  }
-
-  function loop() {
+  /** Starts the scrapes that are due (within `concurrency`) and arms the timer for the next one. */
+  function tick(): void {
+    timer = undefined;
+    timerAt = Number.POSITIVE_INFINITY;
     if (closed) return;
-    const started = Date.now();
-    round = scrapeAll().finally(() => {
-      round = undefined;
-      if (!closed) timer = setTimeout(loop, Math.max(0, options.intervalMs - (Date.now() - started)));
-    });
+    const t = now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const r of replicas()) {
+      const s = stateOf(r);
+      if (s.running) continue;
+      if (s.dueAt <= t && running < options.concurrency) {
+        s.running = true;
+        running++;
+        const round = scrape(r, s, false).finally(() => {
+          s.running = false;
+          running--;
+          rounds.delete(round);
+          arm(s.dueAt);
+        });
+        rounds.add(round);
+      } else next = Math.min(next, s.dueAt);
+    }
+    arm(next);
   }
-  timer = setTimeout(loop, 0);
+
+  function arm(at: number): void {
+    if (closed || at >= timerAt || !Number.isFinite(at)) return;
+    clearTimeout(timer);
+    timerAt = at;
+    timer = setTimeout(tick, Math.max(0, at - now()));
+  }
+
+  timer = setTimeout(tick, 0);
+  timerAt = now();
 
   return {
-    scrapeAll,
+    async scrapeAll() {
+      const queue = [...replicas()];
+      const workers = Array.from({ length: Math.min(options.concurrency, queue.length) }, async () => {
+        for (let r = queue.shift(); r !== undefined; r = queue.shift()) {
+          const s = stateOf(r);
+          await scrape(r, s, true);
+        }
+      });
+      await Promise.all(workers);
+    },
+    touch(replica) {
+      const s = stateOf(replica);
+      if (s.intervalMs === options.intervalMs) return; // already at the traffic rate
+      s.intervalMs = options.intervalMs;
+      replica.scrapeIntervalMs = s.intervalMs;
+      // A scrape in progress sees the request in flight and keeps the traffic rate by itself.
+      const due = now() + options.intervalMs;
+      if (!s.running && due < s.dueAt) {
+        s.dueAt = due;
+        arm(due);
+      }
+    },
     async close() {
       closed = true;
       clearTimeout(timer);
-      await round?.catch(() => {});
+      await Promise.allSettled([...rounds]);
       await agent.close();
     },
   };
