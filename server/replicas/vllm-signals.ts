@@ -15,6 +15,7 @@ const WAITING = "vllm:num_requests_waiting";
 const RUNNING = "vllm:num_requests_running";
 const KV = "vllm:kv_cache_usage_perc";
 const KV_OLD = "vllm:gpu_cache_usage_perc";
+const NAMES = [WAITING, RUNNING, KV, KV_OLD];
 
 /** The sample value of a line `name{labels} value [timestamp]`, or NaN. */
 function sampleValue(line: string, nameLength: number): number {
@@ -40,10 +41,13 @@ export function parseVllmSignals(text: string): VllmSignals | undefined {
   let running = 0;
   let kv = 0;
   let found = false;
-  for (const line of text.split("\n")) {
-    if (line.length === 0 || line[0] === "#" || line[0] !== "v") continue;
-    for (const name of [WAITING, RUNNING, KV, KV_OLD]) {
-      if (!line.startsWith(name) || (line[name.length] !== "{" && line[name.length] !== " ")) continue;
+  // Each gauge's lines are found with indexOf, without splitting the whole page (mostly histograms) into
+  // lines: that split was most of a scrape's CPU.
+  for (const name of NAMES) {
+    for (let at = lineStart(text, name, 0); at !== -1; at = lineStart(text, name, at + 1)) {
+      const end = text.indexOf("\n", at);
+      const line = text.slice(at, end === -1 ? undefined : end);
+      if (line[name.length] !== "{" && line[name.length] !== " ") continue;
       const value = sampleValue(line, name.length);
       if (!Number.isFinite(value) || value < 0) continue;
       found = true;
@@ -53,4 +57,11 @@ export function parseVllmSignals(text: string): VllmSignals | undefined {
     }
   }
   return found ? { waiting, running, kvCacheUsage: kv } : undefined;
+}
+
+/** Where the next line starting with `name` begins, at or after `from`; -1 if none. */
+function lineStart(text: string, name: string, from: number): number {
+  if (from === 0 && text.startsWith(name)) return 0;
+  const i = text.indexOf(`\n${name}`, from === 0 ? 0 : from - 1);
+  return i === -1 ? -1 : i + 1;
 }
