@@ -247,8 +247,11 @@ export const gatewayConfigSchema = z
       .object({
         /** Scrape interval of a replica with traffic (ours, or moving gauges). Default 100 ms; 10 ms to 10 s. */
         intervalMs: z.number().int().min(10).max(10_000).default(100),
-        /** Longest interval, reached while a replica is idle and unchanged. Default 1 s; 100 ms to 60 s. */
-        idleIntervalMs: z.number().int().min(100).max(60_000).default(1000),
+        /**
+         * Longest interval, reached while a replica is idle and unchanged: how long another gateway's new
+         * traffic there may go unseen. Default 2 s; 100 ms to 60 s.
+         */
+        idleIntervalMs: z.number().int().min(100).max(60_000).default(2000),
         /** How often /health is read (and at every scrape while it says 503). Default 5 s; 1 s to 10 min. */
         healthIntervalMs: z.number().int().min(1000).max(600_000).default(5000),
         /** Consecutive failed or timed-out scrapes that mark a replica unhealthy. Default 3; 1 to 10. */

@@ -7,7 +7,7 @@
  *   traffic), is scraped every `intervalMs` (default 100 ms). The relay calls `touch` when it sends a
  *   request, which brings the next scrape of an idle replica forward to at most `intervalMs` away.
  * - A replica with nothing in flight from us and unchanged gauges is scraped less and less often, the
- *   interval doubling up to `idleIntervalMs` (default 1 s): one request a second to each idle replica.
+ *   interval doubling up to `idleIntervalMs` (default 2 s): a request every 2 s to each idle replica.
  *   Between scrapes routing counts this gateway's own requests (in flight, sent since the scrape).
  * - Health comes from the scrape itself: an answered /metrics means the server is up. A failed or slow
  *   scrape counts one failure; `unhealthyAfter` consecutive ones (default 3) mark the replica unhealthy,
@@ -60,6 +60,8 @@ export function startScraper(
     connections: 2,
     keepAliveTimeout: 30_000,
     connect: { timeout: options.timeoutMs },
+    // A page larger than this fails the scrape (undici stops reading it).
+    maxResponseSize: MAX_METRICS_BYTES,
   });
   const states = new WeakMap<Replica, ScrapeState>();
   let timer: NodeJS.Timeout | undefined;
@@ -86,24 +88,14 @@ export function startScraper(
     return s;
   };
 
+  /** One GET, bounded by the agent's connect timeout and size limit and undici's header and body timeouts. */
   async function fetchText(url: string): Promise<{ status: number; text: string }> {
     const res = await request(url, {
       dispatcher: agent,
-      signal: AbortSignal.timeout(options.timeoutMs),
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
     });
-    const chunks: Buffer[] = [];
-    let bytes = 0;
-    for await (const chunk of res.body) {
-      bytes += (chunk as Buffer).length;
-      if (bytes > MAX_METRICS_BYTES) {
-        res.body.destroy();
-        throw new Error("metrics page too large");
-      }
-      chunks.push(chunk as Buffer);
-    }
-    return { status: res.statusCode, text: Buffer.concat(chunks, bytes).toString("utf8") };
+    return { status: res.statusCode, text: await res.body.text() };
   }
 
   /** One scrape: /metrics, and /health when it is due; updates health, signals and the next due time. */
