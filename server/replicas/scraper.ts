@@ -88,13 +88,12 @@ export function startScraper(
     return s;
   };
 
-  /** One GET, bounded by the agent's connect timeout and size limit and undici's header and body timeouts. */
+  /**
+   * One GET, bounded by timeoutMs (a signal: undici's own header and body timeouts run on a coarse clock)
+   * and the agent's size limit.
+   */
   async function fetchText(url: string): Promise<{ status: number; text: string }> {
-    const res = await request(url, {
-      dispatcher: agent,
-      headersTimeout: options.timeoutMs,
-      bodyTimeout: options.timeoutMs,
-    });
+    const res = await request(url, { dispatcher: agent, signal: AbortSignal.timeout(options.timeoutMs) });
     return { status: res.statusCode, text: await res.body.text() };
   }
 
