@@ -1,5 +1,6 @@
 /**
- * A client that stops reading (HTTP/2 window 0), against the gateway as its own process: while it reads
+ * A client that stops reading (HTTP/2 window 0), on the OpenAI surface and on gRPC, against the gateway as
+ * its own process: while it reads
  * nothing, the replica keeps generating but the gateway stops reading it, so the bytes pile up in the
  * sockets between them (backpressure reaches the replica) and the gateway's memory stays flat; after
  * timeouts.slowReaderMs the client's stream is reset, the upstream request aborted, and the replica is
@@ -7,12 +8,16 @@
  */
 import { readFileSync } from "node:fs";
 import * as http2 from "node:http2";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { GenerateRequestSchema } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { type SimServer, startSimServer } from "../../sim/http/sim-server.js";
 import { type GatewayProcess, startGatewayProcess } from "../helpers/gateway-process.js";
 import { waitFor } from "../helpers/idle.js";
 
-const SLOW_READER_MS = 4000;
+const SLOW_READER_MS = 8000;
+/** When to start measuring, after the first token (see the test). */
+const SETTLE_MS = { openai: 1000, grpc: 4000 };
 let replica: SimServer;
 let gateway: GatewayProcess;
 
@@ -65,61 +70,89 @@ async function metric(name: string): Promise<number> {
     .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
 }
 
-it("is cut after slowReaderMs; backpressure reaches the replica, the gateway's memory stays flat, no replica blamed", async () => {
-  // Warm the gateway up (its code, pools, first requests) before measuring its memory.
-  for (let i = 0; i < 5; i++)
-    await fetch(`${gateway.url}/v1/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "m", prompt: "x", max_tokens: 50 }),
+/** The slow reader's request on each surface: headers and body. */
+const REQUESTS = {
+  openai: {
+    headers: { ":method": "POST", ":path": "/v1/chat/completions", "content-type": "application/json" },
+    body: () =>
+      JSON.stringify({
+        model: "m",
+        stream: true,
+        max_tokens: 8000,
+        messages: [{ role: "user", content: "Hi" }],
+      }),
+  },
+  grpc: {
+    headers: {
+      ":method": "POST",
+      ":path": "/kinfer.inference.v1.InferenceService/Generate",
+      "content-type": "application/grpc",
+      te: "trailers",
+    },
+    body: () => {
+      const message = toBinary(
+        GenerateRequestSchema,
+        create(GenerateRequestSchema, { model: "m", prompt: "Hi", sampling: { maxTokens: 8000 } }),
+      );
+      const head = Buffer.alloc(5);
+      head.writeUInt32BE(message.length, 1);
+      return Buffer.concat([head, message]);
+    },
+  },
+} as const;
+
+it.each(["openai", "grpc"] as const)(
+  "%s: is cut after slowReaderMs; backpressure reaches the replica, the gateway's memory stays flat, no replica blamed",
+  async (surface) => {
+    // Warm the gateway up (its code, pools, first requests) before measuring its memory.
+    for (let i = 0; i < 5; i++)
+      await fetch(`${gateway.url}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "m", prompt: "x", max_tokens: 50 }),
+      });
+    const session = http2.connect(gateway.url, { settings: { initialWindowSize: 1024 } });
+    session.on("error", () => {});
+    const stream = session.request(REQUESTS[surface].headers);
+    stream.on("error", () => {});
+    let received = 0;
+    stream.on("data", (d: Buffer) => {
+      received += d.length;
+      stream.pause(); // read one chunk, then never again
     });
-  const session = http2.connect(gateway.url, { settings: { initialWindowSize: 1024 } });
-  session.on("error", () => {});
-  const stream = session.request({
-    ":method": "POST",
-    ":path": "/v1/chat/completions",
-    "content-type": "application/json",
-  });
-  stream.on("error", () => {});
-  let received = 0;
-  stream.on("data", (d: Buffer) => {
-    received += d.length;
-    stream.pause(); // read one chunk, then never again
-  });
-  const closed = new Promise<number>((resolve) => stream.on("close", () => resolve(stream.rstCode)));
-  stream.end(
-    JSON.stringify({
-      model: "m",
-      stream: true,
-      max_tokens: 8000,
-      messages: [{ role: "user", content: "Hi" }],
-    }),
-  );
-  await waitFor(() => received > 0, "the first token");
-  const started = performance.now();
-  await new Promise((r) => setTimeout(r, 1000));
-  const rssBefore = gateway.rssBytes();
-  const backlogBefore = kernelQueueBytes(replica.port) + replica.backlogBytes();
-  await new Promise((r) => setTimeout(r, SLOW_READER_MS - 1800));
-  const grown = gateway.rssBytes() - rssBefore;
-  const backlogGrown = kernelQueueBytes(replica.port) + replica.backlogBytes() - backlogBefore;
-  const generated = replica.engine.stats().generationTokens;
-  console.log(
-    `slow reader: ${generated} tokens generated, backlog at the replica +${(backlogGrown / 1e6).toFixed(2)} MB, gateway RSS ${grown >= 0 ? "+" : ""}${(grown / 1e6).toFixed(2)} MB`,
-  );
-  // The replica went on producing, and what it produced waits outside the gateway.
-  expect(backlogGrown).toBeGreaterThan(256 * 1024);
-  expect(grown).toBeLessThan(backlogGrown / 2);
-  expect(await closed).toBe(http2.constants.NGHTTP2_CANCEL);
-  const cutAfter = performance.now() - started;
-  expect(cutAfter).toBeLessThan(SLOW_READER_MS + 2000);
-  await waitFor(
-    () => replica.engine.stats().running + replica.engine.stats().waiting === 0,
-    "the replica's sequence to be aborted",
-  );
-  expect(await metric("kinfer_gateway_requests_in_flight")).toBe(0);
-  expect(await metric("kinfer_gateway_ejections_total")).toBe(0);
-  const page = await (await fetch(`${gateway.url}/metrics`)).text();
-  expect(page).toMatch(/kinfer_gateway_replica_state\{[^}]*state="ready"\} 1/);
-  session.destroy();
-}, 30_000);
+    const closed = new Promise<number>((resolve) => stream.on("close", () => resolve(stream.rstCode)));
+    stream.end(REQUESTS[surface].body());
+    await waitFor(() => received > 0, "the first token");
+    // The gateway holds what its HTTP/2 buffers take (a stream's 16 KiB write buffer, the client's
+    // windows) before it stops reading the replica: a moment for SSE's 250-byte events, about 2,000 tokens
+    // (3 s here) for gRPC's 16-byte messages. The measurement starts after that.
+    const started = performance.now();
+    await new Promise((r) => setTimeout(r, SETTLE_MS[surface]));
+    const rssBefore = gateway.rssBytes();
+    const backlogBefore = kernelQueueBytes(replica.port) + replica.backlogBytes();
+    await new Promise((r) => setTimeout(r, SLOW_READER_MS - SETTLE_MS[surface] - 1800));
+    const grown = gateway.rssBytes() - rssBefore;
+    const backlogGrown = kernelQueueBytes(replica.port) + replica.backlogBytes() - backlogBefore;
+    const generated = replica.engine.stats().generationTokens;
+    console.log(
+      `slow reader (${surface}): ${generated} tokens generated, backlog at the replica +${(backlogGrown / 1e6).toFixed(2)} MB, gateway RSS ${grown >= 0 ? "+" : ""}${(grown / 1e6).toFixed(2)} MB`,
+    );
+    // The replica went on producing, and what it produced waits outside the gateway.
+    expect(backlogGrown).toBeGreaterThan(256 * 1024);
+    expect(grown).toBeLessThan(backlogGrown / 2);
+    expect(await closed).toBe(http2.constants.NGHTTP2_CANCEL);
+    const cutAfter = performance.now() - started;
+    // The slow-reader clock starts once the gateway's buffers are full (a write has to wait).
+    expect(cutAfter).toBeLessThan(SETTLE_MS[surface] + SLOW_READER_MS + 1000);
+    await waitFor(
+      () => replica.engine.stats().running + replica.engine.stats().waiting === 0,
+      "the replica's sequence to be aborted",
+    );
+    expect(await metric("kinfer_gateway_requests_in_flight")).toBe(0);
+    expect(await metric("kinfer_gateway_ejections_total")).toBe(0);
+    const page = await (await fetch(`${gateway.url}/metrics`)).text();
+    expect(page).toMatch(/kinfer_gateway_replica_state\{[^}]*state="ready"\} 1/);
+    session.destroy();
+  },
+  40_000,
+);
