@@ -1,8 +1,8 @@
 /**
  * A client that stops reading (HTTP/2 window 0), on the OpenAI surface and on gRPC, against the gateway as
- * its own process: while it reads
- * nothing, the replica keeps generating but the gateway stops reading it, so the bytes pile up in the
- * sockets between them (backpressure reaches the replica) and the gateway's memory stays flat; after
+ * its own process: while it reads nothing, the replica keeps generating but the gateway stops reading it,
+ * so the bytes pile up in the sockets between them (backpressure reaches the replica) and the gateway's
+ * memory stays flat; after
  * timeouts.slowReaderMs the client's stream is reset, the upstream request aborted, and the replica is
  * not blamed (no failure counted, no ejection). Nothing is left in flight.
  */
