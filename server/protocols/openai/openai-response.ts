@@ -5,7 +5,9 @@
  * `write` is the pull point of the relay: it resolves once the socket can take more (or the client left).
  */
 import type * as http from "node:http";
+import { ServerResponse } from "node:http";
 import type * as http2 from "node:http2";
+import type { Socket } from "node:net";
 import type { InferenceEvent } from "../../request/inference-request.js";
 
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -175,23 +177,66 @@ export function isClosed(res: HttpResponse): boolean {
 }
 
 /**
+ * Writes the SSE events of one streamed response. The first goes through `res.write`, which sends the
+ * head with it; on HTTP/1.1 the others go straight to the socket as whole chunks of the chunked encoding,
+ * framed as Node frames them (hex byte length, CRLF, data, CRLF): Node's res.write makes four socket writes
+ * of each event, corked until the next tick and sent as one writev, a third of the writer's CPU per
+ * relayed token. The bytes on the wire are the same (test/integration/wire-bytes.test.ts). HTTP/2
+ * responses, and HTTP/1.1 ones without chunked encoding, always use res.write.
+ */
+export function createEventWriter(res: HttpResponse): {
+  write(text: string, signal: AbortSignal): Promise<void>;
+} {
+  let socket: Socket | undefined;
+  let first = true;
+  return {
+    write(text, signal) {
+      if (signal.aborted || isClosed(res)) return RESOLVED;
+      if (socket !== undefined)
+        return settle(
+          res,
+          socket.write(`${Buffer.byteLength(text).toString(16)}\r\n${text}\r\n`),
+          socket,
+          signal,
+        );
+      const flushed = (res as http.ServerResponse).write(text);
+      if (first && res instanceof ServerResponse && res.chunkedEncoding) socket = res.socket ?? undefined;
+      first = false;
+      return settle(res, flushed, res, signal);
+    },
+  };
+}
+
+/**
  * Writes and, when the socket's buffer is full, waits until it drains, the response closes or `signal`
  * aborts, whichever is first. A response that is already closed gets nothing and never waits (a write on a
  * reset HTTP/2 stream would wait for a drain that never comes). Callers check `signal` after each write.
  */
 export function write(res: HttpResponse, text: string, signal: AbortSignal): Promise<void> {
-  if (signal.aborted || isClosed(res)) return Promise.resolve();
-  if ((res as http.ServerResponse).write(text)) return Promise.resolve();
+  if (signal.aborted || isClosed(res)) return RESOLVED;
+  return settle(res, (res as http.ServerResponse).write(text), res, signal);
+}
+
+/** Resolved at once if the write was flushed; else when `drains` drains, `res` closes or `signal` aborts. */
+function settle(
+  res: HttpResponse,
+  flushed: boolean,
+  drains: HttpResponse | Socket,
+  signal: AbortSignal,
+): Promise<void> {
+  if (flushed) return RESOLVED;
   return new Promise((resolve) => {
     const done = () => {
-      res.off("drain", done);
+      drains.off("drain", done);
       res.off("close", done);
       signal.removeEventListener("abort", done);
       resolve();
     };
-    res.on("drain", done);
+    drains.on("drain", done);
     res.on("close", done);
     signal.addEventListener("abort", done, { once: true });
     if (isClosed(res)) done();
   });
 }
+
+const RESOLVED = Promise.resolve();

@@ -22,6 +22,7 @@ import { errorEvent, sendBodyTimeout, sendBodyTooLarge, sendError } from "./open
 import { parseJsonObject, toInferenceRequest } from "./openai-request.js";
 import {
   completeBody,
+  createEventWriter,
   createReplyCollector,
   type HttpRequest,
   type HttpResponse,
@@ -79,6 +80,7 @@ export function createOpenAiRoutes(
       const render = streamRenderer(id, request.model, chat);
       const signal = control.signal;
       const reply = createReplyCollector(chat);
+      const events = createEventWriter(res);
       // A client that stops reading is cut, and its request cancelled (the pipeline decides when).
       const onSlowReader = () => {
         control.abort(new ConnectError("the client stopped reading", Code.Canceled));
@@ -101,12 +103,12 @@ export function createOpenAiRoutes(
             "cache-control": "no-cache",
             "server-timing": serverTiming(event.timing),
           });
-          if (chat) await write(res, render.roleChunk(), signal);
+          if (chat) await events.write(render.roleChunk(), signal);
         } else if (event.type === "delta") {
-          await write(res, render.delta(event), signal);
+          await events.write(render.delta(event), signal);
         } else {
-          await write(res, render.finish(event), signal);
-          if (includeUsage) await write(res, render.usage(event), signal);
+          await events.write(render.finish(event), signal);
+          if (includeUsage) await events.write(render.usage(event), signal);
           if (!signal.aborted) end("data: [DONE]\n\n");
         }
         // Leaving the loop returns the pipeline's generator: the request ends (cancelled) at once.
