@@ -142,8 +142,18 @@ export async function* relay(
           gatewayMs: first.sentAt - acceptedAt,
         };
         yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
-        yield* streamRest(first, replica, req, attemptControl, deps, acceptedAt);
-        return;
+        // The rest, one event at a time: most are already read (returned as they are), the others awaited.
+        const rest = readRest(first, replica, req, attemptControl, deps, acceptedAt);
+        try {
+          for (;;) {
+            const next = rest.next();
+            const event = next instanceof Promise ? await next : next;
+            if (event === undefined) return;
+            yield event;
+          }
+        } finally {
+          rest.close();
+        }
       } catch (err) {
         if (req.signal.aborted) throw req.signal.reason;
         if (!(err instanceof UpstreamError)) throw err;
@@ -229,19 +239,27 @@ async function firstTokens(
   }
 }
 
+/** The rest of a stream after its first tokens, as relay() pulls it. */
+interface Rest {
+  /** The next event: itself when the replica already sent it, else a promise; undefined after the finish. */
+  next(): InferenceEvent | undefined | Promise<InferenceEvent | undefined>;
+  close(): void;
+}
+
 /**
- * Relays the buffered first events and the rest of the stream, with an inter-token idle timeout that
+ * Reads the buffered first events and the rest of the stream, with an inter-token idle timeout that
  * counts only the time spent waiting on the replica: while the consumer (a slow client) holds the stream,
  * the replica is not read and must not be blamed for the silence (the pipeline bounds slow readers).
+ * Not a generator: an event already read is handed over without a promise, since this runs per token.
  */
-async function* streamRest(
+function readRest(
   first: FirstTokens,
   replica: Replica,
   req: InferenceRequest,
   control: AbortController,
   deps: RelayDeps,
   acceptedAt: number,
-): AsyncGenerator<InferenceEvent> {
+): Rest {
   const idleLimit = deps.config.timeouts.interTokenMs;
   /** When the relay started waiting on the replica for its next event; undefined while it is not waiting. */
   let waitingSince: number | undefined;
@@ -259,6 +277,10 @@ async function* streamRest(
   let usage: { promptTokens: number; completionTokens: number; cachedTokens: number } | undefined;
   let tokens = 0;
   let finished = false;
+  /** The stream's end was read ([DONE], or a close right after the finish chunk). */
+  let ended = false;
+  let closed = false;
+  const buffered = [...first.buffered];
   const handle = (e: UpstreamEvent): InferenceEvent | undefined => {
     switch (e.type) {
       case "text":
@@ -279,51 +301,65 @@ async function* streamRest(
         };
         return undefined;
       case "done":
+        ended = true;
         return undefined;
     }
   };
-
-  try {
-    for (const e of first.buffered) {
-      const out = handle(e);
-      if (out !== undefined) yield out;
+  /** A failure of the upstream read, as the relay reports it; a close after the finish chunk is an end. */
+  const failed = (err: unknown): void => {
+    if (control.signal.aborted && control.signal.reason instanceof UpstreamError && !req.signal.aborted) {
+      throw control.signal.reason;
     }
-    for (;;) {
-      let event: UpstreamEvent;
-      try {
-        // What the replica already sent, else wait for it (only that wait counts toward the idle limit).
-        const read = first.upstream.take();
-        if (read !== undefined) event = read;
-        else {
-          waitingSince = deps.now();
-          event = await first.upstream.next();
-        }
-      } catch (err) {
-        if (control.signal.aborted && control.signal.reason instanceof UpstreamError && !req.signal.aborted) {
-          throw control.signal.reason;
-        }
-        // A replica that closes the connection right after its finish chunk has still finished.
-        if (finished && err instanceof UpstreamError && err.failure === "broken-stream") break;
-        throw err;
-      } finally {
-        waitingSince = undefined;
-      }
-      const out = handle(event);
-      if (out !== undefined) yield out;
-      if (event.type === "done") break;
-    }
-  } finally {
+    // A replica that closes the connection right after its finish chunk has still finished.
+    if (finished && err instanceof UpstreamError && err.failure === "broken-stream") ended = true;
+    else throw err;
+  };
+  const finish = (): InferenceEvent => {
+    closed = true;
     clearTimeout(idleTimer);
-  }
-  if (!finished) throw new UpstreamError("broken-stream", "the stream ended without a finish reason");
-  deps.outliers.success(replica);
-  const end = deps.now();
-  yield {
-    type: "finish",
-    finishReason,
-    matchedStop,
-    usage: usage ?? { promptTokens: 0, completionTokens: tokens, cachedTokens: 0 },
-    timeToFirstTokenMs: first.firstTokenAt - acceptedAt,
-    totalMs: end - acceptedAt,
+    if (!finished) throw new UpstreamError("broken-stream", "the stream ended without a finish reason");
+    deps.outliers.success(replica);
+    return {
+      type: "finish",
+      finishReason,
+      matchedStop,
+      usage: usage ?? { promptTokens: 0, completionTokens: tokens, cachedTokens: 0 },
+      timeToFirstTokenMs: first.firstTokenAt - acceptedAt,
+      totalMs: deps.now() - acceptedAt,
+    };
+  };
+  /** Waits on the replica (only this wait counts toward the idle limit), then goes on. */
+  const waitThenNext = async (): Promise<InferenceEvent | undefined> => {
+    waitingSince = deps.now();
+    try {
+      buffered.push(await first.upstream.next());
+    } catch (err) {
+      failed(err);
+    } finally {
+      waitingSince = undefined;
+    }
+    return next();
+  };
+  const next = (): InferenceEvent | undefined | Promise<InferenceEvent | undefined> => {
+    while (!ended) {
+      let event: UpstreamEvent | undefined;
+      try {
+        event = buffered.shift() ?? first.upstream.take();
+      } catch (err) {
+        failed(err);
+        continue;
+      }
+      if (event === undefined) return waitThenNext();
+      const out = handle(event);
+      if (out !== undefined) return out;
+    }
+    return closed ? undefined : finish();
+  };
+  return {
+    next,
+    close() {
+      closed = true;
+      clearTimeout(idleTimer);
+    },
   };
 }
