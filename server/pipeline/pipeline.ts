@@ -46,8 +46,9 @@ function createSlowReaderWatch(limitMs: number, now: () => number, onStall: () =
     } else timer = setTimeout(check, limitMs - held);
   };
   return {
-    yielded() {
-      heldSince = now();
+    /** `at`: now, when the caller just read the clock (one read per token instead of two). */
+    yielded(at = now()) {
+      heldSince = at;
       if (timer === undefined && !fired) timer = setTimeout(check, limitMs);
     },
     resumed() {
@@ -213,7 +214,10 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
      */
     let relayed: AsyncGenerator<InferenceEvent> | undefined;
     let held = false;
+    /** signal.aborted, kept here: it is read for every relayed token and AbortSignal.any's getter is not free. */
+    let aborted = false;
     const onAbortWhileHeld = () => {
+      aborted = true;
       if (!held) return; // running code sees the abort itself
       relayed?.return(undefined).catch(() => {});
       finish();
@@ -279,14 +283,14 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
           );
           code = undefined;
         }
-        slowReader.yielded();
+        slowReader.yielded(event.type === "delta" ? lastTokenAt : undefined);
         held = true;
         yield event;
         held = false;
         slowReader.resumed();
         if (finished) return; // ended while held (see onAbortWhileHeld)
         // A client gone while this event was written: stop here, not at the next upstream read.
-        if (signal.aborted && event.type !== "finish") throw signal.reason;
+        if (aborted && event.type !== "finish") throw signal.reason;
       }
     } catch (err) {
       const clientError = signal.aborted ? abortError(signal.reason) : toClientError(err);

@@ -70,6 +70,12 @@ const RETRYABLE: ReadonlySet<UpstreamFailure> = new Set([
   "first-token-timeout",
 ]);
 
+/**
+ * The reason an attempt's own signal aborts when the attempt is over (it closes an upstream request still
+ * open). One object for all: abort() without a reason builds a DOMException with a stack each time.
+ */
+const ATTEMPT_OVER = new Error("the attempt is over");
+
 const FINISH_REASONS: Record<string, FinishReason> = {
   stop: "stop",
   length: "length",
@@ -178,7 +184,7 @@ export async function* relay(
         prefilled();
         replica.inFlight--;
         req.signal.removeEventListener("abort", onClientAbort);
-        attemptControl.abort(); // closes the upstream request if it is still open
+        attemptControl.abort(ATTEMPT_OVER); // closes the upstream request if it is still open
       }
     }
   } finally {

@@ -175,7 +175,10 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
     if (this.#queue.length > 0) this.#wakeReader();
     else this.#resumeIfDrained();
   };
+  /** The signal aborted (kept here: take() runs for every token). */
+  #aborted = false;
   readonly #onAbort = () => {
+    this.#aborted = true;
     if (this.#done) {
       // The relay is finished with a stream that said [DONE]: let its last bytes arrive, within a bound.
       this.#afterDone ??= setTimeout(() => this.#abort(this.#signal.reason), AFTER_DONE_MS);
@@ -198,7 +201,7 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
   take(): UpstreamEvent | undefined {
     // Events already parsed are not handed on once the request is aborted: a cancelled client's stream
     // stops at once, not after the rest of a network chunk.
-    if (this.#signal.aborted && !this.#done) throw this.#signal.reason;
+    if (this.#aborted && !this.#done) throw this.#signal.reason;
     const event = this.#queue.shift();
     if (event === undefined) {
       if (this.#failure !== undefined) throw this.#failure;
