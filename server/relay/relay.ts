@@ -335,16 +335,20 @@ function readRest(
     };
   };
   /** Waits on the replica (only this wait counts toward the idle limit), then goes on. */
-  const waitThenNext = async (): Promise<InferenceEvent | undefined> => {
+  const waitThenNext = (): Promise<InferenceEvent | undefined> => {
     waitingSince = deps.now();
-    try {
-      buffered.push(await first.upstream.next());
-    } catch (err) {
-      failed(err);
-    } finally {
-      waitingSince = undefined;
-    }
-    return next();
+    return first.upstream.next().then(
+      (event) => {
+        waitingSince = undefined;
+        buffered.push(event);
+        return next();
+      },
+      (err: unknown) => {
+        waitingSince = undefined;
+        failed(err);
+        return next();
+      },
+    );
   };
   const next = (): InferenceEvent | undefined | Promise<InferenceEvent | undefined> => {
     while (!ended) {

@@ -163,7 +163,8 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
   readonly #held: Buffer[] = [];
   #relayedText = false;
   #bytesSinceEvent = 0;
-  #wake: (() => void) | undefined;
+  /** The relay waiting in next(), if it is. */
+  #reader: { resolve(event: UpstreamEvent): void; reject(err: unknown): void } | undefined;
   #afterDone: NodeJS.Timeout | undefined;
   readonly #decoder = new TextDecoder();
   readonly #parser = createParser({ onEvent: (message) => this.#onEvent(message) });
@@ -212,14 +213,17 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
     return event;
   }
 
-  async next(): Promise<UpstreamEvent> {
-    for (;;) {
+  next(): Promise<UpstreamEvent> {
+    try {
       const event = this.take();
-      if (event !== undefined) return event;
-      await new Promise<void>((resolve) => {
-        this.#wake = resolve;
-      });
+      if (event !== undefined) return Promise.resolve(event);
+    } catch (err) {
+      return Promise.reject(err);
     }
+    // One promise per wait, settled by #wakeReader with the event itself (this runs for most tokens).
+    return new Promise((resolve, reject) => {
+      this.#reader = { resolve, reject };
+    });
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -343,10 +347,21 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
     this.#refused?.(err);
   }
 
+  /** Hands the waiting relay its next event or the failure (nothing if neither is there yet). */
   #wakeReader(): void {
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.();
+    const reader = this.#reader;
+    if (reader === undefined) return;
+    let event: UpstreamEvent | undefined;
+    try {
+      event = this.take();
+    } catch (err) {
+      this.#reader = undefined;
+      reader.reject(err);
+      return;
+    }
+    if (event === undefined) return;
+    this.#reader = undefined;
+    reader.resolve(event);
   }
 }
 
