@@ -46,6 +46,18 @@ import { type ProxyProcess, startNginx, startSeedGateway } from "./overhead/refe
 import { createStreamClient, openStreams, type Sample, type Surface } from "./overhead/stream-clients.js";
 
 const root = new URL("..", import.meta.url).pathname;
+
+/** Every process this benchmark started, stopped when it exits however it exits (Ctrl-C included). */
+const started = new Set<ChildProcess>();
+const stopAll = () => {
+  for (const child of started) if (child.exitCode === null) child.kill("SIGTERM");
+};
+process.on("exit", stopAll);
+for (const signal of ["SIGINT", "SIGTERM"] as const)
+  process.on(signal, () => {
+    stopAll();
+    process.exit(130);
+  });
 const PIN = availableParallelism() >= 2;
 const PROXY_CPU = PIN ? 1 : undefined;
 
@@ -70,6 +82,7 @@ function startNode(
   const node = [process.execPath, ...nodeFlags, ...loader, ...args];
   const [cmd, ...rest] = PIN ? ["taskset", "-c", String(cpu), ...node] : node;
   const child = spawn(cmd as string, rest, { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+  started.add(child);
   const proc: NodeProcess = { child, lines: [], allocated: 0 };
   return new Promise((resolve, reject) => {
     const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
@@ -190,6 +203,7 @@ async function startTargets(replicas: readonly string[], wanted: ReadonlySet<str
       process.stderr.write(`skipping ${name}: ${p}\n`);
       continue;
     }
+    started.add(p.child);
     stops.push(p.stop);
     const label = name === "seed" ? "seed Go gateway (gin)" : "nginx";
     targets.push({ name: label, surface: "openai", urls: [p.url], h2Url: p.h2Url, pid: p.pid });

@@ -19,6 +19,7 @@ import { createInterface } from "node:readline";
 const root = new URL("../..", import.meta.url).pathname;
 
 export interface ProxyProcess {
+  readonly child: ChildProcess;
   /** HTTP/1.1 (and, for the seed gateway, also h2c). */
   readonly url: string;
   /** Cleartext HTTP/2 with prior knowledge. */
@@ -119,6 +120,7 @@ ${servers}
     return `nginx did not start: ${(err as Error).message}`;
   }
   return {
+    child,
     url,
     h2Url: `http://127.0.0.1:${h2Port}`,
     pid: child.pid as number,
@@ -159,5 +161,5 @@ export async function startSeedGateway(
     });
   });
   if (url === undefined) return "the seed gateway exited at start";
-  return { url, h2Url: url, pid: child.pid as number, stop: () => child.kill("SIGTERM") };
+  return { child, url, h2Url: url, pid: child.pid as number, stop: () => child.kill("SIGTERM") };
 }
