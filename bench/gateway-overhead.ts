@@ -176,6 +176,8 @@ interface Target {
   readonly pid: number | undefined;
   /** Heap bytes allocated so far (kinfer only). */
   readonly allocated?: () => number;
+  /** What the process printed (kinfer only: its warnings and errors). */
+  readonly lines?: () => readonly string[];
 }
 
 interface Running {
@@ -220,6 +222,7 @@ async function startTargets(replicas: readonly string[], wanted: ReadonlySet<str
         h2Url: gw.url,
         pid: gw.child.pid,
         allocated: () => gw.allocated,
+        lines: () => gw.lines,
       });
     }
   }
@@ -287,7 +290,10 @@ async function phase(
       while (performance.now() < until) {
         const i = n++;
         const client = clients[i % clients.length]; // round-robin, as the proxies route here
-        const s = await client?.stream(i, length(i)).catch(() => undefined);
+        const s = await client?.stream(i, length(i)).catch((err: unknown) => {
+          if (process.env.KINFER_BENCH_DEBUG) console.error("failure:", err);
+          return undefined;
+        });
         if (s === undefined) failures++;
         else {
           tokens += s.tokens;
@@ -371,6 +377,8 @@ async function relayCost(
       }
     }
   } finally {
+    if (process.env.KINFER_BENCH_DEBUG)
+      for (const t of running.targets) if (t.lines !== undefined) console.error(t.lines().join("\n"));
     running.stop();
     sim.proc.child.kill("SIGTERM");
   }

@@ -69,7 +69,8 @@ function openAiClient(baseUrl: string): StreamClient {
         body: JSON.stringify({ model: "m", prompt: prompt(i), max_tokens: maxTokens, stream: true }),
       });
       if (res.statusCode !== 200) {
-        await res.body.dump();
+        const text = await res.body.text();
+        if (process.env.KINFER_BENCH_DEBUG) console.error(`failure: HTTP ${res.statusCode} ${text.slice(0, 200)}`);
         return undefined;
       }
       const t = timing();
@@ -112,7 +113,8 @@ function connectClient(surface: Exclude<Surface, "openai">, baseUrl: string): St
         )) {
           if (res.event.case === "delta" && res.event.value.text !== "") t.token(wallClock());
         }
-      } catch {
+      } catch (err) {
+        if (process.env.KINFER_BENCH_DEBUG) console.error("failure:", String(err));
         return undefined;
       }
       return t.sample(id, sentAt);
