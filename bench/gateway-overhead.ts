@@ -137,9 +137,10 @@ async function startKinfer(replicas: readonly string[]): Promise<NodeProcess & {
     [
       "listen: {host: 127.0.0.1, port: 0}",
       "logLevel: warn",
-      "routing: {algorithm: round-robin}",
-      // The relay is measured, not flow control: nginx and the seed gateway queue nothing either.
-      "flow: {maxInFlightPerReplica: 100000}",
+      // The relay is measured, not flow control (bench/flow-control.ts measures that): nginx and the seed
+      // gateway queue nothing either, so no replica counts as saturated and nothing waits in the gateway.
+      "routing: {algorithm: round-robin, queueThreshold: 1000000, kvCacheThreshold: 1}",
+      "flow: {maxInFlightPerReplica: 100000, maxPrefillTokensPerReplica: 100000000, maxQueued: 100000}",
       "limits: {maxInFlight: 20000, maxConcurrentStreams: 1000, maxTokens: 8192}",
       "connections: {maxConnections: 15000}",
       "models:",

@@ -5,6 +5,7 @@
  * Each runs one streaming completion and reports its timing; tokens are counted as the client sees them
  * (text deltas), the same way for every target, so that CPU per relayed token compares across them.
  */
+import { setMaxListeners } from "node:events";
 import * as http2 from "node:http2";
 import { createClient } from "@connectrpc/connect";
 import {
@@ -135,6 +136,7 @@ export async function openStreams(
   timeoutMs: number,
 ): Promise<{ opened: number; close(): void }> {
   const control = new AbortController();
+  setMaxListeners(0, control.signal); // one listener per stream
   const sessions: http2.ClientHttp2Session[] = [];
   const groups = Math.ceil(count / perSession);
   const clients =
@@ -186,7 +188,9 @@ export async function openStreams(
           }
         }
       })()
-        .catch(() => {})
+        .catch((err: unknown) => {
+          if (process.env.KINFER_BENCH_DEBUG && !control.signal.aborted) console.error("failure:", String(err));
+        })
         .finally(resolve);
     });
   const all = Promise.all(Array.from({ length: count }, (_, i) => first(i)));
