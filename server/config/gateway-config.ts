@@ -34,10 +34,12 @@ export const routingPolicySchema = z
     /** Scraped signals older than this are stale and ignored. Default 200 ms. */
     signalMaxAgeMs: ms().default(200),
     /**
-     * Prefix affinity keeps a warm replica only while its load is at most this many times the mean load of
-     * the version's replicas (plus one request), so a popular prefix never makes a hot spot. Default 1.25.
+     * The bound of bounded-load affinity: a session's or a prefix's replica keeps it only while its load
+     * (scraped running and waiting requests) is at most this many times the mean of the version's replicas
+     * (plus one request); beyond, the request goes to the next replica in the key's order, so a popular
+     * prefix never makes a hot spot. Default 2 (1.25 spilled so often that caches went cold: BENCHMARKS.md).
      */
-    affinityLoadFactor: z.number().min(1).default(1.25),
+    affinityLoadFactor: z.number().min(1).max(100).default(2),
     /** Whether an affinity key (RoutingHints.affinity_key or the session header) pins a session. Default true. */
     sessionAffinity: z.boolean().default(true),
   })

@@ -422,8 +422,8 @@ export type RoutingPolicy = Message<"kinfer.admin.v1.RoutingPolicy"> & {
   signalMaxAge?: Duration | undefined;
 
   /**
-   * Prefix affinity load cap: a warm replica keeps its affinity only while its load is at most this many
-   * times the mean load of the version's replicas; 0 uses 1.25.
+   * The bound of session and prefix affinity: a session's or prefix's replica keeps it only while its load
+   * is at most this many times the mean load of the version's replicas, plus one; 0 keeps the current.
    *
    * @generated from field: double affinity_load_factor = 6;
    */

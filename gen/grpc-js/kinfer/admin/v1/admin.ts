@@ -342,8 +342,8 @@ export interface RoutingPolicy {
     | Duration
     | undefined;
   /**
-   * Prefix affinity load cap: a warm replica keeps its affinity only while its load is at most this many
-   * times the mean load of the version's replicas; 0 uses 1.25.
+   * The bound of session and prefix affinity: a session's or prefix's replica keeps it only while its load
+   * is at most this many times the mean load of the version's replicas, plus one; 0 keeps the current.
    */
   affinityLoadFactor: number;
   /** Whether RoutingHints.affinity_key (or the session header) pins a session to a replica. */
