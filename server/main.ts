@@ -12,6 +12,7 @@ import { createLogger } from "../common/log/logger.js";
 import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/program.js";
 import { ConfigError, loadGatewayConfig } from "./config/gateway-config.js";
 import { watchConfigFile } from "./config/watch-config.js";
+import { openControl } from "./control/open-control.js";
 import { createKubeEndpointSource } from "./discovery/endpoint-slice-source.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { startGateway } from "./gateway.js";
@@ -40,11 +41,15 @@ export async function main(argv: string[]): Promise<void> {
     config = { ...config, listen: { ...config.listen, port } };
   }
   const log = createLogger(config.logLevel, "kinfer-gateway", config.logFormat);
+  const kubeConfig = (file: string | undefined) => {
+    const kc = new KubeConfig();
+    if (file !== undefined) kc.loadFromFile(file);
+    else kc.loadFromDefault();
+    return kc;
+  };
   let endpoints: EndpointSource | undefined;
   if (config.discovery.source === "kubernetes") {
-    const kc = new KubeConfig();
-    if (config.discovery.kubeconfig !== undefined) kc.loadFromFile(config.discovery.kubeconfig);
-    else kc.loadFromDefault();
+    const kc = kubeConfig(config.discovery.kubeconfig);
     const source = createKubeEndpointSource(kc, {
       ...(config.discovery.namespace !== undefined ? { namespace: config.discovery.namespace } : {}),
       log: (msg, fields) => log.warn(fields ?? {}, msg),
@@ -52,7 +57,18 @@ export async function main(argv: string[]): Promise<void> {
     await source.synced;
     endpoints = source;
   }
-  const gateway = await startGateway({ config, log, ...(endpoints !== undefined ? { endpoints } : {}) });
+  const { control, leader } = await openControl(
+    config,
+    () => kubeConfig(config.control.kubeconfig),
+    (msg, fields) => log.warn(fields ?? {}, msg),
+  );
+  const gateway = await startGateway({
+    config,
+    log,
+    control,
+    leader,
+    ...(endpoints !== undefined ? { endpoints } : {}),
+  });
   const watcher = watchConfigFile(
     file,
     loaded,

@@ -297,6 +297,39 @@ export const gatewayConfigSchema = z
       .strict()
       .optional(),
     /**
+     * Where the control state lives (server/control/): what the admin API and the built-in rollout change
+     * at run time (traffic splits, routing policies, drains, rollout progress). `memory`: this process
+     * only, lost on restart (the default; one gateway). `file`: a local file, kept across restarts and
+     * shared by gateways on one machine (`npm start`). `kubernetes`: KinferModel objects in `namespace`,
+     * shared by every gateway replica, with the rollout run by the holder of the Lease `lease.name`.
+     */
+    control: z
+      .object({
+        store: z.enum(["memory", "file", "kubernetes"]).default("memory"),
+        /** The state file (store: file), relative to the working directory. */
+        file: z.string().min(1).optional(),
+        /** The KinferModels' and the Lease's namespace (store: kubernetes). Default: the pod's own. */
+        namespace: z.string().min(1).max(63).optional(),
+        /** A kubeconfig file; default: in-cluster, else ~/.kube/config. */
+        kubeconfig: z.string().optional(),
+        lease: z
+          .object({
+            name: z.string().min(1).max(253).default("kinfer-gateway-rollout"),
+            /** client-go's defaults: 15 s, 10 s, 2 s. */
+            durationMs: ms().default(15_000),
+            renewDeadlineMs: ms().default(10_000),
+            retryPeriodMs: ms().default(2000),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .refine((c) => c.store !== "file" || c.file !== undefined, {
+        error: "control.file is required with store: file",
+        path: ["file"],
+      })
+      .prefault({}),
+    /**
      * Browsers: origins allowed to call the public port (Connect and gRPC-Web over fetch), exact
      * ("https://app.example.com") or "*". Preflights are answered with connect-es's header lists.
      */
