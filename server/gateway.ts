@@ -51,7 +51,7 @@ import { createRolloutController } from "./rollout/rollout.js";
 import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
 import { createAdmitter } from "./tenants/admission.js";
-import { openKeyStore } from "./tenants/key-store.js";
+import { type KeyStore, openKeyStore } from "./tenants/key-store.js";
 
 export interface GatewayOptions {
   config: GatewayConfig;
@@ -61,6 +61,8 @@ export interface GatewayOptions {
   control?: ControlStore;
   /** Who runs the built-in rollouts among gateway replicas. Default: this one. */
   leader?: LeaderElector;
+  /** Tenants' API keys. Default: from `tenants.keysFile`, if set (a Secret through the API is main.ts's). */
+  keys?: KeyStore;
   /** Default: JSON logs on stdout at config.logLevel. */
   log?: Logger;
 }
@@ -157,14 +159,16 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const outliers = createOutlierDetector(config.ejection);
   const retryBudget = createRetryBudget(config.retry.budgetRatio, config.retry.minRetries);
   // API keys: opened once; the file itself is watched and reloaded by the store.
+  const keysFile = config.tenants?.keysFile;
   const keys =
-    config.tenants !== undefined
+    options.keys ??
+    (keysFile !== undefined
       ? openKeyStore({
-          file: config.tenants.keysFile,
+          file: keysFile,
           onReloadError: (err) =>
             log.error({ err: err.message }, "API keys reload failed; keeping the keys in force"),
         })
-      : undefined;
+      : undefined);
   const rollouts = createRolloutController({
     hasReadyReplica: (model, version) =>
       table

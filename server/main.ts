@@ -12,10 +12,11 @@ import { createLogger } from "../common/log/logger.js";
 import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/program.js";
 import { ConfigError, loadGatewayConfig } from "./config/gateway-config.js";
 import { watchConfigFile } from "./config/watch-config.js";
-import { openControl } from "./control/open-control.js";
+import { openControl, podNamespace } from "./control/open-control.js";
 import { createKubeEndpointSource } from "./discovery/endpoint-slice-source.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { startGateway } from "./gateway.js";
+import { openSecretKeyStore, type SecretKeyStore } from "./tenants/secret-key-store.js";
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -62,11 +63,26 @@ export async function main(argv: string[]): Promise<void> {
     () => kubeConfig(config.control.kubeconfig),
     (msg, fields) => log.warn(fields ?? {}, msg),
   );
+  // API keys in a Secret through the API (several gateways); a keys file is opened by the gateway itself.
+  const keysSecret = config.tenants?.keysSecret;
+  let keys: SecretKeyStore | undefined;
+  if (keysSecret !== undefined) {
+    keys = openSecretKeyStore(kubeConfig(config.control.kubeconfig), {
+      namespace: keysSecret.namespace ?? podNamespace(),
+      name: keysSecret.name,
+      key: keysSecret.key,
+      onReloadError: (err) =>
+        log.error({ err: err.message }, "API keys not reloaded; keeping the keys in force"),
+      log: (msg, fields) => log.warn(fields ?? {}, msg),
+    });
+    await keys.synced;
+  }
   const gateway = await startGateway({
     config,
     log,
     control,
     leader,
+    ...(keys !== undefined ? { keys } : {}),
     ...(endpoints !== undefined ? { endpoints } : {}),
   });
   const watcher = watchConfigFile(

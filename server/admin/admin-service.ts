@@ -87,15 +87,16 @@ function keyToProto(k: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema> {
 }
 
 /** KeyStoreErrors as admin API errors. */
-function keyStoreCall<T>(fn: () => T): T {
+async function keyStoreCall<T>(fn: () => T | Promise<T>): Promise<T> {
   try {
-    return fn();
+    return await fn();
   } catch (err) {
     if (err instanceof KeyStoreError) {
       const code = {
         invalid: Code.InvalidArgument,
         "read-only": Code.FailedPrecondition,
         "not-found": Code.NotFound,
+        unavailable: Code.Unavailable,
       }[err.kind];
       throw new ConnectError(err.message, code);
     }
@@ -297,7 +298,7 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
         });
       }
     },
-    createApiKey(req) {
+    async createApiKey(req) {
       const store = keyStore();
       if (req.tenant === "") throw new ConnectError("tenant is required", Code.InvalidArgument);
       for (const m of req.allowedModels) {
@@ -312,7 +313,7 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
       const priority = PRIORITY_FROM_PROTO[req.priority];
       if (priority === undefined && req.priority !== Priority.UNSPECIFIED)
         throw new ConnectError(`unknown priority ${req.priority}`, Code.InvalidArgument);
-      const { record, secret } = keyStoreCall(() =>
+      const { record, secret } = await keyStoreCall(() =>
         store.create({
           tenant: req.tenant,
           allowedModels: req.allowedModels,
@@ -330,9 +331,9 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
     listApiKeys: (req) => ({
       keys: keyStore().list({ tenant: req.tenant, includeRevoked: req.includeRevoked }).map(keyToProto),
     }),
-    revokeApiKey(req) {
+    async revokeApiKey(req) {
       const store = keyStore();
-      return { key: keyToProto(keyStoreCall(() => store.revoke(req.id))) };
+      return { key: keyToProto(await keyStoreCall(() => store.revoke(req.id))) };
     },
     listQueues(req) {
       const queues = deps

@@ -292,9 +292,29 @@ export const gatewayConfigSchema = z
      * file is YAML ({keys: [...]}), reloaded when it changes: a writable file (the admin API can then
      * create and revoke keys) or a mounted Secret (read-only).
      */
+    /**
+     * Tenants' API keys (server/tenants/): `keysFile`, a YAML file (writable locally, or a mounted Secret,
+     * read-only), or `keysSecret`, a Secret read and written through the API, which every gateway replica
+     * watches and the admin API's key calls write (a cluster with several gateways). One of the two.
+     */
     tenants: z
-      .object({ keysFile: z.string().min(1) })
+      .object({
+        keysFile: z.string().min(1).optional(),
+        keysSecret: z
+          .object({
+            name: z.string().min(1).max(253),
+            /** Default: the pod's own namespace. */
+            namespace: z.string().min(1).max(63).optional(),
+            /** The Secret's data key holding the YAML. Default keys.yaml. */
+            key: z.string().min(1).max(253).default("keys.yaml"),
+          })
+          .strict()
+          .optional(),
+      })
       .strict()
+      .refine((t) => (t.keysFile === undefined) !== (t.keysSecret === undefined), {
+        error: "tenants: set keysFile or keysSecret (one of them)",
+      })
       .optional(),
     /**
      * Where the control state lives (server/control/): what the admin API and the built-in rollout change
