@@ -46,7 +46,7 @@ export async function main(argv: string[]): Promise<void> {
     if (config.discovery.kubeconfig !== undefined) kc.loadFromFile(config.discovery.kubeconfig);
     else kc.loadFromDefault();
     const source = createKubeEndpointSource(kc, {
-      ...(config.discovery.namespace !== undefined ? { namespace: config.discovery.namespace } : {}),
+      namespaces: config.discovery.namespaces ?? [],
       log: (msg, fields) => log.warn(fields ?? {}, msg),
     });
     await source.synced;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane for the tests, once, into a cache outside the repository:
-#   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/{kube-apiserver,kube-scheduler,kubectl,etcd}
-# from the Go modules pinned in test/k8s/control-plane and test/k8s/etcd, and copies the CRDs that deploy/
-# needs (prometheus-operator's, KEDA's and Flagger's, from the modules pinned in test/k8s/crds) into crds/ there.
+#   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/
+#     {kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok}
+# from the Go modules pinned in test/k8s/control-plane, test/k8s/etcd and test/k8s/kwok (kwok's version is
+# part of its file name in the cache, so that a new pin rebuilds it), and copies the CRDs that deploy/ needs
+# (prometheus-operator's, KEDA's and Flagger's, from the modules pinned in test/k8s/crds) into crds/ there.
 # Prints the directory.
 # The first build downloads the modules and compiles for several minutes; later runs return at once.
 set -euo pipefail
@@ -10,20 +12,40 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # The versions pinned in the go.mod files (in a require line or block).
 version="$(awk '$1 == "k8s.io/kubernetes" || ($1 == "require" && $2 == "k8s.io/kubernetes") { print $NF; exit }' "$here/control-plane/go.mod")"
 etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" || ($1 == "require" && $2 == "go.etcd.io/etcd/server/v3") { print $NF; exit }' "$here/etcd/go.mod")"
-if [[ -z "$version" || -z "$etcd_version" ]]; then
+kwok_version="$(awk '$1 == "sigs.k8s.io/kwok" || ($1 == "require" && $2 == "sigs.k8s.io/kwok") { print $NF; exit }' "$here/kwok/go.mod")"
+if [[ -z "$version" || -z "$etcd_version" || -z "$kwok_version" ]]; then
   echo "build.sh: cannot read the pinned versions from the go.mod files" >&2
   exit 1
 fi
 out="${KINFER_K8S_CACHE:-$HOME/.cache/kinfer}/k8s-${version}-etcd-${etcd_version}"
 mkdir -p "$out"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-if [[ ! -x "$out/kube-apiserver" || ! -x "$out/kube-scheduler" || ! -x "$out/kubectl" ]]; then
-  (cd "$here/control-plane" && go build -trimpath -ldflags="-s -w" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) >&2
-fi
+# Each command on its own, so that adding one to the list builds only that one in an existing cache.
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  if [[ ! -x "$out/$cmd" ]]; then
+    (cd "$here/control-plane" && go build -trimpath -ldflags="-s -w" -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") >&2
+    mv "$out/$cmd.tmp" "$out/$cmd"
+  fi
+done
 if [[ ! -x "$out/etcd" ]]; then
   (cd "$here/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd" .) >&2
 fi
+if [[ ! -x "$out/kwok-$kwok_version" ]]; then
+  (cd "$here/kwok" && go build -trimpath -ldflags="-s -w" -o "$out/kwok-$kwok_version.tmp" sigs.k8s.io/kwok/cmd/kwok) >&2
+  mv "$out/kwok-$kwok_version.tmp" "$out/kwok-$kwok_version"
+fi
+ln -sfn "kwok-$kwok_version" "$out/kwok"
+# kwok's stock stages for nodes (initialize; heartbeat with a lease), from its module: the kwok binary has
+# none built in (only kwokctl adds them), and the cluster tests add their own pod stages.
+stages="$out/kwok-stages-$kwok_version"
+if [[ ! -d "$stages" ]]; then
+  kwok_dir="$(cd "$here/kwok" && go mod download -json sigs.k8s.io/kwok | awk -F'"' '$2 == "Dir" { print $4 }')"
+  mkdir -p "$stages.tmp"
+  cp "$kwok_dir/kustomize/stage/node/fast/node-initialize.yaml" \
+    "$kwok_dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" "$stages.tmp/"
+  mv "$stages.tmp" "$stages"
+fi
+ln -sfn "kwok-stages-$kwok_version" "$out/kwok-stages"
 # CRDs: the modules carry their YAML; ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject,
 # TriggerAuthentication and Flagger's (Canary, MetricTemplate, AlertProvider, in one file) are used.
 crds="$out/crds-$(sha256sum "$here/crds/go.sum" | cut -c1-12)"

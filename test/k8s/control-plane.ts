@@ -1,9 +1,13 @@
 /**
  * A real Kubernetes control plane for tests: etcd and kube-apiserver (and, on request, kube-scheduler)
- * built from Go modules by test/k8s/build.sh, started on 127.0.0.1 with generated certificates and a
- * static admin token, and torn down completely. Nodes are plain API objects with no kubelet, as in
- * Kubernetes' own scheduler performance tests. The apiserver can be stopped and started again on the same
- * port and data, to test clients through an apiserver restart.
+ * built from Go modules by test/k8s/build.sh, started on 127.0.0.1 (or the address given) with generated
+ * certificates and a static admin token, and torn down completely. Nodes are plain API objects with no
+ * kubelet, as in Kubernetes' own scheduler performance tests. The apiserver can be stopped and started
+ * again on the same port and data, to test clients through an apiserver restart.
+ *
+ * By default pods need no ServiceAccount (no controller-manager creates them); the full cluster of
+ * test/k8s/cluster/cluster.ts turns ServiceAccounts on and serves on a routable address, so that pods
+ * reach it with their own tokens.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -27,8 +31,22 @@ function openssl(args: string[]) {
   execFileSync("openssl", args, { stdio: "ignore" });
 }
 
+export interface ControlPlaneOptions {
+  /**
+   * The address the apiserver serves and advertises (its certificate names it too). Default 127.0.0.1;
+   * a cluster whose pods call the apiserver needs a routable one (the apiserver refuses to advertise
+   * loopback in the `kubernetes` Service's endpoints).
+   */
+  address?: string;
+  /**
+   * The ServiceAccount admission plugin on: pods get their ServiceAccount's token volume, and are refused
+   * when it does not exist (a controller-manager must create `default`). Default false.
+   */
+  serviceAccounts?: boolean;
+}
+
 export interface ControlPlane {
-  /** https://127.0.0.1:<port> */
+  /** https://<address>:<port> */
   readonly url: string;
   readonly token: string;
   /** A kubeconfig file for this cluster (admin). */
@@ -36,13 +54,17 @@ export interface ControlPlane {
   /** PEM of the CA that signed the apiserver's certificate. */
   readonly caFile: string;
   readonly dir: string;
+  /** The certificates and keys: ca.crt, ca.key, sa.key (the ServiceAccount token signing key), sa.pub. */
+  readonly pki: string;
   readonly bin: string;
   /** Stops the apiserver (etcd keeps the data). */
   stopApiserver(): Promise<void>;
   /** Starts it again on the same port. */
   startApiserver(): Promise<void>;
   /** Runs a process from the control plane's bin directory, killed at stop(). */
-  spawnBinary(name: string, args: string[]): ChildProcess;
+  spawnBinary(name: string, args: string[], env?: Record<string, string>): ChildProcess;
+  /** The last 20,000 characters a process started by spawnBinary printed. */
+  logOf(name: string): string;
   stop(): Promise<void>;
 }
 
@@ -75,7 +97,8 @@ async function waitFor(
   }
 }
 
-export async function startControlPlane(): Promise<ControlPlane> {
+export async function startControlPlane(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  const address = options.address ?? "127.0.0.1";
   const bin = controlPlaneBinaries();
   const dir = mkdtempSync(join(tmpdir(), "kinfer-k8s-"));
   const pki = join(dir, "pki");
@@ -110,7 +133,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
   ]);
   writeFileSync(
     join(pki, "san.ext"),
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n",
+    `subjectAltName=IP:127.0.0.1,IP:${address},DNS:localhost,DNS:kubernetes.default.svc\n`,
   );
   openssl([
     "x509",
@@ -136,8 +159,11 @@ export async function startControlPlane(): Promise<ControlPlane> {
 
   const children: ChildProcess[] = [];
   const logs = new Map<string, string>();
-  const spawnBinary = (name: string, args: string[]) => {
-    const child = spawn(join(bin, name), args, { stdio: ["ignore", "pipe", "pipe"] });
+  const spawnBinary = (name: string, args: string[], env?: Record<string, string>) => {
+    const child = spawn(join(bin, name), args, {
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(env !== undefined ? { env: { ...process.env, ...env } } : {}),
+    });
     let text = "";
     const keep = (d: Buffer) => {
       text = (text + d.toString()).slice(-20_000);
@@ -175,15 +201,15 @@ export async function startControlPlane(): Promise<ControlPlane> {
     () => logs.get("etcd") ?? "",
   );
 
-  const url = `https://127.0.0.1:${apiPort}`;
+  const url = `https://${address}:${apiPort}`;
   const caFile = join(pki, "ca.crt");
   const agent = new Agent({ connect: { ca: execFileSync("cat", [caFile], { encoding: "utf8" }) } });
   let apiserver: ChildProcess | undefined;
   const startApiserver = async () => {
     apiserver = spawnBinary("kube-apiserver", [
       `--etcd-servers=http://127.0.0.1:${etcdPort}`,
-      "--bind-address=127.0.0.1",
-      "--advertise-address=127.0.0.1",
+      `--bind-address=${address}`,
+      `--advertise-address=${address}`,
       `--secure-port=${apiPort}`,
       `--tls-cert-file=${join(pki, "apiserver.crt")}`,
       `--tls-private-key-file=${join(pki, "apiserver.key")}`,
@@ -194,8 +220,8 @@ export async function startControlPlane(): Promise<ControlPlane> {
       `--service-account-signing-key-file=${join(pki, "sa.key")}`,
       "--service-cluster-ip-range=10.96.0.0/16",
       "--authorization-mode=RBAC",
-      // No controller-manager runs: pods need no default ServiceAccount.
-      "--disable-admission-plugins=ServiceAccount",
+      // Without a controller-manager nothing creates the default ServiceAccount: pods then need none.
+      ...(options.serviceAccounts ? [] : ["--disable-admission-plugins=ServiceAccount"]),
       `--cert-dir=${join(dir, "apiserver-certs")}`,
       "--v=1",
     ]);
@@ -245,7 +271,9 @@ export async function startControlPlane(): Promise<ControlPlane> {
     kubeconfig,
     caFile,
     dir,
+    pki,
     bin,
+    logOf: (name) => logs.get(name) ?? "",
     stopApiserver: () => kill(apiserver),
     startApiserver,
     spawnBinary,

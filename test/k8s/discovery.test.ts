@@ -36,14 +36,14 @@ beforeAll(async () => {
   await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: NS } } });
   host = createTestHost(3);
   for (const address of host.addresses) await host.startReplica(address, PORT, "m");
-  source = createKubeEndpointSource(kc, { namespace: NS, silenceMs: 10_000 });
+  source = createKubeEndpointSource(kc, { namespaces: [NS], silenceMs: 10_000 });
   await source.synced;
   gateway = await startGateway({
     config: parseGatewayConfig({
       logLevel: "silent",
       listen: { port: 0 },
       scrape: { intervalMs: 50 },
-      discovery: { source: "kubernetes", namespace: NS },
+      discovery: { source: "kubernetes", namespaces: [NS] },
       models: [{ name: "m", versions: [{ name: "stable" }] }],
     }),
     endpoints: source,
