@@ -43,6 +43,12 @@ export interface ControlPlaneOptions {
    * when it does not exist (a controller-manager must create `default`). Default false.
    */
   serviceAccounts?: boolean;
+  /**
+   * The aggregation layer's front proxy (requestheader CA and client certificate, aggregator routing),
+   * as every real cluster has: components that delegate authentication (kube-scheduler, metrics
+   * adapters) read its CA from kube-system/extension-apiserver-authentication. Default false.
+   */
+  aggregation?: boolean;
 }
 
 export interface ControlPlane {
@@ -152,6 +158,50 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     "-out",
     join(pki, "apiserver.crt"),
   ]);
+  if (options.aggregation) {
+    openssl([
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=kinfer-test-front-proxy-ca",
+      "-keyout",
+      join(pki, "front-proxy-ca.key"),
+      "-out",
+      join(pki, "front-proxy-ca.crt"),
+    ]);
+    openssl([
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      "/CN=front-proxy-client",
+      "-keyout",
+      join(pki, "front-proxy-client.key"),
+      "-out",
+      join(pki, "front-proxy-client.csr"),
+    ]);
+    openssl([
+      "x509",
+      "-req",
+      "-in",
+      join(pki, "front-proxy-client.csr"),
+      "-CA",
+      join(pki, "front-proxy-ca.crt"),
+      "-CAkey",
+      join(pki, "front-proxy-ca.key"),
+      "-CAcreateserial",
+      "-days",
+      "2",
+      "-out",
+      join(pki, "front-proxy-client.crt"),
+    ]);
+  }
   openssl(["genrsa", "-out", join(pki, "sa.key"), "2048"]);
   openssl(["rsa", "-in", join(pki, "sa.key"), "-pubout", "-out", join(pki, "sa.pub")]);
   const token = `kinfer-test-${Math.random().toString(36).slice(2)}`;
@@ -223,6 +273,18 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       // Without a controller-manager nothing creates the default ServiceAccount: pods then need none.
       ...(options.serviceAccounts ? [] : ["--disable-admission-plugins=ServiceAccount"]),
       `--cert-dir=${join(dir, "apiserver-certs")}`,
+      ...(options.aggregation
+        ? [
+            `--requestheader-client-ca-file=${join(pki, "front-proxy-ca.crt")}`,
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            `--proxy-client-cert-file=${join(pki, "front-proxy-client.crt")}`,
+            `--proxy-client-key-file=${join(pki, "front-proxy-client.key")}`,
+            "--enable-aggregator-routing=true",
+          ]
+        : []),
       "--v=1",
     ]);
     await waitFor(

@@ -11,7 +11,7 @@
  * the admin credentials, as a cluster's control plane has its own; what deploy/ installs runs under the
  * ServiceAccounts deploy/ gives it.
  */
-import { execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CoreV1Api, KubeConfig, type V1Node } from "@kubernetes/client-node";
@@ -44,8 +44,11 @@ export interface Cluster {
   /** Admin credentials. */
   readonly kc: KubeConfig;
   readonly nodes: readonly string[];
-  /** Runs kubectl (admin, or the kubeconfig given); returns its stdout, throws with its stderr. */
-  kubectl(args: readonly string[], options?: { input?: string; kubeconfig?: string }): string;
+  /**
+   * Runs kubectl (admin, or the kubeconfig given); resolves with its stdout, rejects with its stdout and
+   * stderr. Asynchronous: the kubelet stand-in runs in this process and must go on while kubectl waits.
+   */
+  kubectl(args: readonly string[], options?: { input?: string; kubeconfig?: string }): Promise<string>;
   /** A kubeconfig file with a token of the ServiceAccount `namespace/name` (TokenRequest, 1 hour). */
   serviceAccountKubeconfig(namespace: string, name: string): Promise<string>;
   /** The last lines the cluster's own components printed, for failure messages. */
@@ -76,17 +79,23 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   let cp: ControlPlane | undefined;
   let kubelet: Kubelet | undefined;
   try {
-    cp = await startControlPlane({ address: network.hostAddress, serviceAccounts: true });
+    cp = await startControlPlane({ address: network.hostAddress, serviceAccounts: true, aggregation: true });
     const plane = cp;
     const admin = plane.kubeconfig;
     const kc = new KubeConfig();
     kc.loadFromFile(admin);
     const kubectl: Cluster["kubectl"] = (args, opts = {}) =>
-      execFileSync(join(plane.bin, "kubectl"), ["--kubeconfig", opts.kubeconfig ?? admin, ...args], {
-        encoding: "utf8",
-        ...(opts.input !== undefined ? { input: opts.input } : {}),
-        stdio: ["pipe", "pipe", "pipe"],
-        maxBuffer: 64 * 2 ** 20,
+      new Promise((resolve, reject) => {
+        const child = execFile(
+          join(plane.bin, "kubectl"),
+          ["--kubeconfig", opts.kubeconfig ?? admin, ...args],
+          { encoding: "utf8", maxBuffer: 64 * 2 ** 20 },
+          (err, stdout, stderr) => {
+            if (err === null) resolve(stdout);
+            else reject(Object.assign(new Error(`kubectl ${args.join(" ")}: ${stderr}`), { stdout, stderr }));
+          },
+        );
+        child.stdin?.end(opts.input);
       });
 
     const kcmPort = await freePort();

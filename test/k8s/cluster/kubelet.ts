@@ -525,8 +525,8 @@ export function startKubelet(options: KubeletOptions): Promise<Kubelet> {
       await core.deleteNamespacedPod({
         name: p.name,
         namespace: p.namespace,
-        gracePeriodSeconds: 0,
-        body: { preconditions: { uid: p.uid } },
+        // In the body: with a body, the apiserver reads the options from it, not from the query.
+        body: { gracePeriodSeconds: 0, preconditions: { uid: p.uid } },
       });
     } catch (err) {
       if (!isNotFound(err) && (err as { code?: number }).code !== 409) throw err;
