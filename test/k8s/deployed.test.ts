@@ -68,7 +68,7 @@ const README_DEVIATIONS: Record<string, { instead?: string[]; skip?: string }> =
   "kubectl -n kinfer-system port-forward svc/kinfer-gateway 8080:80 &": {
     skip: "no kubelet serves port-forward here: the tests stream to the gateway pods' addresses",
   },
-  [`curl -N http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' -d '{"model":"qwen2.5-32b","stream":true,"messages":[{"role":"user","content":"Hello"}]}'`]:
+  "curl -N http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' -d '{"model":"qwen2.5-32b","stream":true,"messages":[{"role":"user","content":"Hello"}]}'":
     { skip: "the same request runs in the streaming test, to each gateway pod" },
 };
 
