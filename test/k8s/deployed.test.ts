@@ -14,9 +14,10 @@
  * - scaling a model up and down changes every gateway's routing within seconds;
  * - a rolling restart of a model, then of the gateway, under load: no stream that could finish within the
  *   grace periods ends early (the counts are printed);
+ * - Flagger (built from its module, provider kubernetes) bootstraps llama-3-8b's Canary: the gateway routes
+ *   to the -primary copy through the Services Flagger makes, and the model's PodDisruptionBudget counts it;
  * - `kubectl auth can-i` with each ServiceAccount's own token: allowed what it needs, denied the rest.
- * Flagger is not run here (the operations-loops tests run it): llama-3-8b's Canary is applied, but its
- * Services, which Flagger creates, do not exist, so the gateway has no llama replica to route to.
+ * Prometheus, prometheus-adapter and KEDA are not run here (issue #22's tests run the operations loops).
  */
 import { execFile } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
@@ -26,6 +27,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { CoreV1Api, DiscoveryV1Api, type V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AdminService, ReplicaState } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
+import { freePort } from "../helpers/free-port.js";
 import { type Cluster, startCluster } from "./cluster/cluster.js";
 import { requireBuild } from "./cluster/images.js";
 import {
@@ -43,6 +45,8 @@ const GPU_NODES = [
 ];
 const CPU_NODES = ["cpu-a", "cpu-b"];
 const QWEN = { model: "qwen2.5-32b", deployment: "qwen2-5-32b-vllm", app: "qwen2-5-32b" };
+/** The Canary's model: Flagger runs it as <deployment>-primary, its pods labelled app=<app>-primary. */
+const LLAMA = { model: "llama-3-8b", deployment: "llama-3-8b-vllm", app: "llama-3-8b" };
 const SYSTEM = "kinfer-system";
 const MODELS = "kinfer-models";
 
@@ -68,7 +72,7 @@ const README_DEVIATIONS: Record<string, { instead?: string[]; skip?: string }> =
   "kubectl -n kinfer-system port-forward svc/kinfer-gateway 8080:80 &": {
     skip: "no kubelet serves port-forward here: the tests stream to the gateway pods' addresses",
   },
-  "curl -N http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' -d '{"model":"qwen2.5-32b","stream":true,"messages":[{"role":"user","content":"Hello"}]}'":
+  'curl -N http://127.0.0.1:8080/v1/chat/completions -H \'content-type: application/json\' -d \'{"model":"qwen2.5-32b","stream":true,"messages":[{"role":"user","content":"Hello"}]}\'':
     { skip: "the same request runs in the streaming test, to each gateway pod" },
 };
 
@@ -185,14 +189,36 @@ const gatewayIps = async () =>
 
 beforeAll(async () => {
   requireBuild();
+  const started = Date.now();
   cluster = await startCluster({ gpuNodes: GPU_NODES, cpuNodes: CPU_NODES });
-  // The README's prerequisites: prometheus-operator's namespace, and the CRDs of prometheus-operator,
-  // KEDA and Flagger (their objects are applied; their controllers are not part of these tests).
+  // The README's prerequisites: prometheus-operator's namespace, the CRDs of prometheus-operator, KEDA
+  // and Flagger, and Flagger itself (watching kinfer-models; it needs metrics only to judge a canary).
   await cluster.kubectl(["create", "namespace", "monitoring"]);
   const crds = join(cluster.cp.bin, "crds");
   for (const f of readdirSync(crds)) await cluster.kubectl(["apply", "--server-side", "-f", join(crds, f)]);
   await cluster.kubectl(["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
+  cluster.cp.spawnBinary("flagger", [
+    `-kubeconfig=${cluster.cp.kubeconfig}`,
+    "-mesh-provider=kubernetes",
+    "-metrics-server=http://127.0.0.1:9",
+    `-namespace=${MODELS}`,
+    `-port=${await freePort()}`,
+    "-control-loop-interval=2s",
+    "-enable-leader-election=false",
+  ]);
   await runReadme();
+  await cluster
+    .kubectl([
+      "-n",
+      MODELS,
+      "wait",
+      `canary/${LLAMA.deployment}`,
+      "--for=jsonpath={.status.phase}=Initialized",
+      "--timeout=120s",
+    ])
+    .catch((err: Error) => {
+      throw new Error(`${err.message}\n${cluster.cp.logOf("flagger").slice(-3000)}\n${podReport()}`);
+    });
   adminToken = Buffer.from(
     await cluster.kubectl([
       "-n",
@@ -213,6 +239,9 @@ beforeAll(async () => {
     );
   for (const p of cluster.kubelet.pods.values())
     for (const rc of p.containers) logOffsets.set(`${p.uid}/${rc.name}`, rc.current.output().length);
+  console.log(
+    `cluster started and deploy/ installed and serving in ${((Date.now() - started) / 1000).toFixed(0)} s`,
+  );
 }, 600_000);
 
 afterAll(async () => {
@@ -312,23 +341,43 @@ describe("deploy/ as shipped, on a real control plane", () => {
   });
 
   it("each gateway pod discovers the replicas through EndpointSlices and streams over gRPC, Connect and OpenAI", async () => {
-    const replicas = (await podsOf(MODELS, `app=${QWEN.app}`))
-      .filter(isReady)
-      .map((p) => `http://${p.status?.podIP}:8000`);
+    const urls = async (app: string) =>
+      (await podsOf(MODELS, `app=${app}`))
+        .filter(isReady)
+        .map((p) => `http://${p.status?.podIP}:8000`)
+        .sort();
+    // llama-3-8b through Flagger's primary (its Service llama-3-8b-vllm-primary, labelled version stable).
+    const expected = {
+      [QWEN.model]: await urls(QWEN.app),
+      [LLAMA.model]: await urls(`${LLAMA.app}-primary`),
+    };
+    expect(expected[LLAMA.model]).toHaveLength(1);
     for (const ip of await gatewayIps()) {
-      expect(
-        await until(`gateway ${ip} routing`, async () => {
-          const r = await routed(ip, QWEN.model);
-          return r.length === replicas.length ? r : undefined;
-        }),
-      ).toEqual(replicas.sort());
-      for (const protocol of ["grpc", "connect", "openai"] as Protocol[]) {
-        const outcome = await streamOnce(`http://${ip}:8080`, protocol, { model: QWEN.model, maxTokens: 32 });
-        expect(outcome, `${protocol} via ${ip}`).toMatchObject({ result: "completed" });
+      for (const [model, replicas] of Object.entries(expected)) {
+        expect(
+          await until(`gateway ${ip} routing ${model}`, async () => {
+            const r = await routed(ip, model);
+            return r.length === replicas.length ? r : undefined;
+          }),
+        ).toEqual(replicas);
+        for (const protocol of ["grpc", "connect", "openai"] as Protocol[]) {
+          const outcome = await streamOnce(`http://${ip}:8080`, protocol, { model, maxTokens: 32 });
+          expect(outcome, `${model} over ${protocol} via ${ip}`).toMatchObject({ result: "completed" });
+        }
       }
-      // No Flagger here: llama-3-8b's Services (Flagger's) do not exist, so it has no replica to route to.
-      expect(await routed(ip, "llama-3-8b")).toEqual([]);
     }
+  });
+
+  it("Flagger's primary copy of a model is placed like the rest and counted by the model's PodDisruptionBudget", async () => {
+    const primary = (await podsOf(MODELS, `app=${LLAMA.app}-primary`)).filter(isReady);
+    expect(primary).toHaveLength(1);
+    expect(primary[0]?.metadata?.annotations?.["kinfer.io/gpu-devices"]).toMatch(/^\d:1000$/);
+    // Flagger scaled the canary target to 0 after bootstrap: the PDB's pods are the primary's.
+    const pdb = JSON.parse(
+      await cluster.kubectl(["-n", MODELS, "get", "pdb", LLAMA.deployment, "-o", "json"]),
+    );
+    expect(pdb.status.expectedPods).toBe(1);
+    expect(pdb.status.currentHealthy).toBe(1);
   });
 
   it("discovery stays in kinfer-models: a Service labelled as a model in another namespace receives nothing", async () => {
@@ -431,7 +480,10 @@ describe("deploy/ as shipped, on a real control plane", () => {
     expect(Math.max(...upDelays)).toBeLessThan(5000);
     expect(Math.max(...downDelays)).toBeLessThan(5000);
     await scale(2);
-    await until("2 ready replicas", async () => ((await readyUrls()).length === 2 ? true : undefined));
+    await until("2 ready replicas, and the removed ones gone", async () => {
+      const pods = await podsOf(MODELS, `app=${QWEN.app}`);
+      return pods.length === 2 && pods.every(isReady) ? true : undefined;
+    });
   });
 
   /** Load through the gateway Service's ready endpoints while `restart` runs, until `settled`. */
@@ -493,7 +545,7 @@ describe("deploy/ as shipped, on a real control plane", () => {
 
   it("a rolling restart of a model loses no stream", async () => {
     const selector = `app=${QWEN.app}`;
-    const old = (await podsOf(MODELS, selector)).map((p) => p.metadata?.name as string);
+    const old = (await podsOf(MODELS, selector)).filter(isReady).map((p) => p.metadata?.name as string);
     const outcomes = await underLoad(`rolling restart of ${QWEN.deployment}`, () =>
       rolloutDone(MODELS, QWEN.deployment, selector, old),
     );
@@ -507,7 +559,7 @@ describe("deploy/ as shipped, on a real control plane", () => {
 
   it("a rolling restart of the gateway loses no stream", async () => {
     const selector = "app.kubernetes.io/name=kinfer-gateway";
-    const old = (await podsOf(SYSTEM, selector)).map((p) => p.metadata?.name as string);
+    const old = (await podsOf(SYSTEM, selector)).filter(isReady).map((p) => p.metadata?.name as string);
     const outcomes = await underLoad("rolling restart of kinfer-gateway", () =>
       rolloutDone(SYSTEM, "kinfer-gateway", selector, old),
     );

@@ -16,14 +16,16 @@
  *    annotates the pod with its address: kwok's pod-ready-live stage (kwok-stages.yaml) then sets it
  *    Running and Ready with that podIP, and the EndpointSlice controller publishes it.
  * When the pod is deleted (graceful deletion sets deletionTimestamp) it runs each container's preStop
- * (sleep or httpGet), sends SIGTERM, waits up to the grace period (SIGKILL after it), removes the
+ * (sleep, httpGet, or exec in the container's namespaces and root), sends SIGTERM, waits up to the grace
+ * period (SIGKILL after it), removes the
  * network namespace and deletes the pod object with grace 0, as a kubelet does. A container that exits
  * on its own is restarted with a doubling backoff (restartPolicy Always) and counted.
  *
  * Not done (no test needs them yet): liveness probes, readiness after the first success (a pod stays
- * Ready once it is), exec preStop hooks, init containers, service links, $(VAR) expansion, volume types
+ * Ready once it is), init containers, service links, $(VAR) expansion, volume types
  * other than those above. A pod that needs one fails loudly (recorded in `failures`).
  */
+import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -480,12 +482,14 @@ export function startKubelet(options: KubeletOptions): Promise<Kubelet> {
 
   async function stopContainer(p: RunningPod, rc: RunningContainer, deadline: number) {
     const preStop = rc.spec.lifecycle?.preStop;
+    const child = rc.current.process;
     if (preStop?.sleep) await sleep(Math.min(preStop.sleep.seconds * 1000, deadline - Date.now()));
     else if (preStop?.httpGet)
       await probeOnce(rc.spec, { httpGet: preStop.httpGet, timeoutSeconds: 30 }, p.ip);
+    else if (preStop?.exec?.command !== undefined)
+      await execIn(child.pid as number, preStop.exec.command, deadline);
     else if (preStop !== undefined)
-      throw new Error(`container ${rc.name}: only sleep and httpGet preStop hooks`);
-    const child = rc.current.process;
+      throw new Error(`container ${rc.name}: a preStop hook of an unknown kind`);
     const signalled = Date.now();
     let killed = false;
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
@@ -505,6 +509,22 @@ export function startKubelet(options: KubeletOptions): Promise<Kubelet> {
       stopMs: Date.now() - signalled,
       killed,
       exitCode: exit.code,
+    });
+  }
+
+  /** Runs `command` in the namespaces and root of the container whose process is `pid` (kubectl exec). */
+  function execIn(pid: number, command: string[], deadline: number): Promise<void> {
+    return new Promise((resolve) => {
+      const child = spawn(
+        "nsenter",
+        ["--target", String(pid), "--mount", "--uts", "--net", "--root", "--wd", "--", ...command],
+        { stdio: "ignore" },
+      );
+      const timer = setTimeout(() => child.kill("SIGKILL"), Math.max(0, deadline - Date.now()));
+      child.once("close", () => {
+        clearTimeout(timer);
+        resolve();
+      });
     });
   }
 
