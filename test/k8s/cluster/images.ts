@@ -39,7 +39,8 @@ const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /**
  * Fails unless dist/ holds a build at least as new as every source file it is built from: the tests run
- * the production build and must not run a stale one. `npm test` builds first (`npm run build`).
+ * the production build and must not run a stale one. `npm test` builds first (`npm run build`, which
+ * stamps dist/.tsbuildinfo: tsc's incremental build leaves it alone when no file's content changed).
  */
 export function requireBuild(): void {
   const info = join(root, "dist/.tsbuildinfo");
