@@ -30,10 +30,11 @@ import {
 import { adminAuthInterceptor, readAdminToken } from "./admin/admin-auth.js";
 import { registerAdminService } from "./admin/admin-service.js";
 import { planReload } from "./config/config-reload.js";
-import type { GatewayConfig } from "./config/gateway-config.js";
+import { effectiveFlow, type FlowConfig, type GatewayConfig } from "./config/gateway-config.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { createStaticSource } from "./discovery/static-source.js";
 import { gatewayError } from "./errors/gateway-error.js";
+import { createFlowController } from "./flow/flow-control.js";
 import { createGatewayMetrics, type GatewayMetrics } from "./metrics/gateway-metrics.js";
 import { createPipeline, type Pipeline } from "./pipeline/pipeline.js";
 import { inferenceContextValues, registerInferenceService } from "./protocols/connect/inference-service.js";
@@ -78,6 +79,8 @@ export interface Gateway {
   readonly url: string;
   readonly port: number;
   readonly table: RoutingTable;
+  /** The config in force (after reloads; restart-only keys as started). */
+  config(): GatewayConfig;
   readonly metrics: GatewayMetrics;
   readonly pipeline: Pipeline;
   /**
@@ -160,10 +163,34 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     rollouts.configure(new Map(c.models.flatMap((m) => (m.rollout ? [[m.name, m.rollout] as const] : []))));
   configureRollouts(config);
   const admitter = keys !== undefined ? createAdmitter(keys, metrics.tenants, now) : undefined;
+  // Flow control's limits per model, worked out once per config.
+  let flowLimits = new Map<string, FlowConfig>();
+  const limitsOf = (model: string) => {
+    let l = flowLimits.get(model);
+    if (l === undefined) {
+      l = effectiveFlow(config, model);
+      flowLimits.set(model, l);
+    }
+    return l;
+  };
+  const flow = createFlowController({
+    now,
+    setTimer(at, fn) {
+      const t = setTimeout(fn, Math.max(0, at - now()));
+      return () => clearTimeout(t);
+    },
+    model: (name) => table.model(name),
+    limits: limitsOf,
+    hooks: metrics.flow,
+  });
+  metrics.setQueueSource(() => flow.snapshot());
+  // Slots free when the table changes (replicas appear, weights move) and when signals are scraped.
+  table.onChange(() => flow.notify());
   const pipeline = createPipeline({
     config: () => config,
     onRequestEnd: rollouts.observe,
     admitter,
+    flow,
     table,
     metrics,
     log,
@@ -196,6 +223,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     config.scrape,
     now,
     (replica, healthy) => log.info({ replica: replica.id, healthy }, "replica health changed"),
+    (replica) => flow.notify(replica.model),
   );
 
   const health = createHealthState();
@@ -274,7 +302,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
       acceptCompression: [compressionGzip],
       routes(r) {
-        registerAdminService(r, { table, now, keys });
+        registerAdminService(r, { table, now, keys, queues: () => flow.snapshot() });
         registerReflectionService(r, [file_kinfer_admin_v1_admin, ...DESCRIPTORS.slice(2)], ADMIN_SERVICES);
       },
       interceptors: [adminAuthInterceptor(() => adminToken ?? "", log, keys)],
@@ -310,6 +338,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     await scraper.close();
     await dispatcher.close().catch(() => {});
     await endpoints.close();
+    flow.close(
+      gatewayError(Code.Unavailable, ErrorReason.SHUTTING_DOWN, "the gateway is shutting down; retry", 0),
+    );
     keys?.close();
     tokenWatch?.close();
     rollouts.close();
@@ -322,6 +353,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     table,
     metrics,
     pipeline,
+    config: () => config,
     activity() {
       const tenants = admitter?.activity() ?? { streams: 0, reservedTokens: 0 };
       return {
@@ -343,6 +375,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         plan.config.admin?.token !== config.admin?.token ||
         plan.config.admin?.tokenFile !== config.admin?.tokenFile;
       config = plan.config;
+      flowLimits = new Map();
       staticSource.update(config);
       configureRollouts(config);
       if (endpoints !== staticSource) rebuild();
@@ -354,6 +387,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
         reloadAdminToken("config changed");
         watchToken();
       }
+      flow.notify();
       log.info({ applied: plan.applied, models: config.models.map((m) => m.name) }, "config applied");
       if (plan.notApplied.length > 0)
         log.warn(

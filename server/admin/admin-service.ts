@@ -4,6 +4,7 @@
  * undrain; routing policies; a watch stream of state changes. It reads and changes only the routing table
  * and replica state, never the request path itself. API keys are created, listed and revoked in the key
  * store (server/tenants/key-store.ts); without one configured, those calls fail with FAILED_PRECONDITION.
+ * ListQueues shows flow control's queues (server/flow/flow-control.ts).
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -18,7 +19,9 @@ import {
   type RoutingPolicy,
   type RoutingPolicySchema,
 } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
+import { Priority } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { type RoutingPolicyConfig, routingPolicySchema } from "../config/gateway-config.js";
+import type { QueueState } from "../flow/flow-control.js";
 import { freshSignals, type Replica, replicaStatus } from "../replicas/replica.js";
 import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
 import { type ApiKeyRecord, type KeyStore, KeyStoreError } from "../tenants/key-store.js";
@@ -37,6 +40,16 @@ const STATES = {
   ejected: ReplicaState.EJECTED,
 };
 const MAX_WEIGHT = 10_000;
+const PRIORITY_TO_PROTO: Record<ApiKeyRecord["priority"], Priority> = {
+  critical: Priority.CRITICAL,
+  standard: Priority.STANDARD,
+  sheddable: Priority.SHEDDABLE,
+};
+const PRIORITY_FROM_PROTO: Partial<Record<Priority, ApiKeyRecord["priority"]>> = {
+  [Priority.CRITICAL]: "critical",
+  [Priority.STANDARD]: "standard",
+  [Priority.SHEDDABLE]: "sheddable",
+};
 
 export interface AdminServiceDeps {
   readonly table: RoutingTable;
@@ -44,6 +57,8 @@ export interface AdminServiceDeps {
   readonly now: () => number;
   /** Tenants' API keys, when configured. */
   readonly keys?: KeyStore | undefined;
+  /** Flow control's queues (ListQueues). */
+  readonly queues: () => readonly QueueState[];
 }
 
 const MAX_LIMIT = 1e12;
@@ -62,6 +77,8 @@ function keyToProto(k: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema> {
     },
     ...(k.createdAt !== undefined ? { createdAt: timestampFromMs(Date.parse(k.createdAt)) } : {}),
     ...(k.revokedAt !== undefined ? { revokedAt: timestampFromMs(Date.parse(k.revokedAt)) } : {}),
+    priority: PRIORITY_TO_PROTO[k.priority],
+    weight: k.weight,
   };
 }
 
@@ -276,10 +293,17 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
       const tokensPerMinute = Number(req.limits?.tokensPerMinute ?? 0n);
       if (tokensPerMinute > MAX_LIMIT)
         throw new ConnectError(`tokens_per_minute must be at most ${MAX_LIMIT}`, Code.InvalidArgument);
+      if (!Number.isFinite(req.weight) || req.weight < 0 || req.weight > 1000)
+        throw new ConnectError("weight must be between 0 (meaning 1) and 1000", Code.InvalidArgument);
+      const priority = PRIORITY_FROM_PROTO[req.priority];
+      if (priority === undefined && req.priority !== Priority.UNSPECIFIED)
+        throw new ConnectError(`unknown priority ${req.priority}`, Code.InvalidArgument);
       const { record, secret } = keyStoreCall(() =>
         store.create({
           tenant: req.tenant,
           allowedModels: req.allowedModels,
+          ...(priority !== undefined ? { priority } : {}),
+          ...(req.weight > 0 ? { weight: req.weight } : {}),
           limits: {
             requestsPerMinute: req.limits?.requestsPerMinute ?? 0,
             tokensPerMinute,
@@ -295,6 +319,27 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
     revokeApiKey(req) {
       const store = keyStore();
       return { key: keyToProto(keyStoreCall(() => store.revoke(req.id))) };
+    },
+    listQueues(req) {
+      const queues = deps
+        .queues()
+        .filter((q) => req.model === "" || q.model === req.model)
+        .sort((a, b) => a.model.localeCompare(b.model));
+      return {
+        queues: queues.map((q) => ({
+          model: q.model,
+          active: q.active,
+          slots: Math.min(q.slots, 2 ** 32 - 1),
+          queued: q.queued,
+          queuedBytes: BigInt(q.queuedBytes),
+          oldestWait: durationFromMs(Math.round(q.oldestWaitMs)),
+          tenants: q.tenants.map((t) => ({
+            tenant: t.tenant,
+            queued: t.queued,
+            virtualTokens: t.virtualTokens,
+          })),
+        })),
+      };
     },
   });
 }

@@ -34,10 +34,12 @@ export const routingPolicySchema = z
     /** Scraped signals older than this are stale and ignored. Default 200 ms. */
     signalMaxAgeMs: ms().default(200),
     /**
-     * Prefix affinity keeps a warm replica only while its load is at most this many times the mean load of
-     * the version's replicas (plus one request), so a popular prefix never makes a hot spot. Default 1.25.
+     * The bound of bounded-load affinity: a session's or a prefix's replica keeps it only while its load
+     * (scraped running and waiting requests) is at most this many times the mean of the version's replicas
+     * (plus one request); beyond, the request goes to the next replica in the key's order, so a popular
+     * prefix never makes a hot spot. Default 2 (1.25 spilled so often that caches went cold: BENCHMARKS.md).
      */
-    affinityLoadFactor: z.number().min(1).default(1.25),
+    affinityLoadFactor: z.number().min(1).max(100).default(2),
     /** Whether an affinity key (RoutingHints.affinity_key or the session header) pins a session. Default true. */
     sessionAffinity: z.boolean().default(true),
   })
@@ -60,6 +62,46 @@ const versionSchema = z
   })
   .strict();
 
+/**
+ * Flow control (server/flow/flow-control.ts): the per-model admission queue that holds requests while a
+ * model's replicas are saturated. Gateway-wide defaults; a model may override any of them.
+ */
+export const flowSchema = z
+  .object({
+    /**
+     * Requests this gateway lets through per routable, unsaturated replica before requests wait: the batch
+     * size at which a replica reaches its throughput, at most vLLM's --max-num-seqs. Default 128: for the
+     * simulator's 8B model on one H100, as much throughput as 256 with half the latency (BENCHMARKS.md).
+     */
+    maxInFlightPerReplica: z.number().int().positive().max(100_000).default(128),
+    /**
+     * Prompt tokens a replica may have pending prefill (this gateway's requests before their first token)
+     * and still take non-critical requests: about one engine step's budget (vLLM's
+     * --max-num-batched-tokens). Default 8192.
+     */
+    maxPrefillTokensPerReplica: z.number().int().positive().default(8192),
+    /** The share of that bound kept for critical requests (others wait short of it). Default 0.1. */
+    criticalReserve: z.number().min(0).max(0.9).default(0.1),
+    /** Requests waiting per model; a full queue evicts lower classes first, else refuses (429). Default 1,000. */
+    maxQueued: z.number().int().nonnegative().max(1_000_000).default(1000),
+    /** Prompt bytes held by waiting requests per model. Default 32 MiB. */
+    maxQueuedBytes: z
+      .number()
+      .int()
+      .positive()
+      .default(32 * 1024 * 1024),
+    /** Longest wait for a slot; then RESOURCE_EXHAUSTED / 429 with retry-after. Default 30 s. */
+    maxWaitMs: ms().default(30_000),
+    /**
+     * With no routable replica (a model scaled to zero), how long requests wait for one to become ready;
+     * 0 answers UNAVAILABLE at once. Default 0; set it (minutes) for models that scale from zero.
+     */
+    activationTimeoutMs: ms().default(0),
+  })
+  .strict();
+
+export type FlowConfig = z.infer<typeof flowSchema>;
+
 const modelSchema = z
   .object({
     /** The name clients use. */
@@ -71,6 +113,8 @@ const modelSchema = z
     versions: z.array(versionSchema).min(1),
     /** The built-in progressive rollout of a canary version (server/rollout/rollout.ts); off when unset. */
     rollout: rolloutSchema.optional(),
+    /** Flow control for this model; unset fields take the gateway-wide `flow` values. */
+    flow: flowSchema.partial().optional(),
   })
   .strict()
   .superRefine((model, ctx) => {
@@ -277,6 +321,13 @@ export const gatewayConfigSchema = z
     sessionHeader: z.string().toLowerCase().default("x-session-id"),
     /** Header that pins a request to a model version (besides RoutingHints.version). */
     versionHeader: z.string().toLowerCase().default("x-kinfer-version"),
+    /**
+     * Header that sets a request's criticality for flow control (critical, standard, sheddable; besides
+     * RoutingHints.priority). Unset: the API key's default, else standard.
+     */
+    priorityHeader: z.string().toLowerCase().default("x-kinfer-priority"),
+    /** Flow control defaults (flowSchema). */
+    flow: flowSchema.prefault({}),
     /** Gateway-wide routing defaults. */
     routing: routingPolicySchema.prefault({}),
     /** Prefix affinity index: characters per hashed block and blocks kept. */
@@ -337,6 +388,13 @@ export async function loadGatewayConfig(file: string): Promise<GatewayConfig> {
     throw new ConfigError(`${file}: not valid YAML: ${(err as Error).message}`);
   }
   return parseGatewayConfig(parsed, file);
+}
+
+/** A model's effective flow limits: its overrides over the gateway's defaults. */
+export function effectiveFlow(config: GatewayConfig, model: string): FlowConfig {
+  const m = config.models.find((x) => x.name === model);
+  const overrides = Object.fromEntries(Object.entries(m?.flow ?? {}).filter(([, v]) => v !== undefined));
+  return { ...config.flow, ...overrides };
 }
 
 /** A model's effective routing policy: its overrides over the gateway's defaults. */

@@ -9,6 +9,7 @@ import { Code as Codes } from "@connectrpc/connect";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS } from "../../common/metrics/vllm-buckets.js";
 import type { UpstreamFailure } from "../errors/gateway-error.js";
+import type { FlowHooks, QueueState } from "../flow/flow-control.js";
 import { type Replica, replicaStatus } from "../replicas/replica.js";
 import type { Protocol } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
@@ -44,6 +45,10 @@ export interface GatewayMetrics {
   readonly tenants: TenantUsage;
   /** The built-in rollout's state of a model. */
   rollout(model: string, phase: string, canaryWeight: number): void;
+  /** Flow control's events (queue waits, dispatches, sheds). */
+  readonly flow: FlowHooks;
+  /** Where the queue gauges read from (set once flow control exists). */
+  setQueueSource(snapshot: () => readonly QueueState[]): void;
 }
 
 export function createGatewayMetrics(replicas: () => readonly Replica[], now: () => number): GatewayMetrics {
@@ -189,8 +194,70 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
     registers,
   });
 
+  let queues: () => readonly QueueState[] = () => [];
+  new Gauge({
+    name: "kinfer_gateway_queue_length",
+    help: "Requests waiting in a model's flow-control queue, by criticality (what KEDA or an HPA can scale a model on).",
+    labelNames: ["model", "priority"],
+    registers,
+    collect() {
+      this.reset();
+      for (const q of queues())
+        for (const [priority, n] of Object.entries(q.queued)) this.set({ model: q.model, priority }, n);
+    },
+  });
+  new Gauge({
+    name: "kinfer_gateway_queue_oldest_wait_seconds",
+    help: "How long the oldest request in a model's queue has waited.",
+    labelNames: ["model"],
+    registers,
+    collect() {
+      this.reset();
+      for (const q of queues()) this.set({ model: q.model }, q.oldestWaitMs / 1000);
+    },
+  });
+  new Gauge({
+    name: "kinfer_gateway_model_slots",
+    help: "Requests a model can take now without waiting (0: saturated, requests queue).",
+    labelNames: ["model"],
+    registers,
+    collect() {
+      this.reset();
+      for (const q of queues()) this.set({ model: q.model }, q.slots);
+    },
+  });
+  const queueWait = new Histogram({
+    name: "kinfer_gateway_queue_wait_seconds",
+    help: "Time requests waited for a slot in flow control (0 when they did not wait).",
+    labelNames: ["model", "priority"],
+    buckets: [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers,
+  });
+  const shed = new Counter({
+    name: "kinfer_gateway_shed_total",
+    help: "Requests flow control refused or sent away, by criticality and reason (queue-full, evicted, wait-timeout, wait-too-long, no-replica).",
+    labelNames: ["model", "priority", "reason"],
+    registers,
+  });
+  const dispatchedTokens = new Counter({
+    name: "kinfer_gateway_flow_dispatched_tokens_total",
+    help: "Tokens (prompt estimate plus max_tokens) let through by flow control, per tenant: each tenant's share of a model.",
+    labelNames: ["model", "tenant"],
+    registers,
+  });
+
   return {
     registry,
+    flow: {
+      dispatched(model, priority, tenant, waitMs, cost) {
+        queueWait.observe({ model, priority }, waitMs / 1000);
+        dispatchedTokens.inc({ model, tenant }, cost);
+      },
+      shed: (model, priority, reason) => shed.inc({ model, priority, reason }),
+    },
+    setQueueSource(snapshot) {
+      queues = snapshot;
+    },
     rollout(model, phase, canaryWeight) {
       for (const p of ["idle", "progressing", "promoted", "rolled-back"])
         rolloutPhase.set({ model, phase: p }, p === phase ? 1 : 0);

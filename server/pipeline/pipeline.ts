@@ -16,9 +16,10 @@ import type { Logger } from "../../common/log/logger.js";
 import { ErrorReason } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import type { GatewayConfig } from "../config/gateway-config.js";
 import { gatewayError, toClientError } from "../errors/gateway-error.js";
+import type { FlowController, FlowTicket } from "../flow/flow-control.js";
 import type { GatewayMetrics } from "../metrics/gateway-metrics.js";
 import { type RelayDeps, type RelayTrace, relay } from "../relay/relay.js";
-import type { InferenceEvent, InferenceRequest } from "../request/inference-request.js";
+import type { InferenceEvent, InferenceRequest, Priority } from "../request/inference-request.js";
 import { validateRequest } from "../request/validate-request.js";
 import type { RoutingTable } from "../routing/routing-table.js";
 import type { Admission, Admitter } from "../tenants/admission.js";
@@ -79,6 +80,8 @@ export interface PipelineDeps {
   readonly admitter?: Admitter | undefined;
   readonly table: RoutingTable;
   readonly relay: RelayDeps;
+  /** Flow control: the per-model admission queue (server/flow/flow-control.ts). */
+  readonly flow: FlowController;
   readonly metrics: GatewayMetrics;
   readonly log: Logger;
   readonly now: () => number;
@@ -132,6 +135,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     let streamedTokens = 0;
     let admission: Admission | undefined;
     let promptEstimate = 0;
+    let ticket: FlowTicket | undefined;
     // The request's own signal: the client's, or the slow-reader watchdog's (which also cuts the client).
     const watchdog = new AbortController();
     watchdogs.add(watchdog);
@@ -155,6 +159,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       inFlight--;
       ended++;
       leave();
+      ticket?.release();
       // Charge what the request used: its usage, or for a stream cut short, its prompt (estimated) and
       // the tokens it received; nothing if no token was generated.
       admission?.end(
@@ -229,12 +234,28 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       const entry = validateRequest(req, deps.table, config);
       model = entry.name;
       deps.metrics.requestStarted(model);
-      if (key !== undefined) {
-        promptEstimate = Math.ceil(promptChars(req) / 4);
-        const maxTokens = req.sampling.maxTokens ?? config.limits.defaultMaxTokens;
-        admission = deps.admitter?.admit(key, entry.name, promptEstimate + maxTokens);
-      }
-      relayed = relay({ ...req, signal }, entry, deps.relay, acceptedAt, trace);
+      const chars = promptChars(req);
+      promptEstimate = Math.ceil(chars / 4);
+      const cost = promptEstimate + (req.sampling.maxTokens ?? config.limits.defaultMaxTokens);
+      if (key !== undefined) admission = deps.admitter?.admit(key, entry.name, cost);
+      // Wait for a slot while the model is saturated (at once when it is not). A key's criticality is
+      // both its requests' default and the most they may claim: a tenant cannot jump others' queue.
+      const criticality = capPriority(req.priority ?? key?.priority ?? "standard", key?.priority);
+      const granted = deps.flow.acquire({
+        model: entry,
+        criticality,
+        tenant: key?.tenant ?? "",
+        weight: key?.weight ?? 1,
+        cost,
+        bytes: chars,
+        deadlineAt: req.deadlineAt,
+        signal,
+      });
+      ticket = "then" in granted ? await granted : granted;
+      if (finished) return; // ended while it waited (see onAbortWhileHeld)
+      // After a wait the model's replicas may have changed (one appeared): route on the table as it is now.
+      const current = deps.table.model(entry.name) ?? entry;
+      relayed = relay({ ...req, signal, priority: criticality }, current, deps.relay, acceptedAt, trace);
       for await (const event of relayed) {
         if (event.type === "delta") {
           streamedTokens += event.tokenCount;
@@ -295,4 +316,10 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       for (const w of [...watchdogs]) w.abort(reason);
     },
   };
+}
+
+const PRIORITY_RANK: Record<Priority, number> = { critical: 0, standard: 1, sheddable: 2 };
+/** The claimed criticality, lowered to the ceiling when there is one. */
+function capPriority(claimed: Priority, ceiling: Priority | undefined): Priority {
+  return ceiling !== undefined && PRIORITY_RANK[claimed] < PRIORITY_RANK[ceiling] ? ceiling : claimed;
 }

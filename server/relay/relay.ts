@@ -10,7 +10,7 @@
  * deadline passes, the upstream request is aborted at once, which makes vLLM free the sequence's KV cache.
  */
 import type { Dispatcher } from "undici";
-import type { GatewayConfig } from "../config/gateway-config.js";
+import { effectiveFlow, type GatewayConfig } from "../config/gateway-config.js";
 import { noHealthyReplica, type UpstreamFailure, upstreamError } from "../errors/gateway-error.js";
 import type { OutlierDetector } from "../replicas/outlier-detection.js";
 import type { Replica } from "../replicas/replica.js";
@@ -79,11 +79,15 @@ export async function* relay(
   const { config, router } = deps;
   const version = router.pickVersion(model, req.version);
   trace.version = version.name;
+  const promptText = prefixTextOf(req);
   const input = {
     pinnedVersion: req.version,
+    maxInFlight: effectiveFlow(config, model.name).maxInFlightPerReplica,
     affinityKey: req.affinityKey,
-    prefixHashes: router.hashPrompt(prefixTextOf(req)),
+    prefixHashes: router.hashPrompt(promptText),
   };
+  /** The prompt's tokens, estimated (about 4 characters a token), for the replica's pending prefill. */
+  const promptTokens = Math.ceil(promptText.length / 4);
   const body = upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
   const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
   const tried = new Set<string>();
@@ -113,9 +117,16 @@ export async function* relay(
       req.signal.addEventListener("abort", onClientAbort, { once: true });
       replica.inFlight++;
       replica.sentSinceScrape++;
+      replica.prefillTokens += promptTokens;
+      let prefilling = true;
+      const prefilled = () => {
+        if (prefilling) replica.prefillTokens -= promptTokens;
+        prefilling = false;
+      };
       let streamed = false;
       try {
         const first = await firstTokens(replica, path, body, req, attemptControl, deps);
+        prefilled();
         streamed = true;
         const timing = {
           upstreamMs: first.firstTokenAt - first.sentAt,
@@ -145,6 +156,7 @@ export async function* relay(
         releaseRetry = retry;
         deps.onRetry?.(model.name, err.failure);
       } finally {
+        prefilled();
         replica.inFlight--;
         req.signal.removeEventListener("abort", onClientAbort);
         attemptControl.abort(); // closes the upstream request if it is still open

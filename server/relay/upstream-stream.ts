@@ -76,7 +76,9 @@ export function upstreamBody(
   if (s.seed !== undefined) body.seed = s.seed;
   if (s.presencePenalty !== undefined) body.presence_penalty = s.presencePenalty;
   if (s.frequencyPenalty !== undefined) body.frequency_penalty = s.frequencyPenalty;
-  if (req.priority !== "standard") body.priority = req.priority === "critical" ? -1 : 1; // vLLM: lower runs first
+  // vLLM's priority scheduling: lower runs first (the pipeline resolves an unset criticality).
+  if (req.priority !== undefined && req.priority !== "standard")
+    body.priority = req.priority === "critical" ? -1 : 1;
   return JSON.stringify(body);
 }
 

@@ -34,6 +34,12 @@ export interface Replica {
   inFlight: number;
   /** Requests sent since the last scrape: added to the scraped queue so bursts do not herd. */
   sentSinceScrape: number;
+  /**
+   * Prompt tokens (estimated) of this gateway's requests on it that have not had their first token yet:
+   * the prefill work it still has to do for us. Flow control holds non-critical requests back while it
+   * exceeds one engine step's budget, so that prefill stays short and a critical request's comes soon.
+   */
+  prefillTokens: number;
   signals: ScrapedSignals | undefined;
   /** Consecutive failed attempts (reset by a success). */
   consecutiveFailures: number;
@@ -55,6 +61,7 @@ export function createReplica(model: string, version: string, url: string, sourc
     draining: false,
     inFlight: 0,
     sentSinceScrape: 0,
+    prefillTokens: 0,
     signals: undefined,
     consecutiveFailures: 0,
     ejectedUntil: 0,

@@ -22,6 +22,7 @@ export function startScraper(
   options: GatewayConfig["scrape"],
   now: () => number,
   onHealthChange?: (replica: Replica, healthy: boolean) => void,
+  onSignals?: (replica: Replica) => void,
 ): Scraper {
   const agent = new Agent({
     connections: 2,
@@ -60,6 +61,7 @@ export function startScraper(
     if (replica.healthy !== healthy) {
       replica.healthy = healthy;
       onHealthChange?.(replica, healthy);
+      onSignals?.(replica);
     }
     if (!healthy) return;
     try {
@@ -68,6 +70,7 @@ export function startScraper(
       if (signals !== undefined) {
         replica.signals = { ...signals, scrapedAt: now() };
         replica.sentSinceScrape = 0;
+        onSignals?.(replica);
       }
     } catch {
       // Keep the last signals; they go stale by age and routing stops trusting them.

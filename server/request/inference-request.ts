@@ -38,7 +38,13 @@ export interface InferenceRequest {
   readonly sampling: SamplingParams;
   /** Session key for affinity; "" for none. */
   readonly affinityKey: string;
-  readonly priority: Priority;
+  /**
+   * Criticality for flow control and the replica's scheduling priority; undefined when the client named
+   * none (the pipeline then takes the API key's default, else "standard").
+   */
+  readonly priority?: Priority | undefined;
+  /** When the client's deadline passes (monotonic ms), if it has one: a waiting request leaves before it. */
+  readonly deadlineAt?: number | undefined;
   /** A pinned version; "" follows the traffic split. */
   readonly version: string;
   /**

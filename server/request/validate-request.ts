@@ -6,7 +6,7 @@
 import type { GatewayConfig } from "../config/gateway-config.js";
 import { invalidRequest, modelNotFound } from "../errors/gateway-error.js";
 import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
-import type { InferenceRequest } from "./inference-request.js";
+import type { InferenceRequest, Priority } from "./inference-request.js";
 
 const MAX_KEY_LENGTH = 256;
 /** The longest model name (as in the config schema). */
@@ -62,4 +62,12 @@ export function validateRequest(
   const model = table.model(req.model);
   if (model === undefined) throw modelNotFound(req.model);
   return model;
+}
+
+/** A criticality header's value; INVALID_ARGUMENT for one that is not critical, standard or sheddable. */
+export function priorityHeader(value: string | null | undefined): Priority | undefined {
+  if (value === null || value === undefined || value === "") return undefined;
+  const v = value.trim().toLowerCase();
+  if (v === "critical" || v === "standard" || v === "sheddable") return v;
+  throw invalidRequest("the priority header must be critical, standard or sheddable");
 }

@@ -7,11 +7,13 @@
  * - least-outstanding: fewest requests in flight from this gateway.
  * - power-of-two-choices: the less loaded of two picked at random.
  * - resource-aware: llm-d's scoring from scraped vLLM signals. Replicas over the queue or KV thresholds
- *   are skipped while any other is under both; the rest score weights.queue x queue score (fewer waiting
+ *   (or with as many requests in flight as flow control's per-replica bound) are skipped while any other
+ *   is under them; the rest score weights.queue x queue score (fewer waiting
  *   requests is better, normalised across candidates) + weights.kvCache x (1 - KV usage).
  * - prefix-aware: resource-aware plus weights.prefix x the share of the prompt's prefix blocks the replica
  *   holds (PrefixAffinityIndex), dropped for a replica loaded over affinityLoadFactor x the mean (+1), so
- *   that a popular prefix never makes a hot spot.
+ *   that a popular prefix never makes a hot spot. (The router first tries the prefix's rendezvous home,
+ *   router.ts; this scoring decides when the home is loaded or the prompt too short to have one.)
  * Signals older than signalMaxAgeMs are stale; with no fresh signal at all, the scorers fall back to
  * least-outstanding. Ties go to the replica with fewer requests in flight, then at random.
  */
@@ -35,6 +37,8 @@ export interface PickContext {
   readonly random: () => number;
   /** Round-robin position of this model version; advanced by round-robin picks. */
   readonly turn: { value: number };
+  /** In-flight requests at which a replica counts as full for scored policies (default: no bound). */
+  readonly maxInFlight?: number;
   /** Leading prefix blocks each replica holds, and how many blocks the prompt has (prefix-aware only). */
   readonly prefix?: { readonly matches: ReadonlyMap<string, number>; readonly blocks: number };
 }
@@ -92,6 +96,17 @@ function leastOutstanding(candidates: readonly Replica[], random: () => number):
   return best[Math.floor(random() * best.length)] as Replica;
 }
 
+/** Whether a replica with this queue estimate and KV usage is under the policy's thresholds and not full. */
+function withinThresholds(
+  r: Replica,
+  queue: number,
+  kv: number,
+  policy: RoutingPolicyConfig,
+  maxInFlight = Number.POSITIVE_INFINITY,
+): boolean {
+  return queue <= policy.queueThreshold && kv <= policy.kvCacheThreshold && r.inFlight < maxInFlight;
+}
+
 function scored(candidates: readonly Replica[], ctx: PickContext): Pick {
   const { policy, now } = ctx;
   const signals = candidates.map((r) => freshSignals(r, now, policy.signalMaxAgeMs));
@@ -109,7 +124,7 @@ function scored(candidates: readonly Replica[], ctx: PickContext): Pick {
       kv: s?.kvCacheUsage ?? kvDefault,
     };
   });
-  const under = rows.filter((x) => x.queue <= policy.queueThreshold && x.kv <= policy.kvCacheThreshold);
+  const under = rows.filter((x) => withinThresholds(x.r, x.queue, x.kv, policy, ctx.maxInFlight));
   const pool = under.length > 0 ? under : rows;
   const maxQ = Math.max(...pool.map((x) => x.queue));
   const minQ = Math.min(...pool.map((x) => x.queue));

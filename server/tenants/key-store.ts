@@ -41,6 +41,10 @@ const keySchema = z
     /** Models the key may use; empty: every model. */
     allowedModels: z.array(z.string().min(1)).default([]),
     limits: limitsSchema,
+    /** The criticality of the key's requests that name none (flow control). Default standard. */
+    priority: z.enum(["critical", "standard", "sheddable"]).default("standard"),
+    /** The key's share of a saturated model, relative to other keys (flow control). Default 1. */
+    weight: z.number().positive().max(1000).default(1),
     createdAt: z.iso.datetime().optional(),
     revokedAt: z.iso.datetime().optional(),
   })
@@ -69,6 +73,8 @@ export function newKey(init: {
   tenant: string;
   allowedModels?: readonly string[];
   limits?: Partial<ApiKeyLimits>;
+  priority?: ApiKeyRecord["priority"];
+  weight?: number;
   now?: Date;
 }): { record: ApiKeyRecord; secret: string } {
   const secret = SECRET_PREFIX + randomBytes(32).toString("base64url");
@@ -79,6 +85,8 @@ export function newKey(init: {
     secretPrefix: secret.slice(0, SECRET_PREFIX.length + 4),
     allowedModels: [...(init.allowedModels ?? [])],
     limits: init.limits ?? {},
+    ...(init.priority !== undefined ? { priority: init.priority } : {}),
+    ...(init.weight !== undefined ? { weight: init.weight } : {}),
     createdAt: (init.now ?? new Date()).toISOString(),
   });
   if (!parsed.success) throw new KeyStoreError(z.prettifyError(parsed.error), "invalid");
@@ -107,7 +115,13 @@ export interface KeyStore {
   /** The valid (not revoked) key with this secret, if any. */
   authenticate(secret: string): ApiKeyRecord | undefined;
   list(filter?: { tenant?: string; includeRevoked?: boolean }): ApiKeyRecord[];
-  create(init: { tenant: string; allowedModels: readonly string[]; limits: ApiKeyLimits }): {
+  create(init: {
+    tenant: string;
+    allowedModels: readonly string[];
+    limits: ApiKeyLimits;
+    priority?: ApiKeyRecord["priority"];
+    weight?: number;
+  }): {
     record: ApiKeyRecord;
     secret: string;
   };

@@ -1,5 +1,6 @@
 /**
- * `npm run keys -- create --tenant acme [--models a,b] [--rpm N] [--tpm N] [--streams N]`
+ * `npm run keys -- create --tenant acme [--models a,b] [--rpm N] [--tpm N] [--streams N]
+ *   [--priority critical|standard|sheddable] [--weight W]`
  *
  * Makes a new API key without a running gateway, for keys kept in a Kubernetes Secret (which the gateway
  * mounts read-only): prints the entry to add under `keys:` in the Secret's keys.yaml on stdout, and the
@@ -9,7 +10,10 @@ import { parseArgs } from "node:util";
 import { stringify } from "yaml";
 import { KeyStoreError, newKey } from "./key-store.js";
 
-const USAGE = "usage: npm run keys -- create --tenant NAME [--models a,b] [--rpm N] [--tpm N] [--streams N]";
+const USAGE =
+  "usage: npm run keys -- create --tenant NAME [--models a,b] [--rpm N] [--tpm N] [--streams N]\n" +
+  "         [--priority critical|standard|sheddable] [--weight W]";
+const PRIORITIES = ["critical", "standard", "sheddable"] as const;
 
 function count(name: string, value: string | undefined): number {
   if (value === undefined) return 0;
@@ -25,6 +29,8 @@ const OPTIONS = {
   rpm: { type: "string" },
   tpm: { type: "string" },
   streams: { type: "string" },
+  priority: { type: "string" },
+  weight: { type: "string" },
 } as const;
 
 export function main(argv: string[]): number {
@@ -43,6 +49,12 @@ export function main(argv: string[]): number {
     return 2;
   }
   try {
+    const priority = PRIORITIES.find((p) => p === values.priority);
+    if (values.priority !== undefined && priority === undefined)
+      throw new KeyStoreError(
+        `--priority: one of ${PRIORITIES.join(", ")}, not ${values.priority}`,
+        "invalid",
+      );
     const { record, secret } = newKey({
       tenant: values.tenant,
       allowedModels: (values.models ?? "").split(",").filter((m) => m !== ""),
@@ -51,6 +63,8 @@ export function main(argv: string[]): number {
         tokensPerMinute: count("tpm", values.tpm),
         maxConcurrentStreams: count("streams", values.streams),
       },
+      ...(priority !== undefined ? { priority } : {}),
+      ...(values.weight !== undefined ? { weight: Number(values.weight) } : {}),
     });
     process.stdout.write(stringify([record]));
     process.stderr.write(`secret (shown once; give it to the tenant): ${secret}\n`);

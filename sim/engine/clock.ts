@@ -38,6 +38,8 @@ export interface VirtualClock extends Clock {
   run(untilMs?: number): number;
   /** The number of timers waiting. */
   pending(): number;
+  /** When the next timer is due (cancelled ones skipped), or undefined when none waits. */
+  nextAt(): number | undefined;
 }
 
 interface VirtualTimer {
@@ -108,5 +110,9 @@ export function createVirtualClock(startMs = 0): VirtualClock {
       return ran;
     },
     pending: () => heap.filter((t) => !t.cancelled).length,
+    nextAt() {
+      while (heap.length > 0 && (heap[0] as VirtualTimer).cancelled) pop();
+      return heap[0]?.at;
+    },
   };
 }

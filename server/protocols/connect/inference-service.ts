@@ -40,6 +40,7 @@ import {
   type Protocol,
   serverTiming,
 } from "../../request/inference-request.js";
+import { priorityHeader } from "../../request/validate-request.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
 
@@ -50,8 +51,8 @@ const ROLES: Partial<Record<Role, ChatRole>> = {
   [Role.TOOL]: "tool",
 };
 
-const PRIORITIES: Record<Priority, InternalPriority> = {
-  [Priority.UNSPECIFIED]: "standard",
+const PRIORITIES: Record<Priority, InternalPriority | undefined> = {
+  [Priority.UNSPECIFIED]: undefined,
   [Priority.STANDARD]: "standard",
   [Priority.CRITICAL]: "critical",
   [Priority.SHEDDABLE]: "sheddable",
@@ -138,7 +139,12 @@ export function registerInferenceService(
       model,
       affinityKey: routing?.affinityKey || (ctx.requestHeader.get(c.sessionHeader) ?? ""),
       version: routing?.version || (ctx.requestHeader.get(c.versionHeader) ?? ""),
-      priority: PRIORITIES[routing?.priority ?? Priority.UNSPECIFIED] ?? "standard",
+      priority:
+        PRIORITIES[routing?.priority ?? Priority.UNSPECIFIED] ??
+        priorityHeader(ctx.requestHeader.get(c.priorityHeader)),
+      deadlineAt: Number.isFinite(ctx.timeoutMs() ?? Number.NaN)
+        ? now() + (ctx.timeoutMs() as number)
+        : undefined,
       passthrough: {},
       signal: ctx.signal,
       credential: bearerOf(ctx.requestHeader.get("authorization")),

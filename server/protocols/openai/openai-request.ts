@@ -10,6 +10,7 @@ import { z } from "zod";
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { invalidRequest } from "../../errors/gateway-error.js";
 import type { ChatTurn, InferenceRequest, SamplingParams } from "../../request/inference-request.js";
+import { priorityHeader } from "../../request/validate-request.js";
 import { bearerOf } from "../../tenants/admission.js";
 import type { HttpRequest } from "./openai-response.js";
 
@@ -181,6 +182,7 @@ export function toInferenceRequest(
   requestId: string,
   signal: AbortSignal,
   c: GatewayConfig,
+  deadlineAt?: number,
 ): OpenAiRequest {
   const parsed = (chat ? chatSchema : completionSchema).safeParse(body);
   if (!parsed.success) throw invalidRequest(describe(parsed.error));
@@ -226,7 +228,8 @@ export function toInferenceRequest(
     sampling: s,
     affinityKey: header(c.sessionHeader) || (b.user ?? ""),
     version: header(c.versionHeader),
-    priority: "standard" as const,
+    priority: priorityHeader(header(c.priorityHeader)),
+    deadlineAt,
     passthrough,
     signal,
     credential: bearerOf(header("authorization")),

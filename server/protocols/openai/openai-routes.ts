@@ -73,6 +73,7 @@ export function createOpenAiRoutes(
         requestId,
         control.signal,
         config(),
+        performance.now() + limits.maxTimeoutMs,
       );
       const id = `${chat ? "chatcmpl" : "cmpl"}-${requestId}`;
       const render = streamRenderer(id, request.model, chat);

@@ -21,6 +21,7 @@ import {
   ErrorDetailSchema,
   ErrorReason,
   InferenceService,
+  Priority,
 } from "../../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { type ApiKeyRecord, hashSecret, newKey, parseKeysFile } from "../../../server/tenants/key-store.js";
 import { type Harness, startHarness } from "../../helpers/gateway-harness.js";
@@ -242,6 +243,21 @@ describe("managing keys", () => {
       code: Code.InvalidArgument,
     });
     await expect(admin().revokeApiKey({ id: "key_missing" })).rejects.toMatchObject({ code: Code.NotFound });
+    // Flow control's per-key defaults: the criticality of requests that name none, and the fair share.
+    expect(created.key).toMatchObject({ priority: Priority.STANDARD, weight: 1 });
+    const batch = await admin().createApiKey({ tenant: "batch", priority: Priority.SHEDDABLE, weight: 0.5 });
+    expect(batch.key).toMatchObject({ priority: Priority.SHEDDABLE, weight: 0.5 });
+    const batchOnDisk = parseKeysFile(readFileSync(keysFile, "utf8"), keysFile).find(
+      (k) => k.tenant === "batch",
+    );
+    expect(batchOnDisk).toMatchObject({ priority: "sheddable", weight: 0.5 });
+    for (const weight of [-1, 1001, Number.NaN])
+      await expect(admin().createApiKey({ tenant: "t", weight })).rejects.toMatchObject({
+        code: Code.InvalidArgument,
+      });
+    await expect(admin().createApiKey({ tenant: "t", priority: 9 as Priority })).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
   });
 
   it("revoking a key takes effect on the next request", async () => {
@@ -269,6 +285,10 @@ describe("managing keys", () => {
         "a",
         "--rpm",
         "600",
+        "--priority",
+        "critical",
+        "--weight",
+        "2",
       ],
       { cwd: new URL("../../..", import.meta.url).pathname },
     );
@@ -278,6 +298,8 @@ describe("managing keys", () => {
       tenant: "by-hand",
       allowedModels: ["a"],
       limits: { requestsPerMinute: 600 },
+      priority: "critical",
+      weight: 2,
     });
     expect(entry?.sha256).toBe(hashSecret(secret));
     const added = { record: entry as ApiKeyRecord, secret };

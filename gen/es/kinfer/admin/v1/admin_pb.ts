@@ -12,13 +12,191 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Priority } from "../../inference/v1/inference_pb.js";
+import { file_kinfer_inference_v1_inference } from "../../inference/v1/inference_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file kinfer/admin/v1/admin.proto.
  */
 export const file_kinfer_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChtraW5mZXIvYWRtaW4vdjEvYWRtaW4ucHJvdG8SD2tpbmZlci5hZG1pbi52MSJ+CgVNb2RlbBIMCgRuYW1lGAEgASgJEi8KCHZlcnNpb25zGAIgAygLMh0ua2luZmVyLmFkbWluLnYxLk1vZGVsVmVyc2lvbhI2Cg5yb3V0aW5nX3BvbGljeRgDIAEoCzIeLmtpbmZlci5hZG1pbi52MS5Sb3V0aW5nUG9saWN5IlgKDE1vZGVsVmVyc2lvbhIMCgRuYW1lGAEgASgJEg4KBndlaWdodBgCIAEoDRIqCghyZXBsaWNhcxgDIAMoCzIYLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhIpIBCgdSZXBsaWNhEgoKAmlkGAEgASgJEgsKA3VybBgCIAEoCRIsCgVzdGF0ZRgDIAEoDjIdLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhU3RhdGUSMAoHc2lnbmFscxgEIAEoCzIfLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhU2lnbmFscxIOCgZzb3VyY2UYBSABKAki1AEKDlJlcGxpY2FTaWduYWxzEhEKCWluX2ZsaWdodBgBIAEoDRIcChRudW1fcmVxdWVzdHNfd2FpdGluZxgCIAEoDRIcChRudW1fcmVxdWVzdHNfcnVubmluZxgDIAEoDRIWCg5rdl9jYWNoZV91c2FnZRgEIAEoARIuCgpzY3JhcGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzdGFsZRgGIAEoCBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgHIAEoDSKWAgoNUm91dGluZ1BvbGljeRI0CglhbGdvcml0aG0YASABKA4yIS5raW5mZXIuYWRtaW4udjEuUm91dGluZ0FsZ29yaXRobRIvCgd3ZWlnaHRzGAIgASgLMh4ua2luZmVyLmFkbWluLnYxLlNjb3JlcldlaWdodHMSFwoPcXVldWVfdGhyZXNob2xkGAMgASgNEhoKEmt2X2NhY2hlX3RocmVzaG9sZBgEIAEoARIxCg5zaWduYWxfbWF4X2FnZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcChRhZmZpbml0eV9sb2FkX2ZhY3RvchgGIAEoARIYChBzZXNzaW9uX2FmZmluaXR5GAcgASgIIkAKDVNjb3JlcldlaWdodHMSDQoFcXVldWUYASABKAESEAoIa3ZfY2FjaGUYAiABKAESDgoGcHJlZml4GAMgASgBIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjwKEkxpc3RNb2RlbHNSZXNwb25zZRImCgZtb2RlbHMYASADKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwiIAoPR2V0TW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIjkKEEdldE1vZGVsUmVzcG9uc2USJQoFbW9kZWwYASABKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwiWAoWU2V0VHJhZmZpY1NwbGl0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIvCgd3ZWlnaHRzGAIgAygLMh4ua2luZmVyLmFkbWluLnYxLlZlcnNpb25XZWlnaHQiMAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgJEg4KBndlaWdodBgCIAEoDSJAChdTZXRUcmFmZmljU3BsaXRSZXNwb25zZRIlCgVtb2RlbBgBIAEoCzIWLmtpbmZlci5hZG1pbi52MS5Nb2RlbCIpChNEcmFpblJlcGxpY2FSZXF1ZXN0EhIKCnJlcGxpY2FfaWQYASABKAkiQQoURHJhaW5SZXBsaWNhUmVzcG9uc2USKQoHcmVwbGljYRgBIAEoCzIYLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhIisKFVVuZHJhaW5SZXBsaWNhUmVxdWVzdBISCgpyZXBsaWNhX2lkGAEgASgJIkMKFlVuZHJhaW5SZXBsaWNhUmVzcG9uc2USKQoHcmVwbGljYRgBIAEoCzIYLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhIlQKEVdhdGNoU3RhdGVSZXF1ZXN0Eg4KBm1vZGVscxgBIAMoCRIvCgxtaW5faW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ilwEKEldhdGNoU3RhdGVSZXNwb25zZRIpCgR0eXBlGAEgASgOMhsua2luZmVyLmFkbWluLnYxLkNoYW5nZVR5cGUSJQoFbW9kZWwYAiABKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwSLwoLb2JzZXJ2ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIigKF0dldFJvdXRpbmdQb2xpY3lSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIkoKGEdldFJvdXRpbmdQb2xpY3lSZXNwb25zZRIuCgZwb2xpY3kYASABKAsyHi5raW5mZXIuYWRtaW4udjEuUm91dGluZ1BvbGljeSJYChdTZXRSb3V0aW5nUG9saWN5UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIuCgZwb2xpY3kYAiABKAsyHi5raW5mZXIuYWRtaW4udjEuUm91dGluZ1BvbGljeSJKChhTZXRSb3V0aW5nUG9saWN5UmVzcG9uc2USLgoGcG9saWN5GAEgASgLMh4ua2luZmVyLmFkbWluLnYxLlJvdXRpbmdQb2xpY3ki4gEKBkFwaUtleRIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSFQoNc2VjcmV0X3ByZWZpeBgDIAEoCRIWCg5hbGxvd2VkX21vZGVscxgEIAMoCRItCgZsaW1pdHMYBSABKAsyHS5raW5mZXIuYWRtaW4udjEuQXBpS2V5TGltaXRzEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKDEFwaUtleUxpbWl0cxIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgNEhkKEXRva2Vuc19wZXJfbWludXRlGAIgASgEEh4KFm1heF9jb25jdXJyZW50X3N0cmVhbXMYAyABKA0ibAoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSFgoOYWxsb3dlZF9tb2RlbHMYAiADKAkSLQoGbGltaXRzGAMgASgLMh0ua2luZmVyLmFkbWluLnYxLkFwaUtleUxpbWl0cyJMChRDcmVhdGVBcGlLZXlSZXNwb25zZRIkCgNrZXkYASABKAsyFy5raW5mZXIuYWRtaW4udjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSI9ChJMaXN0QXBpS2V5c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgCIAEoCCI8ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiUKBGtleXMYASADKAsyFy5raW5mZXIuYWRtaW4udjEuQXBpS2V5IiEKE1Jldm9rZUFwaUtleVJlcXVlc3QSCgoCaWQYASABKAkiPAoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJAoDa2V5GAEgASgLMhcua2luZmVyLmFkbWluLnYxLkFwaUtleSqaAQoMUmVwbGljYVN0YXRlEh0KGVJFUExJQ0FfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNSRVBMSUNBX1NUQVRFX1JFQURZEAESGgoWUkVQTElDQV9TVEFURV9EUkFJTklORxACEhsKF1JFUExJQ0FfU1RBVEVfVU5IRUFMVEhZEAMSGQoVUkVQTElDQV9TVEFURV9FSkVDVEVEEAQq9wEKEFJvdXRpbmdBbGdvcml0aG0SIQodUk9VVElOR19BTEdPUklUSE1fVU5TUEVDSUZJRUQQABIhCh1ST1VUSU5HX0FMR09SSVRITV9ST1VORF9ST0JJThABEicKI1JPVVRJTkdfQUxHT1JJVEhNX0xFQVNUX09VVFNUQU5ESU5HEAISKgomUk9VVElOR19BTEdPUklUSE1fUE9XRVJfT0ZfVFdPX0NIT0lDRVMQAxIkCiBST1VUSU5HX0FMR09SSVRITV9SRVNPVVJDRV9BV0FSRRAEEiIKHlJPVVRJTkdfQUxHT1JJVEhNX1BSRUZJWF9BV0FSRRAFKowBCgpDaGFuZ2VUeXBlEhsKF0NIQU5HRV9UWVBFX1VOU1BFQ0lGSUVEEAASGAoUQ0hBTkdFX1RZUEVfU05BUFNIT1QQARIVChFDSEFOR0VfVFlQRV9BRERFRBACEhcKE0NIQU5HRV9UWVBFX1VQREFURUQQAxIXChNDSEFOR0VfVFlQRV9SRU1PVkVEEAQyyAgKDEFkbWluU2VydmljZRJaCgpMaXN0TW9kZWxzEiIua2luZmVyLmFkbWluLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiMua2luZmVyLmFkbWluLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIDkAIBElQKCEdldE1vZGVsEiAua2luZmVyLmFkbWluLnYxLkdldE1vZGVsUmVxdWVzdBohLmtpbmZlci5hZG1pbi52MS5HZXRNb2RlbFJlc3BvbnNlIgOQAgESaQoPU2V0VHJhZmZpY1NwbGl0Eicua2luZmVyLmFkbWluLnYxLlNldFRyYWZmaWNTcGxpdFJlcXVlc3QaKC5raW5mZXIuYWRtaW4udjEuU2V0VHJhZmZpY1NwbGl0UmVzcG9uc2UiA5ACAhJgCgxEcmFpblJlcGxpY2ESJC5raW5mZXIuYWRtaW4udjEuRHJhaW5SZXBsaWNhUmVxdWVzdBolLmtpbmZlci5hZG1pbi52MS5EcmFpblJlcGxpY2FSZXNwb25zZSIDkAICEmYKDlVuZHJhaW5SZXBsaWNhEiYua2luZmVyLmFkbWluLnYxLlVuZHJhaW5SZXBsaWNhUmVxdWVzdBonLmtpbmZlci5hZG1pbi52MS5VbmRyYWluUmVwbGljYVJlc3BvbnNlIgOQAgISVwoKV2F0Y2hTdGF0ZRIiLmtpbmZlci5hZG1pbi52MS5XYXRjaFN0YXRlUmVxdWVzdBojLmtpbmZlci5hZG1pbi52MS5XYXRjaFN0YXRlUmVzcG9uc2UwARJsChBHZXRSb3V0aW5nUG9saWN5Eigua2luZmVyLmFkbWluLnYxLkdldFJvdXRpbmdQb2xpY3lSZXF1ZXN0Gikua2luZmVyLmFkbWluLnYxLkdldFJvdXRpbmdQb2xpY3lSZXNwb25zZSIDkAIBEmwKEFNldFJvdXRpbmdQb2xpY3kSKC5raW5mZXIuYWRtaW4udjEuU2V0Um91dGluZ1BvbGljeVJlcXVlc3QaKS5raW5mZXIuYWRtaW4udjEuU2V0Um91dGluZ1BvbGljeVJlc3BvbnNlIgOQAgISWwoMQ3JlYXRlQXBpS2V5EiQua2luZmVyLmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaJS5raW5mZXIuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USXQoLTGlzdEFwaUtleXMSIy5raW5mZXIuYWRtaW4udjEuTGlzdEFwaUtleXNSZXF1ZXN0GiQua2luZmVyLmFkbWluLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiA5ACARJgCgxSZXZva2VBcGlLZXkSJC5raW5mZXIuYWRtaW4udjEuUmV2b2tlQXBpS2V5UmVxdWVzdBolLmtpbmZlci5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXNwb25zZSIDkAICYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChtraW5mZXIvYWRtaW4vdjEvYWRtaW4ucHJvdG8SD2tpbmZlci5hZG1pbi52MSIiChFMaXN0UXVldWVzUmVxdWVzdBINCgVtb2RlbBgBIAEoCSJBChJMaXN0UXVldWVzUmVzcG9uc2USKwoGcXVldWVzGAEgAygLMhsua2luZmVyLmFkbWluLnYxLk1vZGVsUXVldWUi4AEKCk1vZGVsUXVldWUSDQoFbW9kZWwYASABKAkSDgoGYWN0aXZlGAIgASgNEg0KBXNsb3RzGAMgASgNEi8KBnF1ZXVlZBgEIAEoCzIfLmtpbmZlci5hZG1pbi52MS5RdWV1ZWRSZXF1ZXN0cxIUCgxxdWV1ZWRfYnl0ZXMYBSABKAQSLgoLb2xkZXN0X3dhaXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoHdGVuYW50cxgHIAMoCzIcLmtpbmZlci5hZG1pbi52MS5UZW5hbnRTaGFyZSJHCg5RdWV1ZWRSZXF1ZXN0cxIQCghjcml0aWNhbBgBIAEoDRIQCghzdGFuZGFyZBgCIAEoDRIRCglzaGVkZGFibGUYAyABKA0iRQoLVGVuYW50U2hhcmUSDgoGdGVuYW50GAEgASgJEg4KBnF1ZXVlZBgCIAEoDRIWCg52aXJ0dWFsX3Rva2VucxgDIAEoASJ+CgVNb2RlbBIMCgRuYW1lGAEgASgJEi8KCHZlcnNpb25zGAIgAygLMh0ua2luZmVyLmFkbWluLnYxLk1vZGVsVmVyc2lvbhI2Cg5yb3V0aW5nX3BvbGljeRgDIAEoCzIeLmtpbmZlci5hZG1pbi52MS5Sb3V0aW5nUG9saWN5IlgKDE1vZGVsVmVyc2lvbhIMCgRuYW1lGAEgASgJEg4KBndlaWdodBgCIAEoDRIqCghyZXBsaWNhcxgDIAMoCzIYLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhIpIBCgdSZXBsaWNhEgoKAmlkGAEgASgJEgsKA3VybBgCIAEoCRIsCgVzdGF0ZRgDIAEoDjIdLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhU3RhdGUSMAoHc2lnbmFscxgEIAEoCzIfLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhU2lnbmFscxIOCgZzb3VyY2UYBSABKAki1AEKDlJlcGxpY2FTaWduYWxzEhEKCWluX2ZsaWdodBgBIAEoDRIcChRudW1fcmVxdWVzdHNfd2FpdGluZxgCIAEoDRIcChRudW1fcmVxdWVzdHNfcnVubmluZxgDIAEoDRIWCg5rdl9jYWNoZV91c2FnZRgEIAEoARIuCgpzY3JhcGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzdGFsZRgGIAEoCBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgHIAEoDSKWAgoNUm91dGluZ1BvbGljeRI0CglhbGdvcml0aG0YASABKA4yIS5raW5mZXIuYWRtaW4udjEuUm91dGluZ0FsZ29yaXRobRIvCgd3ZWlnaHRzGAIgASgLMh4ua2luZmVyLmFkbWluLnYxLlNjb3JlcldlaWdodHMSFwoPcXVldWVfdGhyZXNob2xkGAMgASgNEhoKEmt2X2NhY2hlX3RocmVzaG9sZBgEIAEoARIxCg5zaWduYWxfbWF4X2FnZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcChRhZmZpbml0eV9sb2FkX2ZhY3RvchgGIAEoARIYChBzZXNzaW9uX2FmZmluaXR5GAcgASgIIkAKDVNjb3JlcldlaWdodHMSDQoFcXVldWUYASABKAESEAoIa3ZfY2FjaGUYAiABKAESDgoGcHJlZml4GAMgASgBIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjwKEkxpc3RNb2RlbHNSZXNwb25zZRImCgZtb2RlbHMYASADKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwiIAoPR2V0TW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIjkKEEdldE1vZGVsUmVzcG9uc2USJQoFbW9kZWwYASABKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwiWAoWU2V0VHJhZmZpY1NwbGl0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIvCgd3ZWlnaHRzGAIgAygLMh4ua2luZmVyLmFkbWluLnYxLlZlcnNpb25XZWlnaHQiMAoNVmVyc2lvbldlaWdodBIPCgd2ZXJzaW9uGAEgASgJEg4KBndlaWdodBgCIAEoDSJAChdTZXRUcmFmZmljU3BsaXRSZXNwb25zZRIlCgVtb2RlbBgBIAEoCzIWLmtpbmZlci5hZG1pbi52MS5Nb2RlbCIpChNEcmFpblJlcGxpY2FSZXF1ZXN0EhIKCnJlcGxpY2FfaWQYASABKAkiQQoURHJhaW5SZXBsaWNhUmVzcG9uc2USKQoHcmVwbGljYRgBIAEoCzIYLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhIisKFVVuZHJhaW5SZXBsaWNhUmVxdWVzdBISCgpyZXBsaWNhX2lkGAEgASgJIkMKFlVuZHJhaW5SZXBsaWNhUmVzcG9uc2USKQoHcmVwbGljYRgBIAEoCzIYLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhIlQKEVdhdGNoU3RhdGVSZXF1ZXN0Eg4KBm1vZGVscxgBIAMoCRIvCgxtaW5faW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ilwEKEldhdGNoU3RhdGVSZXNwb25zZRIpCgR0eXBlGAEgASgOMhsua2luZmVyLmFkbWluLnYxLkNoYW5nZVR5cGUSJQoFbW9kZWwYAiABKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwSLwoLb2JzZXJ2ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIigKF0dldFJvdXRpbmdQb2xpY3lSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIkoKGEdldFJvdXRpbmdQb2xpY3lSZXNwb25zZRIuCgZwb2xpY3kYASABKAsyHi5raW5mZXIuYWRtaW4udjEuUm91dGluZ1BvbGljeSJYChdTZXRSb3V0aW5nUG9saWN5UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIuCgZwb2xpY3kYAiABKAsyHi5raW5mZXIuYWRtaW4udjEuUm91dGluZ1BvbGljeSJKChhTZXRSb3V0aW5nUG9saWN5UmVzcG9uc2USLgoGcG9saWN5GAEgASgLMh4ua2luZmVyLmFkbWluLnYxLlJvdXRpbmdQb2xpY3kiowIKBkFwaUtleRIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSFQoNc2VjcmV0X3ByZWZpeBgDIAEoCRIWCg5hbGxvd2VkX21vZGVscxgEIAMoCRItCgZsaW1pdHMYBSABKAsyHS5raW5mZXIuYWRtaW4udjEuQXBpS2V5TGltaXRzEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KCHByaW9yaXR5GAggASgOMh0ua2luZmVyLmluZmVyZW5jZS52MS5Qcmlvcml0eRIOCgZ3ZWlnaHQYCSABKAEiZgoMQXBpS2V5TGltaXRzEhsKE3JlcXVlc3RzX3Blcl9taW51dGUYASABKA0SGQoRdG9rZW5zX3Blcl9taW51dGUYAiABKAQSHgoWbWF4X2NvbmN1cnJlbnRfc3RyZWFtcxgDIAEoDSKtAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSFgoOYWxsb3dlZF9tb2RlbHMYAiADKAkSLQoGbGltaXRzGAMgASgLMh0ua2luZmVyLmFkbWluLnYxLkFwaUtleUxpbWl0cxIvCghwcmlvcml0eRgEIAEoDjIdLmtpbmZlci5pbmZlcmVuY2UudjEuUHJpb3JpdHkSDgoGd2VpZ2h0GAUgASgBIkwKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiQKA2tleRgBIAEoCzIXLmtpbmZlci5hZG1pbi52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIj0KEkxpc3RBcGlLZXlzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAIgASgIIjwKE0xpc3RBcGlLZXlzUmVzcG9uc2USJQoEa2V5cxgBIAMoCzIXLmtpbmZlci5hZG1pbi52MS5BcGlLZXkiIQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIKCgJpZBgBIAEoCSI8ChRSZXZva2VBcGlLZXlSZXNwb25zZRIkCgNrZXkYASABKAsyFy5raW5mZXIuYWRtaW4udjEuQXBpS2V5KpoBCgxSZXBsaWNhU3RhdGUSHQoZUkVQTElDQV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE1JFUExJQ0FfU1RBVEVfUkVBRFkQARIaChZSRVBMSUNBX1NUQVRFX0RSQUlOSU5HEAISGwoXUkVQTElDQV9TVEFURV9VTkhFQUxUSFkQAxIZChVSRVBMSUNBX1NUQVRFX0VKRUNURUQQBCr3AQoQUm91dGluZ0FsZ29yaXRobRIhCh1ST1VUSU5HX0FMR09SSVRITV9VTlNQRUNJRklFRBAAEiEKHVJPVVRJTkdfQUxHT1JJVEhNX1JPVU5EX1JPQklOEAESJwojUk9VVElOR19BTEdPUklUSE1fTEVBU1RfT1VUU1RBTkRJTkcQAhIqCiZST1VUSU5HX0FMR09SSVRITV9QT1dFUl9PRl9UV09fQ0hPSUNFUxADEiQKIFJPVVRJTkdfQUxHT1JJVEhNX1JFU09VUkNFX0FXQVJFEAQSIgoeUk9VVElOR19BTEdPUklUSE1fUFJFRklYX0FXQVJFEAUqjAEKCkNoYW5nZVR5cGUSGwoXQ0hBTkdFX1RZUEVfVU5TUEVDSUZJRUQQABIYChRDSEFOR0VfVFlQRV9TTkFQU0hPVBABEhUKEUNIQU5HRV9UWVBFX0FEREVEEAISFwoTQ0hBTkdFX1RZUEVfVVBEQVRFRBADEhcKE0NIQU5HRV9UWVBFX1JFTU9WRUQQBDKkCQoMQWRtaW5TZXJ2aWNlEloKCkxpc3RNb2RlbHMSIi5raW5mZXIuYWRtaW4udjEuTGlzdE1vZGVsc1JlcXVlc3QaIy5raW5mZXIuYWRtaW4udjEuTGlzdE1vZGVsc1Jlc3BvbnNlIgOQAgESVAoIR2V0TW9kZWwSIC5raW5mZXIuYWRtaW4udjEuR2V0TW9kZWxSZXF1ZXN0GiEua2luZmVyLmFkbWluLnYxLkdldE1vZGVsUmVzcG9uc2UiA5ACARJpCg9TZXRUcmFmZmljU3BsaXQSJy5raW5mZXIuYWRtaW4udjEuU2V0VHJhZmZpY1NwbGl0UmVxdWVzdBooLmtpbmZlci5hZG1pbi52MS5TZXRUcmFmZmljU3BsaXRSZXNwb25zZSIDkAICEmAKDERyYWluUmVwbGljYRIkLmtpbmZlci5hZG1pbi52MS5EcmFpblJlcGxpY2FSZXF1ZXN0GiUua2luZmVyLmFkbWluLnYxLkRyYWluUmVwbGljYVJlc3BvbnNlIgOQAgISZgoOVW5kcmFpblJlcGxpY2ESJi5raW5mZXIuYWRtaW4udjEuVW5kcmFpblJlcGxpY2FSZXF1ZXN0Gicua2luZmVyLmFkbWluLnYxLlVuZHJhaW5SZXBsaWNhUmVzcG9uc2UiA5ACAhJXCgpXYXRjaFN0YXRlEiIua2luZmVyLmFkbWluLnYxLldhdGNoU3RhdGVSZXF1ZXN0GiMua2luZmVyLmFkbWluLnYxLldhdGNoU3RhdGVSZXNwb25zZTABEmwKEEdldFJvdXRpbmdQb2xpY3kSKC5raW5mZXIuYWRtaW4udjEuR2V0Um91dGluZ1BvbGljeVJlcXVlc3QaKS5raW5mZXIuYWRtaW4udjEuR2V0Um91dGluZ1BvbGljeVJlc3BvbnNlIgOQAgESbAoQU2V0Um91dGluZ1BvbGljeRIoLmtpbmZlci5hZG1pbi52MS5TZXRSb3V0aW5nUG9saWN5UmVxdWVzdBopLmtpbmZlci5hZG1pbi52MS5TZXRSb3V0aW5nUG9saWN5UmVzcG9uc2UiA5ACAhJbCgxDcmVhdGVBcGlLZXkSJC5raW5mZXIuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBolLmtpbmZlci5hZG1pbi52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJdCgtMaXN0QXBpS2V5cxIjLmtpbmZlci5hZG1pbi52MS5MaXN0QXBpS2V5c1JlcXVlc3QaJC5raW5mZXIuYWRtaW4udjEuTGlzdEFwaUtleXNSZXNwb25zZSIDkAIBEmAKDFJldm9rZUFwaUtleRIkLmtpbmZlci5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiUua2luZmVyLmFkbWluLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIgOQAgISWgoKTGlzdFF1ZXVlcxIiLmtpbmZlci5hZG1pbi52MS5MaXN0UXVldWVzUmVxdWVzdBojLmtpbmZlci5hZG1pbi52MS5MaXN0UXVldWVzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_kinfer_inference_v1_inference]);
+
+/**
+ * ListQueuesRequest selects the queues to return.
+ *
+ * @generated from message kinfer.admin.v1.ListQueuesRequest
+ */
+export type ListQueuesRequest = Message<"kinfer.admin.v1.ListQueuesRequest"> & {
+  /**
+   * Only this model's queue; empty for every model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+};
+
+/**
+ * Describes the message kinfer.admin.v1.ListQueuesRequest.
+ * Use `create(ListQueuesRequestSchema)` to create a new message.
+ */
+export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 0);
+
+/**
+ * ListQueuesResponse holds the queues, sorted by model.
+ *
+ * @generated from message kinfer.admin.v1.ListQueuesResponse
+ */
+export type ListQueuesResponse = Message<"kinfer.admin.v1.ListQueuesResponse"> & {
+  /**
+   * The queues.
+   *
+   * @generated from field: repeated kinfer.admin.v1.ModelQueue queues = 1;
+   */
+  queues: ModelQueue[];
+};
+
+/**
+ * Describes the message kinfer.admin.v1.ListQueuesResponse.
+ * Use `create(ListQueuesResponseSchema)` to create a new message.
+ */
+export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 1);
+
+/**
+ * ModelQueue is one model's flow-control queue on this gateway.
+ *
+ * @generated from message kinfer.admin.v1.ModelQueue
+ */
+export type ModelQueue = Message<"kinfer.admin.v1.ModelQueue"> & {
+  /**
+   * The model.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * Requests let through to the model's replicas and not yet ended.
+   *
+   * @generated from field: uint32 active = 2;
+   */
+  active: number;
+
+  /**
+   * Requests the model can take now without waiting; 0 while it is saturated.
+   *
+   * @generated from field: uint32 slots = 3;
+   */
+  slots: number;
+
+  /**
+   * Requests waiting, by criticality.
+   *
+   * @generated from field: kinfer.admin.v1.QueuedRequests queued = 4;
+   */
+  queued?: QueuedRequests | undefined;
+
+  /**
+   * Prompt bytes the waiting requests hold.
+   *
+   * @generated from field: uint64 queued_bytes = 5;
+   */
+  queuedBytes: bigint;
+
+  /**
+   * How long the oldest waiting request has waited.
+   *
+   * @generated from field: google.protobuf.Duration oldest_wait = 6;
+   */
+  oldestWait?: Duration | undefined;
+
+  /**
+   * Tenants that have used the model, with their waiting requests and service received.
+   *
+   * @generated from field: repeated kinfer.admin.v1.TenantShare tenants = 7;
+   */
+  tenants: TenantShare[];
+};
+
+/**
+ * Describes the message kinfer.admin.v1.ModelQueue.
+ * Use `create(ModelQueueSchema)` to create a new message.
+ */
+export const ModelQueueSchema: GenMessage<ModelQueue> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 2);
+
+/**
+ * QueuedRequests counts waiting requests by criticality.
+ *
+ * @generated from message kinfer.admin.v1.QueuedRequests
+ */
+export type QueuedRequests = Message<"kinfer.admin.v1.QueuedRequests"> & {
+  /**
+   * Critical requests (served first).
+   *
+   * @generated from field: uint32 critical = 1;
+   */
+  critical: number;
+
+  /**
+   * Standard requests.
+   *
+   * @generated from field: uint32 standard = 2;
+   */
+  standard: number;
+
+  /**
+   * Sheddable requests (served last, evicted first).
+   *
+   * @generated from field: uint32 sheddable = 3;
+   */
+  sheddable: number;
+};
+
+/**
+ * Describes the message kinfer.admin.v1.QueuedRequests.
+ * Use `create(QueuedRequestsSchema)` to create a new message.
+ */
+export const QueuedRequestsSchema: GenMessage<QueuedRequests> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 3);
+
+/**
+ * TenantShare is a tenant's place in a model's fair queueing.
+ *
+ * @generated from message kinfer.admin.v1.TenantShare
+ */
+export type TenantShare = Message<"kinfer.admin.v1.TenantShare"> & {
+  /**
+   * The tenant ("" for requests without an API key).
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * The tenant's requests waiting now.
+   *
+   * @generated from field: uint32 queued = 2;
+   */
+  queued: number;
+
+  /**
+   * Service received, in tokens over the tenant's weight (the virtual token counter): among waiting
+   * tenants, the one with the least goes next.
+   *
+   * @generated from field: double virtual_tokens = 3;
+   */
+  virtualTokens: number;
+};
+
+/**
+ * Describes the message kinfer.admin.v1.TenantShare.
+ * Use `create(TenantShareSchema)` to create a new message.
+ */
+export const TenantShareSchema: GenMessage<TenantShare> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 4);
 
 /**
  * Model is a servable model as the gateway sees it now.
@@ -53,7 +231,7 @@ export type Model = Message<"kinfer.admin.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 0);
+  messageDesc(file_kinfer_admin_v1_admin, 5);
 
 /**
  * ModelVersion is one version of a model (for example "stable" and "canary") and its replicas.
@@ -88,7 +266,7 @@ export type ModelVersion = Message<"kinfer.admin.v1.ModelVersion"> & {
  * Use `create(ModelVersionSchema)` to create a new message.
  */
 export const ModelVersionSchema: GenMessage<ModelVersion> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 1);
+  messageDesc(file_kinfer_admin_v1_admin, 6);
 
 /**
  * Replica is one model server (a vLLM pod) and what the gateway knows of it.
@@ -137,7 +315,7 @@ export type Replica = Message<"kinfer.admin.v1.Replica"> & {
  * Use `create(ReplicaSchema)` to create a new message.
  */
 export const ReplicaSchema: GenMessage<Replica> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 2);
+  messageDesc(file_kinfer_admin_v1_admin, 7);
 
 /**
  * ReplicaSignals are the live load signals routing uses.
@@ -200,7 +378,7 @@ export type ReplicaSignals = Message<"kinfer.admin.v1.ReplicaSignals"> & {
  * Use `create(ReplicaSignalsSchema)` to create a new message.
  */
 export const ReplicaSignalsSchema: GenMessage<ReplicaSignals> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 3);
+  messageDesc(file_kinfer_admin_v1_admin, 8);
 
 /**
  * RoutingPolicy says how a model's requests pick a replica within the chosen version.
@@ -244,8 +422,8 @@ export type RoutingPolicy = Message<"kinfer.admin.v1.RoutingPolicy"> & {
   signalMaxAge?: Duration | undefined;
 
   /**
-   * Prefix affinity load cap: a warm replica keeps its affinity only while its load is at most this many
-   * times the mean load of the version's replicas; 0 uses 1.25.
+   * The bound of session and prefix affinity: a session's or prefix's replica keeps it only while its load
+   * is at most this many times the mean load of the version's replicas, plus one; 0 keeps the current.
    *
    * @generated from field: double affinity_load_factor = 6;
    */
@@ -264,7 +442,7 @@ export type RoutingPolicy = Message<"kinfer.admin.v1.RoutingPolicy"> & {
  * Use `create(RoutingPolicySchema)` to create a new message.
  */
 export const RoutingPolicySchema: GenMessage<RoutingPolicy> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 4);
+  messageDesc(file_kinfer_admin_v1_admin, 9);
 
 /**
  * ScorerWeights weigh the scorers of the resource- and prefix-aware algorithms.
@@ -299,7 +477,7 @@ export type ScorerWeights = Message<"kinfer.admin.v1.ScorerWeights"> & {
  * Use `create(ScorerWeightsSchema)` to create a new message.
  */
 export const ScorerWeightsSchema: GenMessage<ScorerWeights> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 5);
+  messageDesc(file_kinfer_admin_v1_admin, 10);
 
 /**
  * ListModelsRequest has no parameters.
@@ -314,7 +492,7 @@ export type ListModelsRequest = Message<"kinfer.admin.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 6);
+  messageDesc(file_kinfer_admin_v1_admin, 11);
 
 /**
  * ListModelsResponse holds every served model.
@@ -335,7 +513,7 @@ export type ListModelsResponse = Message<"kinfer.admin.v1.ListModelsResponse"> &
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 7);
+  messageDesc(file_kinfer_admin_v1_admin, 12);
 
 /**
  * GetModelRequest names a model.
@@ -356,7 +534,7 @@ export type GetModelRequest = Message<"kinfer.admin.v1.GetModelRequest"> & {
  * Use `create(GetModelRequestSchema)` to create a new message.
  */
 export const GetModelRequestSchema: GenMessage<GetModelRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 8);
+  messageDesc(file_kinfer_admin_v1_admin, 13);
 
 /**
  * GetModelResponse holds one model.
@@ -377,7 +555,7 @@ export type GetModelResponse = Message<"kinfer.admin.v1.GetModelResponse"> & {
  * Use `create(GetModelResponseSchema)` to create a new message.
  */
 export const GetModelResponseSchema: GenMessage<GetModelResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 9);
+  messageDesc(file_kinfer_admin_v1_admin, 14);
 
 /**
  * SetTrafficSplitRequest sets a model's version weights.
@@ -405,7 +583,7 @@ export type SetTrafficSplitRequest = Message<"kinfer.admin.v1.SetTrafficSplitReq
  * Use `create(SetTrafficSplitRequestSchema)` to create a new message.
  */
 export const SetTrafficSplitRequestSchema: GenMessage<SetTrafficSplitRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 10);
+  messageDesc(file_kinfer_admin_v1_admin, 15);
 
 /**
  * VersionWeight is one version's share of traffic.
@@ -433,7 +611,7 @@ export type VersionWeight = Message<"kinfer.admin.v1.VersionWeight"> & {
  * Use `create(VersionWeightSchema)` to create a new message.
  */
 export const VersionWeightSchema: GenMessage<VersionWeight> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 11);
+  messageDesc(file_kinfer_admin_v1_admin, 16);
 
 /**
  * SetTrafficSplitResponse holds the model as changed.
@@ -454,7 +632,7 @@ export type SetTrafficSplitResponse = Message<"kinfer.admin.v1.SetTrafficSplitRe
  * Use `create(SetTrafficSplitResponseSchema)` to create a new message.
  */
 export const SetTrafficSplitResponseSchema: GenMessage<SetTrafficSplitResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 12);
+  messageDesc(file_kinfer_admin_v1_admin, 17);
 
 /**
  * DrainReplicaRequest names a replica to drain.
@@ -475,7 +653,7 @@ export type DrainReplicaRequest = Message<"kinfer.admin.v1.DrainReplicaRequest">
  * Use `create(DrainReplicaRequestSchema)` to create a new message.
  */
 export const DrainReplicaRequestSchema: GenMessage<DrainReplicaRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 13);
+  messageDesc(file_kinfer_admin_v1_admin, 18);
 
 /**
  * DrainReplicaResponse holds the replica as changed.
@@ -496,7 +674,7 @@ export type DrainReplicaResponse = Message<"kinfer.admin.v1.DrainReplicaResponse
  * Use `create(DrainReplicaResponseSchema)` to create a new message.
  */
 export const DrainReplicaResponseSchema: GenMessage<DrainReplicaResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 14);
+  messageDesc(file_kinfer_admin_v1_admin, 19);
 
 /**
  * UndrainReplicaRequest names a replica to return to service.
@@ -517,7 +695,7 @@ export type UndrainReplicaRequest = Message<"kinfer.admin.v1.UndrainReplicaReque
  * Use `create(UndrainReplicaRequestSchema)` to create a new message.
  */
 export const UndrainReplicaRequestSchema: GenMessage<UndrainReplicaRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 15);
+  messageDesc(file_kinfer_admin_v1_admin, 20);
 
 /**
  * UndrainReplicaResponse holds the replica as changed.
@@ -538,7 +716,7 @@ export type UndrainReplicaResponse = Message<"kinfer.admin.v1.UndrainReplicaResp
  * Use `create(UndrainReplicaResponseSchema)` to create a new message.
  */
 export const UndrainReplicaResponseSchema: GenMessage<UndrainReplicaResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 16);
+  messageDesc(file_kinfer_admin_v1_admin, 21);
 
 /**
  * WatchStateRequest selects what to watch.
@@ -566,7 +744,7 @@ export type WatchStateRequest = Message<"kinfer.admin.v1.WatchStateRequest"> & {
  * Use `create(WatchStateRequestSchema)` to create a new message.
  */
 export const WatchStateRequestSchema: GenMessage<WatchStateRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 17);
+  messageDesc(file_kinfer_admin_v1_admin, 22);
 
 /**
  * WatchStateResponse is one change of a watched model.
@@ -601,7 +779,7 @@ export type WatchStateResponse = Message<"kinfer.admin.v1.WatchStateResponse"> &
  * Use `create(WatchStateResponseSchema)` to create a new message.
  */
 export const WatchStateResponseSchema: GenMessage<WatchStateResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 18);
+  messageDesc(file_kinfer_admin_v1_admin, 23);
 
 /**
  * GetRoutingPolicyRequest names a model.
@@ -622,7 +800,7 @@ export type GetRoutingPolicyRequest = Message<"kinfer.admin.v1.GetRoutingPolicyR
  * Use `create(GetRoutingPolicyRequestSchema)` to create a new message.
  */
 export const GetRoutingPolicyRequestSchema: GenMessage<GetRoutingPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 19);
+  messageDesc(file_kinfer_admin_v1_admin, 24);
 
 /**
  * GetRoutingPolicyResponse holds a model's routing policy.
@@ -643,7 +821,7 @@ export type GetRoutingPolicyResponse = Message<"kinfer.admin.v1.GetRoutingPolicy
  * Use `create(GetRoutingPolicyResponseSchema)` to create a new message.
  */
 export const GetRoutingPolicyResponseSchema: GenMessage<GetRoutingPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 20);
+  messageDesc(file_kinfer_admin_v1_admin, 25);
 
 /**
  * SetRoutingPolicyRequest replaces a model's routing policy.
@@ -671,7 +849,7 @@ export type SetRoutingPolicyRequest = Message<"kinfer.admin.v1.SetRoutingPolicyR
  * Use `create(SetRoutingPolicyRequestSchema)` to create a new message.
  */
 export const SetRoutingPolicyRequestSchema: GenMessage<SetRoutingPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 21);
+  messageDesc(file_kinfer_admin_v1_admin, 26);
 
 /**
  * SetRoutingPolicyResponse holds the policy in force after the change.
@@ -692,7 +870,7 @@ export type SetRoutingPolicyResponse = Message<"kinfer.admin.v1.SetRoutingPolicy
  * Use `create(SetRoutingPolicyResponseSchema)` to create a new message.
  */
 export const SetRoutingPolicyResponseSchema: GenMessage<SetRoutingPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 22);
+  messageDesc(file_kinfer_admin_v1_admin, 27);
 
 /**
  * ApiKey is a tenant's API key, without its secret.
@@ -748,6 +926,20 @@ export type ApiKey = Message<"kinfer.admin.v1.ApiKey"> & {
    * @generated from field: google.protobuf.Timestamp revoked_at = 7;
    */
   revokedAt?: Timestamp | undefined;
+
+  /**
+   * The criticality of the key's requests that name none (flow control).
+   *
+   * @generated from field: kinfer.inference.v1.Priority priority = 8;
+   */
+  priority: Priority;
+
+  /**
+   * The key's share of a saturated model relative to other keys' (flow control's fair queueing).
+   *
+   * @generated from field: double weight = 9;
+   */
+  weight: number;
 };
 
 /**
@@ -755,7 +947,7 @@ export type ApiKey = Message<"kinfer.admin.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 23);
+  messageDesc(file_kinfer_admin_v1_admin, 28);
 
 /**
  * ApiKeyLimits bound what a key may use; 0 means no limit.
@@ -791,7 +983,7 @@ export type ApiKeyLimits = Message<"kinfer.admin.v1.ApiKeyLimits"> & {
  * Use `create(ApiKeyLimitsSchema)` to create a new message.
  */
 export const ApiKeyLimitsSchema: GenMessage<ApiKeyLimits> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 24);
+  messageDesc(file_kinfer_admin_v1_admin, 29);
 
 /**
  * CreateApiKeyRequest describes a key to create.
@@ -819,6 +1011,20 @@ export type CreateApiKeyRequest = Message<"kinfer.admin.v1.CreateApiKeyRequest">
    * @generated from field: kinfer.admin.v1.ApiKeyLimits limits = 3;
    */
   limits?: ApiKeyLimits | undefined;
+
+  /**
+   * The criticality of the key's requests that name none; unspecified is standard.
+   *
+   * @generated from field: kinfer.inference.v1.Priority priority = 4;
+   */
+  priority: Priority;
+
+  /**
+   * The key's share of a saturated model relative to other keys'; 0 means 1. At most 1000.
+   *
+   * @generated from field: double weight = 5;
+   */
+  weight: number;
 };
 
 /**
@@ -826,7 +1032,7 @@ export type CreateApiKeyRequest = Message<"kinfer.admin.v1.CreateApiKeyRequest">
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 25);
+  messageDesc(file_kinfer_admin_v1_admin, 30);
 
 /**
  * CreateApiKeyResponse holds the new key and, this once, its secret.
@@ -854,7 +1060,7 @@ export type CreateApiKeyResponse = Message<"kinfer.admin.v1.CreateApiKeyResponse
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 26);
+  messageDesc(file_kinfer_admin_v1_admin, 31);
 
 /**
  * ListApiKeysRequest filters the keys to list.
@@ -882,7 +1088,7 @@ export type ListApiKeysRequest = Message<"kinfer.admin.v1.ListApiKeysRequest"> &
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 27);
+  messageDesc(file_kinfer_admin_v1_admin, 32);
 
 /**
  * ListApiKeysResponse holds the keys.
@@ -903,7 +1109,7 @@ export type ListApiKeysResponse = Message<"kinfer.admin.v1.ListApiKeysResponse">
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 28);
+  messageDesc(file_kinfer_admin_v1_admin, 33);
 
 /**
  * RevokeApiKeyRequest names a key to revoke.
@@ -924,7 +1130,7 @@ export type RevokeApiKeyRequest = Message<"kinfer.admin.v1.RevokeApiKeyRequest">
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 29);
+  messageDesc(file_kinfer_admin_v1_admin, 34);
 
 /**
  * RevokeApiKeyResponse holds the revoked key.
@@ -945,7 +1151,7 @@ export type RevokeApiKeyResponse = Message<"kinfer.admin.v1.RevokeApiKeyResponse
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 30);
+  messageDesc(file_kinfer_admin_v1_admin, 35);
 
 /**
  * ReplicaState is whether a replica can take new requests.
@@ -1219,6 +1425,18 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiKeyRequestSchema;
     output: typeof RevokeApiKeyResponseSchema;
+  },
+  /**
+   * ListQueues returns the flow-control queue of every model this gateway has queued or admitted
+   * requests for: requests let through, slots free, requests waiting by criticality, and each tenant's
+   * waiting requests and share of service.
+   *
+   * @generated from rpc kinfer.admin.v1.AdminService.ListQueues
+   */
+  listQueues: {
+    methodKind: "unary";
+    input: typeof ListQueuesRequestSchema;
+    output: typeof ListQueuesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kinfer_admin_v1_admin, 0);

@@ -22,6 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { Duration } from "../../../google/protobuf/duration.js";
 import { Timestamp } from "../../../google/protobuf/timestamp.js";
+import { Priority, priorityFromJSON, priorityToJSON } from "../../inference/v1/inference.js";
 
 export const protobufPackage = "kinfer.admin.v1";
 
@@ -211,6 +212,63 @@ export function changeTypeToJSON(object: ChangeType): string {
   }
 }
 
+/** ListQueuesRequest selects the queues to return. */
+export interface ListQueuesRequest {
+  /** Only this model's queue; empty for every model. */
+  model: string;
+}
+
+/** ListQueuesResponse holds the queues, sorted by model. */
+export interface ListQueuesResponse {
+  /** The queues. */
+  queues: ModelQueue[];
+}
+
+/** ModelQueue is one model's flow-control queue on this gateway. */
+export interface ModelQueue {
+  /** The model. */
+  model: string;
+  /** Requests let through to the model's replicas and not yet ended. */
+  active: number;
+  /** Requests the model can take now without waiting; 0 while it is saturated. */
+  slots: number;
+  /** Requests waiting, by criticality. */
+  queued:
+    | QueuedRequests
+    | undefined;
+  /** Prompt bytes the waiting requests hold. */
+  queuedBytes: bigint;
+  /** How long the oldest waiting request has waited. */
+  oldestWait:
+    | Duration
+    | undefined;
+  /** Tenants that have used the model, with their waiting requests and service received. */
+  tenants: TenantShare[];
+}
+
+/** QueuedRequests counts waiting requests by criticality. */
+export interface QueuedRequests {
+  /** Critical requests (served first). */
+  critical: number;
+  /** Standard requests. */
+  standard: number;
+  /** Sheddable requests (served last, evicted first). */
+  sheddable: number;
+}
+
+/** TenantShare is a tenant's place in a model's fair queueing. */
+export interface TenantShare {
+  /** The tenant ("" for requests without an API key). */
+  tenant: string;
+  /** The tenant's requests waiting now. */
+  queued: number;
+  /**
+   * Service received, in tokens over the tenant's weight (the virtual token counter): among waiting
+   * tenants, the one with the least goes next.
+   */
+  virtualTokens: number;
+}
+
 /** Model is a servable model as the gateway sees it now. */
 export interface Model {
   /** The model's name, as clients put it in their requests. */
@@ -284,8 +342,8 @@ export interface RoutingPolicy {
     | Duration
     | undefined;
   /**
-   * Prefix affinity load cap: a warm replica keeps its affinity only while its load is at most this many
-   * times the mean load of the version's replicas; 0 uses 1.25.
+   * The bound of session and prefix affinity: a session's or prefix's replica keeps it only while its load
+   * is at most this many times the mean load of the version's replicas, plus one; 0 keeps the current.
    */
   affinityLoadFactor: number;
   /** Whether RoutingHints.affinity_key (or the session header) pins a session to a replica. */
@@ -435,7 +493,13 @@ export interface ApiKey {
     | Timestamp
     | undefined;
   /** When the key was revoked; unset while it is valid. */
-  revokedAt: Timestamp | undefined;
+  revokedAt:
+    | Timestamp
+    | undefined;
+  /** The criticality of the key's requests that name none (flow control). */
+  priority: Priority;
+  /** The key's share of a saturated model relative to other keys' (flow control's fair queueing). */
+  weight: number;
 }
 
 /** ApiKeyLimits bound what a key may use; 0 means no limit. */
@@ -458,7 +522,13 @@ export interface CreateApiKeyRequest {
   /** The models the key may use; empty allows every model. */
   allowedModels: string[];
   /** The key's limits. */
-  limits: ApiKeyLimits | undefined;
+  limits:
+    | ApiKeyLimits
+    | undefined;
+  /** The criticality of the key's requests that name none; unspecified is standard. */
+  priority: Priority;
+  /** The key's share of a saturated model relative to other keys'; 0 means 1. At most 1000. */
+  weight: number;
 }
 
 /** CreateApiKeyResponse holds the new key and, this once, its secret. */
@@ -496,6 +566,530 @@ export interface RevokeApiKeyResponse {
   /** The key, with revoked_at set. */
   key: ApiKey | undefined;
 }
+
+function createBaseListQueuesRequest(): ListQueuesRequest {
+  return { model: "" };
+}
+
+export const ListQueuesRequest: MessageFns<ListQueuesRequest> = {
+  encode(message: ListQueuesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListQueuesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListQueuesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListQueuesRequest {
+    return { model: isSet(object.model) ? globalThis.String(object.model) : "" };
+  },
+
+  toJSON(message: ListQueuesRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(base?: I): ListQueuesRequest {
+    return ListQueuesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListQueuesRequest>, I>>(object: I): ListQueuesRequest {
+    const message = createBaseListQueuesRequest();
+    message.model = object.model ?? "";
+    return message;
+  },
+};
+
+function createBaseListQueuesResponse(): ListQueuesResponse {
+  return { queues: [] };
+}
+
+export const ListQueuesResponse: MessageFns<ListQueuesResponse> = {
+  encode(message: ListQueuesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.queues) {
+      ModelQueue.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListQueuesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListQueuesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queues.push(ModelQueue.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListQueuesResponse {
+    return {
+      queues: globalThis.Array.isArray(object?.queues) ? object.queues.map((e: any) => ModelQueue.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListQueuesResponse): unknown {
+    const obj: any = {};
+    if (message.queues?.length) {
+      obj.queues = message.queues.map((e) => ModelQueue.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListQueuesResponse>, I>>(base?: I): ListQueuesResponse {
+    return ListQueuesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListQueuesResponse>, I>>(object: I): ListQueuesResponse {
+    const message = createBaseListQueuesResponse();
+    message.queues = object.queues?.map((e) => ModelQueue.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseModelQueue(): ModelQueue {
+  return { model: "", active: 0, slots: 0, queued: undefined, queuedBytes: 0n, oldestWait: undefined, tenants: [] };
+}
+
+export const ModelQueue: MessageFns<ModelQueue> = {
+  encode(message: ModelQueue, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.active !== 0) {
+      writer.uint32(16).uint32(message.active);
+    }
+    if (message.slots !== 0) {
+      writer.uint32(24).uint32(message.slots);
+    }
+    if (message.queued !== undefined) {
+      QueuedRequests.encode(message.queued, writer.uint32(34).fork()).join();
+    }
+    if (message.queuedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.queuedBytes) !== message.queuedBytes) {
+        throw new globalThis.Error("value provided for field message.queuedBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.queuedBytes);
+    }
+    if (message.oldestWait !== undefined) {
+      Duration.encode(message.oldestWait, writer.uint32(50).fork()).join();
+    }
+    for (const v of message.tenants) {
+      TenantShare.encode(v!, writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ModelQueue {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseModelQueue();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.active = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.slots = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.queued = QueuedRequests.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.queuedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.oldestWait = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.tenants.push(TenantShare.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ModelQueue {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      active: isSet(object.active) ? globalThis.Number(object.active) : 0,
+      slots: isSet(object.slots) ? globalThis.Number(object.slots) : 0,
+      queued: isSet(object.queued) ? QueuedRequests.fromJSON(object.queued) : undefined,
+      queuedBytes: isSet(object.queuedBytes)
+        ? BigInt(object.queuedBytes)
+        : isSet(object.queued_bytes)
+        ? BigInt(object.queued_bytes)
+        : 0n,
+      oldestWait: isSet(object.oldestWait)
+        ? Duration.fromJSON(object.oldestWait)
+        : isSet(object.oldest_wait)
+        ? Duration.fromJSON(object.oldest_wait)
+        : undefined,
+      tenants: globalThis.Array.isArray(object?.tenants) ? object.tenants.map((e: any) => TenantShare.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ModelQueue): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.active !== 0) {
+      obj.active = Math.round(message.active);
+    }
+    if (message.slots !== 0) {
+      obj.slots = Math.round(message.slots);
+    }
+    if (message.queued !== undefined) {
+      obj.queued = QueuedRequests.toJSON(message.queued);
+    }
+    if (message.queuedBytes !== 0n) {
+      obj.queuedBytes = message.queuedBytes.toString();
+    }
+    if (message.oldestWait !== undefined) {
+      obj.oldestWait = Duration.toJSON(message.oldestWait);
+    }
+    if (message.tenants?.length) {
+      obj.tenants = message.tenants.map((e) => TenantShare.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ModelQueue>, I>>(base?: I): ModelQueue {
+    return ModelQueue.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ModelQueue>, I>>(object: I): ModelQueue {
+    const message = createBaseModelQueue();
+    message.model = object.model ?? "";
+    message.active = object.active ?? 0;
+    message.slots = object.slots ?? 0;
+    message.queued = (object.queued !== undefined && object.queued !== null)
+      ? QueuedRequests.fromPartial(object.queued)
+      : undefined;
+    message.queuedBytes = (object.queuedBytes !== undefined && object.queuedBytes !== null)
+      ? BigInt(object.queuedBytes)
+      : 0n;
+    message.oldestWait = (object.oldestWait !== undefined && object.oldestWait !== null)
+      ? Duration.fromPartial(object.oldestWait)
+      : undefined;
+    message.tenants = object.tenants?.map((e) => TenantShare.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseQueuedRequests(): QueuedRequests {
+  return { critical: 0, standard: 0, sheddable: 0 };
+}
+
+export const QueuedRequests: MessageFns<QueuedRequests> = {
+  encode(message: QueuedRequests, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.critical !== 0) {
+      writer.uint32(8).uint32(message.critical);
+    }
+    if (message.standard !== 0) {
+      writer.uint32(16).uint32(message.standard);
+    }
+    if (message.sheddable !== 0) {
+      writer.uint32(24).uint32(message.sheddable);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueuedRequests {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueuedRequests();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.critical = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.standard = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.sheddable = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueuedRequests {
+    return {
+      critical: isSet(object.critical) ? globalThis.Number(object.critical) : 0,
+      standard: isSet(object.standard) ? globalThis.Number(object.standard) : 0,
+      sheddable: isSet(object.sheddable) ? globalThis.Number(object.sheddable) : 0,
+    };
+  },
+
+  toJSON(message: QueuedRequests): unknown {
+    const obj: any = {};
+    if (message.critical !== 0) {
+      obj.critical = Math.round(message.critical);
+    }
+    if (message.standard !== 0) {
+      obj.standard = Math.round(message.standard);
+    }
+    if (message.sheddable !== 0) {
+      obj.sheddable = Math.round(message.sheddable);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QueuedRequests>, I>>(base?: I): QueuedRequests {
+    return QueuedRequests.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QueuedRequests>, I>>(object: I): QueuedRequests {
+    const message = createBaseQueuedRequests();
+    message.critical = object.critical ?? 0;
+    message.standard = object.standard ?? 0;
+    message.sheddable = object.sheddable ?? 0;
+    return message;
+  },
+};
+
+function createBaseTenantShare(): TenantShare {
+  return { tenant: "", queued: 0, virtualTokens: 0 };
+}
+
+export const TenantShare: MessageFns<TenantShare> = {
+  encode(message: TenantShare, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenant !== "") {
+      writer.uint32(10).string(message.tenant);
+    }
+    if (message.queued !== 0) {
+      writer.uint32(16).uint32(message.queued);
+    }
+    if (message.virtualTokens !== 0) {
+      writer.uint32(25).double(message.virtualTokens);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TenantShare {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTenantShare();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenant = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.queued = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.virtualTokens = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TenantShare {
+    return {
+      tenant: isSet(object.tenant) ? globalThis.String(object.tenant) : "",
+      queued: isSet(object.queued) ? globalThis.Number(object.queued) : 0,
+      virtualTokens: isSet(object.virtualTokens)
+        ? globalThis.Number(object.virtualTokens)
+        : isSet(object.virtual_tokens)
+        ? globalThis.Number(object.virtual_tokens)
+        : 0,
+    };
+  },
+
+  toJSON(message: TenantShare): unknown {
+    const obj: any = {};
+    if (message.tenant !== "") {
+      obj.tenant = message.tenant;
+    }
+    if (message.queued !== 0) {
+      obj.queued = Math.round(message.queued);
+    }
+    if (message.virtualTokens !== 0) {
+      obj.virtualTokens = message.virtualTokens;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TenantShare>, I>>(base?: I): TenantShare {
+    return TenantShare.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TenantShare>, I>>(object: I): TenantShare {
+    const message = createBaseTenantShare();
+    message.tenant = object.tenant ?? "";
+    message.queued = object.queued ?? 0;
+    message.virtualTokens = object.virtualTokens ?? 0;
+    return message;
+  },
+};
 
 function createBaseModel(): Model {
   return { name: "", versions: [], routingPolicy: undefined };
@@ -2618,6 +3212,8 @@ function createBaseApiKey(): ApiKey {
     limits: undefined,
     createdAt: undefined,
     revokedAt: undefined,
+    priority: 0,
+    weight: 0,
   };
 }
 
@@ -2643,6 +3239,12 @@ export const ApiKey: MessageFns<ApiKey> = {
     }
     if (message.revokedAt !== undefined) {
       Timestamp.encode(message.revokedAt, writer.uint32(58).fork()).join();
+    }
+    if (message.priority !== 0) {
+      writer.uint32(64).int32(message.priority);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(73).double(message.weight);
     }
     return writer;
   },
@@ -2716,6 +3318,22 @@ export const ApiKey: MessageFns<ApiKey> = {
             message.revokedAt = Timestamp.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2753,6 +3371,8 @@ export const ApiKey: MessageFns<ApiKey> = {
         : isSet(object.revoked_at)
         ? fromJsonTimestamp(object.revoked_at)
         : undefined,
+      priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
     };
   },
 
@@ -2779,6 +3399,12 @@ export const ApiKey: MessageFns<ApiKey> = {
     if (message.revokedAt !== undefined) {
       obj.revokedAt = fromTimestamp(message.revokedAt).toISOString();
     }
+    if (message.priority !== 0) {
+      obj.priority = priorityToJSON(message.priority);
+    }
+    if (message.weight !== 0) {
+      obj.weight = message.weight;
+    }
     return obj;
   },
 
@@ -2800,6 +3426,8 @@ export const ApiKey: MessageFns<ApiKey> = {
     message.revokedAt = (object.revokedAt !== undefined && object.revokedAt !== null)
       ? Timestamp.fromPartial(object.revokedAt)
       : undefined;
+    message.priority = object.priority ?? 0;
+    message.weight = object.weight ?? 0;
     return message;
   },
 };
@@ -2923,7 +3551,7 @@ export const ApiKeyLimits: MessageFns<ApiKeyLimits> = {
 };
 
 function createBaseCreateApiKeyRequest(): CreateApiKeyRequest {
-  return { tenant: "", allowedModels: [], limits: undefined };
+  return { tenant: "", allowedModels: [], limits: undefined, priority: 0, weight: 0 };
 }
 
 export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
@@ -2936,6 +3564,12 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
     }
     if (message.limits !== undefined) {
       ApiKeyLimits.encode(message.limits, writer.uint32(26).fork()).join();
+    }
+    if (message.priority !== 0) {
+      writer.uint32(32).int32(message.priority);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(41).double(message.weight);
     }
     return writer;
   },
@@ -2977,6 +3611,22 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
             message.limits = ApiKeyLimits.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.priority = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2998,6 +3648,8 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
         ? object.allowed_models.map((e: any) => globalThis.String(e))
         : [],
       limits: isSet(object.limits) ? ApiKeyLimits.fromJSON(object.limits) : undefined,
+      priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
     };
   },
 
@@ -3012,6 +3664,12 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
     if (message.limits !== undefined) {
       obj.limits = ApiKeyLimits.toJSON(message.limits);
     }
+    if (message.priority !== 0) {
+      obj.priority = priorityToJSON(message.priority);
+    }
+    if (message.weight !== 0) {
+      obj.weight = message.weight;
+    }
     return obj;
   },
 
@@ -3025,6 +3683,8 @@ export const CreateApiKeyRequest: MessageFns<CreateApiKeyRequest> = {
     message.limits = (object.limits !== undefined && object.limits !== null)
       ? ApiKeyLimits.fromPartial(object.limits)
       : undefined;
+    message.priority = object.priority ?? 0;
+    message.weight = object.weight ?? 0;
     return message;
   },
 };
@@ -3540,6 +4200,20 @@ export const AdminServiceService = {
       Buffer.from(RevokeApiKeyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RevokeApiKeyResponse => RevokeApiKeyResponse.decode(value),
   },
+  /**
+   * ListQueues returns the flow-control queue of every model this gateway has queued or admitted
+   * requests for: requests let through, slots free, requests waiting by criticality, and each tenant's
+   * waiting requests and share of service.
+   */
+  listQueues: {
+    path: "/kinfer.admin.v1.AdminService/ListQueues" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListQueuesRequest): Buffer => Buffer.from(ListQueuesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListQueuesRequest => ListQueuesRequest.decode(value),
+    responseSerialize: (value: ListQueuesResponse): Buffer => Buffer.from(ListQueuesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListQueuesResponse => ListQueuesResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -3572,6 +4246,12 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   listApiKeys: handleUnaryCall<ListApiKeysRequest, ListApiKeysResponse>;
   /** RevokeApiKey revokes a key; the next request that uses it fails with UNAUTHENTICATED. */
   revokeApiKey: handleUnaryCall<RevokeApiKeyRequest, RevokeApiKeyResponse>;
+  /**
+   * ListQueues returns the flow-control queue of every model this gateway has queued or admitted
+   * requests for: requests let through, slots free, requests waiting by criticality, and each tenant's
+   * waiting requests and share of service.
+   */
+  listQueues: handleUnaryCall<ListQueuesRequest, ListQueuesResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -3748,6 +4428,26 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RevokeApiKeyResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ListQueues returns the flow-control queue of every model this gateway has queued or admitted
+   * requests for: requests let through, slots free, requests waiting by criticality, and each tenant's
+   * waiting requests and share of service.
+   */
+  listQueues(
+    request: ListQueuesRequest,
+    callback: (error: ServiceError | null, response: ListQueuesResponse) => void,
+  ): ClientUnaryCall;
+  listQueues(
+    request: ListQueuesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListQueuesResponse) => void,
+  ): ClientUnaryCall;
+  listQueues(
+    request: ListQueuesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListQueuesResponse) => void,
   ): ClientUnaryCall;
 }
 
