@@ -52,7 +52,7 @@ export async function main(argv: string[]): Promise<void> {
   if (config.discovery.source === "kubernetes") {
     const kc = kubeConfig(config.discovery.kubeconfig);
     const source = createKubeEndpointSource(kc, {
-      ...(config.discovery.namespace !== undefined ? { namespace: config.discovery.namespace } : {}),
+      namespaces: config.discovery.namespaces ?? [],
       log: (msg, fields) => log.warn(fields ?? {}, msg),
     });
     await source.synced;

@@ -253,16 +253,25 @@ export const gatewayConfigSchema = z
       .prefault({}),
     /**
      * Where replicas come from: "static" (the replica URLs listed under each version) or "kubernetes"
-     * (EndpointSlices labelled kinfer.io/model and kinfer.io/version, in `namespace` or all namespaces,
-     * with in-cluster credentials or `kubeconfig`). Models and versions are always declared here.
+     * (EndpointSlices labelled kinfer.io/model and kinfer.io/version, in the `namespaces` listed, which
+     * the kubernetes source requires: the gateway needs a Role to read EndpointSlices in each, and never
+     * looks anywhere else; credentials in-cluster or from `kubeconfig`). Models and versions are always
+     * declared here.
      */
     discovery: z
       .object({
         source: z.enum(["static", "kubernetes"]).default("static"),
-        namespace: z.string().optional(),
+        namespaces: z
+          .array(z.string().regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, { error: "not a namespace name" }))
+          .min(1)
+          .optional(),
         kubeconfig: z.string().optional(),
       })
       .strict()
+      .refine((d) => d.source !== "kubernetes" || d.namespaces !== undefined, {
+        error: "the kubernetes source needs namespaces: the namespaces whose EndpointSlices name replicas",
+        path: ["namespaces"],
+      })
       .prefault({}),
     /**
      * The admin API (kinfer.admin.v1.AdminService) on its own listener, loopback by default. Callers send

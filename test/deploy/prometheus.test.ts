@@ -184,7 +184,7 @@ describe("kinfer's PromQL on a real Prometheus", () => {
       data: { groups: { rules: { name: string; health: string; lastError?: string }[] }[] };
     };
     const rules = body.data.groups.flatMap((g) => g.rules);
-    expect(rules).toHaveLength(12);
+    expect(rules).toHaveLength(18);
     for (const r of rules) expect(r.health, `${r.name}: ${r.lastError}`).toBe("ok");
   });
 
