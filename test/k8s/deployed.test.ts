@@ -16,7 +16,11 @@
  *   grace periods ends early (the counts are printed);
  * - Flagger (built from its module, provider kubernetes) bootstraps llama-3-8b's Canary: the gateway routes
  *   to the -primary copy through the Services Flagger makes, and the model's PodDisruptionBudget counts it;
- * - `kubectl auth can-i` with each ServiceAccount's own token: allowed what it needs, denied the rest.
+ * - `kubectl auth can-i` with each ServiceAccount's own token: allowed what it needs, denied the rest;
+ * - three gateway replicas share one control state (KinferModel objects): a split set through one admin
+ *   API is applied by all within a second and survives a rolling restart of the gateways; the built-in
+ *   rollout, turned on as an operator would (config and a canary Deployment), runs on the holder of its
+ *   Lease, and when that gateway pod is deleted another takes the Lease and resumes from the stored step.
  * Prometheus, prometheus-adapter and KEDA are not run here (issue #22's tests run the operations loops).
  */
 import { execFile } from "node:child_process";
@@ -24,9 +28,11 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { CoreV1Api, DiscoveryV1Api, type V1Pod } from "@kubernetes/client-node";
+import { CoreV1Api, DiscoveryV1Api, type V1Deployment, type V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
 import { AdminService, ReplicaState } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
+import { type KinferModelObject, objectName } from "../../server/control/kube-control-store.js";
 import { freePort } from "../helpers/free-port.js";
 import { type Cluster, startCluster } from "./cluster/cluster.js";
 import { requireBuild } from "./cluster/images.js";
@@ -164,17 +170,25 @@ async function readyEndpoints(namespace: string, service: string, port: string):
 let adminToken = "";
 /** Where each container's output stood once the platform was installed and discovering (uid/container). */
 const logOffsets = new Map<string, number>();
-/** The replica URLs the gateway at `ip` routes `model` to (state READY), from its admin API. */
-async function routed(ip: string, model: string): Promise<string[]> {
+/** The admin API of the gateway pod at `ip`. */
+function adminAt(ip: string) {
   const bearer: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${adminToken}`);
     return next(req);
   };
-  const admin = createClient(
+  return createClient(
     AdminService,
     createConnectTransport({ baseUrl: `http://${ip}:8081`, httpVersion: "1.1", interceptors: [bearer] }),
   );
-  const { model: m } = await admin.getModel({ model });
+}
+/** The weight of each version of `model` at the gateway pod at `ip`. */
+async function weightsAt(ip: string, model: string): Promise<Record<string, number>> {
+  const { model: m } = await adminAt(ip).getModel({ model });
+  return Object.fromEntries((m?.versions ?? []).map((v) => [v.name, v.weight]));
+}
+/** The replica URLs the gateway at `ip` routes `model` to (state READY), from its admin API. */
+async function routed(ip: string, model: string): Promise<string[]> {
+  const { model: m } = await adminAt(ip).getModel({ model });
   return (m?.versions ?? [])
     .flatMap((v) => v.replicas)
     .filter((r) => r.state === ReplicaState.READY)
@@ -579,6 +593,15 @@ describe("deploy/ as shipped, on a real control plane", () => {
       ["kinfer-system/kinfer-gateway", "list endpointslices.discovery.k8s.io --all-namespaces", "no"],
       ["kinfer-system/kinfer-gateway", "get pods -n kinfer-models", "no"],
       ["kinfer-system/kinfer-gateway", "get secrets -n kinfer-system", "no"],
+      // Its control state: KinferModels and their status, the rollout Lease by name, the keys Secret.
+      ["kinfer-system/kinfer-gateway", "update kinfermodels.kinfer.io -n kinfer-system", "yes"],
+      ["kinfer-system/kinfer-gateway", "update kinfermodels.kinfer.io/status -n kinfer-system", "yes"],
+      ["kinfer-system/kinfer-gateway", "delete kinfermodels.kinfer.io -n kinfer-system", "no"],
+      ["kinfer-system/kinfer-gateway", "update kinfermodels.kinfer.io -n kinfer-models", "no"],
+      ["kinfer-system/kinfer-gateway", "update leases/kinfer-gateway-rollout -n kinfer-system", "yes"],
+      ["kinfer-system/kinfer-gateway", "update leases/gpu-scheduler -n kinfer-system", "no"],
+      ["kinfer-system/kinfer-gateway", "update secrets/kinfer-gateway-keys -n kinfer-system", "yes"],
+      ["kinfer-system/kinfer-gateway", "get secrets/kinfer-gateway-admin -n kinfer-system", "no"],
       // The GPU scheduler pod (kube-scheduler and kinfer-scheduler): its lease, scheduling, device records.
       ["kinfer-system/gpu-scheduler", "update leases/gpu-scheduler -n kinfer-system", "yes"],
       ["kinfer-system/gpu-scheduler", "create leases -n kinfer-system", "yes"],
@@ -622,6 +645,204 @@ describe("deploy/ as shipped, on a real control plane", () => {
     }
     expect(answers.filter((a) => !/: (\w+) \(expected \1\)$/.test(a))).toEqual([]);
   });
+
+  it("three gateway replicas share one control state; the built-in rollout survives the deletion of its leader", async () => {
+    // Three replicas, as an operator raises the HPA's floor.
+    await cluster.kubectl([
+      "-n",
+      SYSTEM,
+      "patch",
+      "hpa",
+      "kinfer-gateway",
+      "--type=merge",
+      "-p",
+      '{"spec":{"minReplicas":3}}',
+    ]);
+    await cluster.kubectl(["-n", SYSTEM, "scale", "deployment/kinfer-gateway", "--replicas=3"]);
+    const discovering = async () => {
+      const ips = await gatewayIps();
+      if (ips.length !== 3) return undefined;
+      for (const ip of ips) if ((await routed(ip, QWEN.model)).length === 0) return undefined;
+      return ips;
+    };
+    const ips = await until("3 gateways discovering", discovering, 120_000);
+
+    // A split through one gateway's admin API: every gateway applies it within a second.
+    await adminAt(ips[0] as string).setTrafficSplit({
+      model: LLAMA.model,
+      weights: [
+        { version: "stable", weight: 70 },
+        { version: "canary", weight: 30 },
+      ],
+    });
+    const set = Date.now();
+    for (const ip of ips)
+      await until(`gateway ${ip} applies the split`, async () =>
+        (await weightsAt(ip, LLAMA.model)).canary === 30 ? true : undefined,
+      );
+    const applied = Date.now() - set;
+    console.log(`a split set through one of 3 gateways was in force on all 3 after ${applied} ms`);
+    expect(applied).toBeLessThan(1000);
+    const stored = async (model: string) =>
+      JSON.parse(
+        await cluster.kubectl(["-n", SYSTEM, "get", "kinfermodel", objectName(model), "-o", "json"]),
+      ) as KinferModelObject;
+    expect((await stored(LLAMA.model)).spec?.weights).toEqual([
+      { version: "canary", weight: 30 },
+      { version: "stable", weight: 70 },
+    ]);
+
+    // The built-in rollout for qwen2.5-32b, turned on as an operator would: the gateway's config gains a
+    // canary version and rollout settings (short steps, for the test), and the gateways roll to it.
+    const deployment = JSON.parse(
+      await cluster.kubectl(["-n", SYSTEM, "get", "deployment", "kinfer-gateway", "-o", "json"]),
+    ) as V1Deployment;
+    const configMap = deployment.spec?.template.spec?.volumes?.find((v) => v.name === "config")?.configMap
+      ?.name;
+    const text = JSON.parse(
+      await cluster.kubectl(["-n", SYSTEM, "get", "configmap", configMap as string, "-o", "json"]),
+    ).data["gateway.yaml"] as string;
+    const config = parseYaml(text) as { models: { name: string; versions: unknown[]; rollout?: unknown }[] };
+    const qwen = config.models.find((m) => m.name === QWEN.model) as (typeof config.models)[0];
+    qwen.versions = [
+      { name: "stable", weight: 100 },
+      { name: "canary", weight: 0 },
+    ];
+    qwen.rollout = { intervalMs: 2000, stepWeight: 20, maxWeight: 80, minRequests: 3, maxTtftRatio: 100 };
+    await cluster.kubectl(
+      ["-n", SYSTEM, "create", "configmap", "kinfer-gateway-rollout", "--from-file=gateway.yaml=/dev/stdin"],
+      {
+        input: stringifyYaml(config),
+      },
+    );
+    const before = (await podsOf(SYSTEM, "app.kubernetes.io/name=kinfer-gateway")).map(
+      (p) => p.metadata?.name as string,
+    );
+    await cluster.kubectl([
+      "-n",
+      SYSTEM,
+      "patch",
+      "deployment",
+      "kinfer-gateway",
+      "-p",
+      '{"spec":{"template":{"spec":{"volumes":[{"name":"config","configMap":{"name":"kinfer-gateway-rollout"}}]}}}}',
+    ]);
+    await cluster.kubectl(["-n", SYSTEM, "rollout", "status", "deployment/kinfer-gateway", "--timeout=300s"]);
+    const restarted = await until(
+      "3 new gateways discovering",
+      async () => {
+        const names = (await podsOf(SYSTEM, "app.kubernetes.io/name=kinfer-gateway")).map(
+          (p) => p.metadata?.name,
+        );
+        return names.some((n) => before.includes(n as string)) ? undefined : discovering();
+      },
+      300_000,
+    );
+    // The split set before the restart is still in force: it lives in the cluster, not in a process.
+    for (const ip of restarted) expect((await weightsAt(ip, LLAMA.model)).canary).toBe(30);
+
+    // The new version, deployed as a copy of stable labelled kinfer.io/version=canary.
+    const stableDeployment = JSON.parse(
+      await cluster.kubectl(["-n", MODELS, "get", "deployment", QWEN.deployment, "-o", "json"]),
+    ) as V1Deployment;
+    const app = `${QWEN.app}-canary`;
+    const canary = {
+      apiVersion: "v1",
+      kind: "List",
+      items: [
+        {
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          metadata: {
+            name: `${QWEN.deployment}-canary`,
+            namespace: MODELS,
+            labels: { ...stableDeployment.metadata?.labels, app },
+          },
+          spec: {
+            ...stableDeployment.spec,
+            replicas: 1,
+            selector: { matchLabels: { app } },
+            template: {
+              ...stableDeployment.spec?.template,
+              metadata: { labels: { ...stableDeployment.spec?.template.metadata?.labels, app } },
+            },
+          },
+        },
+        {
+          apiVersion: "v1",
+          kind: "Service",
+          metadata: {
+            name: `${QWEN.deployment}-canary`,
+            namespace: MODELS,
+            labels: { "kinfer.io/model": QWEN.model, "kinfer.io/version": "canary" },
+          },
+          spec: { selector: { app }, ports: [{ name: "http", port: 8000, targetPort: "http" }] },
+        },
+      ],
+    };
+    await cluster.kubectl(["apply", "-f", "-"], { input: JSON.stringify(canary) });
+
+    // Load through the gateways while the rollout runs, so that whoever leads has requests to judge.
+    let targets = await readyEndpoints(SYSTEM, "kinfer-gateway", "http");
+    const load = startLoad({ targets: () => targets, model: QWEN.model, concurrency: 6 });
+    try {
+      const rolloutOf = async () => (await stored(QWEN.model)).status?.rollout;
+      await until(
+        "the rollout past 40%",
+        async () => (((await rolloutOf())?.canaryWeight ?? 0) >= 40 ? true : undefined),
+        180_000,
+      );
+      const holder = async () =>
+        (
+          await cluster.kubectl([
+            "-n",
+            SYSTEM,
+            "get",
+            "lease",
+            "kinfer-gateway-rollout",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+          ])
+        ).trim();
+      const leader = await holder();
+      const atHandover = (await rolloutOf())?.canaryWeight as number;
+      expect(restarted.length).toBe(3);
+      // The leader's pod is deleted (a node drain, a scale-in): it drains, releases the Lease, and exits.
+      await cluster.kubectl(["-n", SYSTEM, "delete", "pod", leader, "--wait=false"]);
+      const next = await until(
+        "another gateway to hold the Lease",
+        async () => {
+          const h = await holder();
+          return h !== "" && h !== leader ? h : undefined;
+        },
+        60_000,
+      );
+      targets = await readyEndpoints(SYSTEM, "kinfer-gateway", "http");
+      const seen: number[] = [];
+      await until(
+        "the rollout promoted by the next leader",
+        async () => {
+          const r = await rolloutOf();
+          if (r !== undefined) seen.push(r.canaryWeight);
+          return r?.phase === "promoted" ? true : undefined;
+        },
+        180_000,
+      );
+      console.log(
+        `the rollout went on from ${atHandover}% after its leader ${leader} was deleted; ${next} took the Lease and promoted the canary (weights seen: ${[...new Set(seen)].join(", ")})`,
+      );
+      expect(Math.min(...seen)).toBeGreaterThanOrEqual(atHandover);
+      for (const ip of await gatewayIps())
+        await until(`gateway ${ip} sends all of qwen to the canary`, async () =>
+          (await weightsAt(ip, QWEN.model)).canary === 100 ? true : undefined,
+        );
+    } finally {
+      const s = summarize(await load.stop());
+      console.log(
+        `  load during the rollout: ${s.streams} streams, ${s.completed} completed, ${s.endedEarly} ended early`,
+      );
+    }
+  }, 600_000);
 });
 
 /** The name of the pod's ServiceAccount token volume (kube-api-access-*, added by admission). */
