@@ -13,6 +13,7 @@ import {
 } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import type { SimServer } from "../../sim/http/sim-server.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
+import { expectIdle } from "../helpers/idle.js";
 import { postJson } from "../helpers/sse.js";
 
 const MODEL = "m";
@@ -192,6 +193,20 @@ describe("cancellation and deadlines reach the replica", () => {
     });
     const r = await generate(h, { timeoutMs: 5000 });
     expect(r.error?.code).toBe(Code.InvalidArgument);
+  });
+
+  it("a call with no deadline gets limits.maxTimeoutMs: it ends with DEADLINE_EXCEEDED, nothing held", async () => {
+    h = await startHarness({
+      models: { [MODEL]: { stable: 1 } },
+      config: { limits: { maxTimeoutMs: 600 } },
+    });
+    const started = performance.now();
+    const r = await generate(h, { maxTokens: 4000 }); // longer than 600 ms at the engine's pace
+    const took = performance.now() - started;
+    expect(r.error?.code).toBe(Code.DeadlineExceeded);
+    expect(took).toBeGreaterThanOrEqual(550);
+    expect(took).toBeLessThan(3000);
+    await expectIdle(h);
   });
 });
 
