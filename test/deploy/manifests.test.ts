@@ -300,7 +300,7 @@ describe("lint: the mistakes that fail silently", () => {
     });
   });
 
-  it("the gateway has no cluster-wide permission: a Role per discovery namespace, EndpointSlices only", () => {
+  it("the gateway has no cluster-wide permission: a Role per discovery namespace (EndpointSlices only), and in its own its control state by name", () => {
     const cm = byKind("ConfigMap").find((c) => c.metadata.name.startsWith("kinfer-gateway"));
     const config = parseGatewayConfig(parse(cm?.data?.["gateway.yaml"] ?? ""), "gateway.yaml");
     const isGateway = (b: KubeObject) =>
@@ -308,18 +308,40 @@ describe("lint: the mistakes that fail silently", () => {
         (s: { kind: string; name: string }) => s.kind === "ServiceAccount" && s.name === "kinfer-gateway",
       );
     expect(byKind("ClusterRoleBinding").filter(isGateway)).toEqual([]);
-    const bindings = byKind("RoleBinding").filter(isGateway);
-    expect(bindings.map((b) => b.metadata.namespace).sort()).toEqual(
-      [...(config.discovery.namespaces ?? [])].sort(),
-    );
-    for (const b of bindings) {
-      const role = byKind("Role").find(
+    const roleOf = (b: KubeObject) =>
+      byKind("Role").find(
         (r) => r.metadata.name === b.roleRef?.name && r.metadata.namespace === b.metadata.namespace,
       );
-      expect(role?.rules).toEqual([
+    const bindings = byKind("RoleBinding").filter(isGateway);
+    const discovery = bindings.filter((b) => b.roleRef?.name === "kinfer-gateway-discovery");
+    expect(discovery.map((b) => b.metadata.namespace).sort()).toEqual(
+      [...(config.discovery.namespaces ?? [])].sort(),
+    );
+    for (const b of discovery)
+      expect(roleOf(b)?.rules).toEqual([
         { apiGroups: ["discovery.k8s.io"], resources: ["endpointslices"], verbs: ["get", "list", "watch"] },
       ]);
-    }
+    // The control state (config.control.store kubernetes): in the gateway's own namespace only.
+    expect(config.control.store).toBe("kubernetes");
+    const control = bindings.filter((b) => b.roleRef?.name === "kinfer-gateway-control");
+    expect(control.map((b) => b.metadata.namespace)).toEqual(["kinfer-system"]);
+    expect(bindings).toHaveLength(discovery.length + control.length);
+    const rules = roleOf(control[0] as KubeObject)?.rules as {
+      resources: string[];
+      resourceNames?: string[];
+    }[];
+    expect(
+      rules.map((r) => `${r.resources.join(",")}${r.resourceNames ? `/${r.resourceNames.join(",")}` : ""}`),
+    ).toEqual([
+      "kinfermodels",
+      "kinfermodels/status",
+      "leases",
+      "leases/kinfer-gateway-rollout",
+      "secrets/kinfer-gateway-keys",
+    ]);
+    expect(rules.find((r) => r.resources[0] === "leases" && !r.resourceNames)).toMatchObject({
+      verbs: ["create"],
+    });
   });
 
   it("every model's PodDisruptionBudget also covers Flagger's -primary copy of its pods", () => {
