@@ -708,13 +708,15 @@ describe("deploy/ as shipped, on a real control plane", () => {
       { name: "stable", weight: 100 },
       { name: "canary", weight: 0 },
     ];
-    qwen.rollout = { intervalMs: 2000, stepWeight: 20, maxWeight: 80, minRequests: 3, maxTtftRatio: 100 };
-    await cluster.kubectl(
-      ["-n", SYSTEM, "create", "configmap", "kinfer-gateway-rollout", "--from-file=gateway.yaml=/dev/stdin"],
-      {
-        input: stringifyYaml(config),
-      },
-    );
+    qwen.rollout = { intervalMs: 8000, stepWeight: 20, maxWeight: 80, minRequests: 3, maxTtftRatio: 100 };
+    await cluster.kubectl(["apply", "-f", "-"], {
+      input: JSON.stringify({
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        metadata: { name: "kinfer-gateway-rollout", namespace: SYSTEM },
+        data: { "gateway.yaml": stringifyYaml(config) },
+      }),
+    });
     const before = (await podsOf(SYSTEM, "app.kubernetes.io/name=kinfer-gateway")).map(
       (p) => p.metadata?.name as string,
     );
@@ -784,14 +786,30 @@ describe("deploy/ as shipped, on a real control plane", () => {
 
     // Load through the gateways while the rollout runs, so that whoever leads has requests to judge.
     let targets = await readyEndpoints(SYSTEM, "kinfer-gateway", "http");
-    const load = startLoad({ targets: () => targets, model: QWEN.model, concurrency: 6 });
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        targets = await readyEndpoints(SYSTEM, "kinfer-gateway", "http").catch(() => targets);
+        await sleep(100);
+      }
+    })();
+    // Short requests, many of them: the leader judges each step on its own share of them.
+    const load = startLoad({ targets: () => targets, model: QWEN.model, concurrency: 12, maxTokens: 4 });
     try {
       const rolloutOf = async () => (await stored(QWEN.model)).status?.rollout;
+      let last: unknown;
       await until(
         "the rollout past 40%",
-        async () => (((await rolloutOf())?.canaryWeight ?? 0) >= 40 ? true : undefined),
+        async () => {
+          last = await rolloutOf();
+          return ((last as { canaryWeight?: number } | undefined)?.canaryWeight ?? 0) >= 40
+            ? true
+            : undefined;
+        },
         180_000,
-      );
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}\nstored rollout: ${JSON.stringify(last)}`);
+      });
       const holder = async () =>
         (
           await cluster.kubectl([
@@ -817,7 +835,9 @@ describe("deploy/ as shipped, on a real control plane", () => {
         },
         60_000,
       );
-      targets = await readyEndpoints(SYSTEM, "kinfer-gateway", "http");
+      // Steps are 8 s apart: the rollout is still under way when the next leader takes it over.
+      const taken = await rolloutOf();
+      expect(taken?.phase).toBe("progressing");
       const seen: number[] = [];
       await until(
         "the rollout promoted by the next leader",
@@ -829,7 +849,7 @@ describe("deploy/ as shipped, on a real control plane", () => {
         180_000,
       );
       console.log(
-        `the rollout went on from ${atHandover}% after its leader ${leader} was deleted; ${next} took the Lease and promoted the canary (weights seen: ${[...new Set(seen)].join(", ")})`,
+        `the rollout went on from ${atHandover}% after its leader ${leader} was deleted; ${next} took the Lease at ${taken?.canaryWeight}% and promoted the canary (weights seen: ${[...new Set(seen)].join(", ")})`,
       );
       expect(Math.min(...seen)).toBeGreaterThanOrEqual(atHandover);
       for (const ip of await gatewayIps())
@@ -838,9 +858,12 @@ describe("deploy/ as shipped, on a real control plane", () => {
         );
     } finally {
       const s = summarize(await load.stop());
+      watching = false;
+      await watcher;
       console.log(
-        `  load during the rollout: ${s.streams} streams, ${s.completed} completed, ${s.endedEarly} ended early`,
+        `  load during the rollout: ${s.streams} streams, ${s.completed} completed, ${s.refused} refused, ${s.endedEarly} ended early${s.errors.length ? `\n  ${s.errors.slice(0, 10).join("\n  ")}` : ""}`,
       );
+      expect(s.endedEarly, s.errors.join("\n")).toBe(0);
     }
   }, 600_000);
 });

@@ -136,6 +136,8 @@ export interface LoadOptions {
   readonly model: string;
   /** Streams open at once. */
   readonly concurrency: number;
+  /** Every stream this many tokens (short requests, many of them); default a mix of 200 and 3,000. */
+  readonly maxTokens?: number;
 }
 
 /**
@@ -154,12 +156,12 @@ export function startLoad(options: LoadOptions): Load {
         await new Promise((r) => setTimeout(r, 100));
         continue;
       }
-      const long = i % 3 === 2;
+      const long = options.maxTokens === undefined && i % 3 === 2;
       const protocol = long ? "openai" : (protocols[i % 3] as Protocol);
       outcomes.push(
         await streamOnce(gateway, protocol, {
           model: options.model,
-          maxTokens: long ? 3000 : 200,
+          maxTokens: options.maxTokens ?? (long ? 3000 : 200),
           ignoreEos: long,
         }),
       );
