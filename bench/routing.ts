@@ -14,7 +14,13 @@
  * Each run first serves a warm-up (default 20% of the measured count) that the statistics leave out:
  * caches start empty, and a cold start is a one-off in production.
  *
- *   npm run bench:routing [-- --workload prefix --policies round-robin,prefix-aware --qps 4,8 --json]
+ * With --gateways 1,3,5, each run is repeated with that many gateway replicas behind a random L4 spread:
+ * each gateway has its own router (its own prefix index and round-robin turns) and its own in-flight
+ * counts, all read the same scraped signals, and each request goes to a gateway picked at random (the
+ * worst case for affinity: a session's turns land on any gateway).
+ *
+ *   npm run bench:routing [-- --workload prefix --policies round-robin,prefix-aware --qps 4,8 --gateways 1,3
+ *     --seed 42 --json]
  */
 import { parseArgs } from "node:util";
 import { createRng } from "../common/random.js";
@@ -62,6 +68,7 @@ function textOf(tokens: readonly number[]): string {
 interface RunResult {
   policy: Policy;
   qps: number;
+  gateways: number;
   completed: number;
   ttftP50: number;
   ttftP99: number;
@@ -88,46 +95,54 @@ function run(
   requests: number,
   warmup: number,
   seed: number,
+  gatewayCount = 1,
 ): RunResult {
   const clock = createVirtualClock();
   const random = createRng(seed);
+  const spread = createRng(seed + 2);
   const engineOptions = resolveEngineOptions({ maxModelLen: 16_384 });
   const engines: Engine[] = [];
-  const replicas: Replica[] = [];
-  for (let i = 0; i < REPLICAS; i++) {
-    engines.push(createEngine(engineOptions, clock));
-    const r = createReplica("m", "v", `sim://${i}`, "bench");
-    r.healthy = true;
-    replicas.push(r);
-  }
-  const model: ModelEntry = {
-    name: "m",
-    maxContextTokens: 16_384,
-    policy: routingPolicySchema.parse({
-      algorithm: policy,
-      sessionAffinity: policy === "prefix-aware" || policy === "resource-aware",
-    }),
-    versions: [{ name: "v", weight: 1, servedModelName: "m", replicas }],
-  };
-  const router = createRouter({
-    now: () => clock.now(),
-    random: createRng(seed + 1),
-    prefixIndex: { blockChars: 256, maxBlocksPerRequest: 128, maxEntries: 200_000 },
+  for (let i = 0; i < REPLICAS; i++) engines.push(createEngine(engineOptions, clock));
+  /** One gateway replica: its own view of the replicas (in-flight counts) and its own router. */
+  const gateways = Array.from({ length: gatewayCount }, (_, g) => {
+    const replicas: Replica[] = [];
+    for (let i = 0; i < REPLICAS; i++) {
+      const r = createReplica("m", "v", `sim://${i}`, "bench");
+      r.healthy = true;
+      replicas.push(r);
+    }
+    const model: ModelEntry = {
+      name: "m",
+      maxContextTokens: 16_384,
+      policy: routingPolicySchema.parse({
+        algorithm: policy,
+        sessionAffinity: policy === "prefix-aware" || policy === "resource-aware",
+      }),
+      versions: [{ name: "v", weight: 1, servedModelName: "m", replicas }],
+    };
+    const router = createRouter({
+      now: () => clock.now(),
+      random: createRng(seed + 1 + 1000 * g),
+      prefixIndex: { blockChars: 256, maxBlocksPerRequest: 128, maxEntries: 200_000 },
+    });
+    return { replicas, model, router };
   });
 
-  // The scraper.
+  // Each gateway's scraper (all at the same instants: they read the same engines).
   let scraping = true;
   const scrape = () => {
     for (let i = 0; i < REPLICAS; i++) {
       const s = (engines[i] as Engine).stats();
-      const r = replicas[i] as Replica;
-      r.signals = {
-        waiting: s.waiting,
-        running: s.running,
-        kvCacheUsage: s.kvCacheUsage,
-        scrapedAt: clock.now(),
-      };
-      r.sentSinceScrape = 0;
+      for (const gateway of gateways) {
+        const r = gateway.replicas[i] as Replica;
+        r.signals = {
+          waiting: s.waiting,
+          running: s.running,
+          kvCacheUsage: s.kvCacheUsage,
+          scrapedAt: clock.now(),
+        };
+        r.sentSinceScrape = 0;
+      }
     }
     if (scraping) clock.setTimer(clock.now() + SCRAPE_MS, scrape);
   };
@@ -152,6 +167,9 @@ function run(
       queriesAtWarm = engines.reduce((s, e) => s + e.stats().prefixCacheQueries, 0);
     }
     if (measured) firstArrival = Math.min(firstArrival, arrival);
+    const { router, model, replicas } = gateways[
+      Math.floor(spread() * gateways.length)
+    ] as (typeof gateways)[0];
     const input = {
       pinnedVersion: "",
       affinityKey: job.session,
@@ -241,6 +259,7 @@ function run(
   return {
     policy,
     qps,
+    gateways: gatewayCount,
     completed,
     ttftP50: percentile(ttfts, 50),
     ttftP99: percentile(ttfts, 99),
@@ -265,6 +284,7 @@ function main() {
       requests: { type: "string" },
       warmup: { type: "string" },
       seed: { type: "string", default: "42" },
+      gateways: { type: "string", default: "1" },
       json: { type: "boolean", default: false },
     },
   });
@@ -276,25 +296,31 @@ function main() {
     const requests = Number(values.requests ?? DEFAULT_REQUESTS[workload]);
     const warmup = Number(values.warmup ?? Math.round(requests * 0.2));
     const results: RunResult[] = [];
+    const gatewayCounts = values.gateways.split(",").map(Number);
     for (const qps of rates) {
       for (const policy of policies) {
-        const started = performance.now();
-        results.push(run(workload, policy, qps, requests + warmup, warmup, Number(values.seed)));
-        process.stderr.write(
-          `${workload} ${policy} qps=${qps}: ${(performance.now() - started).toFixed(0)} ms\n`,
-        );
+        for (const gateways of gatewayCounts) {
+          const started = performance.now();
+          results.push(run(workload, policy, qps, requests + warmup, warmup, Number(values.seed), gateways));
+          process.stderr.write(
+            `${workload} ${policy} qps=${qps} gateways=${gateways}: ${(performance.now() - started).toFixed(0)} ms\n`,
+          );
+        }
       }
     }
+    const many = gatewayCounts.length > 1 || gatewayCounts[0] !== 1;
     all[workload] = results;
     if (!values.json) {
       console.log(
         `\n### ${workload} (${requests} measured requests after ${warmup} warm-up, ${REPLICAS} replicas)\n`,
       );
-      console.log("| QPS | policy | TTFT p50 (ms) | TTFT p99 (ms) | output tok/s | prefix-cache hit rate |");
-      console.log("|---:|---|---:|---:|---:|---:|");
+      console.log(
+        `| QPS | policy |${many ? " gateways |" : ""} TTFT p50 (ms) | TTFT p99 (ms) | output tok/s | prefix-cache hit rate |`,
+      );
+      console.log(`|---:|---|${many ? "---:|" : ""}---:|---:|---:|---:|`);
       for (const r of results) {
         console.log(
-          `| ${r.qps} | ${r.policy} | ${r.ttftP50.toFixed(0)} | ${r.ttftP99.toFixed(0)} | ${r.throughput.toFixed(0)} | ${(r.hitRate * 100).toFixed(1)}% |`,
+          `| ${r.qps} | ${r.policy} |${many ? ` ${r.gateways} |` : ""} ${r.ttftP50.toFixed(0)} | ${r.ttftP99.toFixed(0)} | ${r.throughput.toFixed(0)} | ${(r.hitRate * 100).toFixed(1)}% |`,
         );
       }
     }

@@ -1,6 +1,6 @@
 /**
- * Assembles a gateway from its parts: config -> discovery -> routing table -> scraper -> router ->
- * relay -> pipeline -> protocol adapters -> one listener. `startGateway` is what the kinfer-gateway
+ * Assembles a gateway from its parts: config -> discovery + control state -> routing table -> scraper ->
+ * router -> relay -> pipeline -> protocol adapters -> one listener. `startGateway` is what the kinfer-gateway
  * program and the integration tests call; `drain` is what SIGTERM does.
  *
  * Operational endpoints on the public port: GET /metrics (Prometheus), GET /healthz (liveness: the
@@ -31,6 +31,9 @@ import { adminAuthInterceptor, readAdminToken } from "./admin/admin-auth.js";
 import { registerAdminService } from "./admin/admin-service.js";
 import { planReload } from "./config/config-reload.js";
 import { effectiveFlow, type FlowConfig, type GatewayConfig } from "./config/gateway-config.js";
+import type { ControlStore } from "./control/control-state.js";
+import { alwaysLeader, type LeaderElector } from "./control/lease.js";
+import { createMemoryControlStore } from "./control/memory-control-store.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { createStaticSource } from "./discovery/static-source.js";
 import { gatewayError } from "./errors/gateway-error.js";
@@ -48,12 +51,18 @@ import { createRolloutController } from "./rollout/rollout.js";
 import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
 import { createAdmitter } from "./tenants/admission.js";
-import { openKeyStore } from "./tenants/key-store.js";
+import { type KeyStore, openKeyStore } from "./tenants/key-store.js";
 
 export interface GatewayOptions {
   config: GatewayConfig;
   /** Where replicas come from. Default: the static replicas of the config. */
   endpoints?: EndpointSource;
+  /** Where operators' changes live (server/control/). Default: this process's memory. */
+  control?: ControlStore;
+  /** Who runs the built-in rollouts among gateway replicas. Default: this one. */
+  leader?: LeaderElector;
+  /** Tenants' API keys. Default: from `tenants.keysFile`, if set (a Secret through the API is main.ts's). */
+  keys?: KeyStore;
   /** Default: JSON logs on stdout at config.logLevel. */
   log?: Logger;
 }
@@ -79,6 +88,8 @@ export interface Gateway {
   readonly url: string;
   readonly port: number;
   readonly table: RoutingTable;
+  /** The control state this gateway applies and the admin API writes. */
+  readonly control: ControlStore;
   /** The config in force (after reloads; restart-only keys as started). */
   config(): GatewayConfig;
   readonly metrics: GatewayMetrics;
@@ -128,6 +139,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const rebuild = () => table.apply(config, endpoints.endpoints(), endpoints.name);
   rebuild();
   const unsubscribe = endpoints.onChange(rebuild);
+  // Operators' changes, from this gateway or another: applied over the config as they arrive.
+  const control = options.control ?? createMemoryControlStore();
+  const leader = options.leader ?? alwaysLeader();
+  const applyControl = () =>
+    table.setControl(new Map([...control.snapshot()].map(([m, v]) => [m, v.control])));
+  applyControl();
+  const unsubscribeControl = control.onChange(applyControl);
 
   const metrics = createGatewayMetrics(() => table.replicas(), now);
   const dispatcher = new Agent({
@@ -141,21 +159,30 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const outliers = createOutlierDetector(config.ejection);
   const retryBudget = createRetryBudget(config.retry.budgetRatio, config.retry.minRetries);
   // API keys: opened once; the file itself is watched and reloaded by the store.
+  const keysFile = config.tenants?.keysFile;
   const keys =
-    config.tenants !== undefined
+    options.keys ??
+    (keysFile !== undefined
       ? openKeyStore({
-          file: config.tenants.keysFile,
-          onReloadError: (err) =>
-            log.error({ err: err.message }, "API keys reload failed; keeping the keys in force"),
+          file: keysFile,
+          onReloadError: (err) => {
+            metrics.reloaded("keys", "rejected");
+            log.error({ err: err.message }, "API keys reload failed; keeping the keys in force");
+          },
         })
-      : undefined;
+      : undefined);
+  keys?.onChange(() => metrics.reloaded("keys", "applied"));
   const rollouts = createRolloutController({
     hasReadyReplica: (model, version) =>
       table
         .model(model)
         ?.versions.find((v) => v.name === version)
         ?.replicas.some((r) => isEligible(r, now())) ?? false,
-    setWeights: (model, weights) => table.setWeights(model, weights),
+    isLeader: () => leader.isLeader(),
+    stored: (model) => control.snapshot().get(model)?.control.rollout,
+    persist: async (model, state, weights) => {
+      await control.update(model, (c) => ({ ...c, rollout: state, weights: Object.fromEntries(weights) }));
+    },
     log: (message, fields) => log.info(fields, message),
     report: (model, phase, weight) => metrics.rollout(model, phase, weight),
   });
@@ -303,7 +330,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       // gzip only: gRPC registers no brotli, so a br request gets UNIMPLEMENTED and grpc-accept-encoding.
       acceptCompression: [compressionGzip],
       routes(r) {
-        registerAdminService(r, { table, now, keys, queues: () => flow.snapshot() });
+        registerAdminService(r, { table, control, now, keys, queues: () => flow.snapshot() });
         registerReflectionService(r, [file_kinfer_admin_v1_admin, ...DESCRIPTORS.slice(2)], ADMIN_SERVICES);
       },
       interceptors: [adminAuthInterceptor(() => adminToken ?? "", log, keys)],
@@ -329,6 +356,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     closed = true;
     health.set(false);
     unsubscribe();
+    unsubscribeControl();
     shutdown.abort();
     const stopped = [listener, ...(admin ? [admin] : [])].map((l) => {
       const done = l.stopAccepting().catch(() => {});
@@ -345,6 +373,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     keys?.close();
     tokenWatch?.close();
     rollouts.close();
+    await leader.close(); // a leader hands the rollout Lease over now rather than when it expires
+    await control.close();
   }
 
   return {
@@ -352,6 +382,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     port: listener.port,
     adminUrl: admin?.url,
     table,
+    control,
     metrics,
     pipeline,
     config: () => config,
@@ -371,6 +402,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       return listener.connections;
     },
     applyConfig(file) {
+      metrics.reloaded("config", "applied");
       const plan = planReload(config, file);
       const tokenChanged =
         plan.config.admin?.token !== config.admin?.token ||

@@ -12,9 +12,11 @@ import { createLogger } from "../common/log/logger.js";
 import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/program.js";
 import { ConfigError, loadGatewayConfig } from "./config/gateway-config.js";
 import { watchConfigFile } from "./config/watch-config.js";
+import { openControl, podNamespace } from "./control/open-control.js";
 import { createKubeEndpointSource } from "./discovery/endpoint-slice-source.js";
 import type { EndpointSource } from "./discovery/endpoint-source.js";
 import { startGateway } from "./gateway.js";
+import { openSecretKeyStore, type SecretKeyStore } from "./tenants/secret-key-store.js";
 
 export async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -40,25 +42,63 @@ export async function main(argv: string[]): Promise<void> {
     config = { ...config, listen: { ...config.listen, port } };
   }
   const log = createLogger(config.logLevel, "kinfer-gateway", config.logFormat);
+  const kubeConfig = (file: string | undefined) => {
+    const kc = new KubeConfig();
+    if (file !== undefined) kc.loadFromFile(file);
+    else kc.loadFromDefault();
+    return kc;
+  };
   let endpoints: EndpointSource | undefined;
   if (config.discovery.source === "kubernetes") {
-    const kc = new KubeConfig();
-    if (config.discovery.kubeconfig !== undefined) kc.loadFromFile(config.discovery.kubeconfig);
-    else kc.loadFromDefault();
+    const kc = kubeConfig(config.discovery.kubeconfig);
     const source = createKubeEndpointSource(kc, {
-      ...(config.discovery.namespace !== undefined ? { namespace: config.discovery.namespace } : {}),
+      namespaces: config.discovery.namespaces ?? [],
       log: (msg, fields) => log.warn(fields ?? {}, msg),
     });
     await source.synced;
     endpoints = source;
   }
-  const gateway = await startGateway({ config, log, ...(endpoints !== undefined ? { endpoints } : {}) });
+  const { control, leader } = await openControl(
+    config,
+    () => kubeConfig(config.control.kubeconfig),
+    (msg, fields) => log.warn(fields ?? {}, msg),
+  );
+  // API keys in a Secret through the API (several gateways); a keys file is opened by the gateway itself.
+  const keysSecret = config.tenants?.keysSecret;
+  let keys: SecretKeyStore | undefined;
+  /** Set once the gateway exists: its metrics count rejected reloads. */
+  let onRejected: (source: "config" | "keys") => void = () => {};
+  if (keysSecret !== undefined) {
+    keys = openSecretKeyStore(kubeConfig(config.control.kubeconfig), {
+      namespace: keysSecret.namespace ?? podNamespace(),
+      name: keysSecret.name,
+      key: keysSecret.key,
+      onReloadError: (err) => {
+        onRejected("keys");
+        log.error({ err: err.message }, "API keys not reloaded; keeping the keys in force");
+      },
+      log: (msg, fields) => log.warn(fields ?? {}, msg),
+    });
+    await keys.synced;
+  }
+  const gateway = await startGateway({
+    config,
+    log,
+    control,
+    leader,
+    ...(keys !== undefined ? { keys } : {}),
+    ...(endpoints !== undefined ? { endpoints } : {}),
+  });
   const watcher = watchConfigFile(
     file,
     loaded,
     (next) => gateway.applyConfig(values.port === undefined ? next : { ...next, listen: config.listen }),
-    (err) => log.error({ err: err.message }, "config reload failed; keeping the running config"),
+    (err) => {
+      gateway.metrics.reloaded("config", "rejected");
+      log.error({ err: err.message }, "config reload failed; keeping the running config");
+    },
   );
+  onRejected = (source) => gateway.metrics.reloaded(source, "rejected");
   process.stdout.write(
     `kinfer-gateway: serving ${gateway.table
       .models()

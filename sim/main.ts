@@ -9,7 +9,11 @@
  * `--block-size`, `--[no-]enable-prefix-caching`. A fleet: several `--model`s, `--replicas` each, on
  * consecutive ports from `--base-port`. Every engine parameter and fault rate is a flag (`--help` lists
  * them with their defaults). Bad flags are reported by name and the process exits with status 2.
- * SIGINT and SIGTERM close the servers.
+ * SIGINT and SIGTERM close the servers. With `--shutdown-timeout N` (vLLM 0.18 and later), they drain
+ * first, as vLLM does: new requests get 503 while the running ones finish, for up to N seconds. Flags of
+ * vLLM that the simulator has no use for are accepted and ignored when deploy/'s manifests pass them
+ * (`--tensor-parallel-size`, `--disable-uvicorn-access-log`), so that the cluster tests run the model
+ * Deployments' command lines unchanged.
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
@@ -17,6 +21,7 @@ import { isEntryPoint, runProgram, stopOnSignal } from "../common/process/progra
 import { defaultEngineOptions, type EngineOptions } from "./engine/engine-options.js";
 import { type FaultRates, noFaults } from "./faults/faults.js";
 import { startFleet } from "./fleet.js";
+import type { SimServer } from "./http/sim-server.js";
 
 type NumericEngineOption = Exclude<keyof EngineOptions, "enablePrefixCaching">;
 
@@ -64,6 +69,9 @@ ${line("--base-port PORT", "a fleet's first port, consecutive after it (default 
 ${line("--host ADDR", "listen address (default 127.0.0.1)")}
 ${line("--startup-delay-ms MS", "/health answers 503 for this long after start (default 0)")}
 ${line("--seed N", "seed of the fault dice (default 1)")}
+${line("--shutdown-timeout S", "on SIGTERM, drain: running requests get S seconds (default 0: abort)")}
+${line("--tensor-parallel-size N", "accepted and ignored (vLLM)")}
+${line("--disable-uvicorn-access-log", "accepted and ignored (vLLM)")}
 ${line("--[no-]enable-prefix-caching", "keep finished prompts' KV blocks for reuse (default on)")}
 ${Object.entries(ENGINE_FLAGS)
   .map(([key, [flag, arg, help]]) =>
@@ -101,6 +109,9 @@ export async function main(argv: string[]): Promise<void> {
       host: { type: "string" },
       "startup-delay-ms": { type: "string" },
       seed: { type: "string" },
+      "shutdown-timeout": { type: "string" },
+      "tensor-parallel-size": { type: "string" },
+      "disable-uvicorn-access-log": { type: "boolean" },
       "enable-prefix-caching": { type: "boolean" },
       "no-enable-prefix-caching": { type: "boolean" },
       "no-prefix-caching": { type: "boolean" },
@@ -147,9 +158,39 @@ export async function main(argv: string[]): Promise<void> {
     startupDelayMs: numberFlag("startup-delay-ms", values["startup-delay-ms"]) ?? 0,
     seed: numberFlag("seed", values.seed) ?? 1,
   });
+  const shutdownTimeoutS = numberFlag("shutdown-timeout", values["shutdown-timeout"]) ?? 0;
+  if (shutdownTimeoutS < 0) throw new Error("--shutdown-timeout: seconds, 0 or more");
   for (const r of fleet.replicas) console.log(`kinfer-sim: ${r.model} at ${r.url}`);
   console.log("kinfer-sim: ready");
-  stopOnSignal(() => fleet.close());
+  stopOnSignal(async () => {
+    if (shutdownTimeoutS > 0) await drain(fleet.replicas, shutdownTimeoutS * 1000);
+    await fleet.close();
+  });
+}
+
+/**
+ * vLLM's drain shutdown: refuse new requests (503, through the server's own drain control) and wait until
+ * no sequence runs or waits, or `timeoutMs` passes; then the caller closes, aborting what is left.
+ */
+async function drain(replicas: readonly SimServer[], timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  await Promise.all(
+    replicas.map((r) =>
+      fetch(`${r.url}/sim/drain`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ draining: true }),
+      }).then((res) => res.body?.cancel()),
+    ),
+  );
+  const busy = () =>
+    replicas.some((r) => {
+      const stats = r.engine.stats();
+      return stats.running + stats.waiting > 0;
+    });
+  while (busy() && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  // The last tokens and the end of their streams are written; let them leave before the sockets close.
+  await new Promise((r) => setTimeout(r, 200));
 }
 
 /** Names zod's option paths as flags, so that an error points at what the user typed. */

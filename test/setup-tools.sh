@@ -5,8 +5,9 @@
 #   replicas), chromium (the SDK's browser test, driven by playwright-core), prometheus (promtool and the
 #   server the monitoring tests run). Installed with apt-get when missing and the machine allows it
 #   (Debian or Ubuntu, as root); otherwise the script stops with one message naming what to install.
-# - Go 1.24 or later, to build the Kubernetes control plane and the cluster components from their Go
-#   modules (test/k8s/build.sh, cached in ~/.cache/kinfer).
+# - Go 1.26 (kwok v0.8.0 needs it; an older Go 1.21+ fetches it with GOTOOLCHAIN=auto), to build the
+#   Kubernetes control plane and the cluster components from their Go modules (test/k8s/build.sh,
+#   cached in ~/.cache/kinfer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   fi
 fi
 if ! command -v go >/dev/null; then
-  echo "npm test needs Go 1.24 or later (https://go.dev/dl/) to build the Kubernetes components of test/k8s." >&2
+  echo "npm test needs Go (1.26, or 1.21+ that fetches it: https://go.dev/dl/) to build the Kubernetes components of test/k8s." >&2
   exit 1
 fi
 test/k8s/build.sh >/dev/null

@@ -15,6 +15,7 @@ import { createLocalBinder } from "../../scheduler/extender/local-binder.js";
 import { startSchedulerServer } from "../../scheduler/scheduler-server.js";
 import { loadGatewayConfig } from "../../server/config/gateway-config.js";
 import { watchConfigFile } from "../../server/config/watch-config.js";
+import { openControl } from "../../server/control/open-control.js";
 import { startGateway } from "../../server/gateway.js";
 import { type SimServer, startSimServer } from "../../sim/http/sim-server.js";
 
@@ -42,12 +43,22 @@ for (const model of config.models) {
   }
 }
 
-const gateway = await startGateway({ config, log });
+const { control, leader } = await openControl(
+  config,
+  () => {
+    throw new Error("npm start keeps the control state in a file, not in a cluster");
+  },
+  (msg, fields) => log.warn(fields ?? {}, msg),
+);
+const gateway = await startGateway({ config, log, control, leader });
 const watcher = watchConfigFile(
   configFile,
   config,
   (next) => gateway.applyConfig(next),
-  (err) => log.error({ err: err.message }, "config reload failed; keeping the running config"),
+  (err) => {
+    gateway.metrics.reloaded("config", "rejected");
+    log.error({ err: err.message }, "config reload failed; keeping the running config");
+  },
 );
 
 const state = createClusterState();
@@ -70,7 +81,7 @@ const replicas = config.models
 process.stdout.write(`kinfer: the platform is running on this machine (Ctrl-C stops it)
   simulated vLLM  ${replicas}
   gateway         ${gateway.url}   OpenAI ${gateway.url}/v1, gRPC and Connect kinfer.inference.v1.InferenceService
-  admin API       ${gateway.adminUrl ?? "off"}   kinfer.admin.v1.AdminService (bearer token in deploy/local/gateway.yaml)
+  admin API       ${gateway.adminUrl ?? "off"}   kinfer.admin.v1.AdminService (bearer token in deploy/local/gateway.yaml; changes kept in ${config.control.file ?? "memory"})
   scheduler       ${scheduler.url}   kinfer.scheduling.v1.SchedulingService, /scheduler/filter: ${cluster.nodes} GPU nodes from deploy/local/cluster.yaml
   metrics         ${gateway.url}/metrics   ${scheduler.url}/metrics
 try:

@@ -1,8 +1,10 @@
 /**
  * kinfer.admin.v1.AdminService: what operators change and watch. Models with their versions, weights,
  * replicas and live signals; traffic splits (validated, applied atomically to the routing table); drain and
- * undrain; routing policies; a watch stream of state changes. It reads and changes only the routing table
- * and replica state, never the request path itself. API keys are created, listed and revoked in the key
+ * undrain; routing policies; a watch stream of state changes. Changes are written to the control state
+ * (server/control/), which every gateway replica applies to its routing table; a change returns once it is
+ * stored and applied here, and with expected_state_version it is made only over that version. It never
+ * touches the request path itself. API keys are created, listed and revoked in the key
  * store (server/tenants/key-store.ts); without one configured, those calls fail with FAILED_PRECONDITION.
  * ListQueues shows flow control's queues (server/flow/flow-control.ts).
  */
@@ -21,6 +23,7 @@ import {
 } from "../../gen/es/kinfer/admin/v1/admin_pb.js";
 import { Priority } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { type RoutingPolicyConfig, routingPolicySchema } from "../config/gateway-config.js";
+import { type ControlStore, MAX_WEIGHT, type ModelControl } from "../control/control-state.js";
 import type { QueueState } from "../flow/flow-control.js";
 import { freshSignals, type Replica, replicaStatus } from "../replicas/replica.js";
 import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
@@ -39,7 +42,6 @@ const STATES = {
   unhealthy: ReplicaState.UNHEALTHY,
   ejected: ReplicaState.EJECTED,
 };
-const MAX_WEIGHT = 10_000;
 const PRIORITY_TO_PROTO: Record<ApiKeyRecord["priority"], Priority> = {
   critical: Priority.CRITICAL,
   standard: Priority.STANDARD,
@@ -53,6 +55,8 @@ const PRIORITY_FROM_PROTO: Partial<Record<Priority, ApiKeyRecord["priority"]>> =
 
 export interface AdminServiceDeps {
   readonly table: RoutingTable;
+  /** Where changes are written (and read back by every gateway replica). */
+  readonly control: ControlStore;
   /** Monotonic ms (replica timestamps are on this clock). */
   readonly now: () => number;
   /** Tenants' API keys, when configured. */
@@ -83,15 +87,16 @@ function keyToProto(k: ApiKeyRecord): MessageInitShape<typeof ApiKeySchema> {
 }
 
 /** KeyStoreErrors as admin API errors. */
-function keyStoreCall<T>(fn: () => T): T {
+async function keyStoreCall<T>(fn: () => T | Promise<T>): Promise<T> {
   try {
-    return fn();
+    return await fn();
   } catch (err) {
     if (err instanceof KeyStoreError) {
       const code = {
         invalid: Code.InvalidArgument,
         "read-only": Code.FailedPrecondition,
         "not-found": Code.NotFound,
+        unavailable: Code.Unavailable,
       }[err.kind];
       throw new ConnectError(err.message, code);
     }
@@ -163,9 +168,14 @@ function replicaToProto(r: Replica, now: number) {
   };
 }
 
-export function modelToProto(m: ModelEntry, now: number): MessageInitShape<typeof ModelSchema> {
+export function modelToProto(
+  m: ModelEntry,
+  now: number,
+  stateVersion = "",
+): MessageInitShape<typeof ModelSchema> {
   return {
     name: m.name,
+    stateVersion,
     routingPolicy: policyToProto(m.policy),
     versions: m.versions.map((v) => ({
       name: v.name,
@@ -176,7 +186,11 @@ export function modelToProto(m: ModelEntry, now: number): MessageInitShape<typeo
 }
 
 export function registerAdminService(router: ConnectRouter, deps: AdminServiceDeps): void {
-  const { table, now } = deps;
+  const { table, now, control } = deps;
+  const toProto = (m: ModelEntry) => modelToProto(m, now(), control.snapshot().get(m.name)?.version ?? "");
+  /** Writes one model's control state; resolves once it is applied to this gateway's table. */
+  const change = (name: string, fn: (c: ModelControl) => ModelControl, expected = "") =>
+    control.update(name, fn, expected === "" ? undefined : expected);
   const model = (name: string) => {
     const m = table.model(name);
     if (m === undefined) throw new ConnectError(`model "${name}" is not served here`, Code.NotFound);
@@ -194,9 +208,9 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
   };
 
   router.service(AdminService, {
-    listModels: () => ({ models: table.models().map((m) => modelToProto(m, now())) }),
-    getModel: (req) => ({ model: modelToProto(model(req.model), now()) }),
-    setTrafficSplit(req) {
+    listModels: () => ({ models: table.models().map(toProto) }),
+    getModel: (req) => ({ model: toProto(model(req.model)) }),
+    async setTrafficSplit(req) {
       const m = model(req.model);
       const weights = new Map<string, number>();
       for (const w of req.weights) {
@@ -213,24 +227,25 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
       if ([...weights.values()].every((w) => w === 0)) {
         throw new ConnectError("at least one weight must be positive", Code.InvalidArgument);
       }
-      table.setWeights(m.name, weights); // one swap of the table: requests see the old split or the new one
-      return { model: modelToProto(model(m.name), now()) };
+      // One swap of the table once stored: requests see the old split or the new one.
+      await change(m.name, (c) => ({ ...c, weights: Object.fromEntries(weights) }), req.expectedStateVersion);
+      return { model: toProto(model(m.name)) };
     },
-    drainReplica(req) {
+    async drainReplica(req) {
       const r = replica(req.replicaId);
-      r.draining = true;
-      return { replica: replicaToProto(r, now()) };
+      await change(r.model, (c) => ({ ...c, drained: [...new Set([...c.drained, r.id])] }));
+      return { replica: replicaToProto(replica(r.id), now()) };
     },
-    undrainReplica(req) {
+    async undrainReplica(req) {
       const r = replica(req.replicaId);
-      r.draining = false;
-      return { replica: replicaToProto(r, now()) };
+      await change(r.model, (c) => ({ ...c, drained: c.drained.filter((id) => id !== r.id) }));
+      return { replica: replicaToProto(replica(r.id), now()) };
     },
     getRoutingPolicy: (req) => ({ policy: policyToProto(model(req.model).policy) }),
-    setRoutingPolicy(req) {
+    async setRoutingPolicy(req) {
       const m = model(req.model);
       const policy = policyFromProto(req.policy, m.policy);
-      table.setPolicy(m.name, policy);
+      await change(m.name, (c) => ({ ...c, policy }), req.expectedStateVersion);
       return { policy: policyToProto(policy) };
     },
     async *watchState(req, ctx) {
@@ -246,7 +261,7 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
         const models = table.models().filter((m) => wanted.size === 0 || wanted.has(m.name));
         const next = new Map<string, string>();
         for (const m of models) {
-          const proto = modelToProto(m, now());
+          const proto = toProto(m);
           const key = JSON.stringify(proto, (k, v) =>
             k === "scrapedAt" || k === "stale" || typeof v === "bigint" ? undefined : v,
           );
@@ -283,7 +298,7 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
         });
       }
     },
-    createApiKey(req) {
+    async createApiKey(req) {
       const store = keyStore();
       if (req.tenant === "") throw new ConnectError("tenant is required", Code.InvalidArgument);
       for (const m of req.allowedModels) {
@@ -298,7 +313,7 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
       const priority = PRIORITY_FROM_PROTO[req.priority];
       if (priority === undefined && req.priority !== Priority.UNSPECIFIED)
         throw new ConnectError(`unknown priority ${req.priority}`, Code.InvalidArgument);
-      const { record, secret } = keyStoreCall(() =>
+      const { record, secret } = await keyStoreCall(() =>
         store.create({
           tenant: req.tenant,
           allowedModels: req.allowedModels,
@@ -316,9 +331,9 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
     listApiKeys: (req) => ({
       keys: keyStore().list({ tenant: req.tenant, includeRevoked: req.includeRevoked }).map(keyToProto),
     }),
-    revokeApiKey(req) {
+    async revokeApiKey(req) {
       const store = keyStore();
-      return { key: keyToProto(keyStoreCall(() => store.revoke(req.id))) };
+      return { key: keyToProto(await keyStoreCall(() => store.revoke(req.id))) };
     },
     listQueues(req) {
       const queues = deps

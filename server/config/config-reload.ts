@@ -22,6 +22,7 @@ export const RESTART_ONLY: readonly string[] = [
   "admin.port",
   "admin.tls",
   "tenants",
+  "control",
   "prefixIndex",
   "logFormat",
   "retry.budgetRatio",

@@ -34,10 +34,12 @@ export const routingPolicySchema = z
     /** Scraped signals older than this are stale and ignored. Default 200 ms. */
     signalMaxAgeMs: ms().default(200),
     /**
-     * Prefix affinity keeps a warm replica only while its load is at most this many times the mean load of
-     * the version's replicas (plus one request), so a popular prefix never makes a hot spot. Default 1.25.
+     * The bound of bounded-load affinity: a session's or a prefix's replica keeps it only while its load
+     * (scraped running and waiting requests) is at most this many times the mean of the version's replicas
+     * (plus one request); beyond, the request goes to the next replica in the key's order, so a popular
+     * prefix never makes a hot spot. Default 2 (1.25 spilled so often that caches went cold: BENCHMARKS.md).
      */
-    affinityLoadFactor: z.number().min(1).default(1.25),
+    affinityLoadFactor: z.number().min(1).max(100).default(2),
     /** Whether an affinity key (RoutingHints.affinity_key or the session header) pins a session. Default true. */
     sessionAffinity: z.boolean().default(true),
   })
@@ -269,16 +271,25 @@ export const gatewayConfigSchema = z
       .prefault({}),
     /**
      * Where replicas come from: "static" (the replica URLs listed under each version) or "kubernetes"
-     * (EndpointSlices labelled kinfer.io/model and kinfer.io/version, in `namespace` or all namespaces,
-     * with in-cluster credentials or `kubeconfig`). Models and versions are always declared here.
+     * (EndpointSlices labelled kinfer.io/model and kinfer.io/version, in the `namespaces` listed, which
+     * the kubernetes source requires: the gateway needs a Role to read EndpointSlices in each, and never
+     * looks anywhere else; credentials in-cluster or from `kubeconfig`). Models and versions are always
+     * declared here.
      */
     discovery: z
       .object({
         source: z.enum(["static", "kubernetes"]).default("static"),
-        namespace: z.string().optional(),
+        namespaces: z
+          .array(z.string().regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, { error: "not a namespace name" }))
+          .min(1)
+          .optional(),
         kubeconfig: z.string().optional(),
       })
       .strict()
+      .refine((d) => d.source !== "kubernetes" || d.namespaces !== undefined, {
+        error: "the kubernetes source needs namespaces: the namespaces whose EndpointSlices name replicas",
+        path: ["namespaces"],
+      })
       .prefault({}),
     /**
      * The admin API (kinfer.admin.v1.AdminService) on its own listener, loopback by default. Callers send
@@ -308,10 +319,63 @@ export const gatewayConfigSchema = z
      * file is YAML ({keys: [...]}), reloaded when it changes: a writable file (the admin API can then
      * create and revoke keys) or a mounted Secret (read-only).
      */
+    /**
+     * Tenants' API keys (server/tenants/): `keysFile`, a YAML file (writable locally, or a mounted Secret,
+     * read-only), or `keysSecret`, a Secret read and written through the API, which every gateway replica
+     * watches and the admin API's key calls write (a cluster with several gateways). One of the two.
+     */
     tenants: z
-      .object({ keysFile: z.string().min(1) })
+      .object({
+        keysFile: z.string().min(1).optional(),
+        keysSecret: z
+          .object({
+            name: z.string().min(1).max(253),
+            /** Default: the pod's own namespace. */
+            namespace: z.string().min(1).max(63).optional(),
+            /** The Secret's data key holding the YAML. Default keys.yaml. */
+            key: z.string().min(1).max(253).default("keys.yaml"),
+          })
+          .strict()
+          .optional(),
+      })
       .strict()
+      .refine((t) => (t.keysFile === undefined) !== (t.keysSecret === undefined), {
+        error: "tenants: set keysFile or keysSecret (one of them)",
+      })
       .optional(),
+    /**
+     * Where the control state lives (server/control/): what the admin API and the built-in rollout change
+     * at run time (traffic splits, routing policies, drains, rollout progress). `memory`: this process
+     * only, lost on restart (the default; one gateway). `file`: a local file, kept across restarts and
+     * shared by gateways on one machine (`npm start`). `kubernetes`: KinferModel objects in `namespace`,
+     * shared by every gateway replica, with the rollout run by the holder of the Lease `lease.name`.
+     */
+    control: z
+      .object({
+        store: z.enum(["memory", "file", "kubernetes"]).default("memory"),
+        /** The state file (store: file), relative to the working directory. */
+        file: z.string().min(1).optional(),
+        /** The KinferModels' and the Lease's namespace (store: kubernetes). Default: the pod's own. */
+        namespace: z.string().min(1).max(63).optional(),
+        /** A kubeconfig file; default: in-cluster, else ~/.kube/config. */
+        kubeconfig: z.string().optional(),
+        lease: z
+          .object({
+            name: z.string().min(1).max(253).default("kinfer-gateway-rollout"),
+            /** client-go's defaults: 15 s, 10 s, 2 s. */
+            durationMs: ms().default(15_000),
+            renewDeadlineMs: ms().default(10_000),
+            retryPeriodMs: ms().default(2000),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .refine((c) => c.store !== "file" || c.file !== undefined, {
+        error: "control.file is required with store: file",
+        path: ["file"],
+      })
+      .prefault({}),
     /**
      * Browsers: origins allowed to call the public port (Connect and gRPC-Web over fetch), exact
      * ("https://app.example.com") or "*". Preflights are answered with connect-es's header lists.

@@ -1,7 +1,12 @@
 /**
- * Kubernetes discovery: replicas from EndpointSlices labelled as kinfer models, through a supervised
- * @kubernetes/client-node informer (restarted after errors, relisted after 410 Gone, restarted when
- * silent). Behind the EndpointSource interface of the static source.
+ * Kubernetes discovery: replicas from EndpointSlices labelled as kinfer models, in the namespaces the
+ * config names and nowhere else, through one supervised @kubernetes/client-node informer per namespace
+ * (restarted after errors, relisted after 410 Gone, restarted when silent). Behind the EndpointSource
+ * interface of the static source.
+ *
+ * Confinement is the point: a namespaced Role per listed namespace is all the gateway needs, and a
+ * Service labelled as a model in any other namespace never receives a prompt. This source never lists
+ * across namespaces.
  *
  * The contract: a model's Service carries the labels kinfer.io/model=<model> and
  * kinfer.io/version=<version>; the EndpointSlice controller copies a Service's labels to its slices, so
@@ -18,8 +23,8 @@ export const MODEL_LABEL = "kinfer.io/model";
 export const VERSION_LABEL = "kinfer.io/version";
 
 export interface KubeSourceOptions {
-  /** Only this namespace; all namespaces when unset. */
-  namespace?: string;
+  /** The namespaces whose EndpointSlices name replicas; at least one. */
+  namespaces: readonly string[];
   /** Restart the watch when it has delivered nothing for this long. Default 5 minutes. */
   silenceMs?: number;
   log?: (message: string, fields?: Record<string, unknown>) => void;
@@ -49,28 +54,13 @@ export function endpointsOfSlice(slice: V1EndpointSlice): Endpoint[] {
   });
 }
 
-export function createKubeEndpointSource(
-  kc: KubeConfig,
-  options: KubeSourceOptions = {},
-): KubeEndpointSource {
+export function createKubeEndpointSource(kc: KubeConfig, options: KubeSourceOptions): KubeEndpointSource {
+  const namespaces = [...new Set(options.namespaces)];
+  if (namespaces.length === 0) throw new RangeError("Kubernetes discovery needs at least one namespace");
   const api = kc.makeApiClient(DiscoveryV1Api);
-  const path = options.namespace
-    ? `/apis/discovery.k8s.io/v1/namespaces/${options.namespace}/endpointslices`
-    : "/apis/discovery.k8s.io/v1/endpointslices";
-  const list = () =>
-    options.namespace
-      ? api.listNamespacedEndpointSlice({ namespace: options.namespace, labelSelector: MODEL_LABEL })
-      : api.listEndpointSliceForAllNamespaces({ labelSelector: MODEL_LABEL });
-  const informer = makeInformer<V1EndpointSlice>(kc, path, list, MODEL_LABEL);
   const slices = new Map<string, Endpoint[]>();
   let current: Endpoint[] = [];
   const listeners = new Set<() => void>();
-  const watch = superviseInformer(
-    "endpointslice",
-    informer,
-    options.silenceMs ?? 300_000,
-    options.log ?? (() => {}),
-  );
 
   const changed = () => {
     // One replica per URL: a pod in two slices (during a rollout) must not be counted twice.
@@ -86,22 +76,38 @@ export function createKubeEndpointSource(
     for (const l of listeners) l();
   };
   const key = (s: V1EndpointSlice) => `${s.metadata?.namespace ?? ""}/${s.metadata?.name ?? ""}`;
-  const upsert = (s: V1EndpointSlice) => {
-    watch.touch();
-    slices.set(key(s), endpointsOfSlice(s));
-    changed();
-  };
-  informer.on("add", upsert);
-  informer.on("update", upsert);
-  informer.on("delete", (s) => {
-    watch.touch();
-    slices.delete(key(s));
-    changed();
+
+  const watches = namespaces.map((namespace) => {
+    const informer = makeInformer<V1EndpointSlice>(
+      kc,
+      `/apis/discovery.k8s.io/v1/namespaces/${namespace}/endpointslices`,
+      () => api.listNamespacedEndpointSlice({ namespace, labelSelector: MODEL_LABEL }),
+      MODEL_LABEL,
+    );
+    const watch = superviseInformer(
+      `endpointslice/${namespace}`,
+      informer,
+      options.silenceMs ?? 300_000,
+      options.log ?? (() => {}),
+    );
+    const upsert = (s: V1EndpointSlice) => {
+      watch.touch();
+      slices.set(key(s), endpointsOfSlice(s));
+      changed();
+    };
+    informer.on("add", upsert);
+    informer.on("update", upsert);
+    informer.on("delete", (s) => {
+      watch.touch();
+      slices.delete(key(s));
+      changed();
+    });
+    return { informer, watch };
   });
 
   return {
     name: "kubernetes",
-    synced: informer.start(),
+    synced: Promise.all(watches.map(({ informer }) => informer.start())).then(() => {}),
     endpoints: () => current,
     onChange(listener) {
       listeners.add(listener);
@@ -109,7 +115,7 @@ export function createKubeEndpointSource(
     },
     async close() {
       listeners.clear();
-      await watch.stop();
+      await Promise.all(watches.map(({ watch }) => watch.stop()));
     },
   };
 }

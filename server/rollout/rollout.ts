@@ -14,11 +14,19 @@
  * the canary's replicas are gone (the operator removed the bad canary, or made the promoted one the new
  * stable): then all traffic returns to stable and the next canary starts a new rollout. A change of the
  * model's rollout settings also starts over.
- * Weights are applied through the routing table as the admin API's traffic split would be, so WatchState
- * shows every step; each decision is logged and exported as kinfer_gateway_rollout_* metrics.
+ * Weights are stored in the control state as the admin API's traffic split would be (server/control/), so
+ * every gateway replica applies them and WatchState shows every step; each decision is logged and exported
+ * as kinfer_gateway_rollout_* metrics.
+ *
+ * With several gateway replicas, one runs the rollouts at a time: the holder of the rollout Lease
+ * (server/control/lease.ts). Its progress (phase, weight, failed checks, when the step started) is stored
+ * with each step, so that when it goes away the next holder resumes from the stored step. The leader judges
+ * on the requests it served itself: behind a random spread of clients over gateways that is a uniform
+ * sample of the traffic, and `minRequests` counts that sample. Times are wall-clock ms, shared by all.
  */
 import { Code } from "@connectrpc/connect";
 import { z } from "zod";
+import type { RolloutState } from "../control/control-state.js";
 
 export const rolloutSchema = z
   .object({
@@ -89,8 +97,15 @@ export type RolloutPhase = "idle" | "progressing" | "promoted" | "rolled-back";
 export interface RolloutTarget {
   /** Whether the version has a replica that can take requests now. */
   hasReadyReplica(model: string, version: string): boolean;
-  /** Sets the model's weights (versions not named get 0). */
-  setWeights(model: string, weights: ReadonlyMap<string, number>): void;
+  /** Whether this gateway runs rollouts now (it holds the Lease; always, with one gateway). */
+  isLeader(): boolean;
+  /** A model's rollout progress as stored (the control state), if any. */
+  stored(model: string): RolloutState | undefined;
+  /**
+   * Stores a model's progress and the weights it implies (versions not named get 0), for every gateway to
+   * apply. Rejects when the store cannot be written; the controller tries again on its next tick.
+   */
+  persist(model: string, state: RolloutState, weights: ReadonlyMap<string, number>): Promise<void>;
   log(message: string, fields: Record<string, unknown>): void;
   /** Exported state: the phase (as a label) and the canary's weight. */
   report(model: string, phase: RolloutPhase, canaryWeight: number): void;
@@ -114,25 +129,51 @@ interface ModelRollout {
   failedChecks: number;
   stats: Map<string, StepStats>;
   stepStarted: number;
+  /** A write of this rollout's progress is on its way: decide nothing until it lands. */
+  writing: boolean;
+  /** Progress not stored yet (a write failed): stored again before anything else. */
+  dirty: boolean;
+  /** Not yet resumed from the stored progress (new here, or leadership just gained). */
+  resume: boolean;
+  /** What was last reported in metrics (by a gateway that does not lead, from the stored state). */
+  reported: string;
 }
+
+const stateOf = (r: ModelRollout): RolloutState => ({
+  fingerprint: r.fingerprint,
+  phase: r.phase,
+  canaryWeight: r.canaryWeight,
+  failedChecks: r.failedChecks,
+  stepStartedAt: Math.round(r.stepStarted),
+});
 
 export function createRolloutController(
   target: RolloutTarget,
-  now: () => number = () => performance.now(),
+  now: () => number = Date.now,
   random: () => number = Math.random,
 ): RolloutController {
   const rollouts = new Map<string, ModelRollout>();
 
+  /** Stores the rollout's progress and weights; a failed write is made again at the next tick. */
   const apply = (model: string, r: ModelRollout) => {
     const { canary, stable } = r.config;
-    target.setWeights(
-      model,
-      new Map([
-        [stable, 100 - r.canaryWeight],
-        [canary, r.canaryWeight],
-      ]),
+    const weights = new Map([
+      [stable, 100 - r.canaryWeight],
+      [canary, r.canaryWeight],
+    ]);
+    r.writing = true;
+    r.dirty = false;
+    target.persist(model, stateOf(r), weights).then(
+      () => {
+        r.writing = false;
+        target.report(model, r.phase, r.canaryWeight);
+      },
+      (err: unknown) => {
+        r.writing = false;
+        r.dirty = true;
+        target.log("rollout progress not stored; trying again", { model, err: String(err) });
+      },
     );
-    target.report(model, r.phase, r.canaryWeight);
   };
 
   const newStep = (r: ModelRollout) => {
@@ -140,9 +181,42 @@ export function createRolloutController(
     r.stepStarted = now();
   };
 
+  /** A gateway that leads takes the stored progress of its rollouts (it may have been another's). */
+  const adopt = (r: ModelRollout, s: RolloutState | undefined) => {
+    if (s === undefined || s.fingerprint !== r.fingerprint) return;
+    const mine = stateOf(r);
+    if (JSON.stringify(mine) === JSON.stringify(s)) return;
+    r.phase = s.phase;
+    r.canaryWeight = s.canaryWeight;
+    r.failedChecks = s.failedChecks;
+    r.stepStarted = s.stepStartedAt;
+    r.stats = new Map();
+  };
+
   function tick(): void {
+    const leading = target.isLeader();
     for (const [model, r] of rollouts) {
       const { config } = r;
+      const stored = target.stored(model);
+      if (!leading) {
+        r.resume = true; // when it leads again, another gateway may have moved the rollout on
+        // Followers export the leader's progress, so that every gateway's metrics show the rollout.
+        if (stored?.fingerprint === r.fingerprint) {
+          const key = `${stored.phase}/${stored.canaryWeight}`;
+          if (key !== r.reported) target.report(model, stored.phase, stored.canaryWeight);
+          r.reported = key;
+        }
+        continue;
+      }
+      if (r.resume) {
+        adopt(r, stored);
+        r.resume = false;
+      }
+      if (r.writing) continue;
+      if (r.dirty) {
+        apply(model, r);
+        continue;
+      }
       if (r.phase === "idle") {
         if (target.hasReadyReplica(model, config.canary) && target.hasReadyReplica(model, config.stable)) {
           r.phase = "progressing";
@@ -221,7 +295,7 @@ export function createRolloutController(
   return {
     observe(model, version, code, ttftMs) {
       const r = rollouts.get(model);
-      if (r?.phase !== "progressing") return;
+      if (r?.phase !== "progressing" || !target.isLeader()) return;
       let s = r.stats.get(version);
       if (s === undefined) {
         s = new StepStats();
@@ -246,6 +320,10 @@ export function createRolloutController(
           failedChecks: 0,
           stats: new Map(),
           stepStarted: now(),
+          writing: false,
+          dirty: false,
+          resume: true,
+          reported: "",
         });
       }
     },

@@ -12,7 +12,8 @@
  *   requests is better, normalised across candidates) + weights.kvCache x (1 - KV usage).
  * - prefix-aware: resource-aware plus weights.prefix x the share of the prompt's prefix blocks the replica
  *   holds (PrefixAffinityIndex), dropped for a replica loaded over affinityLoadFactor x the mean (+1), so
- *   that a popular prefix never makes a hot spot.
+ *   that a popular prefix never makes a hot spot. (The router first tries the prefix's rendezvous home,
+ *   router.ts; this scoring decides when the home is loaded or the prompt too short to have one.)
  * Signals older than signalMaxAgeMs are stale; with no fresh signal at all, the scorers fall back to
  * least-outstanding. Ties go to the replica with fewer requests in flight, then at random.
  */
@@ -95,6 +96,17 @@ function leastOutstanding(candidates: readonly Replica[], random: () => number):
   return best[Math.floor(random() * best.length)] as Replica;
 }
 
+/** Whether a replica with this queue estimate and KV usage is under the policy's thresholds and not full. */
+function withinThresholds(
+  r: Replica,
+  queue: number,
+  kv: number,
+  policy: RoutingPolicyConfig,
+  maxInFlight = Number.POSITIVE_INFINITY,
+): boolean {
+  return queue <= policy.queueThreshold && kv <= policy.kvCacheThreshold && r.inFlight < maxInFlight;
+}
+
 function scored(candidates: readonly Replica[], ctx: PickContext): Pick {
   const { policy, now } = ctx;
   const signals = candidates.map((r) => freshSignals(r, now, policy.signalMaxAgeMs));
@@ -112,10 +124,7 @@ function scored(candidates: readonly Replica[], ctx: PickContext): Pick {
       kv: s?.kvCacheUsage ?? kvDefault,
     };
   });
-  const full = ctx.maxInFlight ?? Number.POSITIVE_INFINITY;
-  const under = rows.filter(
-    (x) => x.queue <= policy.queueThreshold && x.kv <= policy.kvCacheThreshold && x.r.inFlight < full,
-  );
+  const under = rows.filter((x) => withinThresholds(x.r, x.queue, x.kv, policy, ctx.maxInFlight));
   const pool = under.length > 0 ? under : rows;
   const maxQ = Math.max(...pool.map((x) => x.queue));
   const minQ = Math.min(...pool.map((x) => x.queue));

@@ -2,16 +2,25 @@
  * The router: for one request, the model version (traffic weights, or a pin) and then the replica (the
  * model's policy, session affinity, prefix affinity), skipping replicas already tried by this request.
  * It reads the routing table and replica state and writes only its own memory (round-robin turns, the
- * prefix index, session bindings). Time and randomness are injected, for the routing benchmark.
+ * prefix index). Time and randomness are injected, for the routing benchmark.
+ *
+ * Several gateway replicas route alike without sharing anything (rendezvous.ts, bounded-load consistent
+ * hashing over the load every gateway reads alike from the scrapes):
+ * - a session goes to the first replica in its key's rendezvous order that is not loaded over the
+ *   affinity bound (affinityLoadFactor x the mean load, plus one);
+ * - with prefix-aware, a prompt of at least HOME_MIN_BLOCKS blocks goes to its prefix's home (prefixHome)
+ *   while the home is within that bound and under the policy's thresholds, so a shared prefix converges
+ *   on one replica whichever gateway sees it; when the home is loaded, the scorer decides, with this
+ *   gateway's prefix index pointing at the replicas that took the prefix before (pick-replica.ts).
  */
 
 import { Code } from "@connectrpc/connect";
-import { LRUCache } from "lru-cache";
 import { ErrorReason } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { gatewayError, noHealthyReplica } from "../errors/gateway-error.js";
-import { isEligible, type Replica } from "../replicas/replica.js";
+import { freshSignals, isEligible, type Replica } from "../replicas/replica.js";
 import { type Pick, pickReplica } from "./pick-replica.js";
 import { createPrefixAffinityIndex, prefixBlockHashes } from "./prefix-affinity-index.js";
+import { hashString, rendezvousFirst } from "./rendezvous.js";
 import type { ModelEntry, VersionEntry } from "./routing-table.js";
 
 export interface RouterOptions {
@@ -20,8 +29,24 @@ export interface RouterOptions {
   /** In [0, 1). Default Math.random. */
   random?: () => number;
   prefixIndex: { blockChars: number; maxBlocksPerRequest: number; maxEntries: number };
-  /** Session bindings kept. Default 100,000. */
-  maxSessions?: number;
+}
+
+/**
+ * The shallowest prefix depth, in blocks, that has a rendezvous home (then 32, 64, ...): 16 blocks of 256
+ * characters, about 1,000 tokens. A shorter prompt is placed by load: its prefill is short, and placing
+ * unshared short prompts by hash rather than load costs more in queueing than a cache hit saves
+ * (BENCHMARKS.md, sharegpt).
+ */
+export const HOME_MIN_BLOCKS = 16;
+
+/**
+ * A replica's load as every gateway sees it alike: the scraped running and waiting requests (the same
+ * numbers on every gateway) plus what this gateway sent since that scrape, and never less than this
+ * gateway's own requests in flight there (all it knows when the signals are stale).
+ */
+function affinityLoad(r: Replica, now: number, maxAgeMs: number): number {
+  const s = freshSignals(r, now, maxAgeMs);
+  return Math.max(r.inFlight, s === undefined ? 0 : s.running + s.waiting + r.sentSinceScrape);
 }
 
 /** What routing needs to know about a request. */
@@ -51,7 +76,7 @@ export interface Router {
     input: RouteInput,
     exclude: ReadonlySet<string>,
   ): Pick | undefined;
-  /** Remembers where a request was sent (its prefix blocks will be cached there; the session's replica). */
+  /** Remembers where a request was sent (its prefix blocks will be cached there). */
   commit(replica: Replica, input: RouteInput): void;
 }
 
@@ -59,7 +84,6 @@ export function createRouter(options: RouterOptions): Router {
   const random = options.random ?? Math.random;
   const turns = new Map<string, { value: number }>();
   const prefixIndex = createPrefixAffinityIndex(options.prefixIndex.maxEntries);
-  const sessions = new LRUCache<string, string>({ max: options.maxSessions ?? 100_000 });
 
   const eligible = (version: VersionEntry, exclude: ReadonlySet<string>, now: number) =>
     version.replicas.filter((r) => !exclude.has(r.id) && isEligible(r, now));
@@ -97,14 +121,13 @@ export function createRouter(options: RouterOptions): Router {
       const candidates = eligible(version, exclude, now);
       if (candidates.length === 0) return undefined;
       const policy = model.policy;
+      const loads = new Map(candidates.map((r) => [r, affinityLoad(r, now, policy.signalMaxAgeMs)]));
+      const meanLoad = [...loads.values()].reduce((a, b) => a + b, 0) / candidates.length;
+      const withinBound = (r: Replica) =>
+        (loads.get(r) as number) <= policy.affinityLoadFactor * meanLoad + 1;
       if (policy.sessionAffinity && input.affinityKey !== "") {
-        const bound = sessions.get(`${model.name}\u0000${input.affinityKey}`);
-        const replica = candidates.find((r) => r.id === bound);
-        if (replica !== undefined) {
-          const meanLoad = candidates.reduce((s, r) => s + r.inFlight, 0) / candidates.length;
-          if (replica.inFlight <= policy.affinityLoadFactor * meanLoad + 1)
-            return { replica, reason: "session" };
-        }
+        const [home] = rendezvousFirst(candidates, hashString(input.affinityKey), withinBound);
+        if (home !== undefined) return { replica: home, reason: "session" };
       }
       const key = `${model.name}\u0000${version.name}`;
       let turn = turns.get(key);
@@ -112,15 +135,25 @@ export function createRouter(options: RouterOptions): Router {
         turn = { value: Math.floor(random() * 1000) };
         turns.set(key, turn);
       }
+      const matches =
+        policy.algorithm === "prefix-aware" ? prefixIndex.matches(input.prefixHashes) : undefined;
+      if (matches !== undefined) {
+        const full = input.maxInFlight ?? Number.POSITIVE_INFINITY;
+        const home = prefixHome(candidates, input.prefixHashes, (r) => withinBound(r) && r.inFlight < full);
+        if (home !== undefined) return { replica: home, reason: "prefix" };
+      }
       return pickReplica(candidates, {
         now,
         policy,
         random,
         turn,
         ...(input.maxInFlight !== undefined ? { maxInFlight: input.maxInFlight } : {}),
-        ...(policy.algorithm === "prefix-aware"
+        ...(matches !== undefined
           ? {
-              prefix: { matches: prefixIndex.matches(input.prefixHashes), blocks: input.prefixHashes.length },
+              prefix: {
+                matches,
+                blocks: input.prefixHashes.length,
+              },
             }
           : {}),
       });
@@ -128,7 +161,25 @@ export function createRouter(options: RouterOptions): Router {
 
     commit(replica, input) {
       if (input.prefixHashes.length > 0) prefixIndex.record(input.prefixHashes, replica.id);
-      if (input.affinityKey !== "") sessions.set(`${replica.model}\u0000${input.affinityKey}`, replica.id);
     },
   };
+}
+
+/**
+ * The rendezvous home of a prompt's prefix, if it has one and `accept`s it: the first replica in the
+ * rendezvous order of the prompt's deepest prefix of HOME_MIN_BLOCKS x 2^k blocks, so prompts that share
+ * that prefix share the home, on every gateway. A conversation that grows moves home when it passes a
+ * depth (16, 32, 64, ... blocks): a few times in its life, not every turn (and sessions with a key have
+ * their own, stable home).
+ */
+function prefixHome(
+  candidates: readonly Replica[],
+  hashes: readonly number[],
+  accept: (r: Replica) => boolean,
+): Replica | undefined {
+  if (hashes.length < HOME_MIN_BLOCKS) return undefined;
+  let depth = HOME_MIN_BLOCKS;
+  while (depth * 2 <= hashes.length) depth *= 2;
+  const [home] = rendezvousFirst(candidates, hashes[depth - 1] as number, () => true);
+  return home !== undefined && accept(home) ? home : undefined;
 }

@@ -1,11 +1,13 @@
 /**
  * The routing table: which models the gateway serves, their versions with traffic weights, each model's
  * routing policy, and the replicas of every version. It is rebuilt from the config (models, weights,
- * policies) and the EndpointSource (replicas) whenever either changes; Replica objects survive rebuilds,
- * so in-flight counts, signals, ejections and drains are kept. Readers get the current table by reference
- * and never see a half-applied change.
+ * policies) and the EndpointSource (replicas) whenever either changes, and overlaid with the control
+ * state (server/control/: operators' traffic splits, policies and drains) whenever that changes; Replica
+ * objects survive rebuilds, so in-flight counts, signals and ejections are kept. Readers get the current
+ * table by reference and never see a half-applied change.
  */
 import { effectivePolicy, type GatewayConfig, type RoutingPolicyConfig } from "../config/gateway-config.js";
+import type { ModelControl } from "../control/control-state.js";
 import type { Endpoint } from "../discovery/endpoint-source.js";
 import { createReplica, type Replica } from "../replicas/replica.js";
 
@@ -35,10 +37,11 @@ export interface RoutingTable {
   replicas(): readonly Replica[];
   /** Rebuilds from a config and the current endpoints. */
   apply(config: GatewayConfig, endpoints: readonly Endpoint[], source: string): void;
-  /** Overrides the weights of a model's versions (admin API); returns false if the model is unknown. */
-  setWeights(model: string, weights: ReadonlyMap<string, number>): boolean;
-  /** Overrides a model's policy (admin API). */
-  setPolicy(model: string, policy: RoutingPolicyConfig): boolean;
+  /**
+   * Applies the control state of every model (replacing what was applied before): weights and policies
+   * override the config's; drained replicas take no new requests. Versions a split does not name get 0.
+   */
+  setControl(control: ReadonlyMap<string, ModelControl>): void;
   /** Calls `listener` after every change. */
   onChange(listener: () => void): () => void;
 }
@@ -46,20 +49,26 @@ export interface RoutingTable {
 export function createRoutingTable(): RoutingTable {
   let models = new Map<string, ModelEntry>();
   const replicasByKey = new Map<string, Replica>();
-  /** Operator overrides that survive config reloads (until the version or model disappears). */
-  const weightOverrides = new Map<string, ReadonlyMap<string, number>>();
-  const policyOverrides = new Map<string, RoutingPolicyConfig>();
+  /** The control state's overrides, kept across config reloads. */
+  let control: ReadonlyMap<string, ModelControl> = new Map();
   const listeners = new Set<() => void>();
   const changed = () => {
     for (const l of listeners) l();
   };
 
   function withOverrides(entry: ModelEntry): ModelEntry {
-    const weights = weightOverrides.get(entry.name);
+    const c = control.get(entry.name);
+    const drained = new Set(c?.drained ?? []);
+    for (const v of entry.versions) for (const r of v.replicas) r.draining = drained.has(r.id);
+    if (c === undefined) return entry;
+    const weights = c.weights;
     return {
       ...entry,
-      policy: policyOverrides.get(entry.name) ?? entry.policy,
-      versions: entry.versions.map((v) => ({ ...v, weight: weights?.get(v.name) ?? v.weight })),
+      policy: c.policy ?? entry.policy,
+      versions: entry.versions.map((v) => ({
+        ...v,
+        weight: weights === undefined ? v.weight : (weights[v.name] ?? 0),
+      })),
     };
   }
 
@@ -113,22 +122,12 @@ export function createRoutingTable(): RoutingTable {
         });
       }
       for (const key of [...replicasByKey.keys()]) if (!seen.has(key)) replicasByKey.delete(key);
-      for (const name of [...weightOverrides.keys()]) if (!next.has(name)) weightOverrides.delete(name);
-      for (const name of [...policyOverrides.keys()]) if (!next.has(name)) policyOverrides.delete(name);
       base = next;
       rebuild();
     },
-    setWeights(model, weights) {
-      if (!base.has(model)) return false;
-      weightOverrides.set(model, new Map(weights));
+    setControl(next) {
+      control = next;
       rebuild();
-      return true;
-    },
-    setPolicy(model, policy) {
-      if (!base.has(model)) return false;
-      policyOverrides.set(model, policy);
-      rebuild();
-      return true;
     },
     onChange(listener) {
       listeners.add(listener);

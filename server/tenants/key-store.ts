@@ -1,7 +1,9 @@
 /**
- * Tenants' API keys, stored hashed. Keys live in a YAML file (`tenants.keysFile`): a writable file in local
- * use, or a Kubernetes Secret mounted read-only. The file is reloaded when it changes (the kubelet swaps a
- * Secret's files atomically); a file that fails validation is reported and the keys in force are kept.
+ * Tenants' API keys, stored hashed, as a YAML list (`keys:`). Two stores: a file (`tenants.keysFile`: a
+ * writable file in local use, or a Kubernetes Secret mounted read-only), reloaded when it changes (the
+ * kubelet swaps a Secret's files atomically), and the Secret itself through the API (`tenants.keysSecret`,
+ * secret-key-store.ts), which every gateway replica watches and the admin API's key calls write. A list
+ * that fails validation is reported and the keys in force are kept.
  *
  * A secret is `kfr_` + 32 random bytes (base64url); only its SHA-256 is stored, with its first characters
  * to recognise it in a list. Lookups hash the presented secret and find the digest in a map: the time
@@ -59,8 +61,11 @@ export class KeyStoreError extends Error {
   override readonly name = "KeyStoreError";
   constructor(
     message: string,
-    /** "invalid": bad arguments; "read-only": the file cannot be written; "not-found": no such key. */
-    readonly kind: "invalid" | "read-only" | "not-found",
+    /**
+     * "invalid": bad arguments; "read-only": the file cannot be written; "not-found": no such key;
+     * "unavailable": the store cannot be written now (the apiserver is unreachable).
+     */
+    readonly kind: "invalid" | "read-only" | "not-found" | "unavailable",
   ) {
     super(message);
   }
@@ -111,24 +116,72 @@ export function parseKeysFile(text: string, source: string): ApiKeyRecord[] {
   return parsed.data.keys;
 }
 
+export type NewKeyInit = {
+  tenant: string;
+  allowedModels: readonly string[];
+  limits: ApiKeyLimits;
+  priority?: ApiKeyRecord["priority"];
+  weight?: number;
+};
+
 export interface KeyStore {
   /** The valid (not revoked) key with this secret, if any. */
   authenticate(secret: string): ApiKeyRecord | undefined;
   list(filter?: { tenant?: string; includeRevoked?: boolean }): ApiKeyRecord[];
-  create(init: {
-    tenant: string;
-    allowedModels: readonly string[];
-    limits: ApiKeyLimits;
-    priority?: ApiKeyRecord["priority"];
-    weight?: number;
-  }): {
-    record: ApiKeyRecord;
-    secret: string;
-  };
-  revoke(id: string): ApiKeyRecord;
+  /** Stores a new key; resolves once stored and in force here. */
+  create(
+    init: NewKeyInit,
+  ): { record: ApiKeyRecord; secret: string } | Promise<{ record: ApiKeyRecord; secret: string }>;
+  revoke(id: string): ApiKeyRecord | Promise<ApiKeyRecord>;
   /** Calls back after every reload or change (limits may have changed). */
   onChange(listener: () => void): void;
   close(): void;
+}
+
+/**
+ * The keys in force and their lookups, shared by both stores: `set` replaces the list (after a load or a
+ * write) and tells the listeners.
+ */
+export function createKeyIndex() {
+  let keys: ApiKeyRecord[] = [];
+  let byHash = new Map<string, ApiKeyRecord>();
+  const listeners: (() => void)[] = [];
+  return {
+    get keys(): readonly ApiKeyRecord[] {
+      return keys;
+    },
+    set(next: ApiKeyRecord[]) {
+      keys = next;
+      byHash = new Map(keys.filter((k) => k.revokedAt === undefined).map((k) => [k.sha256, k]));
+      for (const l of listeners) l();
+    },
+    authenticate(secret: string): ApiKeyRecord | undefined {
+      if (!secret.startsWith(SECRET_PREFIX) || secret.length > 256) return undefined;
+      return byHash.get(hashSecret(secret));
+    },
+    list(filter: { tenant?: string; includeRevoked?: boolean } = {}): ApiKeyRecord[] {
+      return keys
+        .filter((k) => (filter.tenant ? k.tenant === filter.tenant : true))
+        .filter((k) => filter.includeRevoked || k.revokedAt === undefined)
+        .sort((a, b) => a.tenant.localeCompare(b.tenant) || a.id.localeCompare(b.id));
+    },
+    onChange(listener: () => void) {
+      listeners.push(listener);
+    },
+  };
+}
+
+/** `keys` with the key `id` revoked at `at` (unchanged if it already is); not-found if there is none. */
+export function withRevoked(
+  keys: readonly ApiKeyRecord[],
+  id: string,
+  at: Date,
+): { keys: ApiKeyRecord[]; key: ApiKeyRecord } {
+  const key = keys.find((k) => k.id === id);
+  if (key === undefined) throw new KeyStoreError(`no API key ${id}`, "not-found");
+  if (key.revokedAt !== undefined) return { keys: [...keys], key };
+  const revoked = { ...key, revokedAt: at.toISOString() };
+  return { keys: keys.map((k) => (k.id === id ? revoked : k)), key: revoked };
 }
 
 export interface KeyStoreOptions {
@@ -140,14 +193,8 @@ export interface KeyStoreOptions {
 export function openKeyStore(options: KeyStoreOptions): KeyStore {
   const { file } = options;
   const now = options.now ?? (() => new Date());
-  let keys: ApiKeyRecord[] = parseKeysFile(readFileSync(file, "utf8"), file);
-  let byHash = new Map<string, ApiKeyRecord>();
-  const listeners: (() => void)[] = [];
-  const index = () => {
-    byHash = new Map(keys.filter((k) => k.revokedAt === undefined).map((k) => [k.sha256, k]));
-    for (const l of listeners) l();
-  };
-  index();
+  const index = createKeyIndex();
+  index.set(parseKeysFile(readFileSync(file, "utf8"), file));
 
   /** The file's text as last read or written, to tell a real change from a touch. */
   let last = readFileSync(file, "utf8");
@@ -166,9 +213,8 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
         );
       throw err;
     }
-    keys = next;
     last = readFileSync(file, "utf8");
-    index();
+    index.set(next);
   };
 
   // Reload on change (atomic renames and Secret symlink swaps replace the file: common/fs/watch-file.ts).
@@ -176,9 +222,9 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
     try {
       const text = readFileSync(file, "utf8");
       if (text === last) return;
-      keys = parseKeysFile(text, file);
+      const next = parseKeysFile(text, file);
       last = text;
-      index();
+      index.set(next);
     } catch (err) {
       options.onReloadError?.(err as Error);
     }
@@ -186,32 +232,19 @@ export function openKeyStore(options: KeyStoreOptions): KeyStore {
   const watcher = watchFile(file, reload);
 
   return {
-    authenticate(secret) {
-      if (!secret.startsWith(SECRET_PREFIX) || secret.length > 256) return undefined;
-      return byHash.get(hashSecret(secret));
-    },
-    list(filter = {}) {
-      return keys
-        .filter((k) => (filter.tenant ? k.tenant === filter.tenant : true))
-        .filter((k) => filter.includeRevoked || k.revokedAt === undefined)
-        .sort((a, b) => a.tenant.localeCompare(b.tenant) || a.id.localeCompare(b.id));
-    },
+    authenticate: index.authenticate,
+    list: index.list,
     create(init) {
       const created = newKey({ ...init, now: now() });
-      save([...keys, created.record]);
+      save([...index.keys, created.record]);
       return created;
     },
     revoke(id) {
-      const key = keys.find((k) => k.id === id);
-      if (key === undefined) throw new KeyStoreError(`no API key ${id}`, "not-found");
-      if (key.revokedAt !== undefined) return key;
-      const revoked = { ...key, revokedAt: now().toISOString() };
-      save(keys.map((k) => (k.id === id ? revoked : k)));
-      return revoked;
+      const { keys, key } = withRevoked(index.keys, id, now());
+      if (keys.some((k, i) => k !== index.keys[i])) save(keys);
+      return key;
     },
-    onChange(listener) {
-      listeners.push(listener);
-    },
+    onChange: index.onChange,
     close() {
       watcher.close();
     },

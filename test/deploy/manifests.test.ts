@@ -180,6 +180,10 @@ describe("lint: the mistakes that fail silently", () => {
       expect(byKind("HorizontalPodAutoscaler").map((h) => h.metadata.name)).toContain(
         canary.spec.autoscalerRef.name,
       );
+      // Flagger 1.36 copies the target with Kubernetes 1.27's types: a preStop `sleep` action (1.29) is
+      // dropped and the -primary copy refused (seen in test/k8s/deployed.test.ts). An exec of sleep survives.
+      for (const c of target?.spec.template.spec.containers ?? [])
+        expect(c.lifecycle?.preStop?.sleep, `${canary.metadata.name}: ${c.name}`).toBeUndefined();
     }
   });
 
@@ -248,15 +252,176 @@ describe("lint: the mistakes that fail silently", () => {
     }
   });
 
-  it("the GPU scheduler's extender is the kinfer-scheduler Service, nodeCacheCapable", () => {
+  it("the GPU scheduler's extender is its sidecar on loopback, nodeCacheCapable, for pods that ask for GPUs", () => {
     const cm = byKind("ConfigMap").find((c) => c.metadata.name.startsWith("gpu-scheduler"));
-    const text = Object.values(cm?.data ?? {})[0] ?? "";
-    const config = parse(text);
-    const service = byKind("Service").find((s) => s.metadata.name === "kinfer-scheduler");
-    const port = service?.spec.ports[0].port;
+    const config = parse(Object.values(cm?.data ?? {})[0] ?? "");
     expect(config.profiles.map((p: { schedulerName: string }) => p.schedulerName)).toContain("gpu-scheduler");
-    expect(config.extenders[0].urlPrefix).toBe(`http://kinfer-scheduler.kinfer-system.svc:${port}/scheduler`);
-    expect(config.extenders[0].nodeCacheCapable).toBe(true);
+    const [extender] = config.extenders;
+    // filter holds GPUs and bind binds anything: only the kube-scheduler in the same pod may call them.
+    const url = new URL(extender.urlPrefix);
+    expect(url.hostname).toBe("127.0.0.1");
+    const pod = byKind("Deployment").find((d) => d.metadata.name === "gpu-scheduler")?.spec.template.spec;
+    const sidecar = pod.containers.find((c: { name: string }) => c.name === "kinfer-scheduler");
+    expect(sidecar.args).toEqual(expect.arrayContaining(["--host=127.0.0.1", `--port=${url.port}`]));
+    // No Service exposes the extender port; the one Service on these pods is the read-only ops port.
+    const services = byKind("Service").filter(
+      (s) => s.spec.selector?.["app.kubernetes.io/name"] === "gpu-scheduler",
+    );
+    for (const s of services)
+      for (const p of s.spec.ports)
+        expect(String(p.targetPort === "ops" ? 8889 : p.targetPort)).not.toBe(url.port);
+    expect(extender.nodeCacheCapable).toBe(true);
+    expect(extender.managedResources).toEqual([
+      { name: "nvidia.com/gpu", ignoredByScheduler: false },
+      { name: "kinfer.io/gpu-milli", ignoredByScheduler: true },
+    ]);
+  });
+
+  it("the GPU scheduler's lease lives where its Role grants it, and kube-scheduler's image comes from images:", () => {
+    const cm = byKind("ConfigMap").find((c) => c.metadata.name.startsWith("gpu-scheduler"));
+    const { leaderElection } = parse(Object.values(cm?.data ?? {})[0] ?? "");
+    expect(leaderElection.leaderElect).toBe(true);
+    const role = byKind("Role").find((r) =>
+      (r.rules ?? []).some(
+        (rule) =>
+          rule.resources.includes("leases") && rule.resourceNames?.includes(leaderElection.resourceName),
+      ),
+    );
+    // Rendered, not as written: kustomize's `namespace:` moves namespaced objects (the issue this catches).
+    expect(role?.metadata.namespace).toBe(leaderElection.resourceNamespace);
+    const binding = byKind("RoleBinding").find(
+      (b) => b.spec === undefined && b.metadata.name === role?.metadata.name,
+    );
+    expect(binding?.metadata.namespace).toBe(leaderElection.resourceNamespace);
+    const base = parse(readFileSync(join(root, "deploy/base/kustomization.yaml"), "utf8"));
+    expect(base.images).toContainEqual({
+      name: "registry.k8s.io/kube-scheduler",
+      newTag: expect.any(String),
+    });
+  });
+
+  it("the gateway has no cluster-wide permission: a Role per discovery namespace (EndpointSlices only), and in its own its control state by name", () => {
+    const cm = byKind("ConfigMap").find((c) => c.metadata.name.startsWith("kinfer-gateway"));
+    const config = parseGatewayConfig(parse(cm?.data?.["gateway.yaml"] ?? ""), "gateway.yaml");
+    const isGateway = (b: KubeObject) =>
+      b.subjects?.some(
+        (s: { kind: string; name: string }) => s.kind === "ServiceAccount" && s.name === "kinfer-gateway",
+      );
+    expect(byKind("ClusterRoleBinding").filter(isGateway)).toEqual([]);
+    const roleOf = (b: KubeObject) =>
+      byKind("Role").find(
+        (r) => r.metadata.name === b.roleRef?.name && r.metadata.namespace === b.metadata.namespace,
+      );
+    const bindings = byKind("RoleBinding").filter(isGateway);
+    const discovery = bindings.filter((b) => b.roleRef?.name === "kinfer-gateway-discovery");
+    expect(discovery.map((b) => b.metadata.namespace).sort()).toEqual(
+      [...(config.discovery.namespaces ?? [])].sort(),
+    );
+    for (const b of discovery)
+      expect(roleOf(b)?.rules).toEqual([
+        { apiGroups: ["discovery.k8s.io"], resources: ["endpointslices"], verbs: ["get", "list", "watch"] },
+      ]);
+    // The control state (config.control.store kubernetes): in the gateway's own namespace only.
+    expect(config.control.store).toBe("kubernetes");
+    const control = bindings.filter((b) => b.roleRef?.name === "kinfer-gateway-control");
+    expect(control.map((b) => b.metadata.namespace)).toEqual(["kinfer-system"]);
+    expect(bindings).toHaveLength(discovery.length + control.length);
+    const rules = roleOf(control[0] as KubeObject)?.rules as {
+      resources: string[];
+      resourceNames?: string[];
+    }[];
+    expect(
+      rules.map((r) => `${r.resources.join(",")}${r.resourceNames ? `/${r.resourceNames.join(",")}` : ""}`),
+    ).toEqual([
+      "kinfermodels",
+      "kinfermodels/status",
+      "leases",
+      "leases/kinfer-gateway-rollout",
+      "secrets/kinfer-gateway-keys",
+    ]);
+    expect(rules.find((r) => r.resources[0] === "leases" && !r.resourceNames)).toMatchObject({
+      verbs: ["create"],
+    });
+  });
+
+  it("every model's PodDisruptionBudget also covers Flagger's -primary copy of its pods", () => {
+    for (const d of byKind("Deployment").filter(
+      (d) => d.metadata.labels?.["kinfer.io/component"] === "vllm",
+    )) {
+      const labels: Record<string, string> = d.spec.template.metadata.labels;
+      // Flagger's primary: the same template, with the one selector label's value suffixed -primary.
+      const [selectorKey] = Object.keys(d.spec.selector.matchLabels);
+      const primary = { ...labels, [selectorKey as string]: `${labels[selectorKey as string]}-primary` };
+      const pdbs = byKind("PodDisruptionBudget").filter((p) => p.metadata.namespace === d.metadata.namespace);
+      const covering = (pod: Record<string, string>) =>
+        pdbs.filter((p) => Object.entries(p.spec.selector.matchLabels).every(([k, v]) => pod[k] === v));
+      expect(
+        covering(labels).map((p) => p.metadata.name),
+        d.metadata.name,
+      ).toHaveLength(1);
+      expect(
+        covering(primary).map((p) => p.metadata.name),
+        `${d.metadata.name}-primary`,
+      ).toEqual(covering(labels).map((p) => p.metadata.name));
+    }
+  });
+
+  it("grace periods outlast the longest stream the gateway allows, on the gateway and on vLLM", () => {
+    const cm = byKind("ConfigMap").find((c) => c.metadata.name.startsWith("kinfer-gateway"));
+    const config = parseGatewayConfig(parse(cm?.data?.["gateway.yaml"] ?? ""), "gateway.yaml");
+    const longestS = config.limits.maxTimeoutMs / 1000;
+    expect(config.timeouts.drainMs).toBeGreaterThanOrEqual(config.limits.maxTimeoutMs);
+    const gateway = byKind("Deployment").find((d) => d.metadata.name === "kinfer-gateway")?.spec.template
+      .spec;
+    /** Seconds a preStop hook waits: the sleep action, or an exec of `sleep N`. */
+    const preStop = (c: {
+      lifecycle?: { preStop?: { sleep?: { seconds: number }; exec?: { command: string[] } } };
+    }) => {
+      const hook = c.lifecycle?.preStop;
+      const [cmd, seconds] = hook?.exec?.command ?? [];
+      return hook?.sleep?.seconds ?? (cmd === "sleep" ? Number(seconds) : 0);
+    };
+    expect(gateway.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(
+      preStop(gateway.containers[0]) + config.timeouts.drainMs / 1000 + 5,
+    );
+    for (const d of byKind("Deployment").filter(
+      (d) => d.metadata.labels?.["kinfer.io/component"] === "vllm",
+    )) {
+      const pod = d.spec.template.spec;
+      const vllm = pod.containers[0];
+      // A release that drains on SIGTERM (vLLM 0.18 added --shutdown-timeout; before, SIGTERM aborts).
+      const [major, minor] = (/:v(\d+)\.(\d+)\./.exec(vllm.image) ?? []).slice(1).map(Number);
+      expect((major as number) * 100 + (minor as number), vllm.image).toBeGreaterThanOrEqual(18);
+      const timeout = Number(
+        (vllm.args as string[]).find((a) => a.startsWith("--shutdown-timeout="))?.split("=")[1],
+      );
+      expect(timeout, d.metadata.name).toBeGreaterThanOrEqual(longestS);
+      expect(pod.terminationGracePeriodSeconds, d.metadata.name).toBeGreaterThan(preStop(vllm) + timeout);
+      // Probes on a busy replica: /health can take seconds; a 1 s timeout (the default) flaps.
+      for (const probe of [vllm.readinessProbe, vllm.livenessProbe, vllm.startupProbe])
+        expect(probe.timeoutSeconds, d.metadata.name).toBeGreaterThanOrEqual(5);
+    }
+  });
+
+  it("no volume asks for ReadWriteMany: model caches are claimed per pod from the default class", () => {
+    const claims = [
+      ...byKind("PersistentVolumeClaim").map((c) => c.spec),
+      ...byKind("Deployment").flatMap((d) =>
+        (d.spec.template.spec.volumes ?? [])
+          .filter((v: { ephemeral?: unknown }) => v.ephemeral !== undefined)
+          .map(
+            (v: { ephemeral: { volumeClaimTemplate: { spec: unknown } } }) =>
+              v.ephemeral.volumeClaimTemplate.spec,
+          ),
+      ),
+    ];
+    expect(claims.length).toBeGreaterThanOrEqual(2);
+    for (const c of claims) expect(c.accessModes).toEqual(["ReadWriteOnce"]);
+  });
+
+  it("monitors and rules carry the release label kube-prometheus-stack selects them by", () => {
+    for (const o of [...byKind("PodMonitor"), ...byKind("ServiceMonitor"), ...byKind("PrometheusRule")])
+      expect(o.metadata.labels?.release, `${o.kind}/${o.metadata.name}`).toBe("kube-prometheus-stack");
   });
 
   it("monitors set the job labels the alerts and the dashboard use", () => {

@@ -184,7 +184,7 @@ describe("kinfer's PromQL on a real Prometheus", () => {
       data: { groups: { rules: { name: string; health: string; lastError?: string }[] }[] };
     };
     const rules = body.data.groups.flatMap((g) => g.rules);
-    expect(rules).toHaveLength(12);
+    expect(rules).toHaveLength(18);
     for (const r of rules) expect(r.health, `${r.name}: ${r.lastError}`).toBe("ok");
   });
 
@@ -252,6 +252,37 @@ describe("kinfer's PromQL on a real Prometheus", () => {
     const share = Object.fromEntries(split.map((s) => [s.metric.version, Number(s.value[1])]));
     expect(share.canary).toBeGreaterThan(0.1);
     expect(share.stable).toBeGreaterThan(0.5);
+  });
+
+  it("KEDA's held trigger sees requests the gateway holds for a model with no replica (scale from zero)", async () => {
+    const scaled = objects.find((o) => o.kind === "ScaledObject");
+    const held = scaled?.spec.triggers.find((t: { name: string }) => t.name === "held").metadata;
+    expect(held.query).toContain(COLD_MODEL);
+    // As deploy/base/gateway/gateway.yaml configures the scale-from-zero model: its requests wait.
+    const c = h.gateway.config();
+    h.gateway.applyConfig({
+      ...c,
+      models: c.models.map((m) =>
+        m.name === COLD_MODEL ? { ...m, flow: { activationTimeoutMs: 60_000 } } : m,
+      ),
+    });
+    const stop = new AbortController();
+    const waiting = [1, 2, 3].map(() =>
+      postJson(`${h.url}/v1/completions`, { model: COLD_MODEL, prompt: "x" }, { signal: stop.signal }).catch(
+        () => undefined,
+      ),
+    );
+    try {
+      const value = await until("the held requests in Prometheus", async () => {
+        const [v] = await query(held.query);
+        return Number(v?.value[1]) === 3 ? Number(v?.value[1]) : undefined;
+      });
+      expect(value).toBeGreaterThan(Number(held.activationThreshold));
+    } finally {
+      stop.abort();
+      await Promise.all(waiting);
+      h.gateway.applyConfig(c);
+    }
   });
 
   it("KEDA's demand trigger sees requests for a model with no replica (scale from zero)", async () => {

@@ -19,6 +19,10 @@ export interface KubeObject {
   // biome-ignore lint/suspicious/noExplicitAny: objects of every kind; each test reads the fields it checks
   spec?: any;
   data?: Record<string, string>;
+  /** RBAC objects' fields (Role, ClusterRole, their bindings). */
+  rules?: { apiGroups?: string[]; resources: string[]; resourceNames?: string[]; verbs: string[] }[];
+  subjects?: { kind: string; name: string; namespace?: string }[];
+  roleRef?: { kind: string; name: string };
 }
 
 /** Directories under deploy/ whose kustomization renders objects, top-level first. */

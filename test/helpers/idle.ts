@@ -60,9 +60,13 @@ export async function expectIdle(h: Harness, timeoutMs = 5000): Promise<void> {
 }
 
 /** Resolves when `condition` holds, polling every 5 ms; rejects after `timeoutMs` naming `what`. */
-export async function waitFor(condition: () => boolean, what: string, timeoutMs = 5000): Promise<number> {
+export async function waitFor(
+  condition: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 5000,
+): Promise<number> {
   const started = performance.now();
-  while (!condition()) {
+  while (!(await condition())) {
     if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms: ${what}`);
     await new Promise((r) => setTimeout(r, 5));
   }

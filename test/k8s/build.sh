@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane for the tests, once, into a cache outside the repository:
-#   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/{kube-apiserver,kube-scheduler,kubectl,etcd}
-# from the Go modules pinned in test/k8s/control-plane and test/k8s/etcd, and copies the CRDs that deploy/
-# needs (prometheus-operator's, KEDA's and Flagger's, from the modules pinned in test/k8s/crds) into crds/ there.
+#   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/
+#     {kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok,flagger}
+# from the Go modules pinned in test/k8s/control-plane, test/k8s/etcd, test/k8s/kwok and test/k8s/flagger
+# (kwok's and Flagger's versions are part of their file names in the cache, so that a new pin rebuilds
+# them), and copies the CRDs that deploy/ needs
+# (prometheus-operator's, KEDA's and Flagger's, from the modules pinned in test/k8s/crds) into crds/ there.
 # Prints the directory.
 # The first build downloads the modules and compiles for several minutes; later runs return at once.
 set -euo pipefail
@@ -10,20 +13,54 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # The versions pinned in the go.mod files (in a require line or block).
 version="$(awk '$1 == "k8s.io/kubernetes" || ($1 == "require" && $2 == "k8s.io/kubernetes") { print $NF; exit }' "$here/control-plane/go.mod")"
 etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" || ($1 == "require" && $2 == "go.etcd.io/etcd/server/v3") { print $NF; exit }' "$here/etcd/go.mod")"
-if [[ -z "$version" || -z "$etcd_version" ]]; then
+kwok_version="$(awk '$1 == "sigs.k8s.io/kwok" || ($1 == "require" && $2 == "sigs.k8s.io/kwok") { print $NF; exit }' "$here/kwok/go.mod")"
+flagger_version="$(awk '$1 == "github.com/fluxcd/flagger" || ($1 == "require" && $2 == "github.com/fluxcd/flagger") { print $NF; exit }' "$here/flagger/go.mod")"
+if [[ -z "$version" || -z "$etcd_version" || -z "$kwok_version" || -z "$flagger_version" ]]; then
   echo "build.sh: cannot read the pinned versions from the go.mod files" >&2
   exit 1
 fi
-out="${KINFER_K8S_CACHE:-$HOME/.cache/kinfer}/k8s-${version}-etcd-${etcd_version}"
+# The build's own revision is part of the cache's name: bump it when the way the binaries are built changes.
+out="${KINFER_K8S_CACHE:-$HOME/.cache/kinfer}/k8s-${version}-etcd-${etcd_version}-b2"
 mkdir -p "$out"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-if [[ ! -x "$out/kube-apiserver" || ! -x "$out/kube-scheduler" || ! -x "$out/kubectl" ]]; then
-  (cd "$here/control-plane" && go build -trimpath -ldflags="-s -w" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) >&2
-fi
+# The version the binaries report (`kubectl version`, the apiserver's /version), as a release build stamps
+# it; without it they say v0.0.0-master, which clients that check the server's version refuse (Flagger).
+minor="$(echo "$version" | cut -d. -f2)"
+k8s_ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+# Each command on its own, so that adding one to the list builds only that one in an existing cache.
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  if [[ ! -x "$out/$cmd" ]]; then
+    (cd "$here/control-plane" && go build -trimpath -ldflags="$k8s_ldflags" -o "$out/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") >&2
+    mv "$out/$cmd.tmp" "$out/$cmd"
+  fi
+done
 if [[ ! -x "$out/etcd" ]]; then
   (cd "$here/etcd" && go build -trimpath -ldflags="-s -w" -o "$out/etcd" .) >&2
 fi
+if [[ ! -x "$out/kwok-$kwok_version" ]]; then
+  (cd "$here/kwok" && go build -trimpath -ldflags="-s -w" -o "$out/kwok-$kwok_version.tmp" sigs.k8s.io/kwok/cmd/kwok) >&2
+  mv "$out/kwok-$kwok_version.tmp" "$out/kwok-$kwok_version"
+fi
+ln -sfn "kwok-$kwok_version" "$out/kwok"
+if [[ ! -x "$out/flagger-$flagger_version" ]]; then
+  (cd "$here/flagger" && go build -trimpath -ldflags="-s -w" -o "$out/flagger-$flagger_version.tmp" github.com/fluxcd/flagger/cmd/flagger) >&2
+  mv "$out/flagger-$flagger_version.tmp" "$out/flagger-$flagger_version"
+fi
+ln -sfn "flagger-$flagger_version" "$out/flagger"
+# kwok's stock stages for nodes (initialize; heartbeat with a lease), from its module: the kwok binary has
+# none built in (only kwokctl adds them), and the cluster tests add their own pod stages.
+stages="$out/kwok-stages-$kwok_version"
+if [[ ! -d "$stages" ]]; then
+  kwok_dir="$(cd "$here/kwok" && go mod download -json sigs.k8s.io/kwok | awk -F'"' '$2 == "Dir" { print $4 }')"
+  mkdir -p "$stages.tmp"
+  cp "$kwok_dir/kustomize/stage/node/fast/node-initialize.yaml" \
+    "$kwok_dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" "$stages.tmp/"
+  mv "$stages.tmp" "$stages"
+fi
+ln -sfn "kwok-stages-$kwok_version" "$out/kwok-stages"
 # CRDs: the modules carry their YAML; ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject,
 # TriggerAuthentication and Flagger's (Canary, MetricTemplate, AlertProvider, in one file) are used.
 crds="$out/crds-$(sha256sum "$here/crds/go.sum" | cut -c1-12)"

@@ -1,7 +1,8 @@
 /**
  * Kubernetes discovery against a real apiserver: EndpointSlices labelled as kinfer models are created,
- * scaled and deleted, and the gateway's routing table follows within 2 s; the apiserver is restarted
- * mid-test and routing carries on with the endpoints it knew, then follows new changes again.
+ * scaled and deleted, and the gateway's routing table follows within 2 s; slices in a namespace the
+ * config does not list are ignored; the apiserver is restarted mid-test and routing carries on with the
+ * endpoints it knew, then follows new changes again.
  * The slices point at simulated replicas on a test host (a network namespace, as the apiserver rejects
  * loopback addresses in EndpointSlices), so requests really flow.
  */
@@ -36,14 +37,14 @@ beforeAll(async () => {
   await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: NS } } });
   host = createTestHost(3);
   for (const address of host.addresses) await host.startReplica(address, PORT, "m");
-  source = createKubeEndpointSource(kc, { namespace: NS, silenceMs: 10_000 });
+  source = createKubeEndpointSource(kc, { namespaces: [NS], silenceMs: 10_000 });
   await source.synced;
   gateway = await startGateway({
     config: parseGatewayConfig({
       logLevel: "silent",
       listen: { port: 0 },
       scrape: { intervalMs: 50 },
-      discovery: { source: "kubernetes", namespace: NS },
+      discovery: { source: "kubernetes", namespaces: [NS] },
       models: [{ name: "m", versions: [{ name: "stable" }] }],
     }),
     endpoints: source,
@@ -134,6 +135,24 @@ describe("EndpointSlice discovery", () => {
     expect(await routedUrls(2000, [])).toEqual([]);
     await discovery().createNamespacedEndpointSlice({ namespace: NS, body: slice({ [a]: true }) });
     expect(await routedUrls(2000, [urlOf(a)])).toEqual([urlOf(a)]);
+  });
+
+  it("reads only the namespaces it is given: a slice labelled as model m elsewhere is never routed to", async () => {
+    const [a, , c] = host.addresses as [string, string, string];
+    await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: "elsewhere" } } });
+    await discovery().createNamespacedEndpointSlice({
+      namespace: "elsewhere",
+      body: { ...slice({ [c]: true }), metadata: { ...slice({}).metadata, namespace: "elsewhere" } },
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await routedUrls()).toEqual([urlOf(a)]);
+    // The config says so too: the kubernetes source must name its namespaces.
+    expect(() =>
+      parseGatewayConfig({
+        discovery: { source: "kubernetes" },
+        models: [{ name: "m", versions: [{ name: "stable" }] }],
+      }),
+    ).toThrow(/namespaces/);
   });
 
   it("keeps routing through an apiserver restart, then follows changes again", async () => {

@@ -11,6 +11,8 @@ import type * as http2 from "node:http2";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import {
+  Code,
+  ConnectError,
   type ConnectRouter,
   createContextKey,
   createContextValues,
@@ -128,8 +130,42 @@ export function registerInferenceService(
   config: () => GatewayConfig,
   now: () => number,
 ): void {
+  /**
+   * The request's deadline: the client's (grpc-timeout, connect-timeout-ms; at most limits.maxTimeoutMs,
+   * which connect-node enforces), else limits.maxTimeoutMs, so that no call runs unbounded and a drain
+   * of that length covers every stream. `clear` stops the timer when the request ends first.
+   */
+  function deadlineOf(ctx: HandlerContext, maxTimeoutMs: number) {
+    const timeoutMs = ctx.timeoutMs();
+    if (timeoutMs !== undefined && Number.isFinite(timeoutMs))
+      return { deadlineAt: now() + timeoutMs, signal: ctx.signal, clear() {} };
+    const control = new AbortController();
+    const timer = setTimeout(
+      () =>
+        control.abort(
+          new ConnectError(`the request took longer than ${maxTimeoutMs} ms`, Code.DeadlineExceeded),
+        ),
+      maxTimeoutMs,
+    );
+    const onAbort = () => control.abort(ctx.signal.reason);
+    ctx.signal.addEventListener("abort", onAbort, { once: true });
+    return {
+      deadlineAt: now() + maxTimeoutMs,
+      signal: control.signal,
+      clear() {
+        clearTimeout(timer);
+        ctx.signal.removeEventListener("abort", onAbort);
+      },
+    };
+  }
+
   /** The fields every request shares; RoutingHints win over the session and version headers. */
-  function common(model: string, routing: RoutingHints | undefined, ctx: HandlerContext) {
+  function common(
+    model: string,
+    routing: RoutingHints | undefined,
+    ctx: HandlerContext,
+    bounded: { deadlineAt: number; signal: AbortSignal },
+  ) {
     const requestId = randomUUID();
     ctx.responseHeader.set("x-request-id", requestId);
     const c = config();
@@ -142,11 +178,9 @@ export function registerInferenceService(
       priority:
         PRIORITIES[routing?.priority ?? Priority.UNSPECIFIED] ??
         priorityHeader(ctx.requestHeader.get(c.priorityHeader)),
-      deadlineAt: Number.isFinite(ctx.timeoutMs() ?? Number.NaN)
-        ? now() + (ctx.timeoutMs() as number)
-        : undefined,
+      deadlineAt: bounded.deadlineAt,
       passthrough: {},
-      signal: ctx.signal,
+      signal: bounded.signal,
       credential: bearerOf(ctx.requestHeader.get("authorization")),
       onSlowReader: () => cutClient(ctx),
     };
@@ -187,20 +221,30 @@ export function registerInferenceService(
 
   router.service(InferenceService, {
     async *generate(req, ctx) {
-      const request: InferenceRequest = {
-        ...common(req.model, req.routing, ctx),
-        prompt: req.prompt,
-        sampling: sampling(req.sampling),
-      };
-      yield* events(request, ctx);
+      const deadline = deadlineOf(ctx, config().limits.maxTimeoutMs);
+      try {
+        const request: InferenceRequest = {
+          ...common(req.model, req.routing, ctx, deadline),
+          prompt: req.prompt,
+          sampling: sampling(req.sampling),
+        };
+        yield* events(request, ctx);
+      } finally {
+        deadline.clear();
+      }
     },
     async *chat(req, ctx) {
-      const request: InferenceRequest = {
-        ...common(req.model, req.routing, ctx),
-        messages: messages(req.messages),
-        sampling: sampling(req.sampling),
-      };
-      yield* events(request, ctx);
+      const deadline = deadlineOf(ctx, config().limits.maxTimeoutMs);
+      try {
+        const request: InferenceRequest = {
+          ...common(req.model, req.routing, ctx, deadline),
+          messages: messages(req.messages),
+          sampling: sampling(req.sampling),
+        };
+        yield* events(request, ctx);
+      } finally {
+        deadline.clear();
+      }
     },
     listModels(_req, ctx) {
       const t = now();

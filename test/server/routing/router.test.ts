@@ -210,6 +210,82 @@ describe("session affinity", () => {
   });
 });
 
+describe("many gateways, nothing shared", () => {
+  /** N gateways: each its own routing table (its own Replica objects) and router, over the same replicas. */
+  const gateways = (n: number, policy: Partial<RoutingPolicyConfig> = { algorithm: "prefix-aware" }) =>
+    Array.from({ length: n }, (_, g) => {
+      const model = table(policy, { stable: { weight: 1, replicas: 8 } });
+      return { model, router: createRouter({ now, random: rng(g + 1), prefixIndex: PREFIX }) };
+    });
+  const PREFIX = { blockChars: 16, maxBlocksPerRequest: 64, maxEntries: 1000 };
+  const scrape = (model: ModelEntry, running: (i: number) => number) =>
+    (only(model).replicas as Replica[]).forEach((r, i) => {
+      r.signals = { waiting: 0, running: running(i), kvCacheUsage: 0.1, scrapedAt: t };
+    });
+
+  it("every gateway sends a session, and a long shared prefix, to the same replica with no history", () => {
+    const gws = gateways(5);
+    for (const g of gws) scrape(g.model, () => 2);
+    for (let k = 0; k < 50; k++) {
+      const session = input({ affinityKey: `user-${k}` });
+      const picks = gws.map((g) => g.router.pickReplica(g.model, only(g.model), session, new Set()));
+      expect(new Set(picks.map((p) => p?.replica.id)).size).toBe(1);
+      expect(picks[0]?.reason).toBe("session");
+      // The same document, a different question on each gateway.
+      const prefixPicks = gws.map((g, i) => {
+        const prompt = `${`doc ${k} `.repeat(60)}question ${i}`;
+        return g.router.pickReplica(
+          g.model,
+          only(g.model),
+          input({ prefixHashes: g.router.hashPrompt(prompt) }),
+          new Set(),
+        );
+      });
+      expect(new Set(prefixPicks.map((p) => p?.replica.id)).size).toBe(1);
+      expect(prefixPicks[0]?.reason).toBe("prefix");
+    }
+  });
+
+  it("homes spread keys evenly, and a loaded home spills to the same next replica everywhere", () => {
+    const gws = gateways(3);
+    for (const g of gws) scrape(g.model, () => 2);
+    const homes = new Map<string, number>();
+    const [first] = gws as [(typeof gws)[0]];
+    for (let k = 0; k < 800; k++) {
+      const id = first.router.pickReplica(
+        first.model,
+        only(first.model),
+        input({ affinityKey: `s${k}` }),
+        new Set(),
+      )?.replica.id as string;
+      homes.set(id, (homes.get(id) ?? 0) + 1);
+    }
+    expect(homes.size).toBe(8);
+    for (const count of homes.values()) expect(count).toBeGreaterThan(60); // 100 each on average
+    // The home of s0 is loaded past the bound (2 x the mean + 1) as every gateway's scrape shows it.
+    const session = input({ affinityKey: "s0" });
+    const home = first.router.pickReplica(first.model, only(first.model), session, new Set())?.replica.id;
+    const busy = (only(first.model).replicas as Replica[]).findIndex((r) => r.id === home);
+    for (const g of gws) scrape(g.model, (i) => (i === busy ? 40 : 2));
+    const spilled = gws.map(
+      (g) => g.router.pickReplica(g.model, only(g.model), session, new Set())?.replica.id,
+    );
+    expect(spilled[0]).not.toBe(home);
+    expect(new Set(spilled).size).toBe(1);
+  });
+
+  it("short prompts (under 16 blocks) have no home: they go by load", () => {
+    const [g] = gateways(1) as [{ model: ModelEntry; router: ReturnType<typeof createRouter> }];
+    scrape(g.model, () => 0);
+    const reps = only(g.model).replicas as Replica[];
+    reps.forEach((r, i) => {
+      r.signals = { waiting: i === 5 ? 0 : 3, running: 0, kvCacheUsage: 0.1, scrapedAt: t };
+    });
+    const short = input({ prefixHashes: g.router.hashPrompt("x".repeat(16 * 15)) });
+    expect(g.router.pickReplica(g.model, only(g.model), short, new Set())?.replica).toBe(reps[5]);
+  });
+});
+
 describe("versions", () => {
   it("splits traffic by weight and honours pins", () => {
     const model = table({}, { stable: { weight: 90, replicas: 1 }, canary: { weight: 10, replicas: 1 } });

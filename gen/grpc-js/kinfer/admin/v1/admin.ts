@@ -276,7 +276,15 @@ export interface Model {
   /** The versions of the model, sorted by name. */
   versions: ModelVersion[];
   /** How requests to this model pick a replica. */
-  routingPolicy: RoutingPolicy | undefined;
+  routingPolicy:
+    | RoutingPolicy
+    | undefined;
+  /**
+   * The version of the model's control state (splits, policy, drains; a Kubernetes resourceVersion in a
+   * cluster); empty until it is first changed. Pass it as expected_state_version to change the model only
+   * if nobody else has since you read it.
+   */
+  stateVersion: string;
 }
 
 /** ModelVersion is one version of a model (for example "stable" and "canary") and its replicas. */
@@ -342,8 +350,8 @@ export interface RoutingPolicy {
     | Duration
     | undefined;
   /**
-   * Prefix affinity load cap: a warm replica keeps its affinity only while its load is at most this many
-   * times the mean load of the version's replicas; 0 uses 1.25.
+   * The bound of session and prefix affinity: a session's or prefix's replica keeps it only while its load
+   * is at most this many times the mean load of the version's replicas, plus one; 0 keeps the current.
    */
   affinityLoadFactor: number;
   /** Whether RoutingHints.affinity_key (or the session header) pins a session to a replica. */
@@ -388,6 +396,8 @@ export interface SetTrafficSplitRequest {
   model: string;
   /** The new weights; a version may appear at most once. */
   weights: VersionWeight[];
+  /** If set, the change is made only if the model's state_version is still this (ABORTED otherwise). */
+  expectedStateVersion: string;
 }
 
 /** VersionWeight is one version's share of traffic. */
@@ -465,7 +475,11 @@ export interface SetRoutingPolicyRequest {
   /** The model's name. */
   model: string;
   /** The new policy. */
-  policy: RoutingPolicy | undefined;
+  policy:
+    | RoutingPolicy
+    | undefined;
+  /** If set, the change is made only if the model's state_version is still this (ABORTED otherwise). */
+  expectedStateVersion: string;
 }
 
 /** SetRoutingPolicyResponse holds the policy in force after the change. */
@@ -1092,7 +1106,7 @@ export const TenantShare: MessageFns<TenantShare> = {
 };
 
 function createBaseModel(): Model {
-  return { name: "", versions: [], routingPolicy: undefined };
+  return { name: "", versions: [], routingPolicy: undefined, stateVersion: "" };
 }
 
 export const Model: MessageFns<Model> = {
@@ -1105,6 +1119,9 @@ export const Model: MessageFns<Model> = {
     }
     if (message.routingPolicy !== undefined) {
       RoutingPolicy.encode(message.routingPolicy, writer.uint32(26).fork()).join();
+    }
+    if (message.stateVersion !== "") {
+      writer.uint32(34).string(message.stateVersion);
     }
     return writer;
   },
@@ -1146,6 +1163,14 @@ export const Model: MessageFns<Model> = {
             message.routingPolicy = RoutingPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.stateVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1169,6 +1194,11 @@ export const Model: MessageFns<Model> = {
         : isSet(object.routing_policy)
         ? RoutingPolicy.fromJSON(object.routing_policy)
         : undefined,
+      stateVersion: isSet(object.stateVersion)
+        ? globalThis.String(object.stateVersion)
+        : isSet(object.state_version)
+        ? globalThis.String(object.state_version)
+        : "",
     };
   },
 
@@ -1183,6 +1213,9 @@ export const Model: MessageFns<Model> = {
     if (message.routingPolicy !== undefined) {
       obj.routingPolicy = RoutingPolicy.toJSON(message.routingPolicy);
     }
+    if (message.stateVersion !== "") {
+      obj.stateVersion = message.stateVersion;
+    }
     return obj;
   },
 
@@ -1196,6 +1229,7 @@ export const Model: MessageFns<Model> = {
     message.routingPolicy = (object.routingPolicy !== undefined && object.routingPolicy !== null)
       ? RoutingPolicy.fromPartial(object.routingPolicy)
       : undefined;
+    message.stateVersion = object.stateVersion ?? "";
     return message;
   },
 };
@@ -2191,7 +2225,7 @@ export const GetModelResponse: MessageFns<GetModelResponse> = {
 };
 
 function createBaseSetTrafficSplitRequest(): SetTrafficSplitRequest {
-  return { model: "", weights: [] };
+  return { model: "", weights: [], expectedStateVersion: "" };
 }
 
 export const SetTrafficSplitRequest: MessageFns<SetTrafficSplitRequest> = {
@@ -2201,6 +2235,9 @@ export const SetTrafficSplitRequest: MessageFns<SetTrafficSplitRequest> = {
     }
     for (const v of message.weights) {
       VersionWeight.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.expectedStateVersion !== "") {
+      writer.uint32(26).string(message.expectedStateVersion);
     }
     return writer;
   },
@@ -2234,6 +2271,14 @@ export const SetTrafficSplitRequest: MessageFns<SetTrafficSplitRequest> = {
             message.weights.push(VersionWeight.decode(reader, reader.uint32()));
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expectedStateVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2252,6 +2297,11 @@ export const SetTrafficSplitRequest: MessageFns<SetTrafficSplitRequest> = {
       weights: globalThis.Array.isArray(object?.weights)
         ? object.weights.map((e: any) => VersionWeight.fromJSON(e))
         : [],
+      expectedStateVersion: isSet(object.expectedStateVersion)
+        ? globalThis.String(object.expectedStateVersion)
+        : isSet(object.expected_state_version)
+        ? globalThis.String(object.expected_state_version)
+        : "",
     };
   },
 
@@ -2263,6 +2313,9 @@ export const SetTrafficSplitRequest: MessageFns<SetTrafficSplitRequest> = {
     if (message.weights?.length) {
       obj.weights = message.weights.map((e) => VersionWeight.toJSON(e));
     }
+    if (message.expectedStateVersion !== "") {
+      obj.expectedStateVersion = message.expectedStateVersion;
+    }
     return obj;
   },
 
@@ -2273,6 +2326,7 @@ export const SetTrafficSplitRequest: MessageFns<SetTrafficSplitRequest> = {
     const message = createBaseSetTrafficSplitRequest();
     message.model = object.model ?? "";
     message.weights = object.weights?.map((e) => VersionWeight.fromPartial(e)) || [];
+    message.expectedStateVersion = object.expectedStateVersion ?? "";
     return message;
   },
 };
@@ -3048,7 +3102,7 @@ export const GetRoutingPolicyResponse: MessageFns<GetRoutingPolicyResponse> = {
 };
 
 function createBaseSetRoutingPolicyRequest(): SetRoutingPolicyRequest {
-  return { model: "", policy: undefined };
+  return { model: "", policy: undefined, expectedStateVersion: "" };
 }
 
 export const SetRoutingPolicyRequest: MessageFns<SetRoutingPolicyRequest> = {
@@ -3058,6 +3112,9 @@ export const SetRoutingPolicyRequest: MessageFns<SetRoutingPolicyRequest> = {
     }
     if (message.policy !== undefined) {
       RoutingPolicy.encode(message.policy, writer.uint32(18).fork()).join();
+    }
+    if (message.expectedStateVersion !== "") {
+      writer.uint32(26).string(message.expectedStateVersion);
     }
     return writer;
   },
@@ -3091,6 +3148,14 @@ export const SetRoutingPolicyRequest: MessageFns<SetRoutingPolicyRequest> = {
             message.policy = RoutingPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.expectedStateVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3107,6 +3172,11 @@ export const SetRoutingPolicyRequest: MessageFns<SetRoutingPolicyRequest> = {
     return {
       model: isSet(object.model) ? globalThis.String(object.model) : "",
       policy: isSet(object.policy) ? RoutingPolicy.fromJSON(object.policy) : undefined,
+      expectedStateVersion: isSet(object.expectedStateVersion)
+        ? globalThis.String(object.expectedStateVersion)
+        : isSet(object.expected_state_version)
+        ? globalThis.String(object.expected_state_version)
+        : "",
     };
   },
 
@@ -3117,6 +3187,9 @@ export const SetRoutingPolicyRequest: MessageFns<SetRoutingPolicyRequest> = {
     }
     if (message.policy !== undefined) {
       obj.policy = RoutingPolicy.toJSON(message.policy);
+    }
+    if (message.expectedStateVersion !== "") {
+      obj.expectedStateVersion = message.expectedStateVersion;
     }
     return obj;
   },
@@ -3130,6 +3203,7 @@ export const SetRoutingPolicyRequest: MessageFns<SetRoutingPolicyRequest> = {
     message.policy = (object.policy !== undefined && object.policy !== null)
       ? RoutingPolicy.fromPartial(object.policy)
       : undefined;
+    message.expectedStateVersion = object.expectedStateVersion ?? "";
     return message;
   },
 };
