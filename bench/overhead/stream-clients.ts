@@ -71,7 +71,8 @@ function openAiClient(baseUrl: string): StreamClient {
       });
       if (res.statusCode !== 200) {
         const text = await res.body.text();
-        if (process.env.KINFER_BENCH_DEBUG) console.error(`failure: HTTP ${res.statusCode} ${text.slice(0, 200)}`);
+        if (process.env.KINFER_BENCH_DEBUG)
+          console.error(`failure: HTTP ${res.statusCode} ${text.slice(0, 200)}`);
         return undefined;
       }
       const t = timing();
@@ -189,7 +190,8 @@ export async function openStreams(
         }
       })()
         .catch((err: unknown) => {
-          if (process.env.KINFER_BENCH_DEBUG && !control.signal.aborted) console.error("failure:", String(err));
+          if (process.env.KINFER_BENCH_DEBUG && !control.signal.aborted)
+            console.error("failure:", String(err));
         })
         .finally(resolve);
     });

@@ -342,7 +342,10 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
   }
 
   #refuse(err: unknown): void {
-    if (this.#opened === undefined) return this.#fail(err);
+    if (this.#opened === undefined) {
+      this.#fail(err);
+      return;
+    }
     this.#opened = undefined;
     this.#refused?.(err);
   }

@@ -33,7 +33,7 @@ afterEach(async () => {
 /** A replica whose /metrics and /health answer as the test says; counts what it is asked. */
 async function fakeReplica() {
   const state = { running: 0, delayMs: 0, healthStatus: 200, metrics: 0, health: 0 };
-  server = http.createServer((req, res) => {
+  const replicaServer = http.createServer((req, res) => {
     const answer = () => {
       if (req.url === "/health") {
         state.health++;
@@ -49,8 +49,9 @@ async function fakeReplica() {
     if (state.delayMs > 0) setTimeout(answer, state.delayMs);
     else answer();
   });
-  await new Promise<void>((r) => server?.listen(0, "127.0.0.1", r));
-  const url = `http://127.0.0.1:${(server?.address() as AddressInfo).port}`;
+  server = replicaServer;
+  await new Promise<void>((r) => replicaServer.listen(0, "127.0.0.1", r));
+  const url = `http://127.0.0.1:${(replicaServer.address() as AddressInfo).port}`;
   return { state, replica: createReplica("m", "stable", url, "static") };
 }
 
