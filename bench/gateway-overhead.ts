@@ -1,14 +1,16 @@
 /**
  * Gateway overhead benchmark: what kinfer's gateway costs per relayed token, side by side in one run with
- * the proxies it is measured against: nginx as a plain streaming proxy and the seed article's Go gateway
- * (gin + httputil.ReverseProxy), both in overhead/reference-proxies.ts. Three parts:
+ * the proxies it is measured against, all in overhead/reference-proxies.ts: nginx as a plain streaming
+ * proxy, the seed article's Go gateway (gin + httputil.ReverseProxy), and the floor of a relay in Node
+ * (reference/node-relay.ts: Node's http servers and undici relaying bytes, or parsing each event and
+ * writing an OpenAI chunk or a gRPC message of its own). Three parts:
  *
  * 1. Relay cost at 1, 64, 256 and 1,024 concurrent streams: closed loops of streaming completions, each
- *    target in turn (direct to the replicas; nginx; the seed gateway; kinfer on each surface it serves:
- *    OpenAI SSE, Connect, gRPC, gRPC-Web), the order rotated every round. Per target: CPU per relayed
+ *    target in turn (direct to the replicas; nginx; the seed gateway; the Node relays; kinfer on each
+ *    surface it serves: OpenAI SSE, Connect, gRPC, gRPC-Web), the order rotated every round. Per target: CPU per relayed
  *    token (the proxy's user + system time from /proc over the phase, divided by the tokens its clients
  *    received), the ratio to nginx's, added time to first token and inter-token latency against direct,
- *    and, for kinfer, V8 heap allocation per relayed token (below).
+ *    and, for the Node processes, V8 heap allocation per relayed token (below).
  * 2. Memory with 1,000 and 10,000 streams open at once (cleartext HTTP/2 clients, 100 streams per
  *    connection, so that a proxy's sockets fit in this machine's file-descriptor limit of 20,000): each
  *    proxy's RSS once every stream has its first token, and the ratio to nginx's.
@@ -23,7 +25,7 @@
  * (first token at client - sent) - (first token written by the replica - received by the replica), through
  * a proxy minus direct; this removes the engine's step alignment, which varies by a whole step.
  *
- * Allocation: kinfer runs with --trace-gc-nvp, whose line for every collection says how many bytes were
+ * Allocation: the Node processes run with --trace-gc-nvp, whose line for every collection says how many bytes were
  * allocated on the V8 heap since the previous one (`allocated=`); their sum over a phase, divided by the
  * tokens relayed, is the allocation per token. Off-heap Buffer memory (socket reads) is not in it.
  *
@@ -31,7 +33,9 @@
  * node flags to it.
  *
  *   npm run bench:overhead [-- --levels 1,64,256,1024 --seconds 10 --rounds 3 --tokens 32-96
- *                              --targets direct,nginx,seed,openai,connect,grpc,grpc-web --open 1000,10000
+ *                              --targets direct,nginx,seed,node,node-parse,node-connect,node-grpc,
+ *                                        openai,connect,grpc,grpc-web
+ *                              --open 1000,10000
  *                              --idle-seconds 30]
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
@@ -40,9 +44,14 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { buildSync } from "esbuild";
+import { nodeBundle } from "./overhead/node-bundle.js";
 import { cpuSeconds, rssBytes } from "./overhead/proc-stats.js";
-import { type ProxyProcess, startNginx, startSeedGateway } from "./overhead/reference-proxies.js";
+import {
+  type ProxyProcess,
+  startNginx,
+  startNodeRelay,
+  startSeedGateway,
+} from "./overhead/reference-proxies.js";
 import { createStreamClient, openStreams, type Sample, type Surface } from "./overhead/stream-clients.js";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -108,26 +117,6 @@ async function startSim(replicas: number, engine: string[]): Promise<{ proc: Nod
   return { proc, urls };
 }
 
-/**
- * The gateway compiled, as production runs it (no tsx loader, whose worker thread and source maps would
- * count in its memory): one esbuild bundle with its packages left to node_modules, written where Node
- * resolves them from, under node_modules/.cache.
- */
-function gatewayBundle(): string {
-  const outfile = join(root, "node_modules/.cache/kinfer-bench/gateway.mjs");
-  buildSync({
-    entryPoints: [join(root, "server/main.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    outfile,
-    logLevel: "warning",
-  });
-  return outfile;
-}
-
 /** kinfer's gateway in front of `replicas`, set up as a relay (round-robin, no admission queue in the way). */
 async function startKinfer(replicas: readonly string[]): Promise<NodeProcess & { url: string }> {
   const dir = mkdtempSync(join(tmpdir(), "kinfer-bench-"));
@@ -141,7 +130,8 @@ async function startKinfer(replicas: readonly string[]): Promise<NodeProcess & {
       // gateway queue nothing either, so no replica counts as saturated and nothing waits in the gateway.
       "routing: {algorithm: round-robin, queueThreshold: 1000000, kvCacheThreshold: 1}",
       "flow: {maxInFlightPerReplica: 100000, maxPrefillTokensPerReplica: 100000000, maxQueued: 100000}",
-      "limits: {maxInFlight: 20000, maxConcurrentStreams: 1000, maxTokens: 8192}",
+      // The gRPC client runs up to 1,024 streams on one HTTP/2 connection: none waits for a stream slot.
+      "limits: {maxInFlight: 20000, maxConcurrentStreams: 2048, maxTokens: 8192}",
       "connections: {maxConnections: 15000}",
       "models:",
       "  - name: m",
@@ -157,7 +147,7 @@ async function startKinfer(replicas: readonly string[]): Promise<NodeProcess & {
     ...(process.env.KINFER_BENCH_GATEWAY_FLAGS ?? "").split(" ").filter(Boolean),
   ];
   const proc = await startNode(
-    [gatewayBundle(), "--config", configFile],
+    [nodeBundle("server/main.ts", "gateway"), "--config", configFile],
     /^kinfer-gateway: serving/,
     1,
     flags,
@@ -175,7 +165,7 @@ interface Target {
   readonly urls: readonly string[];
   readonly h2Url: string;
   readonly pid: number | undefined;
-  /** Heap bytes allocated so far (kinfer only). */
+  /** Heap bytes allocated so far (Node processes only). */
   readonly allocated?: () => number;
   /** What the process printed (kinfer only: its warnings and errors). */
   readonly lines?: () => readonly string[];
@@ -189,16 +179,48 @@ interface Running {
 
 const KINFER_SURFACES: readonly Surface[] = ["openai", "connect", "grpc", "grpc-web"];
 
+/** The reference proxies: --targets name, table label, the surface they serve, how to start one. */
+const REFERENCES: readonly {
+  name: string;
+  label: string;
+  surface: Surface;
+  start: (replicas: readonly string[], cpu: number | undefined) => Promise<ProxyProcess | string>;
+}[] = [
+  { name: "nginx", label: "nginx", surface: "openai", start: startNginx },
+  { name: "seed", label: "seed Go gateway (gin)", surface: "openai", start: startSeedGateway },
+  {
+    name: "node",
+    label: "Node relay, bytes",
+    surface: "openai",
+    start: (r, cpu) => startNodeRelay(r, cpu, false),
+  },
+  {
+    name: "node-parse",
+    label: "Node relay, parse + serialise",
+    surface: "openai",
+    start: (r, cpu) => startNodeRelay(r, cpu, true),
+  },
+  {
+    name: "node-connect",
+    label: "Node relay, Connect",
+    surface: "connect",
+    start: (r, cpu) => startNodeRelay(r, cpu, true),
+  },
+  {
+    name: "node-grpc",
+    label: "Node relay, gRPC",
+    surface: "grpc",
+    start: (r, cpu) => startNodeRelay(r, cpu, true),
+  },
+];
+
 async function startTargets(replicas: readonly string[], wanted: ReadonlySet<string>): Promise<Running> {
   const targets: Target[] = [];
   const skipped: string[] = [];
   const stops: (() => void)[] = [];
   if (wanted.has("direct"))
     targets.push({ name: "direct", surface: "openai", urls: replicas, h2Url: "", pid: undefined });
-  for (const [name, start] of [
-    ["nginx", startNginx],
-    ["seed", startSeedGateway],
-  ] as const) {
+  for (const { name, label, surface, start } of REFERENCES) {
     if (!wanted.has(name)) continue;
     const p: ProxyProcess | string = await start(replicas, PROXY_CPU);
     if (typeof p === "string") {
@@ -208,8 +230,15 @@ async function startTargets(replicas: readonly string[], wanted: ReadonlySet<str
     }
     started.add(p.child);
     stops.push(p.stop);
-    const label = name === "seed" ? "seed Go gateway (gin)" : "nginx";
-    targets.push({ name: label, surface: "openai", urls: [p.url], h2Url: p.h2Url, pid: p.pid });
+    targets.push({
+      name: label,
+      surface,
+      // gRPC is served on the cleartext HTTP/2 listener, the rest on HTTP/1.1.
+      urls: [surface === "grpc" ? p.h2Url : p.url],
+      h2Url: p.h2Url,
+      pid: p.pid,
+      ...(p.allocated && { allocated: p.allocated }),
+    });
   }
   if (KINFER_SURFACES.some((s) => wanted.has(s))) {
     const gw = await startKinfer(replicas);
@@ -481,7 +510,10 @@ async function main() {
       seconds: { type: "string", default: "10" },
       rounds: { type: "string", default: "3" },
       tokens: { type: "string", default: "32-96" },
-      targets: { type: "string", default: "direct,nginx,seed,openai,connect,grpc,grpc-web" },
+      targets: {
+        type: "string",
+        default: "direct,nginx,seed,node,node-parse,node-connect,node-grpc,openai,connect,grpc,grpc-web",
+      },
       open: { type: "string", default: "1000,10000" },
       "idle-seconds": { type: "string", default: "30" },
     },

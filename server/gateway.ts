@@ -9,6 +9,8 @@
  * retry info) and counts those answers, which is what scale from zero (deploy/models/keda) triggers on;
  * a gateway taken out of its Service would turn those typed errors into refused connections.
  */
+
+import { setMaxListeners } from "node:events";
 import type { DescFile } from "@bufbuild/protobuf";
 import { Code, type ConnectRouter } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
@@ -256,6 +258,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
 
   const health = createHealthState();
   const shutdown = new AbortController();
+  // connect-node links every call's signal to this one while the call runs: one listener per call.
+  setMaxListeners(0, shutdown.signal);
   const routes = (r: ConnectRouter) => {
     registerInferenceService(r, pipeline, table, () => config, now);
     registerHealthService(r, health, SERVICES);

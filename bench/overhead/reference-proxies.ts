@@ -6,6 +6,9 @@
  *   to a temporary directory. A second listener speaks cleartext HTTP/2 for the open-streams phase.
  * - the seed article's Go gateway (gin + httputil.ReverseProxy, bench/reference/seed-gateway), built once
  *   into a cache outside the repository by bench/reference/build-seed-gateway.sh.
+ * - the floor of a relay in Node (bench/reference/node-relay.ts): Node's http servers and undici's dispatch
+ *   API relaying the replica's bytes as they are, or parsing each event and writing a chunk of its own
+ *   (OpenAI SSE, or a gRPC message on its h2c listener).
  *
  * Either is skipped, with the reason, when it is not installed or does not build.
  */
@@ -15,6 +18,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { nodeBundle } from "./node-bundle.js";
 
 const root = new URL("../..", import.meta.url).pathname;
 
@@ -25,6 +29,8 @@ export interface ProxyProcess {
   /** Cleartext HTTP/2 with prior knowledge. */
   readonly h2Url: string;
   readonly pid: number;
+  /** Bytes allocated on the V8 heap so far (Node processes, from --trace-gc-nvp). */
+  readonly allocated?: () => number;
   stop(): void;
 }
 
@@ -162,4 +168,39 @@ export async function startSeedGateway(
   });
   if (url === undefined) return "the seed gateway exited at start";
   return { child, url, h2Url: url, pid: child.pid as number, stop: () => child.kill("SIGTERM") };
+}
+
+/** bench/reference/node-relay.ts (`parse`: with --parse), compiled as kinfer's gateway is. */
+export async function startNodeRelay(
+  replicas: readonly string[],
+  cpu: number | undefined,
+  parse: boolean,
+): Promise<ProxyProcess | string> {
+  const script = nodeBundle("bench/reference/node-relay.ts", "node-relay");
+  const [cmd, args] = pinned(cpu, process.execPath, [
+    "--trace-gc-nvp",
+    script,
+    ...(parse ? ["--parse"] : []),
+    ...replicas,
+  ]);
+  const child = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+  let allocated = 0;
+  const urls = await new Promise<[string, string] | undefined>((resolve) => {
+    child.once("exit", () => resolve(undefined));
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      const gc = / allocated=(\d+) /.exec(line);
+      if (gc !== null) allocated += Number(gc[1]);
+      const m = /^node-relay: serving at (\S+) h2c (\S+)$/.exec(line);
+      if (m !== null) resolve([m[1] as string, m[2] as string]);
+    });
+  });
+  if (urls === undefined) return "the Node relay exited at start";
+  return {
+    child,
+    url: urls[0],
+    h2Url: urls[1],
+    pid: child.pid as number,
+    allocated: () => allocated,
+    stop: () => child.kill("SIGTERM"),
+  };
 }

@@ -12,6 +12,7 @@ import {
   createConnectTransport,
   createGrpcTransport,
   createGrpcWebTransport,
+  Http2SessionManager,
 } from "@connectrpc/connect-node";
 import { Agent, request } from "undici";
 import { InferenceService } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
@@ -94,15 +95,24 @@ function openAiClient(baseUrl: string): StreamClient {
   };
 }
 
+/**
+ * A connect-node transport, and how to close it: an HTTP/2 transport's connection is closed here, or it
+ * would keep the process alive until connect-node's idle timeout (15 minutes).
+ */
 function transportOf(surface: Exclude<Surface, "openai">, baseUrl: string, httpVersion: "1.1" | "2") {
-  const options = { baseUrl, readMaxBytes: 16 * 1024 * 1024 } as const;
-  if (surface === "grpc") return createGrpcTransport(options);
-  if (surface === "grpc-web") return createGrpcWebTransport({ ...options, httpVersion });
-  return createConnectTransport({ ...options, httpVersion });
+  const sessionManager = httpVersion === "2" ? new Http2SessionManager(baseUrl) : undefined;
+  const options = { baseUrl, readMaxBytes: 16 * 1024 * 1024, ...(sessionManager && { sessionManager }) };
+  const close = () => sessionManager?.abort();
+  if (surface === "grpc") return { transport: createGrpcTransport(options), close };
+  if (surface === "grpc-web")
+    return { transport: createGrpcWebTransport({ ...options, httpVersion }), close };
+  return { transport: createConnectTransport({ ...options, httpVersion }), close };
 }
 
 function connectClient(surface: Exclude<Surface, "openai">, baseUrl: string): StreamClient {
-  const client = createClient(InferenceService, transportOf(surface, baseUrl, "1.1"));
+  // gRPC needs HTTP/2 (one connection for every stream, as gRPC clients do); the others use HTTP/1.1.
+  const { transport, close } = transportOf(surface, baseUrl, surface === "grpc" ? "2" : "1.1");
+  const client = createClient(InferenceService, transport);
   return {
     async stream(i, maxTokens) {
       const sentAt = wallClock();
@@ -121,7 +131,7 @@ function connectClient(surface: Exclude<Surface, "openai">, baseUrl: string): St
       }
       return t.sample(id, sentAt);
     },
-    close: async () => {},
+    close: async () => close(),
   };
 }
 
@@ -140,12 +150,9 @@ export async function openStreams(
   setMaxListeners(0, control.signal); // one listener per stream
   const sessions: http2.ClientHttp2Session[] = [];
   const groups = Math.ceil(count / perSession);
-  const clients =
-    surface === "openai"
-      ? []
-      : Array.from({ length: groups }, () =>
-          createClient(InferenceService, transportOf(surface, h2Url, "2")),
-        );
+  const transports =
+    surface === "openai" ? [] : Array.from({ length: groups }, () => transportOf(surface, h2Url, "2"));
+  const clients = transports.map((t) => createClient(InferenceService, t.transport));
   if (surface === "openai")
     for (let g = 0; g < groups; g++) {
       const session = http2.connect(h2Url);
@@ -202,6 +209,7 @@ export async function openStreams(
     close() {
       control.abort();
       for (const s of sessions) s.destroy();
+      for (const t of transports) t.close();
     },
   };
 }
