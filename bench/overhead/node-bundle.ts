@@ -8,9 +8,16 @@ import { buildSync } from "esbuild";
 
 const root = new URL("../..", import.meta.url).pathname;
 
-/** Bundles `entry` (relative to the repository) and returns the bundle's path. */
+const built = new Set<string>();
+
+/**
+ * Bundles `entry` (relative to the repository) once per run, and returns the bundle's path: every phase
+ * of a run measures the same code, even if the sources change while it runs.
+ */
 export function nodeBundle(entry: string, name: string): string {
   const outfile = join(root, `node_modules/.cache/kinfer-bench/${name}.mjs`);
+  if (built.has(outfile)) return outfile;
+  built.add(outfile);
   buildSync({
     entryPoints: [join(root, entry)],
     bundle: true,
