@@ -7,11 +7,13 @@
 set -eu
 cd "$(dirname "$0")/../.."
 groups=${1:-$(node -e 'console.log(Object.keys(require("./test/mutation/modules.json")).join(" "))')}
+node=node
+if [ "$(node -p 'process.versions.node.split(".")[0] >= 22')" != "true" ]; then
+  # Only the binary's path comes out of npx: run inside `npx -c`, the tests' own `npx buf ...` would
+  # inherit npm's exec settings and fail.
+  node=$(npx -y -p node@22 -c 'command -v node')
+fi
 for group in $groups; do
   echo "== $group"
-  if [ "$(node -p 'process.versions.node.split(".")[0] >= 22')" = "true" ]; then
-    MUTATION_GROUP=$group node node_modules/@stryker-mutator/core/bin/stryker.js run
-  else
-    MUTATION_GROUP=$group npx -y -p node@22 -c "node node_modules/@stryker-mutator/core/bin/stryker.js run"
-  fi
+  MUTATION_GROUP=$group "$node" node_modules/@stryker-mutator/core/bin/stryker.js run
 done
