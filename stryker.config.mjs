@@ -9,14 +9,14 @@ import { readFileSync } from "node:fs";
 
 const groups = JSON.parse(readFileSync(new URL("./test/mutation/modules.json", import.meta.url), "utf8"));
 const group = process.env.MUTATION_GROUP ?? "routing";
-if (groups[group] === undefined)
+if (groups[group]?.mutate === undefined)
   throw new Error(`unknown mutation group ${group}: ${Object.keys(groups).join(", ")}`);
 
 export default {
   testRunner: "vitest",
   vitest: { configFile: "test/mutation/vitest.config.ts" },
   plugins: ["@stryker-mutator/vitest-runner"],
-  mutate: groups[group],
+  mutate: groups[group].mutate,
   coverageAnalysis: "perTest",
   concurrency: 2,
   timeoutMS: 20_000,
