@@ -165,10 +165,13 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     (keysFile !== undefined
       ? openKeyStore({
           file: keysFile,
-          onReloadError: (err) =>
-            log.error({ err: err.message }, "API keys reload failed; keeping the keys in force"),
+          onReloadError: (err) => {
+            metrics.reloaded("keys", "rejected");
+            log.error({ err: err.message }, "API keys reload failed; keeping the keys in force");
+          },
         })
       : undefined);
+  keys?.onChange(() => metrics.reloaded("keys", "applied"));
   const rollouts = createRolloutController({
     hasReadyReplica: (model, version) =>
       table
@@ -398,6 +401,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       return listener.connections;
     },
     applyConfig(file) {
+      metrics.reloaded("config", "applied");
       const plan = planReload(config, file);
       const tokenChanged =
         plan.config.admin?.token !== config.admin?.token ||

@@ -66,13 +66,17 @@ export async function main(argv: string[]): Promise<void> {
   // API keys in a Secret through the API (several gateways); a keys file is opened by the gateway itself.
   const keysSecret = config.tenants?.keysSecret;
   let keys: SecretKeyStore | undefined;
+  /** Set once the gateway exists: its metrics count rejected reloads. */
+  let onRejected: (source: "config" | "keys") => void = () => {};
   if (keysSecret !== undefined) {
     keys = openSecretKeyStore(kubeConfig(config.control.kubeconfig), {
       namespace: keysSecret.namespace ?? podNamespace(),
       name: keysSecret.name,
       key: keysSecret.key,
-      onReloadError: (err) =>
-        log.error({ err: err.message }, "API keys not reloaded; keeping the keys in force"),
+      onReloadError: (err) => {
+        onRejected("keys");
+        log.error({ err: err.message }, "API keys not reloaded; keeping the keys in force");
+      },
       log: (msg, fields) => log.warn(fields ?? {}, msg),
     });
     await keys.synced;
@@ -89,8 +93,12 @@ export async function main(argv: string[]): Promise<void> {
     file,
     loaded,
     (next) => gateway.applyConfig(values.port === undefined ? next : { ...next, listen: config.listen }),
-    (err) => log.error({ err: err.message }, "config reload failed; keeping the running config"),
+    (err) => {
+      gateway.metrics.reloaded("config", "rejected");
+      log.error({ err: err.message }, "config reload failed; keeping the running config");
+    },
   );
+  onRejected = (source) => gateway.metrics.reloaded(source, "rejected");
   process.stdout.write(
     `kinfer-gateway: serving ${gateway.table
       .models()

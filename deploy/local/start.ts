@@ -55,7 +55,10 @@ const watcher = watchConfigFile(
   configFile,
   config,
   (next) => gateway.applyConfig(next),
-  (err) => log.error({ err: err.message }, "config reload failed; keeping the running config"),
+  (err) => {
+    gateway.metrics.reloaded("config", "rejected");
+    log.error({ err: err.message }, "config reload failed; keeping the running config");
+  },
 );
 
 const state = createClusterState();

@@ -45,6 +45,8 @@ export interface GatewayMetrics {
   readonly tenants: TenantUsage;
   /** The built-in rollout's state of a model. */
   rollout(model: string, phase: string, canaryWeight: number): void;
+  /** A reload of the config file or the keys: applied, or rejected (the one in force kept). */
+  reloaded(source: "config" | "keys", result: "applied" | "rejected"): void;
   /** Flow control's events (queue waits, dispatches, sheds). */
   readonly flow: FlowHooks;
   /** Where the queue gauges read from (set once flow control exists). */
@@ -56,6 +58,14 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
   collectDefaultMetrics({ register: registry });
   const registers = [registry];
 
+  const reloads = new Counter({
+    name: "kinfer_gateway_reloads_total",
+    help: "Reloads of the config file and the API keys, applied or rejected (a rejected one keeps what is in force: alert on it).",
+    labelNames: ["source", "result"],
+    registers,
+  });
+  for (const source of ["config", "keys"])
+    for (const result of ["applied", "rejected"]) reloads.inc({ source, result }, 0);
   const requests = new Counter({
     name: "kinfer_gateway_requests_total",
     help: "Inference requests by model, version, protocol and result code.",
@@ -257,6 +267,9 @@ export function createGatewayMetrics(replicas: () => readonly Replica[], now: ()
     },
     setQueueSource(snapshot) {
       queues = snapshot;
+    },
+    reloaded(source, result) {
+      reloads.inc({ source, result });
     },
     rollout(model, phase, canaryWeight) {
       for (const p of ["idle", "progressing", "promoted", "rolled-back"])

@@ -19,6 +19,8 @@ export interface HarnessOptions {
   /** Extra gateway config, merged over the defaults (shallowly per section). */
   config?: Record<string, unknown>;
   engine?: Partial<EngineOptions>;
+  /** Engine options of one model's replicas, over `engine`. */
+  modelEngine?: Record<string, Partial<EngineOptions>>;
 }
 
 export interface Harness {
@@ -41,7 +43,12 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
       const list: SimServer[] = [];
       for (let i = 0; i < count; i++) {
         // Long natural replies by default, so that max_tokens decides every stream's length.
-        list.push(await startSimServer({ model, engine: { meanOutputTokens: 100_000, ...options.engine } }));
+        list.push(
+          await startSimServer({
+            model,
+            engine: { meanOutputTokens: 100_000, ...options.engine, ...options.modelEngine?.[model] },
+          }),
+        );
       }
       replicas.set(`${model}/${version}`, list);
       vs.push({

@@ -1,11 +1,15 @@
 /**
  * 10,000 fuzzed inputs to the inference and admin APIs of a live gateway (seeded, so a failure replays):
- * random bytes to every endpoint under every content type, and hostile but well-formed messages (values
- * of the wrong type, out of range, huge, NaN, control characters, unknown enum numbers, path-like names,
- * wrong envelopes). Every answer must be an error of the caller's making or a success: never INTERNAL or
- * UNKNOWN, never HTTP 500, never a stack trace, a file path, a library name or a replica's address; and
- * the process must serve normally afterwards.
+ * random bytes to every endpoint under every content type (gRPC over HTTP/2 included), and hostile but
+ * well-formed messages (values of the wrong type, out of range, huge, NaN, control characters, unknown enum
+ * numbers, path-like names, wrong envelopes). Every answer must be an error of the caller's making or a
+ * success, read from where each protocol puts its status: the HTTP status, a Connect error body or
+ * end-of-stream message, gRPC-Web's trailer frame, gRPC's HTTP/2 trailers. Never INTERNAL, UNKNOWN,
+ * DATA_LOSS, nor UNAVAILABLE or DEADLINE_EXCEEDED (two healthy replicas with room to spare: either would
+ * be a failure dressed as a retryable one), never HTTP 5xx, never a stack trace, a file path, a library
+ * name or a replica's address; and the process must serve normally afterwards.
  */
+import { connect as http2Connect } from "node:http2";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createRng } from "../../common/random.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
@@ -173,6 +177,8 @@ interface Input {
   url: string;
   headers: Record<string, string>;
   body: Uint8Array | string;
+  /** Sent over one HTTP/2 (h2c) connection as gRPC clients do, with trailers read; else with fetch. */
+  grpc?: boolean;
 }
 
 function nextInput(): Input {
@@ -181,7 +187,20 @@ function nextInput(): Input {
   const admin = `${h.gateway.adminUrl}/kinfer.admin.v1.AdminService`;
   const auth = { authorization: `Bearer ${TOKEN}` };
   const kind = rng();
-  if (kind < 0.3) {
+  if (kind < 0.1) {
+    // gRPC: random bytes, or a well-formed envelope around random bytes, to every inference method.
+    const method = pick(["Generate", "Chat", "ListModels"]);
+    const payload = randomBytes(512);
+    return {
+      url: `/kinfer.inference.v1.InferenceService/${method}`,
+      headers: {
+        "content-type": pick(["application/grpc", "application/grpc+proto", "application/grpc+json"]),
+      },
+      body: rng() < 0.5 ? payload : envelope(payload, rng() < 0.2),
+      grpc: true,
+    };
+  }
+  if (kind < 0.35) {
     // Random bytes anywhere, under any content type.
     const url = pick([
       `${inference}/Generate`,
@@ -235,6 +254,41 @@ function nextInput(): Input {
   };
 }
 
+/** gRPC status codes that must never reach a client here (2 UNKNOWN, 4, 13 INTERNAL, 14, 15 DATA_LOSS). */
+const GRPC_FAILURES = new Set(["2", "4", "13", "14", "15"]);
+/** Connect codes likewise. */
+const CONNECT_FAILURES = new Set(["internal", "unknown", "data_loss", "unavailable", "deadline_exceeded"]);
+
+/** One gRPC call on an h2c session: the HTTP status, the grpc-status (trailers or trailers-only headers). */
+function grpcCall(
+  session: ReturnType<typeof http2Connect>,
+  input: Input,
+): Promise<{ status: number; grpcStatus: string; text: string }> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({
+      ":method": "POST",
+      ":path": input.url,
+      te: "trailers",
+      ...input.headers,
+    });
+    let status = 0;
+    let grpcStatus = "";
+    const chunks: Buffer[] = [];
+    stream.setTimeout(15_000, () => stream.close());
+    stream.on("response", (headers) => {
+      status = Number(headers[":status"]);
+      grpcStatus = String(headers["grpc-status"] ?? "");
+    });
+    stream.on("trailers", (trailers) => {
+      grpcStatus = String(trailers["grpc-status"] ?? grpcStatus);
+    });
+    stream.on("data", (d: Buffer) => chunks.push(d));
+    stream.on("end", () => resolve({ status, grpcStatus, text: Buffer.concat(chunks).toString("latin1") }));
+    stream.on("error", reject);
+    stream.end(input.body);
+  });
+}
+
 /** What must never reach a client. */
 const LEAKS = [
   /\bat \S+ \(/, // a stack frame
@@ -246,6 +300,8 @@ const LEAKS = [
 
 it(`${INPUTS} fuzzed inputs: no INTERNAL, no 500, nothing internal leaked, the gateway unharmed`, async () => {
   const replicaHosts = h.all().map((r) => new URL(r.url).host);
+  const session = http2Connect(h.url);
+  session.on("error", () => {});
   const problems: string[] = [];
   const outcomes = new Map<string, number>();
   let done = 0;
@@ -255,33 +311,45 @@ it(`${INPUTS} fuzzed inputs: no INTERNAL, no 500, nothing internal leaked, the g
       const input = nextInput();
       let status = 0;
       let text = "";
+      let grpcStatus = "";
       try {
-        const res = await fetch(input.url, {
-          method: "POST",
-          headers: input.headers,
-          body: input.body,
-          signal: AbortSignal.timeout(15_000),
-        });
-        status = res.status;
-        text = await res.text();
+        if (input.grpc) {
+          ({ status, grpcStatus, text } = await grpcCall(session, input));
+        } else {
+          const res = await fetch(input.url, {
+            method: "POST",
+            headers: input.headers,
+            body: input.body,
+            signal: AbortSignal.timeout(15_000),
+          });
+          status = res.status;
+          text = await res.text();
+          // gRPC-Web: a trailers-only answer in the headers, else the trailer frame at the body's end.
+          grpcStatus = res.headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/i.exec(text)?.[1] ?? "";
+        }
       } catch (err) {
         problems.push(`${input.url}: no answer: ${(err as Error).message}`);
         continue;
       }
+      // Connect: a unary error body, or the error of a stream's end message.
       const connectCode = /"code"\s*:\s*"([a-z_]+)"/.exec(text)?.[1] ?? "";
-      const key = `${status} ${connectCode}`;
+      const key = `${status} ${connectCode}${grpcStatus !== "" ? ` grpc-status ${grpcStatus}` : ""}`;
       outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
-      if (status >= 500 && status !== 503 && status !== 504)
-        problems.push(`${input.url}: HTTP ${status}: ${text.slice(0, 200)}`);
-      if (connectCode === "internal" || connectCode === "unknown")
+      if (status >= 500) problems.push(`${input.url}: HTTP ${status}: ${text.slice(0, 200)}`);
+      if (CONNECT_FAILURES.has(connectCode))
         problems.push(`${input.url}: ${connectCode}: ${text.slice(0, 200)}`);
+      if (GRPC_FAILURES.has(grpcStatus))
+        problems.push(`${input.url}: grpc-status ${grpcStatus}: ${text.slice(0, 200)}`);
       for (const leak of [...LEAKS, ...replicaHosts.map((host) => new RegExp(host.replace(/\./g, "\\.")))]) {
         if (leak.test(text)) problems.push(`${input.url}: leaks ${leak}: ${text.slice(0, 200)}`);
       }
     }
   };
   await Promise.all(Array.from({ length: 16 }, worker));
+  session.close();
   expect(problems.slice(0, 20)).toEqual([]);
+  // Each protocol's status was read: gRPC trailers and gRPC-Web trailer frames among them.
+  expect([...outcomes.keys()].some((k) => k.includes("grpc-status 3"))).toBe(true);
   // The inputs reached the gateway's validation, not only its parsers: several outcomes were seen.
   expect(outcomes.size).toBeGreaterThan(5);
   // Unharmed: it still serves a normal request and its health.

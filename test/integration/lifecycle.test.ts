@@ -24,8 +24,9 @@ import { ConfigError, loadGatewayConfig, parseGatewayConfig } from "../../server
 import { watchConfigFile } from "../../server/config/watch-config.js";
 import { type Gateway, startGateway } from "../../server/gateway.js";
 import type { Replica } from "../../server/replicas/replica.js";
-import { startSimServer } from "../../sim/http/sim-server.js";
+import { type SimServer, startSimServer } from "../../sim/http/sim-server.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
+import { metricSum } from "../helpers/idle.js";
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -57,15 +58,14 @@ describe("config", () => {
         models: [{ name: "m", versions: [{ name: "Stable!", replicas: ["not a url"] }] }],
       }),
     ).toThrow(ConfigError);
-    try {
+    const twoBadKeys = () =>
       parseGatewayConfig({
         retry: { maxAttempt: 2 },
         models: [{ name: "m", versions: [{ name: "s", weight: -1 }] }],
       });
-    } catch (err) {
-      expect((err as Error).message).toMatch(/retry.*maxAttempt/);
-      expect((err as Error).message).toMatch(/models\.0\.versions\.0\.weight/);
-    }
+    // One error names both: the unknown key and the bad value.
+    expect(twoBadKeys).toThrow(/retry.*maxAttempt/);
+    expect(twoBadKeys).toThrow(/models\.0\.versions\.0\.weight/);
     expect(() =>
       parseGatewayConfig({ models: [{ name: "m", versions: [{ name: "a" }, { name: "a" }] }] }),
     ).toThrow(/duplicate version/);
@@ -306,7 +306,7 @@ describe("TLS", () => {
         }),
       });
       const read = (f: string) => readFileSync(join(dir, f), "utf8");
-      const adminClient = (certs: { cert?: string; key?: string }) =>
+      const adminClient = (certs: { cert?: string; key?: string }, bearer: string | null = token) =>
         createClient(
           AdminService,
           createConnectTransport({
@@ -315,19 +315,56 @@ describe("TLS", () => {
             nodeOptions: { ca: read("cert.pem"), ...certs },
             interceptors: [
               (next) => (req) => {
-                req.header.set("authorization", `Bearer ${token}`);
+                if (bearer !== null) req.header.set("authorization", `Bearer ${bearer}`);
                 return next(req);
               },
             ],
           }),
         );
       expect(gateway.adminUrl).toMatch(/^https:/);
+      const client = { cert: read("client.pem"), key: read("client.key") };
       const ok = await adminClient({ cert: read("client.pem"), key: read("client.key") }).listModels({});
       expect(ok.models.map((m) => m.name)).toEqual(["m"]);
-      await expect(adminClient({}).listModels({})).rejects.toBeInstanceOf(ConnectError);
-      await expect(
-        adminClient({ cert: read("stranger.pem"), key: read("stranger.key") }).listModels({}),
-      ).rejects.toBeInstanceOf(ConnectError);
+      // The right certificate is not enough: without the token, or with a wrong one, UNAUTHENTICATED.
+      await expect(adminClient(client, null).listModels({})).rejects.toMatchObject({
+        code: Code.Unauthenticated,
+      });
+      await expect(adminClient(client, "not-the-token-0123456789").listModels({})).rejects.toMatchObject({
+        code: Code.Unauthenticated,
+      });
+      // The token is not enough: no certificate, or one from another CA, fails the TLS handshake itself.
+      // Seen at the TLS layer (the server's alert), where nothing else can be mistaken for it.
+      const { port } = new URL(gateway.adminUrl as string);
+      const handshake = (certs: { cert?: string; key?: string }) =>
+        new Promise<string>((resolve) => {
+          const socket = tls.connect({
+            host: "127.0.0.1",
+            port: Number(port),
+            ca: read("cert.pem"),
+            ALPNProtocols: ["h2"],
+            ...certs,
+          });
+          const timer = setTimeout(() => {
+            socket.destroy();
+            resolve("open");
+          }, 1000);
+          socket.on("error", (err) => {
+            clearTimeout(timer);
+            resolve(err.message);
+          });
+          socket.on("close", () => {
+            clearTimeout(timer);
+            resolve("closed");
+          });
+        });
+      expect(await handshake(client)).toBe("open");
+      // Refused: the server's alert, or its close of the connection right after the handshake.
+      expect(await handshake({})).toMatch(/certificate required|alert|closed/i);
+      expect(await handshake({ cert: read("stranger.pem"), key: read("stranger.key") })).toMatch(
+        /unknown ca|alert|closed/i,
+      );
+      for (const certs of [{}, { cert: read("stranger.pem"), key: read("stranger.key") }])
+        await expect(adminClient(certs).listModels({})).rejects.toBeInstanceOf(ConnectError);
     } finally {
       await gateway?.close();
       rmSync(dir, { recursive: true });
@@ -371,9 +408,23 @@ describe("graceful drain", () => {
 describe("timeouts", () => {
   it("first-token timeout: retried on another replica, then UNAVAILABLE when all stall", async () => {
     h = await startHarness({ models: { m: { stable: 2 } }, config: { timeouts: { firstTokenMs: 300 } } });
-    const [a, b] = h.all();
-    await h.setFaults([a as never], { stall: 1, stallMs: 3000 });
+    const [a, b] = h.all() as [SimServer, SimServer];
+    await h.setFaults([a], { stall: 1, stallMs: 3000 });
     for (let i = 0; i < 4; i++) expect((await stream(h.url, 3)).error).toBeUndefined();
+    // They succeeded because they were retried: the stalled replica got attempts (its engine ran them;
+    // the stall held their tokens back), the other served all four, and the gateway counted the retries.
+    const retries = metricSum(await (await fetch(`${h.url}/metrics`)).text(), "kinfer_gateway_retries_total");
+    const finished = async (r: SimServer, reason?: string) =>
+      metricSum(
+        (await (await fetch(`${r.url}/metrics`)).text())
+          .split("\n")
+          .filter((l) => reason === undefined || l.includes(`finished_reason="${reason}"`))
+          .join("\n"),
+        "vllm:request_success_total",
+      );
+    expect(retries).toBeGreaterThanOrEqual(1);
+    expect(await finished(a)).toBe(retries);
+    expect(await finished(b, "length")).toBe(4);
     await h.setFaults([b as never], { stall: 1, stallMs: 3000 });
     const started = performance.now();
     const r = await stream(h.url, 3);

@@ -518,10 +518,42 @@ describe("deploy/ as shipped, on a real control plane", () => {
     watching = false;
     await watcher;
     const s = summarize(outcomes);
+    if (s.refused + s.endedEarly > 0) console.log(gatewayWarnings(started - 3000));
     console.log(
       `${what}: ${s.streams} streams in ${((Date.now() - started) / 1000).toFixed(0)} s (longest ${(s.longest / 1000).toFixed(1)} s): ${s.completed} completed, ${s.refused} refused before their first token, ${s.endedEarly} ended early${s.errors.length ? `\n  ${s.errors.join("\n  ")}` : ""}`,
     );
     return outcomes;
+  }
+
+  /**
+   * What the gateway pods logged at warn level or above since `since`, and every replica health change:
+   * printed when a stream under load failed, so that a failure says which replica did what.
+   */
+  function gatewayWarnings(since: number): string {
+    const lines: string[] = [];
+    for (const pod of cluster.kubelet.pods.values()) {
+      if (pod.labels["app.kubernetes.io/name"] !== "kinfer-gateway") continue;
+      for (const c of pod.containers) {
+        let text = "";
+        try {
+          text = readFileSync(join(pod.dir, "containers", c.name, "output.log"), "utf8");
+        } catch {
+          continue;
+        }
+        for (const line of text.split("\n")) {
+          let entry: { level?: number; time?: string; msg?: string };
+          try {
+            entry = JSON.parse(line);
+          } catch {
+            continue;
+          }
+          if (Date.parse(entry.time ?? "") < since) continue;
+          if ((entry.level ?? 0) >= 40 || entry.msg === "replica health changed")
+            lines.push(`  ${pod.name}: ${line}`);
+        }
+      }
+    }
+    return `gateway warnings and health changes:\n${lines.join("\n")}`;
   }
 
   /** Waits until every pod of `selector` that existed before is gone (its termination finished). */

@@ -173,6 +173,17 @@ function pod(name: string, opts: PodSpec): V1Pod {
   };
 }
 
+/** Waits until kube-scheduler has tried to place the pod and failed (its PodScheduled condition False). */
+async function schedulingFailed(name: string, timeoutMs = 60_000): Promise<V1Pod> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const p = await core.readNamespacedPod({ name, namespace: NS });
+    if (p.status?.conditions?.some((c) => c.type === "PodScheduled" && c.status === "False")) return p;
+    if (Date.now() > until) throw new Error(`${name}: no failed scheduling attempt in ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 async function waitBound(names: string[], timeoutMs: number): Promise<V1Pod[]> {
   const until = Date.now() + timeoutMs;
   for (;;) {
@@ -259,9 +270,10 @@ describe("kube-scheduler with the kinfer extender", () => {
     const wrongModel = pod("wrong-model", { gpus: 2 });
     wrongModel.metadata = { ...wrongModel.metadata, annotations: { "kinfer.io/gpu-models": "NVIDIA-B200" } };
     await core.createNamespacedPod({ namespace: NS, body: wrongModel });
-    await new Promise((r) => setTimeout(r, 3000));
-    const p = await core.readNamespacedPod({ name: "wrong-model", namespace: NS });
+    // Waited for the scheduler's own verdict (PodScheduled False), not for a while.
+    const p = await schedulingFailed("wrong-model");
     expect(p.spec?.nodeName).toBeUndefined();
+    expect(p.status?.conditions?.find((c) => c.type === "PodScheduled")?.reason).toBe("Unschedulable");
     const metrics = await (await fetch(`${extender?.url}/metrics`)).text();
     expect(metrics).toMatch(/kinfer_scheduler_decisions_total\{verb="filter",result="no-fit"\}/);
     expect(metrics).toMatch(/kinfer_scheduler_decisions_total\{verb="bind",result="bound"\} [1-9]/);
@@ -272,8 +284,9 @@ describe("kube-scheduler with the kinfer extender", () => {
   it("with the extender down, pods wait (ignorable: false), then bind when it is back", async () => {
     await stopExtender();
     await core.createNamespacedPod({ namespace: NS, body: pod("waits", { gpus: 1 }) });
-    await new Promise((r) => setTimeout(r, 4000));
-    expect((await core.readNamespacedPod({ name: "waits", namespace: NS })).spec?.nodeName).toBeUndefined();
+    // The scheduler tried and failed on the extender's error (it is not ignorable): the pod is unbound.
+    const waiting = await schedulingFailed("waits");
+    expect(waiting.spec?.nodeName).toBeUndefined();
     await startExtender();
     const [bound] = await waitBound(["waits"], 90_000);
     expect(bound?.metadata?.annotations?.[DEVICES_ANNOTATION]).toMatch(/^\d:1000$/);

@@ -62,7 +62,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 describe("concurrency sweep", () => {
   const results = new Map<number, { ttft: number; itl: number; maxWaiting: number }>();
 
-  it("measures 1 to 256 concurrent streams", async () => {
+  // The sweep runs before the tests that read it, whichever of them runs (one alone, with -t, included).
+  beforeAll(async () => {
     for (const concurrency of [1, 16, 64, 128, 256]) {
       let maxWaiting = 0;
       let sampling = true;
@@ -84,7 +85,12 @@ describe("concurrency sweep", () => {
     console.table([...results].map(([c, r]) => ({ concurrency: c, ...r })));
   }, 120_000);
 
+  it("measured every concurrency of the sweep", () => {
+    expect([...results.keys()]).toEqual([1, 16, 64, 128, 256]);
+  });
+
   it("inter-token latency follows decodeBaseMs + decodeMsPerSeq x batch (within 20%)", () => {
+    expect(results.size).toBe(5);
     for (const [concurrency, r] of results) {
       const batch = Math.min(concurrency, MAX_NUM_SEQS);
       const model = d.decodeBaseMs + d.decodeMsPerSeq * batch;
@@ -95,7 +101,9 @@ describe("concurrency sweep", () => {
 
   it("time to first token rises with load, sharply once requests queue", () => {
     const ttft = (c: number) => results.get(c)?.ttft as number;
-    expect(ttft(1)).toBeLessThan(100); // a lone prompt: ~12 ms in the model, plus the machine's noise
+    expect(results.size).toBe(5);
+    // A lone prompt (~12 ms in the model) against a full batch's wait: relative, not absolute, bounds.
+    expect(ttft(1)).toBeLessThan(ttft(256) / 10);
     expect(ttft(64)).toBeGreaterThan(ttft(1));
     expect(ttft(256)).toBeGreaterThan(ttft(128));
     // Past max_num_seqs, half the streams wait for a whole generation of the first batch.

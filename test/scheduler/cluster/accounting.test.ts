@@ -197,13 +197,25 @@ describe("accounting", () => {
       } else {
         state.expireAssumed();
       }
+      // The oracle: what the pods the cache holds add up to, computed from the pods themselves. Every
+      // GPU's free share must be exactly 1000 minus the shares held on it, never negative (an over-commit)
+      // and never more (a release counted twice); CPU and memory likewise; and every pod it holds is one
+      // this test placed and has not removed.
+      const used = new Map<string, { gpu: number[]; cpu: number; mem: number }>();
+      for (const pod of state.pods()) {
+        expect(live.has(pod.uid), `${pod.uid} held but removed`).toBe(true);
+        const u = used.get(pod.node) ?? { gpu: [0, 0, 0, 0], cpu: 0, mem: 0 };
+        for (const d of state.devicesOf(pod.uid) ?? []) u.gpu[d.index] = (u.gpu[d.index] ?? 0) + d.milli;
+        u.cpu += pod.request.cpuMilli;
+        u.mem += pod.request.memMiB;
+        used.set(pod.node, u);
+      }
       for (const gpuNode of state.nodes.values()) {
-        for (const f of gpuNode.free) {
-          expect(f).toBeGreaterThanOrEqual(0);
-          expect(f).toBeLessThanOrEqual(1000);
-        }
-        expect(gpuNode.cpuFree).toBeGreaterThanOrEqual(0);
-        expect(gpuNode.memFree).toBeGreaterThanOrEqual(0);
+        const u = used.get(gpuNode.name) ?? { gpu: [0, 0, 0, 0], cpu: 0, mem: 0 };
+        for (const held of u.gpu) expect(held).toBeLessThanOrEqual(1000);
+        expect([...gpuNode.free]).toEqual(u.gpu.map((held) => 1000 - held));
+        expect(gpuNode.cpuFree).toBe(gpuNode.cpuMilli - u.cpu);
+        expect(gpuNode.memFree).toBe(gpuNode.memMiB - u.mem);
         expectAggregatesInStep(gpuNode);
       }
     }

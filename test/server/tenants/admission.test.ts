@@ -25,6 +25,7 @@ import {
 } from "../../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { type ApiKeyRecord, hashSecret, newKey, parseKeysFile } from "../../../server/tenants/key-store.js";
 import { type Harness, startHarness } from "../../helpers/gateway-harness.js";
+import { waitFor } from "../../helpers/idle.js";
 
 const run = promisify(execFile);
 const ADMIN_TOKEN = "admin-token-for-tests-0123456789";
@@ -44,11 +45,15 @@ beforeAll(async () => {
   keys.onlyA = newKey({ tenant: "team-a", allowedModels: ["a"] });
   keys.rpm = newKey({ tenant: "rpm", limits: { requestsPerMinute: 30 } });
   keys.tpm = newKey({ tenant: "tpm", limits: { tokensPerMinute: 2000 } });
+  keys.settle = newKey({ tenant: "settle", limits: { tokensPerMinute: 2000 } });
   keys.streams = newKey({ tenant: "streams", limits: { maxConcurrentStreams: 3 } });
   keys.revoke = newKey({ tenant: "revoked-later" });
   writeKeys();
   h = await startHarness({
-    models: { a: { stable: 2 }, b: { stable: 1 } },
+    models: { a: { stable: 2 }, b: { stable: 1 }, short: { stable: 2 } },
+    // Replies that end by themselves after a few tokens, far short of max_tokens: what a request reserved
+    // and what it used differ, so settlement can be seen.
+    modelEngine: { short: { meanOutputTokens: 3 } },
     config: {
       tenants: { keysFile },
       admin: { host: "127.0.0.1", port: 0, token: ADMIN_TOKEN },
@@ -141,7 +146,7 @@ describe("authentication", () => {
     expect(listed.models.map((m) => m.name)).toEqual(["a"]);
     const page = await openai(key).models.list();
     expect(page.data.map((m) => m.id)).toEqual(["a"]);
-    expect((await inference(keys.open?.secret as string).listModels({})).models).toHaveLength(2);
+    expect((await inference(keys.open?.secret as string).listModels({})).models).toHaveLength(3);
   });
 
   it("a tenant key on the admin port: PERMISSION_DENIED; no token: UNAUTHENTICATED", async () => {
@@ -185,6 +190,29 @@ describe("limits under concurrent load", () => {
     });
     expect(res.status).toBe(429);
     expect(Number(res.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+  });
+
+  it("tokens per minute: settlement charges what the replicas report and gives back the rest of each reservation", async () => {
+    const key = keys.settle?.secret as string;
+    // Each request reserves ceil(40 / 4) + 100 = 110 tokens of a 2,000 budget, and uses about 13: charged
+    // at its reservation, at most 18 would pass; charged what it used, all 60 do.
+    const results = [];
+    for (let i = 0; i < 60; i++) results.push(await generate(key, "short", 100, "x".repeat(40)));
+    expect(results.filter((r) => r.error !== undefined).map((r) => r.error?.message)).toEqual([]);
+    // The oracle: the tokens the replicas themselves counted (their vLLM metrics), which only this
+    // tenant's requests reached.
+    let replicaTokens = 0;
+    for (const r of h.replicas.get("short/stable") ?? []) {
+      const text = await (await fetch(`${r.url}/metrics`)).text();
+      for (const name of ["vllm:prompt_tokens_total", "vllm:generation_tokens_total"])
+        replicaTokens += text
+          .split("\n")
+          .filter((l) => l.startsWith(`${name}{`))
+          .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+    }
+    expect(replicaTokens).toBeGreaterThan(60 * 10);
+    expect(replicaTokens).toBeLessThan(60 * 110);
+    expect(await metric("kinfer_gateway_tenant_tokens_total", 'tenant="settle"')).toBe(replicaTokens);
   });
 
   it("tokens per minute: reservations hold the limit, and usage is charged exactly", async () => {
@@ -312,9 +340,11 @@ describe("managing keys", () => {
       result = await generate(added.secret);
     }
     expect(result.error).toBeUndefined();
-    // A broken file is reported and the keys in force stay.
+    // A broken file is reported (waited for: the rejection is counted) and the keys in force stay.
+    const rejected = () => metric("kinfer_gateway_reloads_total", 'source="keys",result="rejected"');
+    const before = await rejected();
     writeFileSync(keysFile, "keys: [{id: 'no spaces allowed'}]");
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor(async () => (await rejected()) > before, "the broken keys file rejected");
     expect((await generate(added.secret)).error).toBeUndefined();
   });
 });
