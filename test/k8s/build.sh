@@ -2,9 +2,9 @@
 # Builds the Kubernetes control plane for the tests, once, into a cache outside the repository:
 #   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/
 #     {kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok,flagger,
-#      prometheus-operator,prometheus-adapter,keda,keda-adapter}
+#      prometheus,prometheus-operator,prometheus-adapter,keda,keda-adapter}
 # from the Go modules pinned in test/k8s/control-plane, test/k8s/etcd, test/k8s/kwok, test/k8s/flagger,
-# test/k8s/prometheus-operator, test/k8s/prometheus-adapter and test/k8s/keda (the versions of all but the
+# test/k8s/prometheus, test/k8s/prometheus-operator, test/k8s/prometheus-adapter and test/k8s/keda (the versions of all but the
 # control plane are part of their file names in the cache, so that a new pin rebuilds them), and copies the
 # CRDs that deploy/ needs
 # (prometheus-operator's, KEDA's and Flagger's, from the modules pinned in test/k8s/crds) into crds/ there.
@@ -54,20 +54,27 @@ if [[ ! -x "$out/flagger-$flagger_version" ]]; then
 fi
 ln -sfn "flagger-$flagger_version" "$out/flagger"
 # The operations loops' components (test/k8s/operations-loops.test.ts): <name>-<version>, linked as <name>.
-#   component <name> <module dir> <module path> <package>
+#   component <name> <module dir> <module path> <package> [extra ldflags, %v the module version]
 component() {
-  local name="$1" dir="$here/$2" module="$3" pkg="$4" v
+  local name="$1" dir="$here/$2" module="$3" pkg="$4" extra="${5:-}" v
   v="$(awk -v m="$module" '$1 == m || ($1 == "require" && $2 == m) { print $NF; exit }' "$dir/go.mod")"
   if [[ -z "$v" ]]; then
     echo "build.sh: $dir/go.mod pins no $module" >&2
     exit 1
   fi
   if [[ ! -x "$out/$name-$v" ]]; then
-    (cd "$dir" && go build -trimpath -ldflags="-s -w" -o "$out/$name-$v.tmp" "$pkg") >&2
+    (cd "$dir" && go build -trimpath -ldflags="-s -w ${extra//%v/$v}" -o "$out/$name-$v.tmp" "$pkg") >&2
     mv "$out/$name-$v.tmp" "$out/$name-$v"
   fi
   ln -sfn "$name-$v" "$out/$name"
 }
+# Prometheus's module versions are v0.<major><minor, 2 digits>.<patch> (v0.305.0 is v3.5.0): the release
+# version is stamped as its own build stamps it, for `prometheus --version` (prometheus-operator renders
+# configuration for the version the test reads there).
+prometheus_module="$(awk '$1 == "github.com/prometheus/prometheus" || ($1 == "require" && $2 == "github.com/prometheus/prometheus") { print $NF; exit }' "$here/prometheus/go.mod")"
+prometheus_release="$(echo "$prometheus_module" | sed -E 's/^v0\.([0-9])0?([0-9]+)\.([0-9]+)$/\1.\2.\3/')"
+component prometheus prometheus github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/prometheus \
+  "-X github.com/prometheus/common/version.Version=$prometheus_release -X github.com/prometheus/common/version.Branch=HEAD"
 component prometheus-operator prometheus-operator github.com/prometheus-operator/prometheus-operator \
   github.com/prometheus-operator/prometheus-operator/cmd/operator
 component prometheus-adapter prometheus-adapter sigs.k8s.io/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter

@@ -2,20 +2,22 @@
  * The operations loops act for real (issue #22), on the cluster harness of test/k8s/cluster (etcd,
  * kube-apiserver, kube-controller-manager, kube-scheduler, kwok GPU and CPU nodes, the kubelet stand-in
  * running pods as processes), with deploy/ installed and every add-on built from its pinned Go module
- * (test/k8s/build.sh):
+ * (test/k8s/build.sh), all in one cluster, in this order:
  * 1. monitoring as deployed: prometheus-operator renders deploy/monitoring's monitors and rules into the
- *    configuration Debian's Prometheus runs, with Kubernetes service discovery under a ServiceAccount's
- *    token; every kinfer target is up and the dashboard's queries return data;
- * 2. autoscaling: prometheus-adapter serves vLLM's queue as the custom metrics API; load through the
+ *    configuration Prometheus runs (built from its module: Debian's has no Kubernetes service discovery),
+ *    discovering targets through the apiserver under a ServiceAccount's token; every kinfer target is up
+ *    and the dashboard's panels show data;
+ * 2. alerts: a flooded model, a replica in a crash loop and a stalled gateway make the matching alerts go
+ *    pending, then fire, and resolve when the fault ends;
+ * 3. autoscaling: prometheus-adapter serves vLLM's queue as the custom metrics API; load through the
  *    gateway makes llama-3-8b's HPA scale it out, the new pods are placed by kinfer-scheduler and take
- *    traffic, and it scales back in when the load stops, with no stream failed;
- * 3. canaries: Flagger judges new versions of llama-3-8b on the gateway's per-version metrics from that
+ *    traffic, and it scales back in under light load, with no stream failed (the timeline is printed);
+ * 4. canaries: Flagger judges new versions of llama-3-8b on the gateway's per-version metrics from that
  *    Prometheus: a healthy one is promoted, a failing one and a slow one are rolled back;
- * 4. scale from zero: KEDA scales qwen2.5-32b from zero on the gateway's held requests, which are served;
- * 5. alerts: a killed replica, a stalled one and a flooded model make the matching alerts go pending and
- *    fire; a model loading or cold-starting makes none pending.
- * Shortened clocks (HPA windows, canary intervals, alerts' `for:`) come from the overlays in
- * test/k8s/operations/models and test/k8s/operations/monitoring, which say what they change.
+ * 5. scale from zero: KEDA takes qwen2.5-32b to zero, then back on the requests the gateway holds, which
+ *    are served; no alert goes pending for the model while it starts and loads.
+ * Shortened clocks (HPA windows, canary intervals, alerts' `for:`, a simulated load time) come from the
+ * overlays in test/k8s/operations/models and test/k8s/operations/monitoring, which say what they change.
  */
 
 import { execFileSync } from "node:child_process";
@@ -228,15 +230,11 @@ beforeAll(async () => {
   };
   await refresh();
   refresher = setInterval(() => void refresh().catch(() => {}), 1000);
-  monitoring = await startMonitoring(
-    cluster,
-    execFileSync("prometheus", ["--version"], { encoding: "utf8" }),
-  );
+  monitoring = await startMonitoring(cluster);
   background = [
     startLoad({ targets, model: LLAMA.model, concurrency: 2, maxTokens: 50 }),
     startLoad({ targets, model: QWEN.model, concurrency: 1, maxTokens: 50 }),
   ];
-  addons.push(await startPrometheusAdapter(cluster, hosts));
   console.log(`cluster, deploy/ and monitoring up in ${seconds(Date.now() - started)}`);
 }, 600_000);
 
@@ -426,6 +424,11 @@ describe("alerts on real faults", () => {
 });
 
 describe("autoscaling on the queue", () => {
+  // Only now: until the custom metrics API answers, the HPA cannot act (the flood above stays a flood).
+  beforeAll(async () => {
+    addons.push(await startPrometheusAdapter(cluster, { [PROMETHEUS_SERVICE]: cluster.network.hostAddress }));
+  }, 180_000);
+
   it("prometheus-adapter serves vLLM's queue; llama-3-8b's HPA scales it out under load and back in, no stream failed", async () => {
     const hpaName = `${LLAMA.deployment}-primary`;
     const autoscaling = cluster.kc.makeApiClient(AutoscalingV2Api);
@@ -560,7 +563,7 @@ describe("canaries judged by Flagger", () => {
         value: [...base, ...(change.args ?? [])],
       },
       {
-        op: "replace",
+        op: "add",
         path: "/spec/template/metadata/annotations",
         value: { "kinfer.test/release": change.env ?? String(Date.now()) },
       },
@@ -585,6 +588,8 @@ describe("canaries judged by Flagger", () => {
           const s = await canaryPhase();
           const p = `${s?.phase}`;
           if (phases[phases.length - 1]?.split(" ")[0] !== p) phases.push(`${p} ${seconds(Date.now() - t0)}`);
+          // A verdict counts once this release was analysed (the previous one's stays until Flagger sees it).
+          if (!phases.some((x) => x.startsWith("Progressing"))) return undefined;
           if (p === "Succeeded" || p === "Failed") return p;
           return undefined;
         },

@@ -180,6 +180,7 @@ export async function startKeda(
       "--timeout=120s",
     ]);
   } catch (err) {
+    await Promise.all([operator.stop(), adapter.stop()]);
     throw new Error(
       `${(err as Error).message}\n--- keda-operator\n${operator.output().slice(-3000)}\n--- keda-adapter\n${adapter.output().slice(-3000)}`,
     );

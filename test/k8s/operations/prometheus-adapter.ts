@@ -84,6 +84,7 @@ export async function startPrometheusAdapter(
         "--timeout=90s",
       ]);
   } catch (err) {
+    await adapter.stop();
     throw new Error(`${(err as Error).message}\n${adapter.output().slice(-4000)}`);
   }
   return adapter;

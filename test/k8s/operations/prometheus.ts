@@ -3,7 +3,8 @@
  * test/k8s/build.sh) watches the apiserver and renders a Prometheus object with deploy/monitoring's
  * ServiceMonitors, PodMonitor and PrometheusRule into Prometheus configuration (the Secret
  * prometheus-<name>, key prometheus.yaml.gz) and rule files (ConfigMaps prometheus-<name>-rulefiles-<n>);
- * Debian's `prometheus` runs with exactly that configuration, re-read whenever the operator rewrites it.
+ * Prometheus (built from its Go module, test/k8s/prometheus: Debian's package has no Kubernetes service
+ * discovery) runs with exactly that configuration, re-read whenever the operator rewrites it.
  * Its scrape targets come from Kubernetes service discovery against the test apiserver, with a token of the
  * ServiceAccount monitoring/prometheus (prometheus-rbac.yaml): what is scraped is what the monitors select.
  *
@@ -13,6 +14,7 @@
  * that version understands. Only the paths of the rule files differ from a pod's (rewritten to a local
  * directory); nothing else in the configuration is touched.
  */
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -61,14 +63,16 @@ export interface Monitoring {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** prometheus --version: "prometheus, version 2.42.0+ds (...)" -> v2.42.0. */
+/** prometheus --version: "prometheus, version 3.5.0 (branch: HEAD, ...)" -> v3.5.0. */
 function prometheusVersion(out: string): string {
   const v = /version (\d+\.\d+\.\d+)/.exec(out)?.[1];
   if (v === undefined) throw new Error(`cannot read Prometheus's version from: ${out}`);
   return `v${v}`;
 }
 
-export async function startMonitoring(cluster: Cluster, versionOutput: string): Promise<Monitoring> {
+export async function startMonitoring(cluster: Cluster): Promise<Monitoring> {
+  const binary = join(cluster.cp.bin, "prometheus");
+  const versionOutput = execFileSync(binary, ["--version"], { encoding: "utf8" });
   const dir = join(cluster.cp.dir, "monitoring");
   const rulesDir = join(dir, "rules");
   mkdirSync(rulesDir, { recursive: true });
@@ -167,10 +171,15 @@ export async function startMonitoring(cluster: Cluster, versionOutput: string): 
     return true;
   };
 
+  /** Stops what was started, then fails: a failed start leaves no process behind. */
+  const fail = async (message: string): Promise<never> => {
+    await Promise.all(processes.map((p) => p.stop()));
+    throw new Error(message);
+  };
   const until = Date.now() + 120_000;
   while (!(await sync().catch(() => false))) {
     if (Date.now() > until)
-      throw new Error(
+      await fail(
         `prometheus-operator rendered no configuration in 120 s:\n${operator.output().slice(-4000)}`,
       );
     await sleep(500);
@@ -180,7 +189,7 @@ export async function startMonitoring(cluster: Cluster, versionOutput: string): 
     dir,
     name: "prometheus",
     argv: [
-      "prometheus",
+      binary,
       `--config.file=${configFile}`,
       `--storage.tsdb.path=${join(dir, "data")}`,
       `--web.listen-address=${address}:9090`,
@@ -196,7 +205,7 @@ export async function startMonitoring(cluster: Cluster, versionOutput: string): 
       .catch(() => false);
     if (ok) break;
     if (Date.now() > readyBy || prometheus.child.exitCode !== null)
-      throw new Error(`Prometheus not ready:\n${prometheus.output().slice(-4000)}`);
+      await fail(`Prometheus not ready:\n${prometheus.output().slice(-4000)}`);
     await sleep(250);
   }
 
