@@ -303,10 +303,11 @@ describe("monitoring as deployed", () => {
       "GPU utilisation": "no DCGM exporter without GPUs",
       "Retries and ejections": "no retry or ejection yet",
     };
+    let without: string[] = [];
     const empty = await until(
       "every panel but those that cannot have data here to show data",
       async () => {
-        const without: string[] = [];
+        without = [];
         for (const p of panels) {
           let samples = 0;
           for (const t of p.targets ?? []) samples += (await monitoring.query(expand(t.expr))).length;
@@ -315,7 +316,9 @@ describe("monitoring as deployed", () => {
         return without.every((t) => t in EMPTY_HERE) ? without : undefined;
       },
       120_000,
-    );
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}\npanels without data: ${without.join(", ")}`);
+    });
     console.log(
       `dashboard: ${panels.length - empty.length} of ${panels.length} panels show data; without: ${empty.map((t) => `${t} (${EMPTY_HERE[t]})`).join(", ")}`,
     );
@@ -492,8 +495,11 @@ describe("autoscaling on the queue", () => {
             if (!p.metadata?.annotations?.["kinfer.io/gpu-devices"]) return undefined;
             const res = await fetch(`http://${p.status?.podIP}:8000/metrics`);
             const text = await res.text();
-            const done = /^vllm:request_success_total\{[^}]*\} (\S+)/m.exec(text);
-            if (done === null || Number(done[1]) === 0) return undefined;
+            const done = [...text.matchAll(/^vllm:request_success_total\{[^}]*\} (\S+)/gm)].reduce(
+              (n, m) => n + Number(m[1]),
+              0,
+            );
+            if (done === 0) return undefined;
           }
           mark("new pods serving");
           return true;
@@ -711,9 +717,28 @@ describe("scale from zero", () => {
         .join("\n")}\n  alerts pending or firing meanwhile: ${[...alertsDuring].join(", ") || "none"}`,
     );
     const s = report("scale from zero", outcomes);
-    expect(s.completed, s.errors.join("\n")).toBe(protocols.length);
+    const gatewayLogs = [...cluster.kubelet.pods.values()]
+      .filter((p) => p.namespace === SYSTEM && p.name.startsWith("kinfer-gateway"))
+      .map(
+        (p) =>
+          `--- ${p.name}\n${p.containers
+            .map((c) => c.current.output())
+            .join("")
+            .split("\n")
+            .filter((l) => l.includes(QWEN.model) || l.includes("replica"))
+            .slice(-30)
+            .join("\n")}`,
+      )
+      .join("\n");
+    expect(s.completed, `${s.errors.join("\n")}\n${gatewayLogs}`).toBe(protocols.length);
     const placed = (await podsOf(MODELS, `app=${QWEN.app}`)).filter(isReady);
+    const started = placed[0]?.metadata?.name as string;
     expect(placed[0]?.metadata?.annotations?.["kinfer.io/gpu-devices"]).toBeTruthy();
-    expect([...alertsDuring]).toEqual([]);
+    // Nothing fires; the only alert that may go pending is the removed replica's VllmReplicaDown (its
+    // target stays discovered while the pod terminates), which waits longer than any load (`for:`).
+    const unexpected = [...alertsDuring].filter(
+      (a) => a.endsWith("firing") || !a.startsWith("VllmReplicaDown") || a.includes(started),
+    );
+    expect(unexpected).toEqual([]);
   }, 420_000);
 });

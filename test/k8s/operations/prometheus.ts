@@ -10,9 +10,10 @@
  *
  * The Prometheus object asks for no pods (replicas 0: kwok nodes run only what the kubelet stand-in knows),
  * selects monitors and rules by kube-prometheus-stack's default label (release=kube-prometheus-stack, which
- * deploy/monitoring sets) and names Debian's Prometheus version, so that the operator writes configuration
+ * deploy/monitoring sets) and names the running Prometheus's version, so that the operator writes configuration
  * that version understands. Only the paths of the rule files differ from a pod's (rewritten to a local
- * directory); nothing else in the configuration is touched.
+ * directory) and $(SHARD) is expanded to 0, as prometheus-config-reloader does for the first shard;
+ * nothing else in the configuration is touched.
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -154,7 +155,9 @@ export async function startMonitoring(cluster: Cluster): Promise<Monitoring> {
     for (const m of maps) hash.update(JSON.stringify(m.data ?? {}));
     const digest = hash.digest("hex");
     if (digest === lastHash) return false;
-    const text = gunzipSync(Buffer.from(gz, "base64")).toString();
+    // What the operator's config-reloader sidecar does in the pod: expand $(VAR) from its environment,
+    // where the StatefulSet of shard 0 sets SHARD=0 (the generated relabelings keep that shard's targets).
+    const text = gunzipSync(Buffer.from(gz, "base64")).toString().replaceAll("$(SHARD)", "0");
     const config = parseYaml(text) as typeof rendered;
     config.rule_files = (config.rule_files ?? []).map((f) =>
       f.startsWith(POD_RULES_DIR) ? join(rulesDir, f.slice(POD_RULES_DIR.length)) : f,
