@@ -609,7 +609,7 @@ describe("canaries judged by Flagger", () => {
     }
     const canaryVersion = async (expr: string) => scalar(expr.replaceAll("MODEL", LLAMA.model));
     const errorPct = await canaryVersion(
-      `100 * sum(increase(kinfer_gateway_requests_total{model="MODEL",version="canary",code=~"unavailable|internal|unknown|deadline_exceeded|data_loss"}[5m])) / sum(increase(kinfer_gateway_requests_total{model="MODEL",version="canary"}[5m]))`,
+      `100 * (sum(increase(kinfer_gateway_requests_total{model="MODEL",version="canary",code=~"unavailable|internal|unknown|deadline_exceeded|data_loss"}[5m])) or vector(0)) / sum(increase(kinfer_gateway_requests_total{model="MODEL",version="canary"}[5m]))`,
     );
     const ttft = await canaryVersion(
       `histogram_quantile(0.95, sum by (le) (rate(kinfer_gateway_time_to_first_token_seconds_bucket{model="MODEL",version="canary"}[5m])))`,
