@@ -241,6 +241,18 @@ describe("prefix-aware scoring", () => {
     });
   });
 
+  it("labels the pick by the chosen replica's own prefix share when scores tie", () => {
+    // a: 2 + 2 x 0.25 + 3 x 2/4 = 4; b: 2 + 2 x 1 = 4. The tie goes to fewer in flight.
+    const [a, b] = replicas(1, 0) as [Replica, Replica];
+    signal(a, 0, 0.75);
+    signal(b, 0, 0);
+    const held = prefix(4, { [a.id]: 2 });
+    expect(pickReplica([a, b], ctx({ policy: pa, prefix: held }))).toEqual({ replica: b, reason: "score" });
+    a.inFlight = 0;
+    b.inFlight = 1;
+    expect(pickReplica([a, b], ctx({ policy: pa, prefix: held }))).toEqual({ replica: a, reason: "prefix" });
+  });
+
   it("a prompt with no blocks scores without a prefix", () => {
     const [a, b] = replicas(0, 0) as [Replica, Replica];
     signal(a, 0, 0.5);

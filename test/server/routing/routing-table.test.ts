@@ -144,5 +144,8 @@ describe("control overrides", () => {
     off();
     tbl.apply(config, [], "static");
     expect(seen).toHaveLength(2);
+    // With no endpoints, every version is there with no replicas.
+    expect(tbl.model("alpha")?.versions.map((v) => v.replicas.length)).toEqual([0, 0]);
+    expect(tbl.replicas()).toEqual([]);
   });
 });
