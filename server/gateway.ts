@@ -152,7 +152,9 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const metrics = createGatewayMetrics(() => table.replicas(), now);
   const dispatcher = new Agent({
     connect: { timeout: config.timeouts.connectMs },
-    keepAliveTimeout: 60_000,
+    // Below vLLM's own 5 s (uvicorn's timeout_keep_alive, which sends no Keep-Alive hint): the gateway drops an
+    // idle connection before the replica does, never sending a request on one the replica is closing.
+    keepAliveTimeout: 4_000,
     // vLLM sends headers with the first token and may pause between tokens: the relay owns those timeouts.
     headersTimeout: 0,
     bodyTimeout: 0,

@@ -116,7 +116,9 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       else res.destroy();
     });
   });
-  server.keepAliveTimeout = 65_000;
+  // vLLM's server (uvicorn) closes a connection idle for 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE): so does this one,
+  // so that a client keeping connections longer than vLLM does is caught here, not in production.
+  server.keepAliveTimeout = 5_000;
 
   function ready(): boolean {
     return Date.now() >= readyAt && control.healthy && !control.draining;

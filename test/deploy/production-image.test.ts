@@ -148,8 +148,8 @@ describe("the production image, on a read-only root as user 65532", () => {
   });
 
   it("the same sandbox stops the gateway run from source through tsx (the old image): the check can fail", async () => {
-    /** The gateway from source through tsx, as the old image ran it, with /tmp as given. */
-    const fromSource = async (name: string, mounts: ContainerSpec["mounts"]) => {
+    /** The gateway from source through tsx, as the old image ran it, with /tmp (or TMPDIR) as given. */
+    const fromSource = async (name: string, mounts: ContainerSpec["mounts"], tmpdir?: string) => {
       const port = await freePort();
       const c = startContainer({
         dir: join(dir, name),
@@ -158,7 +158,7 @@ describe("the production image, on a read-only root as user 65532", () => {
         user: { uid: 65532, gid: 65532 },
         noNewPrivileges: true,
         dropAllCapabilities: true,
-        env: { PATH, HOME: "/" },
+        env: { PATH, HOME: "/", ...(tmpdir !== undefined ? { TMPDIR: tmpdir } : {}) },
         workingDir: root,
         argv: ["node", "--import", "tsx", "server/main.ts", "--port", String(port)],
       });
@@ -173,8 +173,9 @@ describe("the production image, on a read-only root as user 65532", () => {
     ]);
     expect(exit?.code, readOnly.c.output()).not.toBe(0);
     expect(readOnly.c.output()).toMatch(/mkdir '\/tmp\/tsx-65532'/);
-    // The same with a writable /tmp starts: the read-only TMPDIR is what stopped it.
-    const writable = await fromSource("tsx-writable", [{ kind: "tmpfs", target: "/tmp" }]);
+    // The same with a writable TMPDIR starts: the read-only /tmp is what stopped it. (Not a tmpfs on /tmp
+    // itself: a checkout under /tmp would vanish under it.)
+    const writable = await fromSource("tsx-writable", [{ kind: "tmpfs", target: "/var/tmp" }], "/var/tmp");
     await until(
       "the gateway through tsx with a writable /tmp",
       writable.c,

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane for the tests, once, into a cache outside the repository:
 #   ${KINFER_K8S_CACHE:-~/.cache/kinfer}/k8s-v<version>-etcd-v<version>/
-#     {kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok,flagger}
-# from the Go modules pinned in test/k8s/control-plane, test/k8s/etcd, test/k8s/kwok and test/k8s/flagger
-# (kwok's and Flagger's versions are part of their file names in the cache, so that a new pin rebuilds
-# them), and copies the CRDs that deploy/ needs
+#     {kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok,flagger,
+#      prometheus,prometheus-operator,prometheus-adapter,keda,keda-adapter}
+# from the Go modules pinned in test/k8s/control-plane, test/k8s/etcd, test/k8s/kwok, test/k8s/flagger,
+# test/k8s/prometheus, test/k8s/prometheus-operator, test/k8s/prometheus-adapter and test/k8s/keda (the versions of all but the
+# control plane are part of their file names in the cache, so that a new pin rebuilds them), and copies the
+# CRDs that deploy/ needs
 # (prometheus-operator's, KEDA's and Flagger's, from the modules pinned in test/k8s/crds) into crds/ there.
 # Prints the directory.
-# The first build downloads the modules and compiles for several minutes; later runs return at once.
+# The first build downloads the modules and compiles for a long while (README, "Tests": the measured time);
+# later runs return at once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # The versions pinned in the go.mod files (in a require line or block).
@@ -50,6 +53,33 @@ if [[ ! -x "$out/flagger-$flagger_version" ]]; then
   mv "$out/flagger-$flagger_version.tmp" "$out/flagger-$flagger_version"
 fi
 ln -sfn "flagger-$flagger_version" "$out/flagger"
+# The operations loops' components (test/k8s/operations-loops.test.ts): <name>-<version>, linked as <name>.
+#   component <name> <module dir> <module path> <package> [extra ldflags, %v the module version]
+component() {
+  local name="$1" dir="$here/$2" module="$3" pkg="$4" extra="${5:-}" v
+  v="$(awk -v m="$module" '$1 == m || ($1 == "require" && $2 == m) { print $NF; exit }' "$dir/go.mod")"
+  if [[ -z "$v" ]]; then
+    echo "build.sh: $dir/go.mod pins no $module" >&2
+    exit 1
+  fi
+  if [[ ! -x "$out/$name-$v" ]]; then
+    (cd "$dir" && go build -trimpath -ldflags="-s -w ${extra//%v/$v}" -o "$out/$name-$v.tmp" "$pkg") >&2
+    mv "$out/$name-$v.tmp" "$out/$name-$v"
+  fi
+  ln -sfn "$name-$v" "$out/$name"
+}
+# Prometheus's module versions are v0.<major><minor, 2 digits>.<patch> (v0.305.0 is v3.5.0): the release
+# version is stamped as its own build stamps it, for `prometheus --version` (prometheus-operator renders
+# configuration for the version the test reads there).
+prometheus_module="$(awk '$1 == "github.com/prometheus/prometheus" || ($1 == "require" && $2 == "github.com/prometheus/prometheus") { print $NF; exit }' "$here/prometheus/go.mod")"
+prometheus_release="$(echo "$prometheus_module" | sed -E 's/^v0\.([0-9])0?([0-9]+)\.([0-9]+)$/\1.\2.\3/')"
+component prometheus prometheus github.com/prometheus/prometheus github.com/prometheus/prometheus/cmd/prometheus \
+  "-X github.com/prometheus/common/version.Version=$prometheus_release -X github.com/prometheus/common/version.Branch=HEAD"
+component prometheus-operator prometheus-operator github.com/prometheus-operator/prometheus-operator \
+  github.com/prometheus-operator/prometheus-operator/cmd/operator
+component prometheus-adapter prometheus-adapter sigs.k8s.io/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter
+component keda keda github.com/kedacore/keda/v2 github.com/kedacore/keda/v2/cmd/operator
+component keda-adapter keda github.com/kedacore/keda/v2 github.com/kedacore/keda/v2/cmd/adapter
 # kwok's stock stages for nodes (initialize; heartbeat with a lease), from its module: the kwok binary has
 # none built in (only kwokctl adds them), and the cluster tests add their own pod stages.
 stages="$out/kwok-stages-$kwok_version"
@@ -61,22 +91,23 @@ if [[ ! -d "$stages" ]]; then
   mv "$stages.tmp" "$stages"
 fi
 ln -sfn "kwok-stages-$kwok_version" "$out/kwok-stages"
-# CRDs: the modules carry their YAML; ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject,
-# TriggerAuthentication and Flagger's (Canary, MetricTemplate, AlertProvider, in one file) are used.
+# CRDs: the modules carry their YAML. All of prometheus-operator's and KEDA's (their operators refuse to
+# start, or skip a controller, when one is missing: the operations-loops tests run both), and Flagger's
+# (Canary, MetricTemplate, AlertProvider, in one file); deploy/ uses ServiceMonitor, PodMonitor,
+# PrometheusRule, ScaledObject, Canary and MetricTemplate.
 crds="$out/crds-$(sha256sum "$here/crds/go.sum" | cut -c1-12)"
 if [[ ! -d "$crds" ]]; then
   dirs="$(cd "$here/crds" && go mod download -json github.com/prometheus-operator/prometheus-operator github.com/kedacore/keda/v2 github.com/fluxcd/flagger |
     awk -F'"' '$2 == "Dir" { print $4 }')"
   mkdir -p "$crds.tmp"
   for dir in $dirs; do
-    for f in "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml \
-      "$dir"/config/crd/bases/keda.sh_{scaledobjects,triggerauthentications}.yaml; do
+    for f in "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_*.yaml "$dir"/config/crd/bases/*keda.sh_*.yaml; do
       [[ -f "$f" ]] && cp "$f" "$crds.tmp/"
     done
     [[ -f "$dir/artifacts/flagger/crd.yaml" ]] && cp "$dir/artifacts/flagger/crd.yaml" "$crds.tmp/flagger.app_crds.yaml"
   done
-  if [[ "$(ls "$crds.tmp" | wc -l)" -ne 6 ]]; then
-    echo "build.sh: expected 6 CRD files, got: $(ls "$crds.tmp")" >&2
+  if [[ "$(ls "$crds.tmp" | wc -l)" -ne 17 ]]; then
+    echo "build.sh: expected 17 CRD files (prometheus-operator 10, KEDA 6, Flagger 1), got: $(ls "$crds.tmp")" >&2
     exit 1
   fi
   mv "$crds.tmp" "$crds"

@@ -9,6 +9,12 @@
  * The /16 is 10.<n>.0.0/16 with <n> chosen at random among those no route or address of the host uses;
  * node i's pod CIDR is 10.<n>.<i+1>.0/24 and the host is 10.<n>.255.254. Everything is removed by
  * destroy() (deleting the namespaces deletes their links). Needs root and iproute2.
+ *
+ * A pod's eth0 has a MAC address made from its IP (0a:58 then the four bytes), as the CNI bridge plugin
+ * does: an address freed by one pod is soon given to the next (the kubelet stand-in hands out the lowest
+ * free one), and with a random MAC every peer's ARP cache would keep sending the new pod's packets to the
+ * old pod's MAC for seconds (a gateway's connection attempts then time out: seen when KEDA took a model to
+ * zero and back).
  */
 import { execFileSync } from "node:child_process";
 
@@ -69,6 +75,11 @@ export function createPodNetwork(): PodNetwork {
       podNamespaces.add(netns);
       ip("-n", bridgeNs, "link", "add", bridgeEnd, "type", "veth", "peer", "name", "eth0", "netns", netns);
       ip("-n", bridgeNs, "link", "set", bridgeEnd, "master", "br0", "up");
+      const mac = `0a:58:${address
+        .split(".")
+        .map((b) => Number(b).toString(16).padStart(2, "0"))
+        .join(":")}`;
+      ip("-n", netns, "link", "set", "eth0", "address", mac);
       ip("-n", netns, "addr", "add", `${address}/16`, "dev", "eth0");
       ip("-n", netns, "link", "set", "eth0", "up");
       ip("-n", netns, "link", "set", "lo", "up");

@@ -4,11 +4,13 @@
  * pointers as null, full v1.Pod and v1.NodeList with many fields we do not model).
  */
 import { readFileSync } from "node:fs";
-import { create, toJson } from "@bufbuild/protobuf";
+import { create, type DescMessage, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
+import { createRng } from "../../../common/random.js";
 import {
   BindRequestSchema,
+  BindResponseSchema,
   FilterRequestSchema,
   FilterResponseSchema,
   PreemptRequestSchema,
@@ -256,5 +258,133 @@ describe("the fast JSON writer", () => {
       FailedAndUnresolvableNodes: {},
       Error: "",
     });
+  });
+});
+
+/**
+ * An oracle for the reader: any extender message, written by protobuf-es in the wire form, then re-cased
+ * and re-spaced the ways Go's encoding/json accepts (any case for struct keys, any whitespace), reads back
+ * as the same message, through the text path and the parsed-object path.
+ */
+describe("parseExtenderJson against protobuf-es's own JSON (seeded)", () => {
+  const rng = createRng(26);
+  const int = (n: number) => Math.floor(rng() * n);
+  const reCase = (key: string) =>
+    [...key].map((c) => (rng() < 0.5 ? c.toLowerCase() : c.toUpperCase())).join("");
+  const SPACES = [" ", "\n", "\r\n", "\t", "  "];
+  const space = () => (rng() < 0.5 ? "" : SPACES[int(SPACES.length)]);
+
+  /** Re-cases the keys of extender structs (PascalCase keys) at every depth; Kubernetes objects keep theirs. */
+  function reCaseKeys(value: unknown): unknown {
+    if (Array.isArray(value)) return value.map(reCaseKeys);
+    if (value === null || typeof value !== "object") return value;
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) =>
+        /^[A-Z]/.test(k) ? [reCase(k), reCaseKeys(v)] : [k, k === "metadata" ? v : reCaseKeys(v)],
+      ),
+    );
+  }
+  /** JSON text with random whitespace between tokens (after every structural character and at the end). */
+  function spaced(value: unknown): string {
+    return `${JSON.stringify(value).replace(/([{}[\]:,])(?=(?:[^"\\]|\\.|"(?:[^"\\]|\\.)*")*$)/g, (m) => `${space()}${m}${space()}`)}${space()}`;
+  }
+  const names = () => Array.from({ length: int(6) }, () => `node-${int(50)}`);
+  const pod = () => ({ metadata: { name: `p-${int(99)}`, uid: `u-${int(99)}`, labels: { a: "b" } } });
+  const victims = () => ({
+    pods: Array.from({ length: 1 + int(3) }, () => ({ uid: `v-${int(99)}` })),
+    numPdbViolations: int(3),
+  });
+
+  const cases: [string, () => [DescMessage, unknown]][] = [
+    ["FilterRequest", () => [FilterRequestSchema, { pod: pod(), nodeNames: names() }]],
+    ["PrioritizeRequest", () => [PrioritizeRequestSchema, { pod: pod(), nodeNames: names() }]],
+    [
+      "PreemptRequest",
+      () => [
+        PreemptRequestSchema,
+        { pod: pod(), nodeNameToMetaVictims: Object.fromEntries(names().map((n) => [n, victims()])) },
+      ],
+    ],
+    [
+      "BindRequest",
+      () => [BindRequestSchema, { podName: "p", podNamespace: "ns", podUid: `u-${int(9)}`, node: "n" }],
+    ],
+  ];
+
+  it.each(cases)("%s: 200 random messages, re-cased and re-spaced, read back equal", (_, make) => {
+    for (let i = 0; i < 200; i++) {
+      const [schema, init] = make();
+      const expected = create(schema, init as never);
+      const wire = reCaseKeys(toJson(schema, expected));
+      const text = spaced(wire);
+      expect(parseExtenderJson(schema, text), text).toEqual(expected);
+      expect(parseExtenderJson(schema, wire as JsonValue), text).toEqual(expected);
+    }
+  });
+
+  it("takes the repeated-list shortcut whatever whitespace kube-scheduler's encoder puts around it", () => {
+    const list = ["gpu-a", "gpu-b", "gpu-c"];
+    for (const ws of [" ", "\n", "\r\n", "\t", " \t\r\n"]) {
+      const text = `{"Pod":{"metadata":{"name":"p"}},${ws}"NodeNames"${ws}:${ws}["gpu-a",${ws}"gpu-b","gpu-c"]${ws}}${ws}`;
+      const first = parseExtenderJson(FilterRequestSchema, text);
+      expect(first.nodeNames).toEqual(list);
+      expect(first.pod?.metadata?.name).toBe("p");
+      // The same list's text again: the array parsed the first time is handed over, not a new one.
+      expect(parseExtenderJson(FilterRequestSchema, text).nodeNames).toBe(first.nodeNames);
+    }
+  });
+
+  it("reads a trailing list only when it is NodeNames, in a message that has NodeNames", () => {
+    // Same length as "NodeNames": the key itself decides.
+    expect(
+      parseExtenderJson(FilterRequestSchema, '{"Pod":{"metadata":{"name":"p"}},"NodeNamez":["a"]}'),
+    ).toEqual(create(FilterRequestSchema, { pod: { metadata: { name: "p" } } }));
+    expect(parseExtenderJson(BindRequestSchema, '{"PodName":"p","Node":"n","NodeNames":["x"]}')).toEqual(
+      create(BindRequestSchema, { podName: "p", node: "n" }),
+    );
+  });
+
+  it.each([
+    ["a colon missing before a trailing list", '{"Pod":{},"NodeNames",["a"]}', /malformed JSON/],
+    ["a trailing list that is not JSON", '{"Pod":{},"NodeNames":[a]}', /malformed JSON/],
+    ["the closing brace missing", '{"Pod":{},"NodeNames":["a"]', /malformed JSON/],
+    ["a bracket instead of the closing brace", '{"Pod":{},"NodeNames":["a"]]', /malformed JSON/],
+    [
+      "a trailing list mixing strings and numbers",
+      '{"Pod":{},"NodeNames":["a",1]}',
+      /NodeNames must be a list of strings/,
+    ],
+    ["a JSON string", '"Pod"', /expected a JSON object/],
+    ["a JSON number", "42", /expected a JSON object/],
+    [
+      "a key given twice deep inside",
+      '{"NodeNameToMetaVictims":{"n1":{"Pods":[{"UID":"a","Uid":"b"}]}}}',
+      /^PreemptRequest\.NodeNameToMetaVictims\["n1"\]\.Pods\[0\]: duplicate key "Uid" for field UID$/,
+    ],
+  ])("rejects %s with InvalidArgument", (_, body, message) => {
+    const schema = body.includes("Victims") ? PreemptRequestSchema : FilterRequestSchema;
+    let error: unknown;
+    try {
+      parseExtenderJson(schema, body);
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConnectError);
+    expect((error as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((error as ConnectError).rawMessage).toMatch(message);
+  });
+
+  it("leaves the keys of embedded Kubernetes objects as they are (Kubernetes JSON is case-sensitive)", () => {
+    const args = parseExtenderJson(FilterRequestSchema, { Pod: { Metadata: { name: "p" } }, NodeNames: [] });
+    expect(args.pod?.metadata).toBeUndefined();
+  });
+
+  it("writes what it is given about hosts with no name, no list, or names that need escaping", () => {
+    expect(toExtenderJson(PrioritizeResponseSchema, {})).toEqual([]);
+    expect(toExtenderJson(BindResponseSchema, {})).toEqual({ Error: "" });
+    expect(toExtenderJson(BindResponseSchema, { error: "gone" })).toEqual({ Error: "gone" });
+    expect(prioritizeReplyText([{ score: 1 }])).toBe('[{"Host":"","Score":1}]');
+    for (const host of ['"', '"\n\\', "\u0000", "Ab"])
+      expect(JSON.parse(prioritizeReplyText([{ host, score: 2 }]))).toEqual([{ Host: host, Score: 2 }]);
   });
 });

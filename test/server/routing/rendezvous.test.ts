@@ -46,4 +46,44 @@ describe("rendezvous hashing", () => {
     expect(rendezvousFirst(ms, key, (m) => m.id !== order[0])[0]?.id).toBe(order[1]);
     expect(rendezvousFirst(ms, key, () => false)).toEqual([]);
   });
+
+  it("hashString is 32-bit FNV-1a", () => {
+    expect(hashString("")).toBe(0x811c9dc5);
+    expect(hashString("a")).toBe(0xe40c292c);
+    expect(hashString("foobar")).toBe(0xbf9cf968);
+  });
+
+  it("returns at most `count` members, the first accepted in order", () => {
+    const ms = members(6);
+    const key = hashString("k");
+    const order = rendezvousFirst(ms, key, () => true, 6).map((m) => m.id);
+    expect(rendezvousFirst(ms, key, () => true, 2).map((m) => m.id)).toEqual(order.slice(0, 2));
+    expect(rendezvousFirst(ms, key, (m) => m.id !== order[1], 3).map((m) => m.id)).toEqual([
+      order[0],
+      order[2],
+      order[3],
+    ]);
+    expect(rendezvousFirst(ms, key, () => true, 10)).toHaveLength(6);
+  });
+
+  it("breaks equal weights by the lower id, whatever the listing order", () => {
+    // FNV-1a collisions: each pair has the same hash, so the same weight for every key.
+    for (const [low, high] of [
+      ["costarring", "liquid"],
+      ["altarage", "zinke"],
+    ] as const) {
+      expect(hashString(low)).toBe(hashString(high));
+      for (let k = 0; k < 20; k++) {
+        const key = hashString(`key-${k}`);
+        expect(rendezvousFirst([{ id: high }, { id: low }], key, () => true, 2).map((m) => m.id)).toEqual([
+          low,
+          high,
+        ]);
+        expect(rendezvousFirst([{ id: low }, { id: high }], key, () => true, 2).map((m) => m.id)).toEqual([
+          low,
+          high,
+        ]);
+      }
+    }
+  });
 });

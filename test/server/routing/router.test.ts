@@ -338,3 +338,174 @@ it("routing table rebuilds keep replica state", () => {
   expect(routingPolicySchema.parse({}).algorithm).toBe("prefix-aware");
   expect(createReplica("m", "s", "http://x", "static").ready).toBe(true);
 });
+
+describe("router details", () => {
+  const policyOf = (algorithm: RoutingPolicyConfig["algorithm"], replicas = 3) =>
+    table({ algorithm }, { stable: { weight: 1, replicas } });
+  const idle = (model: ModelEntry) => {
+    for (const r of only(model).replicas as Replica[]) signal(r, 0, 0.1);
+  };
+
+  it("a session's home keeps it up to the load bound (2 x the mean + 1) and spills beyond it", () => {
+    const model = policyOf("least-outstanding");
+    const r = router();
+    const session = input({ affinityKey: "user-1" });
+    const home = r.pickReplica(model, only(model), session, new Set())?.replica as Replica;
+    home.inFlight = 3; // loads 3, 0, 0: mean 1, bound 3
+    expect(r.pickReplica(model, only(model), session, new Set())).toMatchObject({
+      replica: home,
+      reason: "session",
+    });
+    home.inFlight = 4; // bound 3.67
+    expect(r.pickReplica(model, only(model), session, new Set())?.replica).not.toBe(home);
+  });
+
+  it("a session's load counts the scraped queue and what was sent since the scrape", () => {
+    const model = policyOf("least-outstanding");
+    const r = router();
+    idle(model);
+    const session = input({ affinityKey: "user-2" });
+    const home = r.pickReplica(model, only(model), session, new Set())?.replica as Replica;
+    signal(home, 40, 0.1);
+    expect(r.pickReplica(model, only(model), session, new Set())?.replica).not.toBe(home);
+    signal(home, 0, 0.1);
+    home.sentSinceScrape = 40;
+    expect(r.pickReplica(model, only(model), session, new Set())?.replica).not.toBe(home);
+    home.sentSinceScrape = 0;
+    expect(r.pickReplica(model, only(model), session, new Set())?.replica).toBe(home);
+  });
+
+  it("draws versions and round-robin starts from the injected random source", () => {
+    const model = table(
+      { algorithm: "round-robin" },
+      { a: { weight: 1, replicas: 3 }, b: { weight: 1, replicas: 1 } },
+    );
+    const zero = createRouter({
+      now,
+      random: () => 0,
+      prefixIndex: { blockChars: 16, maxBlocksPerRequest: 64, maxEntries: 10 },
+    });
+    const high = createRouter({
+      now,
+      random: () => 0.5,
+      prefixIndex: { blockChars: 16, maxBlocksPerRequest: 64, maxEntries: 10 },
+    });
+    for (let i = 0; i < 20; i++) {
+      expect(zero.pickVersion(model, "").name).toBe("a");
+      expect(high.pickVersion(model, "").name).toBe("b");
+    }
+    // Turns start at floor(random() x 1000): 0 -> the first replica; 500 -> the third (500 mod 3).
+    const a = model.versions[0] as VersionEntry;
+    expect(zero.pickReplica(model, a, input(), new Set())?.replica).toBe(a.replicas[0]);
+    expect(high.pickReplica(model, a, input(), new Set())?.replica).toBe(a.replicas[2]);
+  });
+
+  it("names the model and the version in the error for an unknown pin", () => {
+    const model = policyOf("round-robin");
+    expect(() => router().pickVersion(model, "v9")).toThrow('model "m" has no version "v9"');
+  });
+
+  it("keeps a round-robin turn per model version", () => {
+    const model = table(
+      { algorithm: "round-robin" },
+      { a: { weight: 1, replicas: 2 }, b: { weight: 1, replicas: 2 } },
+    );
+    const r = router();
+    const [a, b] = model.versions as [VersionEntry, VersionEntry];
+    const picks = { a: [] as string[], b: [] as string[] };
+    for (let i = 0; i < 4; i++) {
+      picks.a.push(r.pickReplica(model, a, input(), new Set())?.replica.id as string);
+      picks.b.push(r.pickReplica(model, b, input(), new Set())?.replica.id as string);
+    }
+    for (const ids of [picks.a, picks.b]) {
+      expect(ids[0]).not.toBe(ids[1]);
+      expect(ids.slice(2)).toEqual(ids.slice(0, 2));
+    }
+  });
+
+  it("only prefix-aware sends a long prompt to its prefix's home; resource-aware goes by score", () => {
+    const model = policyOf("resource-aware", 8);
+    const reps = only(model).replicas as Replica[];
+    for (const [i, x] of reps.entries()) signal(x, i === 3 ? 0 : 3, 0.1);
+    const r = router();
+    for (let k = 0; k < 20; k++) {
+      const long = input({ prefixHashes: r.hashPrompt(`document ${k} `.repeat(60)) });
+      expect(r.pickReplica(model, only(model), long, new Set())).toEqual({
+        replica: reps[3],
+        reason: "score",
+      });
+    }
+  });
+
+  it("passes over a prefix home that has maxInFlight requests in flight", () => {
+    const model = policyOf("prefix-aware", 8);
+    idle(model);
+    const reps = only(model).replicas as Replica[];
+    const r = router();
+    const long = (maxInFlight?: number) => ({
+      ...input({ prefixHashes: r.hashPrompt("shared system prompt ".repeat(40)) }),
+      ...(maxInFlight === undefined ? {} : { maxInFlight }),
+    });
+    const home = r.pickReplica(model, only(model), long(), new Set());
+    expect(home?.reason).toBe("prefix");
+    for (const x of reps) x.inFlight = x === home?.replica ? 2 : 1;
+    expect(r.pickReplica(model, only(model), long(3), new Set())).toEqual(home);
+    expect(r.pickReplica(model, only(model), long(2), new Set())?.replica).not.toBe(home?.replica);
+  });
+
+  it("the scorer skips a replica with maxInFlight requests in flight", () => {
+    const model = policyOf("resource-aware", 2);
+    const [a, b] = only(model).replicas as [Replica, Replica];
+    signal(a, 0, 0.1);
+    signal(b, 3, 0.5);
+    a.inFlight = 2;
+    const r = router();
+    expect(r.pickReplica(model, only(model), input(), new Set())?.replica).toBe(a);
+    expect(r.pickReplica(model, only(model), { ...input(), maxInFlight: 2 }, new Set())?.replica).toBe(b);
+  });
+
+  it("a short prompt goes back to the replica it was committed to, by the scorer's prefix share", () => {
+    const model = policyOf("prefix-aware");
+    idle(model);
+    const reps = only(model).replicas as Replica[];
+    const r = router();
+    const short = input({ prefixHashes: r.hashPrompt("hello there ".repeat(14)) }); // 10 blocks
+    expect(short.prefixHashes).toHaveLength(10);
+    expect(r.pickReplica(model, only(model), short, new Set())?.reason).toBe("score");
+    r.commit(reps[2] as Replica, short);
+    for (let i = 0; i < 5; i++)
+      expect(r.pickReplica(model, only(model), short, new Set())).toEqual({
+        replica: reps[2],
+        reason: "prefix",
+      });
+  });
+
+  it("a prompt of exactly 16 blocks has a home; the home follows the deepest 16 x 2^k prefix", () => {
+    const model = policyOf("prefix-aware", 8);
+    idle(model);
+    const r = router();
+    const home = (text: string) => {
+      const hashes = r.hashPrompt(text);
+      return {
+        blocks: hashes.length,
+        pick: r.pickReplica(model, only(model), input({ prefixHashes: hashes }), new Set()),
+      };
+    };
+    const homes32 = new Set<string>();
+    for (let k = 0; k < 20; k++) {
+      const head = `doc ${k}:`.padEnd(16, ".").repeat(16); // 16 blocks
+      const at16 = home(head);
+      expect(at16.blocks).toBe(16);
+      expect(at16.pick?.reason).toBe("prefix");
+      // 31 blocks: still the 16-block prefix's home.
+      expect(home(head + "x".repeat(15 * 16)).pick).toEqual(at16.pick);
+      // 32 blocks: the 32-block prefix's home.
+      const at32 = home(head + `${k}`.repeat(16 * 16).slice(0, 16 * 16));
+      expect(at32.blocks).toBe(32);
+      expect(at32.pick?.reason).toBe("prefix");
+      homes32.add(`${at16.pick?.replica.id} ${at32.pick?.replica.id}`);
+    }
+    // Over 20 prompts the 32-block home is not always the 16-block one.
+    expect([...homes32].some((pair) => pair.split(" ")[0] !== pair.split(" ")[1])).toBe(true);
+  });
+});
