@@ -2,7 +2,7 @@
  * The reference proxies of bench/gateway-overhead.ts, run next to kinfer's gateway in the same run:
  *
  * - nginx (Debian's package) as a plain streaming proxy: proxy_buffering off, HTTP/1.1 to the replicas
- *   with keep-alive, round-robin, no access log, one worker, run in the foreground with a config written
+ *   with keep-alive (idle connections kept 4 s, under the replicas' 5 s), round-robin, no access log, one worker, run in the foreground with a config written
  *   to a temporary directory. A second listener speaks cleartext HTTP/2 for the open-streams phase.
  * - the seed article's Go gateway (gin + httputil.ReverseProxy, bench/reference/seed-gateway), built once
  *   into a cache outside the repository by bench/reference/build-seed-gateway.sh.
@@ -97,6 +97,7 @@ http {
   upstream replicas {
 ${servers}
     keepalive 1024;
+    keepalive_timeout 4s;
   }
   server {
     listen 127.0.0.1:${port};

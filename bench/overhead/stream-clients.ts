@@ -60,7 +60,8 @@ export function createStreamClient(surface: Surface, baseUrl: string): StreamCli
 }
 
 function openAiClient(baseUrl: string): StreamClient {
-  const agent = new Agent({ connections: null, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 });
+  // Idle connections dropped before the replicas (direct) or the proxies drop theirs.
+  const agent = new Agent({ connections: null, keepAliveTimeout: 4_000, headersTimeout: 0, bodyTimeout: 0 });
   return {
     async stream(i, maxTokens) {
       const sentAt = wallClock();

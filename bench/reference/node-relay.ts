@@ -41,7 +41,8 @@ if (positionals.length === 0) {
   process.exit(2);
 }
 const replicas = positionals.map((u) => u.replace(/\/+$/, ""));
-const agent = new Agent({ connections: null, keepAliveTimeout: 60_000, headersTimeout: 0, bodyTimeout: 0 });
+// Idle connections dropped before the replicas drop theirs (5 s, as vLLM does).
+const agent = new Agent({ connections: null, keepAliveTimeout: 4_000, headersTimeout: 0, bodyTimeout: 0 });
 let next = 0;
 
 const GENERATE = "/kinfer.inference.v1.InferenceService/Generate";

@@ -58,7 +58,9 @@ export function startScraper(
 ): Scraper {
   const agent = new Agent({
     connections: 2,
-    keepAliveTimeout: 30_000,
+    // Below vLLM's 5 s, as the relay's pool (gateway.ts): an idle replica's scrapes, up to idleIntervalMs
+    // apart, never go out on a connection the replica is closing; past 4 s each opens a new one.
+    keepAliveTimeout: 4_000,
     connect: { timeout: options.timeoutMs },
     // A page larger than this fails the scrape (undici stops reading it).
     maxResponseSize: MAX_METRICS_BYTES,
