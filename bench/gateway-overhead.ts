@@ -110,6 +110,8 @@ async function startSim(replicas: number, engine: string[]): Promise<{ proc: Nod
     ["sim/main.ts", "--model", "m", "--replicas", String(replicas), "--base-port", "0", ...engine],
     /^kinfer-sim: ready$/,
     0,
+    // 10,000 open streams take the simulator past V8's default 4 GB heap (about 320 KB a sequence).
+    ["--max-old-space-size=12288"],
   );
   const urls = proc.lines
     .map((l) => /at (http\S+)$/.exec(l)?.[1])
