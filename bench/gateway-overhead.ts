@@ -45,7 +45,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { nodeBundle } from "./overhead/node-bundle.js";
-import { cpuSeconds, rssBytes } from "./overhead/proc-stats.js";
+import { cpuSeconds, processAlive, rssBytes } from "./overhead/proc-stats.js";
 import {
   type ProxyProcess,
   startNginx,
@@ -447,11 +447,13 @@ async function openStreamMemory(counts: number[], wanted: ReadonlySet<string>): 
         const idle = rssBytes(target.pid as number);
         const opened = await openStreams(target.surface, target.h2Url, count, 100, 120_000);
         await new Promise((r) => setTimeout(r, 2000));
-        const bytes = rssBytes(target.pid as number);
+        // A proxy that died with its streams open (out of memory, say) counts as not having held them.
+        const alive = target.pid !== undefined && processAlive(target.pid);
+        const bytes = alive ? rssBytes(target.pid as number) : Number.NaN;
         opened.close();
         running.stop();
         process.stderr.write(
-          `${count} open streams, ${target.name}: ${opened.opened} opened, RSS ${(idle / 2 ** 20).toFixed(1)} -> ${(bytes / 2 ** 20).toFixed(1)} MiB\n`,
+          `${count} open streams, ${target.name}: ${opened.opened} opened, RSS ${(idle / 2 ** 20).toFixed(1)} -> ${alive ? `${(bytes / 2 ** 20).toFixed(1)} MiB` : "(the process died)"}\n`,
         );
         rss.set(target.name, [...(rss.get(target.name) ?? []), opened.opened < count ? Number.NaN : bytes]);
         // Let the replicas see the cancellations before the next target opens its streams.
@@ -465,7 +467,7 @@ async function openStreamMemory(counts: number[], wanted: ReadonlySet<string>): 
     );
     for (const [name, values] of rss) {
       rows.push(
-        `| ${name} | ${values.map((v) => (v / 2 ** 20).toFixed(1)).join(" | ")} | ${values.map((v, i) => `${(v / (nginx[i] as number)).toFixed(2)}x`).join(" | ")} |`,
+        `| ${name} | ${values.map((v) => (v / 2 ** 20).toFixed(1)).join(" | ")} | ${values.map((v, i) => (nginx[i] === undefined ? "-" : `${(v / nginx[i]).toFixed(2)}x`)).join(" | ")} |`,
       );
     }
   } finally {
