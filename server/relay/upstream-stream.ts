@@ -333,6 +333,9 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
   /** Ends the request with `failure` (the events before it are still taken first). */
   #abort(failure: unknown): void {
     this.#fail(failure);
+    // Not answered yet: the caller hears now, also while undici still connects or holds the request in
+    // its queue (no controller before then: it aborts the request when it gets to it, onRequestStart).
+    if (this.#opened !== undefined) this.#refuse(failure);
     if (!this.#ended) this.#controller?.abort(failure as Error);
   }
 

@@ -1,9 +1,13 @@
 /**
  * What the gateway sends to vLLM: OpenAI fields it does not interpret pass through unchanged; the fields
- * it owns (model, stream, stream_options, max_tokens) are always its own.
+ * it owns (model, stream, stream_options, max_tokens) are always its own. And a request aborted before
+ * its replica answered is given up at once, wherever undici holds it.
  */
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+import { Agent } from "undici";
 import { expect, it } from "vitest";
-import { upstreamBody } from "../../../server/relay/upstream-stream.js";
+import { openUpstream, upstreamBody } from "../../../server/relay/upstream-stream.js";
 import type { InferenceRequest } from "../../../server/request/inference-request.js";
 
 const base: InferenceRequest = {
@@ -42,4 +46,33 @@ it("maps priority to vLLM's (lower runs first) and sends a completion prompt", (
   const body = JSON.parse(upstreamBody(completion, "m", 16));
   expect(body).toMatchObject({ prompt: "Once", priority: -1, max_tokens: 16 });
   expect(body.messages).toBeUndefined();
+});
+
+it("an abort while the request waits in undici's queue rejects at once, not when the pool gets to it", async () => {
+  // A pool of one connection, taken by a request the server never answers: the next one waits in undici's
+  // queue, where it has no controller yet (as it has none while its connection is being made).
+  const server = http.createServer(() => {});
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const agent = new Agent({ connections: 1, pipelining: 1 });
+  const holder = new AbortController();
+  const first = openUpstream(url, "/v1/completions", "{}", "a", holder.signal, agent).catch((e) => e);
+  const client = new AbortController();
+  const second = openUpstream(url, "/v1/completions", "{}", "b", client.signal, agent);
+  await new Promise((r) => setTimeout(r, 100));
+  const left = new Error("the client left");
+  client.abort(left);
+  const outcome = await Promise.race([
+    second.then(
+      () => "opened",
+      (err: unknown) => err,
+    ),
+    new Promise((r) => setTimeout(() => r("still waiting after 2 s"), 2000)),
+  ]);
+  expect(outcome).toBe(left);
+  holder.abort(new Error("done"));
+  await first;
+  await agent.destroy();
+  server.closeAllConnections();
+  await new Promise((r) => server.close(r));
 });
