@@ -72,3 +72,30 @@ export async function waitFor(
   }
   return performance.now() - started;
 }
+
+/**
+ * How long a one-token completion through the gateway at `url` takes on this machine now (the median of
+ * `n`): the baseline that a test's "promptly" is stated against, so that a bound grows with the machine's
+ * load instead of failing when the machine is merely busy (and still fails when something waits for a
+ * timeout, a step of a long generation or the next scrape).
+ */
+export async function roundTripMs(
+  url: string,
+  model: string,
+  n = 7,
+  headers: Record<string, string> = {},
+): Promise<number> {
+  const took: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const started = performance.now();
+    const res = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body: JSON.stringify({ model, prompt: "x", max_tokens: 1 }),
+    });
+    await res.text();
+    if (res.status !== 200) throw new Error(`baseline request answered ${res.status}`);
+    took.push(performance.now() - started);
+  }
+  return took.sort((a, b) => a - b)[Math.floor(n / 2)] as number;
+}

