@@ -68,6 +68,11 @@ export interface SimServer {
    * when its client stops reading) leaves queued at the replica, i.e. backpressure reaching it.
    */
   backlogBytes(): number;
+  /**
+   * Bytes the sockets of open completions have been handed so far, sent or still queued: what the replica
+   * produced (compare with backlogBytes to see how much of it a reader took).
+   */
+  writtenBytes(): number;
   /** Stops listening, ends open connections (aborting their sequences) and resolves when closed. */
   close(): Promise<void>;
 }
@@ -92,6 +97,11 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
   const backlogBytes = () => {
     let n = 0;
     for (const res of open) n += res.writableLength + (res.socket?.writableLength ?? 0);
+    return n;
+  };
+  const writtenBytes = () => {
+    let n = 0;
+    for (const res of open) n += res.socket?.bytesWritten ?? 0;
     return n;
   };
   /** Request id -> [arrived, first token written], wall-clock ms with sub-ms precision. */
@@ -264,6 +274,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     engine,
     metricsText: () => metrics.registry.metrics(),
     backlogBytes,
+    writtenBytes,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
