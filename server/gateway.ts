@@ -244,6 +244,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       now,
       onRouted: metrics.routed,
       onSend: (replica) => scraper.touch(replica),
+      onSuspect: (replica) => scraper.suspect(replica),
       onRetry: metrics.retried,
       onEjected(replica) {
         metrics.ejected(replica);

@@ -39,6 +39,8 @@ export interface RelayDeps {
   readonly onRouted?: (model: string, version: string, reason: PickReason) => void;
   /** A request is being sent to `replica` (the scraper follows traffic: scraper.ts `touch`). */
   readonly onSend?: (replica: Replica) => void;
+  /** `replica` may be down (refused, or a 503 before the first token): read its health now (scraper.ts `suspect`). */
+  readonly onSuspect?: (replica: Replica) => void;
   readonly onRetry?: (model: string, failure: UpstreamFailure) => void;
   readonly onEjected?: (replica: Replica) => void;
   /** For logs: a failure's raw detail, never shown to clients. */
@@ -164,9 +166,12 @@ export async function* relay(
         if (req.signal.aborted) throw req.signal.reason;
         if (!(err instanceof UpstreamError)) throw err;
         deps.onUpstreamFailure?.(replica, err, req.requestId);
-        // A refused or reset connection is a health verdict: stop routing here until the scraper's next
-        // successful scrape, instead of letting every request in the meantime find out.
-        if (err.failure === "connect" && !streamed) replica.healthy = false;
+        // A refused connection is a health verdict: stop routing here until the scraper finds it up
+        // again, instead of letting every request in the meantime find out. A 5xx before the first token
+        // may be one (an engine restarted and still loading answers 503): the scraper reads /health now.
+        if (!streamed && err.failure === "connect") replica.healthy = false;
+        if (!streamed && (err.failure === "connect" || err.failure === "unavailable"))
+          deps.onSuspect?.(replica);
         if (COUNTS_AGAINST_REPLICA.has(err.failure)) {
           if (deps.outliers.failure(replica, version.replicas, deps.now())) deps.onEjected?.(replica);
         }

@@ -13,7 +13,11 @@
  *   scrape counts one failure; `unhealthyAfter` consecutive ones (default 3) mark the replica unhealthy,
  *   so one slow scrape under load never flaps it. /health, which alone tells a loading, draining or dead
  *   engine (503) from a running one, is read every `healthIntervalMs` (default 5 s), and at every scrape
- *   while it says 503; one success of both makes the replica healthy again.
+ *   while the replica is unhealthy; one success of both makes it healthy again.
+ * - An unhealthy replica is scraped at the traffic rate, so that it is routed to again within
+ *   `intervalMs` of coming back. When the relay suspects a replica (a refused connection, which also
+ *   marks it unhealthy, or a 503 before the first token: an engine restarted and still loading), it calls
+ *   `suspect`, which reads /health at once instead of at the next health interval.
  *
  * Scrapes run at most `concurrency` at once, on their own connection pool apart from the relay's.
  */
@@ -30,6 +34,8 @@ export interface Scraper {
   scrapeAll(): Promise<void>;
   /** The gateway sent `replica` a request: scrape it at the traffic rate from now on. */
   touch(replica: Replica): void;
+  /** The relay suspects `replica` is down: read its /health (and /metrics) now. */
+  suspect(replica: Replica): void;
   close(): Promise<void>;
 }
 
@@ -43,6 +49,8 @@ interface ScrapeState {
   healthAt: number;
   /** /health's last answer: false while it says the engine is not ready. */
   healthOk: boolean;
+  /** The relay suspects the replica (`suspect`): read /health at the next scrape. */
+  healthDue: boolean;
   /** Consecutive failed scrapes. */
   failures: number;
   last: VllmSignals | undefined;
@@ -81,6 +89,7 @@ export function startScraper(
         intervalMs: options.intervalMs,
         healthAt: Number.NEGATIVE_INFINITY,
         healthOk: true,
+        healthDue: false,
         failures: 0,
         last: undefined,
         running: false,
@@ -103,7 +112,9 @@ export function startScraper(
   async function scrape(replica: Replica, s: ScrapeState, withHealth: boolean): Promise<void> {
     const started = now();
     let answered = true;
-    if (withHealth || !s.healthOk || started - s.healthAt >= options.healthIntervalMs) {
+    const suspect = s.healthDue || !s.healthOk || replica.healthy === false;
+    if (withHealth || suspect || started - s.healthAt >= options.healthIntervalMs) {
+      s.healthDue = false;
       try {
         s.healthOk = (await fetchText(`${replica.url}/health`)).status === 200;
       } catch {
@@ -142,7 +153,7 @@ export function startScraper(
       onSignals?.(replica);
     }
     // Under traffic (ours, or moving gauges), or unhealthy: the fast rate. Otherwise back off.
-    const busy = replica.inFlight > 0 || replica.sentSinceScrape > 0 || changed;
+    const busy = replica.inFlight > 0 || replica.sentSinceScrape > 0 || changed || !healthy;
     s.intervalMs = busy ? options.intervalMs : Math.min(s.intervalMs * 2, options.idleIntervalMs);
     replica.scrapeIntervalMs = s.intervalMs;
     s.dueAt = started + s.intervalMs;
@@ -173,6 +184,17 @@ export function startScraper(
     arm(next);
   }
 
+  /** Scrapes `replica` at the traffic rate from now on, the next time no later than `due`. */
+  function bringForward(replica: Replica, s: ScrapeState, due: number): void {
+    s.intervalMs = options.intervalMs;
+    replica.scrapeIntervalMs = s.intervalMs;
+    // A scrape in progress sees the request in flight (or the verdict) and keeps the rate by itself.
+    if (!s.running && due < s.dueAt) {
+      s.dueAt = due;
+      arm(due);
+    }
+  }
+
   function arm(at: number): void {
     if (closed || at >= timerAt || !Number.isFinite(at)) return;
     clearTimeout(timer);
@@ -197,14 +219,12 @@ export function startScraper(
     touch(replica) {
       const s = stateOf(replica);
       if (s.intervalMs === options.intervalMs) return; // already at the traffic rate
-      s.intervalMs = options.intervalMs;
-      replica.scrapeIntervalMs = s.intervalMs;
-      // A scrape in progress sees the request in flight and keeps the traffic rate by itself.
-      const due = now() + options.intervalMs;
-      if (!s.running && due < s.dueAt) {
-        s.dueAt = due;
-        arm(due);
-      }
+      bringForward(replica, s, now() + options.intervalMs);
+    },
+    suspect(replica) {
+      const s = stateOf(replica);
+      s.healthDue = true; // read by the next scrape (or the one running, if it has not read /health yet)
+      bringForward(replica, s, now());
     },
     async close() {
       closed = true;

@@ -122,3 +122,27 @@ it("a 503 from /health marks the replica unhealthy at the next health read, and 
   state.healthStatus = 200;
   await waitFor(() => replica.healthy === true, "healthy again", 3000);
 });
+
+it("a replica the relay suspects, idle and backed off, has /health read at once, and is routed to again within intervalMs of coming back", async () => {
+  const { state, replica } = await fakeReplica();
+  scraper = startScraper(() => [replica], options, now);
+  await waitFor(() => replica.healthy === true, "healthy");
+  await new Promise((r) => setTimeout(r, 1600)); // idle: backed off to the idle interval (1 s)
+  // A restarted engine still loading: the relay's request got a 503.
+  state.healthStatus = 503;
+  const healthBefore = state.health;
+  const found = now();
+  scraper.suspect(replica);
+  await waitFor(() => replica.healthy === false, "unhealthy after the relay's suspicion");
+  expect(now() - found).toBeLessThan(options.intervalMs);
+  expect(state.health).toBe(healthBefore + 1);
+  // While it says 503 it is asked at the traffic rate, /health every time, though nothing is sent to it.
+  const asked = state.health;
+  await new Promise((r) => setTimeout(r, 1000));
+  expect(state.health - asked).toBeGreaterThanOrEqual(6);
+  // Loaded: routed to again within one scrape interval.
+  state.healthStatus = 200;
+  const up = now();
+  await waitFor(() => replica.healthy === true, "healthy again");
+  expect(now() - up).toBeLessThan(options.intervalMs + 100);
+});
