@@ -216,7 +216,6 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   });
   metrics.setQueueSource(() => flow.snapshot());
   // Slots free when the table changes (replicas appear, weights move) and when signals are scraped.
-  table.onChange(() => flow.notify());
   const scraper: Scraper = startScraper(
     () => table.replicas(),
     config.scrape,
@@ -224,6 +223,11 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     (replica, healthy) => log.info({ replica: replica.id, healthy }, "replica health changed"),
     (replica) => flow.notify(replica.model),
   );
+  // New replicas are scraped at once (the scraper otherwise finds them within its idle interval).
+  table.onChange(() => {
+    flow.notify();
+    scraper.refresh();
+  });
   const pipeline = createPipeline({
     config: () => config,
     onRequestEnd: rollouts.observe,

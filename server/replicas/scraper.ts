@@ -36,6 +36,8 @@ export interface Scraper {
   touch(replica: Replica): void;
   /** The relay suspects `replica` is down: read its /health (and /metrics) now. */
   suspect(replica: Replica): void;
+  /** The replica set changed: scrape the new ones now. */
+  refresh(): void;
   close(): Promise<void>;
 }
 
@@ -100,12 +102,27 @@ export function startScraper(
   };
 
   /**
-   * One GET, bounded by timeoutMs (a signal: undici's own header and body timeouts run on a coarse clock)
-   * and the agent's size limit.
+   * One GET, bounded by timeoutMs and the agent's size limit. The bound is kept here, not left to undici
+   * alone: a request undici still holds in its queue when its signal aborts waits there for a connection
+   * before it rejects, and a scrape that never ends would leave its replica unscraped, and so unhealthy,
+   * for good (seen in the cluster tests while a replica crash-looped). undici's header and body timeouts
+   * stay as a second bound.
    */
-  async function fetchText(url: string): Promise<{ status: number; text: string }> {
-    const res = await request(url, { dispatcher: agent, signal: AbortSignal.timeout(options.timeoutMs) });
-    return { status: res.statusCode, text: await res.body.text() };
+  function fetchText(url: string): Promise<{ status: number; text: string }> {
+    const signal = AbortSignal.timeout(options.timeoutMs);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(signal.reason);
+      signal.addEventListener("abort", onAbort, { once: true });
+      request(url, {
+        dispatcher: agent,
+        signal,
+        headersTimeout: options.timeoutMs,
+        bodyTimeout: options.timeoutMs,
+      })
+        .then(async (res) => ({ status: res.statusCode, text: await res.body.text() }))
+        .then(resolve, reject)
+        .finally(() => signal.removeEventListener("abort", onAbort));
+    });
   }
 
   /** One scrape: /metrics, and /health when it is due; updates health, signals and the next due time. */
@@ -181,7 +198,9 @@ export function startScraper(
         rounds.add(round);
       } else next = Math.min(next, s.dueAt);
     }
-    arm(next);
+    // Never idle longer than idleIntervalMs, even with nothing to scrape: replicas discovered later (an
+    // empty table at start, as with Kubernetes discovery before its first list) are found by then.
+    arm(Math.min(next, t + options.idleIntervalMs));
   }
 
   /** Scrapes `replica` at the traffic rate from now on, the next time no later than `due`. */
@@ -220,6 +239,9 @@ export function startScraper(
       const s = stateOf(replica);
       if (s.intervalMs === options.intervalMs) return; // already at the traffic rate
       bringForward(replica, s, now() + options.intervalMs);
+    },
+    refresh() {
+      arm(now());
     },
     suspect(replica) {
       const s = stateOf(replica);

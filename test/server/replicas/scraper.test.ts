@@ -22,12 +22,14 @@ const options = {
   concurrency: 4,
 };
 
-let server: http.Server | undefined;
+const servers: http.Server[] = [];
 let scraper: Scraper | undefined;
 afterEach(async () => {
   await scraper?.close();
-  server?.closeAllConnections();
-  await new Promise((r) => server?.close(r));
+  for (const server of servers.splice(0)) {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
 });
 
 /** A replica whose /metrics and /health answer as the test says; counts what it is asked. */
@@ -49,7 +51,7 @@ async function fakeReplica() {
     if (state.delayMs > 0) setTimeout(answer, state.delayMs);
     else answer();
   });
-  server = replicaServer;
+  servers.push(replicaServer);
   await new Promise<void>((r) => replicaServer.listen(0, "127.0.0.1", r));
   const url = `http://127.0.0.1:${(replicaServer.address() as AddressInfo).port}`;
   return { state, replica: createReplica("m", "stable", url, "static") };
@@ -145,4 +147,21 @@ it("a replica the relay suspects, idle and backed off, has /health read at once,
   const up = now();
   await waitFor(() => replica.healthy === true, "healthy again");
   expect(now() - up).toBeLessThan(options.intervalMs + 100);
+});
+
+it("replicas that appear after start (an empty table at first, as with Kubernetes discovery) are scraped", async () => {
+  const { replica } = await fakeReplica();
+  const list: (typeof replica)[] = [];
+  scraper = startScraper(() => list, options, now);
+  await new Promise((r) => setTimeout(r, 300)); // its first round found nothing
+  list.push(replica);
+  // Without being told: within the idle interval.
+  await waitFor(() => replica.signals !== undefined, "the new replica scraped", options.idleIntervalMs + 500);
+  // Told (the gateway calls refresh when its routing table changes): at once.
+  const { replica: second } = await fakeReplica();
+  list.push(second);
+  const told = now();
+  scraper.refresh();
+  await waitFor(() => second.signals !== undefined, "the second replica scraped");
+  expect(now() - told).toBeLessThan(options.intervalMs);
 });
