@@ -65,7 +65,9 @@ const micro = (ms: number) => Math.round(ms * 1000) / 1000;
 
 /** Characters of a request's prompt or messages. */
 const promptChars = (req: InferenceRequest) =>
-  req.prompt?.length ?? (req.messages ?? []).reduce((n, m) => n + m.content.length, 0);
+  req.prompt?.length ??
+  req.embed?.inputs.reduce((n, t) => n + t.length, 0) ??
+  (req.messages ?? []).reduce((n, m) => n + m.content.length, 0);
 
 export interface PipelineDeps {
   readonly config: () => GatewayConfig;
@@ -236,7 +238,10 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       deps.metrics.requestStarted(model);
       const chars = promptChars(req);
       promptEstimate = Math.ceil(chars / 4);
-      const cost = promptEstimate + (req.sampling.maxTokens ?? config.limits.defaultMaxTokens);
+      // An embedding request generates nothing: its cost is its inputs.
+      const cost =
+        promptEstimate +
+        (req.embed !== undefined ? 0 : (req.sampling.maxTokens ?? config.limits.defaultMaxTokens));
       if (key !== undefined) admission = deps.admitter?.admit(key, entry.name, cost);
       // Wait for a slot while the model is saturated (at once when it is not). A key's criticality is
       // both its requests' default and the most they may claim: a tenant cannot jump others' queue.

@@ -20,6 +20,7 @@ import type { PickReason } from "../routing/pick-replica.js";
 import type { Router } from "../routing/router.js";
 import type { ModelEntry } from "../routing/routing-table.js";
 import type { RetryBudget } from "./retry-budget.js";
+import { embeddingsBody, fetchEmbeddings, type UpstreamEmbeddings } from "./upstream-embeddings.js";
 import { openUpstream, UpstreamError, type UpstreamEvent, upstreamBody } from "./upstream-stream.js";
 
 export interface RelayDeps {
@@ -88,7 +89,10 @@ export async function* relay(
   };
   /** The prompt's tokens, estimated (about 4 characters a token), for the replica's pending prefill. */
   const promptTokens = Math.ceil(promptText.length / 4);
-  const body = upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
+  const body =
+    req.embed !== undefined
+      ? embeddingsBody(req, version.servedModelName)
+      : upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
   const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
   const tried = new Set<string>();
   let lastFailure: UpstreamError | undefined;
@@ -125,6 +129,25 @@ export async function* relay(
       };
       let streamed = false;
       try {
+        if (req.embed !== undefined) {
+          // One answer, retried like a stream's first token until it arrives.
+          const { answer, sentAt, answeredAt } = await embedOnce(replica, body, req, attemptControl, deps);
+          prefilled();
+          streamed = true;
+          deps.outliers.success(replica);
+          const timing = { upstreamMs: answeredAt - sentAt, gatewayMs: sentAt - acceptedAt };
+          yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
+          yield { type: "embeddings", vectors: answer.vectors };
+          yield {
+            type: "finish",
+            finishReason: "stop",
+            matchedStop: "",
+            usage: { promptTokens: answer.promptTokens, completionTokens: 0, cachedTokens: 0 },
+            timeToFirstTokenMs: answeredAt - acceptedAt,
+            totalMs: deps.now() - acceptedAt,
+          };
+          return;
+        }
         const first = await firstTokens(replica, path, body, req, attemptControl, deps);
         prefilled();
         streamed = true;
@@ -164,6 +187,52 @@ export async function* relay(
     }
   } finally {
     releaseRetry?.();
+  }
+}
+
+/** An embedding request's answer from one replica, and when it was sent and answered. */
+interface EmbedAnswer {
+  readonly answer: UpstreamEmbeddings;
+  readonly sentAt: number;
+  readonly answeredAt: number;
+}
+
+/**
+ * One embeddings call, bounded by the first-token timeout (the whole answer is its "first token"): a
+ * replica that does not answer in time is a retryable failure, as a stream's silence is.
+ */
+async function embedOnce(
+  replica: Replica,
+  body: string,
+  req: InferenceRequest,
+  control: AbortController,
+  deps: RelayDeps,
+): Promise<EmbedAnswer> {
+  const limit = deps.config.timeouts.firstTokenMs;
+  const timer = setTimeout(
+    () => control.abort(new UpstreamError("first-token-timeout", `no answer within ${limit} ms`)),
+    limit,
+  );
+  const sentAt = deps.now();
+  try {
+    const answer = await fetchEmbeddings(
+      replica.url,
+      body,
+      req.embed?.inputs.length ?? 0,
+      req.requestId,
+      control.signal,
+      deps.dispatcher,
+      deps.config.limits.maxEmbeddingBytes,
+    );
+    return { answer, sentAt, answeredAt: deps.now() };
+  } catch (err) {
+    // An abort by our own timer surfaces as its reason (an UpstreamError); a client abort as the client's.
+    if (control.signal.aborted && control.signal.reason instanceof UpstreamError && !req.signal.aborted) {
+      throw control.signal.reason;
+    }
+    throw err;
+  } finally {
+    clearTimeout(timer);
   }
 }
 

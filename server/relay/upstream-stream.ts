@@ -110,7 +110,7 @@ export async function openUpstream(
     });
   } catch (err) {
     if (signal.aborted) throw signal.reason;
-    throw new UpstreamError("connect", describe(err));
+    throw new UpstreamError("connect", describeError(err));
   }
   if (res.statusCode !== 200) {
     const text = await readLimited(res.body, MAX_ERROR_BODY).catch(() => "");
@@ -125,7 +125,8 @@ export async function openUpstream(
   return { events: parseEvents(res.body, signal) };
 }
 
-function classifyStatus(status: number, text: string): UpstreamFailure {
+/** The failure an HTTP error status (and its body's text) from a replica stands for. */
+export function classifyStatus(status: number, text: string): UpstreamFailure {
   if (status === 429) return "overloaded";
   if (status === 400 && /maximum context length|longer than the maximum model length/i.test(text)) {
     return "context-length";
@@ -146,7 +147,8 @@ async function readLimited(body: Dispatcher.ResponseData["body"], limit: number)
   return text.slice(0, limit);
 }
 
-function describe(err: unknown): string {
+/** A network error's code and message, for logs. */
+export function describeError(err: unknown): string {
   const e = err as { code?: string; message?: string } | undefined;
   return `${e?.code ?? "error"} ${e?.message ?? String(err)}`;
 }
@@ -173,7 +175,9 @@ async function* parseEvents(
         for (const e of interpretChunk(JSON.parse(message.data))) pending.push(e);
       } catch (err) {
         failure =
-          err instanceof UpstreamError ? err : new UpstreamError("protocol", `bad event: ${describe(err)}`);
+          err instanceof UpstreamError
+            ? err
+            : new UpstreamError("protocol", `bad event: ${describeError(err)}`);
       }
     },
   });
@@ -202,7 +206,7 @@ async function* parseEvents(
   } catch (err) {
     if (signal.aborted) throw signal.reason;
     if (err instanceof UpstreamError) throw err;
-    throw new UpstreamError("broken-stream", describe(err));
+    throw new UpstreamError("broken-stream", describeError(err));
   } finally {
     if (!body.destroyed) body.destroy();
   }
