@@ -162,13 +162,20 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       ended++;
       leave();
       ticket?.release();
-      // Charge what the request used: its usage, or for a stream cut short, its prompt (estimated) and
-      // the tokens it received; nothing if no token was generated.
+      // Charge what the request used, as the replica counted it: its final usage; for a stream cut short
+      // after its first token (cancelled, or failed), the usage the replica reported with the last chunk
+      // read (vLLM's continuous usage stats), also counted in the token metrics. A replica that reports
+      // none is charged the prompt (estimated) and the tokens relayed. Nothing if no token was generated.
+      const cut = code !== undefined && streamedTokens > 0 ? trace.usage : undefined;
+      if (cut !== undefined && model !== undefined)
+        deps.metrics.tokens(model, trace.version, cut.promptTokens, cut.completionTokens, cut.cachedTokens);
       admission?.end(
         code === undefined
           ? promptTokens + completionTokens
           : streamedTokens > 0
-            ? promptEstimate + streamedTokens
+            ? cut !== undefined
+              ? cut.promptTokens + cut.completionTokens
+              : promptEstimate + streamedTokens
             : 0,
       );
       const totalMs = deps.now() - acceptedAt;

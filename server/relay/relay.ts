@@ -14,7 +14,7 @@ import { effectiveFlow, type GatewayConfig } from "../config/gateway-config.js";
 import { noHealthyReplica, type UpstreamFailure, upstreamError } from "../errors/gateway-error.js";
 import type { OutlierDetector } from "../replicas/outlier-detection.js";
 import type { Replica } from "../replicas/replica.js";
-import type { FinishReason, InferenceEvent, InferenceRequest } from "../request/inference-request.js";
+import type { FinishReason, InferenceEvent, InferenceRequest, Usage } from "../request/inference-request.js";
 import { prefixTextOf } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
 import type { Router } from "../routing/router.js";
@@ -43,6 +43,11 @@ export interface RelayTrace {
   version: string;
   replica: string;
   attempts: number;
+  /**
+   * The usage the replica reported with the last chunk read (vLLM's continuous usage stats): what a
+   * stream cut short (cancelled, or failed after its first token) used, exactly as the replica counted it.
+   */
+  usage?: Usage;
 }
 
 /** Failures that leave the replica's health in doubt (429 and the client's own mistakes do not). */
@@ -156,7 +161,7 @@ export async function* relay(
           gatewayMs: first.sentAt - acceptedAt,
         };
         yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
-        yield* streamRest(first, replica, req, attemptControl, deps, acceptedAt);
+        yield* streamRest(first, replica, req, attemptControl, deps, acceptedAt, trace);
         return;
       } catch (err) {
         if (req.signal.aborted) throw req.signal.reason;
@@ -303,6 +308,7 @@ async function* streamRest(
   control: AbortController,
   deps: RelayDeps,
   acceptedAt: number,
+  trace: RelayTrace,
 ): AsyncGenerator<InferenceEvent> {
   const idleLimit = deps.config.timeouts.interTokenMs;
   /** When the relay started waiting on the replica for its next event; undefined while it is not waiting. */
@@ -339,6 +345,7 @@ async function* streamRest(
           completionTokens: e.completionTokens,
           cachedTokens: e.cachedTokens,
         };
+        trace.usage = usage;
         return undefined;
       case "done":
         return undefined;

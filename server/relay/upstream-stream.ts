@@ -59,7 +59,8 @@ export function upstreamBody(
     ...req.passthrough,
     model: servedModelName,
     stream: true,
-    stream_options: { include_usage: true },
+    // Usage on every chunk, so that a stream cut short is charged what the replica counted.
+    stream_options: { include_usage: true, continuous_usage_stats: true },
     max_tokens: s.maxTokens ?? defaultMaxTokens,
   };
   if (req.prompt !== undefined) body.prompt = req.prompt;
