@@ -38,6 +38,7 @@ const ENGINE_FLAGS: Record<NumericEngineOption, readonly [flag: string, arg: str
   decodeMsPerSeq: ["decode-ms-per-seq", "MS", "cost per sequence in the batch per step"],
   meanOutputTokens: ["mean-output-tokens", "N", "mean length of a reply that ends by itself"],
   slowdown: ["slowdown", "F", "multiplies every step's duration"],
+  embeddingSize: ["embedding-size", "N", "length of the vectors /v1/embeddings returns"],
 };
 
 /** Fault rate -> flag name, argument and meaning. */

@@ -1,12 +1,15 @@
 /**
- * The inference client: one call to make it, then generate and chat (streams) and listModels. The
+ * The inference client: one call to make it, then generate and chat (streams), embed and listModels. The
  * transport decides the protocol (see "@kinfer/sdk/node" and "@kinfer/sdk/web"); the client adds the API
- * key, a default timeout and typed errors. Only listModels, which has no side effects, is retried.
+ * key, a default timeout and typed errors. Only embed and listModels, which have no side effects, are
+ * retried.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type CallOptions, type Client, createClient, type Transport } from "@connectrpc/connect";
 import {
   type ChatRequestSchema,
+  type EmbedRequestSchema,
+  type EmbedResponse,
   type GenerateRequestSchema,
   InferenceService,
   type ModelInfo,
@@ -21,7 +24,7 @@ export interface KinferClientOptions {
   apiKey?: string;
   /** Deadline of every call, in ms, unless the call sets its own. Default: none. */
   timeoutMs?: number;
-  /** Attempts of idempotent calls (listModels) on retryable errors. Default 3. */
+  /** Attempts of idempotent calls (embed, listModels) on retryable errors. Default 3. */
   maxAttempts?: number;
 }
 
@@ -40,6 +43,11 @@ export interface KinferClient {
   generate(request: MessageInitShape<typeof GenerateRequestSchema>, options?: KinferCallOptions): EventStream;
   /** Streams the reply to a conversation. */
   chat(request: MessageInitShape<typeof ChatRequestSchema>, options?: KinferCallOptions): EventStream;
+  /** The embedding vector of each input, in order (`embeddings[i].values` for `inputs[i]`). */
+  embed(
+    request: MessageInitShape<typeof EmbedRequestSchema>,
+    options?: KinferCallOptions,
+  ): Promise<EmbedResponse>;
   /** The models this key may use. */
   listModels(options?: KinferCallOptions): Promise<ModelInfo[]>;
   /** The generated Connect client, for anything else. */
@@ -73,20 +81,24 @@ export function callOptions(
 export function createKinferClient(options: KinferClientOptions): KinferClient {
   const raw = createClient(InferenceService, options.transport);
   const maxAttempts = options.maxAttempts ?? 3;
+  /** Runs a call without side effects, again on retryable errors (after retryAfter, or a backoff). */
+  async function retrying<T>(call: KinferCallOptions | undefined, run: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await run();
+      } catch (err) {
+        const e = KinferError.from(err);
+        if (!e.retryable || attempt >= maxAttempts || call?.signal?.aborted) throw e;
+        await new Promise((r) => setTimeout(r, e.retryAfterMs ?? 100 * 2 ** attempt));
+      }
+    }
+  }
   return {
     raw,
     generate: (request, call) => eventStream(() => raw.generate(request, callOptions(options, call))),
     chat: (request, call) => eventStream(() => raw.chat(request, callOptions(options, call))),
-    async listModels(call) {
-      for (let attempt = 1; ; attempt++) {
-        try {
-          return (await raw.listModels({}, callOptions(options, call))).models;
-        } catch (err) {
-          const e = KinferError.from(err);
-          if (!e.retryable || attempt >= maxAttempts || call?.signal?.aborted) throw e;
-          await new Promise((r) => setTimeout(r, e.retryAfterMs ?? 100 * 2 ** attempt));
-        }
-      }
-    },
+    embed: (request, call) => retrying(call, () => raw.embed(request, callOptions(options, call))),
+    listModels: (call) =>
+      retrying(call, async () => (await raw.listModels({}, callOptions(options, call))).models),
   };
 }

@@ -161,6 +161,17 @@ export const gatewayConfigSchema = z
           .int()
           .positive()
           .default(4 * 1024 * 1024),
+        /**
+         * Largest embeddings answer read from a replica (vLLM's JSON, vectors in base64): 2,048 inputs of
+         * 4,096 dimensions take about 45 MB. A larger answer fails the attempt. Default 64 MiB. The answer
+         * to a gRPC or Connect client is bounded by maxResponseBytes (RESOURCE_EXHAUSTED beyond it).
+         */
+        maxEmbeddingBytes: z
+          .number()
+          .int()
+          .positive()
+          .max(1024 * 1024 * 1024)
+          .default(64 * 1024 * 1024),
         /** Longest deadline a client may set; longer ones are rejected. Default 10 minutes. */
         maxTimeoutMs: ms().default(600_000),
         /** HTTP/2 streams per connection. Default 1000. */

@@ -66,7 +66,9 @@ const micro = (ms: number) => Math.round(ms * 1000) / 1000;
 
 /** Characters of a request's prompt or messages. */
 const promptChars = (req: InferenceRequest) =>
-  req.prompt?.length ?? (req.messages ?? []).reduce((n, m) => n + m.content.length, 0);
+  req.prompt?.length ??
+  req.embed?.inputs.reduce((n, t) => n + t.length, 0) ??
+  (req.messages ?? []).reduce((n, m) => n + m.content.length, 0);
 
 export interface PipelineDeps {
   readonly config: () => GatewayConfig;
@@ -161,13 +163,20 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       ended++;
       leave();
       ticket?.release();
-      // Charge what the request used: its usage, or for a stream cut short, its prompt (estimated) and
-      // the tokens it received; nothing if no token was generated.
+      // Charge what the request used, as the replica counted it: its final usage; for a stream cut short
+      // after its first token (cancelled, or failed), the usage the replica reported with the last chunk
+      // read (vLLM's continuous usage stats), also counted in the token metrics. A replica that reports
+      // none is charged the prompt (estimated) and the tokens relayed. Nothing if no token was generated.
+      const cut = code !== undefined && streamedTokens > 0 ? trace.usage : undefined;
+      if (cut !== undefined && model !== undefined)
+        deps.metrics.tokens(model, trace.version, cut.promptTokens, cut.completionTokens, cut.cachedTokens);
       admission?.end(
         code === undefined
           ? promptTokens + completionTokens
           : streamedTokens > 0
-            ? promptEstimate + streamedTokens
+            ? cut !== undefined
+              ? cut.promptTokens + cut.completionTokens
+              : promptEstimate + streamedTokens
             : 0,
       );
       const totalMs = deps.now() - acceptedAt;
@@ -240,7 +249,10 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       deps.metrics.requestStarted(model);
       const chars = promptChars(req);
       promptEstimate = Math.ceil(chars / 4);
-      const cost = promptEstimate + (req.sampling.maxTokens ?? config.limits.defaultMaxTokens);
+      // An embedding request generates nothing: its cost is its inputs.
+      const cost =
+        promptEstimate +
+        (req.embed !== undefined ? 0 : (req.sampling.maxTokens ?? config.limits.defaultMaxTokens));
       if (key !== undefined) admission = deps.admitter?.admit(key, entry.name, cost);
       // Wait for a slot while the model is saturated (at once when it is not). A key's criticality is
       // both its requests' default and the most they may claim: a tenant cannot jump others' queue.

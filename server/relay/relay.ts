@@ -14,12 +14,13 @@ import { effectiveFlow, type GatewayConfig } from "../config/gateway-config.js";
 import { noHealthyReplica, type UpstreamFailure, upstreamError } from "../errors/gateway-error.js";
 import type { OutlierDetector } from "../replicas/outlier-detection.js";
 import type { Replica } from "../replicas/replica.js";
-import type { FinishReason, InferenceEvent, InferenceRequest } from "../request/inference-request.js";
+import type { FinishReason, InferenceEvent, InferenceRequest, Usage } from "../request/inference-request.js";
 import { prefixTextOf } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
 import type { Router } from "../routing/router.js";
 import type { ModelEntry } from "../routing/routing-table.js";
 import type { RetryBudget } from "./retry-budget.js";
+import { embeddingsBody, fetchEmbeddings, type UpstreamEmbeddings } from "./upstream-embeddings.js";
 import {
   openUpstream,
   UpstreamError,
@@ -52,6 +53,11 @@ export interface RelayTrace {
   version: string;
   replica: string;
   attempts: number;
+  /**
+   * The usage the replica reported with the last chunk read (vLLM's continuous usage stats): what a
+   * stream cut short (cancelled, or failed after its first token) used, exactly as the replica counted it.
+   */
+  usage?: Usage;
 }
 
 /** Failures that leave the replica's health in doubt (429 and the client's own mistakes do not). */
@@ -104,7 +110,10 @@ export async function* relay(
   };
   /** The prompt's tokens, estimated (about 4 characters a token), for the replica's pending prefill. */
   const promptTokens = Math.ceil(promptText.length / 4);
-  const body = upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
+  const body =
+    req.embed !== undefined
+      ? embeddingsBody(req, version.servedModelName)
+      : upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
   const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
   const tried = new Set<string>();
   let lastFailure: UpstreamError | undefined;
@@ -142,6 +151,25 @@ export async function* relay(
       };
       let streamed = false;
       try {
+        if (req.embed !== undefined) {
+          // One answer, retried like a stream's first token until it arrives.
+          const { answer, sentAt, answeredAt } = await embedOnce(replica, body, req, attemptControl, deps);
+          prefilled();
+          streamed = true;
+          deps.outliers.success(replica);
+          const timing = { upstreamMs: answeredAt - sentAt, gatewayMs: sentAt - acceptedAt };
+          yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
+          yield { type: "embeddings", vectors: answer.vectors };
+          yield {
+            type: "finish",
+            finishReason: "stop",
+            matchedStop: "",
+            usage: { promptTokens: answer.promptTokens, completionTokens: 0, cachedTokens: 0 },
+            timeToFirstTokenMs: answeredAt - acceptedAt,
+            totalMs: deps.now() - acceptedAt,
+          };
+          return;
+        }
         const first = await firstTokens(replica, path, body, req, attemptControl, deps);
         prefilled();
         streamed = true;
@@ -151,7 +179,7 @@ export async function* relay(
         };
         yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
         // The rest, one event at a time: most are already read (returned as they are), the others awaited.
-        const rest = readRest(first, replica, req, attemptControl, deps, acceptedAt);
+        const rest = readRest(first, replica, req, attemptControl, deps, acceptedAt, trace);
         try {
           for (;;) {
             const next = rest.next();
@@ -194,6 +222,52 @@ export async function* relay(
     }
   } finally {
     releaseRetry?.();
+  }
+}
+
+/** An embedding request's answer from one replica, and when it was sent and answered. */
+interface EmbedAnswer {
+  readonly answer: UpstreamEmbeddings;
+  readonly sentAt: number;
+  readonly answeredAt: number;
+}
+
+/**
+ * One embeddings call, bounded by the first-token timeout (the whole answer is its "first token"): a
+ * replica that does not answer in time is a retryable failure, as a stream's silence is.
+ */
+async function embedOnce(
+  replica: Replica,
+  body: string,
+  req: InferenceRequest,
+  control: AbortController,
+  deps: RelayDeps,
+): Promise<EmbedAnswer> {
+  const limit = deps.config.timeouts.firstTokenMs;
+  const timer = setTimeout(
+    () => control.abort(new UpstreamError("first-token-timeout", `no answer within ${limit} ms`)),
+    limit,
+  );
+  const sentAt = deps.now();
+  try {
+    const answer = await fetchEmbeddings(
+      replica.url,
+      body,
+      req.embed?.inputs.length ?? 0,
+      req.requestId,
+      control.signal,
+      deps.dispatcher,
+      deps.config.limits.maxEmbeddingBytes,
+    );
+    return { answer, sentAt, answeredAt: deps.now() };
+  } catch (err) {
+    // An abort by our own timer surfaces as its reason (an UpstreamError); a client abort as the client's.
+    if (control.signal.aborted && control.signal.reason instanceof UpstreamError && !req.signal.aborted) {
+      throw control.signal.reason;
+    }
+    throw err;
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -270,6 +344,7 @@ function readRest(
   control: AbortController,
   deps: RelayDeps,
   acceptedAt: number,
+  trace: RelayTrace,
 ): Rest {
   const idleLimit = deps.config.timeouts.interTokenMs;
   /** When the relay started waiting on the replica for its next event; undefined while it is not waiting. */
@@ -310,6 +385,7 @@ function readRest(
           completionTokens: e.completionTokens,
           cachedTokens: e.cachedTokens,
         };
+        trace.usage = usage;
         return undefined;
       case "done":
         ended = true;

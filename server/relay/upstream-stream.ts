@@ -59,7 +59,8 @@ export function upstreamBody(
     ...req.passthrough,
     model: servedModelName,
     stream: true,
-    stream_options: { include_usage: true },
+    // Usage on every chunk, so that a stream cut short is charged what the replica counted.
+    stream_options: { include_usage: true, continuous_usage_stats: true },
     max_tokens: s.maxTokens ?? defaultMaxTokens,
   };
   if (req.prompt !== undefined) body.prompt = req.prompt;
@@ -290,7 +291,7 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
       ? this.#signal.reason
       : err instanceof UpstreamError
         ? err
-        : new UpstreamError(this.#status === 0 ? "connect" : "broken-stream", describe(err));
+        : new UpstreamError(this.#status === 0 ? "connect" : "broken-stream", describeError(err));
     if (this.#opened !== undefined || this.#status !== 200) this.#refuse(failure);
     else this.#fail(failure);
   }
@@ -320,7 +321,9 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
       for (const e of interpretChunk(JSON.parse(message.data))) this.#queue.push(e);
     } catch (err) {
       this.#abort(
-        err instanceof UpstreamError ? err : new UpstreamError("protocol", `bad event: ${describe(err)}`),
+        err instanceof UpstreamError
+          ? err
+          : new UpstreamError("protocol", `bad event: ${describeError(err)}`),
       );
     }
   }
@@ -371,7 +374,8 @@ class ReplicaStream implements Dispatcher.DispatchHandler, UpstreamStream {
   }
 }
 
-function classifyStatus(status: number, text: string): UpstreamFailure {
+/** The failure an HTTP error status (and its body's text) from a replica stands for. */
+export function classifyStatus(status: number, text: string): UpstreamFailure {
   if (status === 429) return "overloaded";
   if (status === 400 && /maximum context length|longer than the maximum model length/i.test(text)) {
     return "context-length";
@@ -380,7 +384,8 @@ function classifyStatus(status: number, text: string): UpstreamFailure {
   return "rejected";
 }
 
-function describe(err: unknown): string {
+/** A network error's code and message, for logs. */
+export function describeError(err: unknown): string {
   const e = err as { code?: string; message?: string } | undefined;
   return `${e?.code ?? "error"} ${e?.message ?? String(err)}`;
 }

@@ -32,9 +32,10 @@ export interface InferenceRequest {
   readonly requestId: string;
   readonly protocol: Protocol;
   readonly model: string;
-  /** A completion has a prompt; a chat has messages. */
+  /** A completion has a prompt; a chat has messages; an embedding request has `embed`. */
   readonly prompt?: string;
   readonly messages?: readonly ChatTurn[];
+  readonly embed?: EmbedInput;
   readonly sampling: SamplingParams;
   /** Session key for affinity; "" for none. */
   readonly affinityKey: string;
@@ -62,6 +63,17 @@ export interface InferenceRequest {
    */
   readonly onSlowReader?: () => void;
 }
+
+/** What an embedding request embeds (vLLM's /v1/embeddings). */
+export interface EmbedInput {
+  /** The texts, in order (1 to MAX_EMBED_INPUTS, none empty). */
+  readonly inputs: readonly string[];
+  /** Vectors shortened to this many dimensions; undefined for the model's size. */
+  readonly dimensions?: number;
+}
+
+/** Most inputs in one embedding request (OpenAI's limit). */
+export const MAX_EMBED_INPUTS = 2048;
 
 export interface Usage {
   readonly promptTokens: number;
@@ -113,6 +125,11 @@ export type InferenceEvent =
       readonly extras?: DeltaExtras;
     }
   | {
+      /** An embedding request's answer: one vector per input, in order (between start and finish). */
+      readonly type: "embeddings";
+      readonly vectors: readonly Float32Array[];
+    }
+  | {
       readonly type: "finish";
       readonly finishReason: FinishReason;
       readonly matchedStop: string;
@@ -124,5 +141,6 @@ export type InferenceEvent =
 /** The text routing hashes for prefix affinity: the prompt, or the conversation rendered plainly. */
 export function prefixTextOf(req: InferenceRequest): string {
   if (req.prompt !== undefined) return req.prompt;
+  if (req.embed !== undefined) return req.embed.inputs.join("\n");
   return (req.messages ?? []).map((m) => `<${m.role}>${m.content}\n`).join("");
 }

@@ -6,7 +6,7 @@
 import type { GatewayConfig } from "../config/gateway-config.js";
 import { invalidRequest, modelNotFound } from "../errors/gateway-error.js";
 import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
-import type { InferenceRequest, Priority } from "./inference-request.js";
+import { type InferenceRequest, MAX_EMBED_INPUTS, type Priority } from "./inference-request.js";
 
 const MAX_KEY_LENGTH = 256;
 /** The longest model name (as in the config schema). */
@@ -30,6 +30,14 @@ export function validateRequest(
     throw invalidRequest(`model must be at most ${MAX_MODEL_NAME} characters`);
   if (req.prompt !== undefined) {
     if (req.prompt.length === 0) throw invalidRequest("prompt must not be empty");
+  } else if (req.embed !== undefined) {
+    const { inputs, dimensions } = req.embed;
+    if (inputs.length === 0) throw invalidRequest("input must not be empty");
+    if (inputs.length > MAX_EMBED_INPUTS)
+      throw invalidRequest(`input must have at most ${MAX_EMBED_INPUTS} items`);
+    if (inputs.some((t) => t.length === 0)) throw invalidRequest("input must not contain empty strings");
+    if (dimensions !== undefined && (!Number.isInteger(dimensions) || dimensions < 1 || dimensions > 65_536))
+      throw invalidRequest("dimensions must be an integer from 1 to 65536");
   } else {
     const messages = req.messages ?? [];
     if (messages.length === 0) throw invalidRequest("messages must not be empty");

@@ -27,6 +27,11 @@ export interface PreparedCompletion {
   readonly plan: OutputPlan;
   readonly stream: boolean;
   readonly includeUsage: boolean;
+  /**
+   * vLLM's `stream_options.continuous_usage_stats` (with include_usage): every chunk carries the usage so
+   * far (prompt tokens, completion tokens to that chunk).
+   */
+  readonly continuousUsage: boolean;
   /** Set when the model calls a tool: the plan's tokens are then the call's arguments. */
   readonly toolCall?: PlannedToolCall;
   /** Log probabilities of each output token, when the request asked for them. */
@@ -131,6 +136,8 @@ export function prepareCompletion(
     plan,
     stream: body.stream ?? false,
     includeUsage: body.stream_options?.include_usage ?? false,
+    continuousUsage:
+      (body.stream_options?.include_usage ?? false) && (body.stream_options?.continuous_usage_stats ?? false),
     ...(toolCall !== undefined ? { toolCall } : {}),
     ...(top !== undefined && top !== null
       ? { logprobs: planLogprobs(plan.deltas, Math.max(1, top), seed) }

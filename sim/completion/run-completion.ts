@@ -51,8 +51,25 @@ export function runCompletion(
   let text = "";
   let ended = false;
 
+  /** Tokens written so far, for continuous usage stats. */
+  let written = 0;
+  const promptCount = prepared.promptTokens.length;
   const chunk = (choice: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
-    `data: ${JSON.stringify({ ...base, choices: [{ index: 0, ...choice }], ...extra })}\n\n`;
+    `data: ${JSON.stringify({
+      ...base,
+      choices: [{ index: 0, ...choice }],
+      ...extra,
+      // vLLM's continuous_usage_stats: the usage so far on every chunk.
+      ...(prepared.continuousUsage
+        ? {
+            usage: {
+              prompt_tokens: promptCount,
+              total_tokens: promptCount + written,
+              completion_tokens: written,
+            },
+          }
+        : {}),
+    })}\n\n`;
 
   const handle = engine.submit(
     {
@@ -84,6 +101,7 @@ export function runCompletion(
         text += delta;
         if (!stream) return;
         const lp = prepared.logprobs?.[index];
+        written = index + 1;
         let piece: string;
         if (toolCall !== undefined) {
           // vLLM's tool parsers: the call's id, type and name with the first piece, then arguments.

@@ -50,6 +50,8 @@ export interface EngineOptions {
   meanOutputTokens: number;
   /** Multiplies every step's duration; >1 models a slower replica (a degraded GPU, a bad canary). Default 1. */
   slowdown: number;
+  /** Length of the vectors /v1/embeddings returns (the model's hidden size). Default 4096: Llama-3-8B's. */
+  embeddingSize: number;
 }
 
 export const defaultEngineOptions: Readonly<EngineOptions> = Object.freeze({
@@ -65,6 +67,7 @@ export const defaultEngineOptions: Readonly<EngineOptions> = Object.freeze({
   enablePrefixCaching: true,
   meanOutputTokens: 128,
   slowdown: 1,
+  embeddingSize: 4096,
 });
 
 const positiveInt = z.number().int().positive();
@@ -85,6 +88,7 @@ export const engineOptionsSchema = z
     enablePrefixCaching: z.boolean(),
     meanOutputTokens: positiveInt,
     slowdown: z.number().positive().finite(),
+    embeddingSize: positiveInt.max(65_536),
   })
   .strict();
 

@@ -4,7 +4,8 @@
  * into a sequence, run-completion.ts runs it and writes the answer.
  *
  * Endpoints, as vLLM serves them: POST /v1/completions and /v1/chat/completions (JSON, or SSE with
- * `stream: true`), GET /v1/models, GET /health, GET /metrics, GET /version. And the simulator's own
+ * `stream: true`), POST /v1/embeddings (sim/embedding), GET /v1/models, GET /health, GET /metrics,
+ * GET /version. And the simulator's own
  * controls under /sim/: GET|POST /sim/faults (fault rates), POST /sim/health {"healthy"}, POST /sim/drain
  * {"draining"}, POST /sim/slowdown {"factor"}, GET /sim/stats (the engine's state and
  * the requests served on the gateway's routes, as JSON), GET /sim/traces
@@ -27,6 +28,7 @@ import { type PreparedCompletion, prepareCompletion } from "../completion/prepar
 import { runCompletion, wallClock } from "../completion/run-completion.js";
 import { sendError, sendJson } from "../completion/send-json.js";
 import { VllmError } from "../completion/vllm-error.js";
+import { prepareEmbeddings, runEmbeddings } from "../embedding/embeddings.js";
 import { type Clock, createRealClock } from "../engine/clock.js";
 import { createEngine, type Engine } from "../engine/engine.js";
 import { type EngineOptions, resolveEngineOptions } from "../engine/engine-options.js";
@@ -199,6 +201,8 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       case "POST /v1/completions":
       case "POST /v1/chat/completions":
         return generate(req, res, url.pathname === "/v1/chat/completions");
+      case "POST /v1/embeddings":
+        return embeddings(req, res);
       default:
         return sendJson(res, 404, { detail: "Not Found" });
     }
@@ -219,8 +223,14 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     }
   }
 
-  async function generate(req: http.IncomingMessage, res: http.ServerResponse, chat: boolean): Promise<void> {
-    const arrivedAt = wallClock();
+  /**
+   * What every inference request goes through first: its id, its fault (refused, an injected status), its
+   * body, readiness. Undefined when that already answered (or the client left).
+   */
+  async function admit(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+  ): Promise<{ requestId: string; fault: RequestFault; bodyText: string } | undefined> {
     const requestId = headerValue(req, "x-request-id") ?? randomBytes(16).toString("hex");
     res.setHeader("x-request-id", requestId);
     let fault: RequestFault;
@@ -228,28 +238,62 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       const header = headerValue(req, "x-sim-fault");
       fault = header !== undefined ? parseFaultHeader(header) : dice.roll();
     } catch (err) {
-      return sendError(res, new VllmError(400, (err as Error).message));
+      sendError(res, new VllmError(400, (err as Error).message));
+      return undefined;
     }
     if (fault.refuse) {
       req.socket.destroy();
-      return;
+      return undefined;
     }
     let bodyText: string;
     try {
       bodyText = await readBody(req, maxBodyBytes);
     } catch (err) {
-      if (err instanceof BodyTooLarge) return sendError(res, new VllmError(413, err.message), true);
-      return; // the client went away while sending
+      if (err instanceof BodyTooLarge) sendError(res, new VllmError(413, err.message), true);
+      return undefined; // or the client went away while sending
     }
     if (Date.now() < readyAt || !control.healthy) {
-      return sendError(res, new VllmError(503, "The model is not ready"));
+      sendError(res, new VllmError(503, "The model is not ready"));
+      return undefined;
     }
-    if (control.draining) return sendError(res, new VllmError(503, "The server is draining"));
+    if (control.draining) {
+      sendError(res, new VllmError(503, "The server is draining"));
+      return undefined;
+    }
     if (fault.status !== undefined) {
       if (fault.retryAfterSeconds !== undefined)
         res.setHeader("retry-after", String(fault.retryAfterSeconds));
-      return sendError(res, new VllmError(fault.status, `Injected failure (status ${fault.status})`));
+      sendError(res, new VllmError(fault.status, `Injected failure (status ${fault.status})`));
+      return undefined;
     }
+    return { requestId, fault, bodyText };
+  }
+
+  /** POST /v1/embeddings: the inputs' prefills run in the engine; one JSON answer (sim/embedding). */
+  async function embeddings(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const admitted = await admit(req, res);
+    if (admitted === undefined) return;
+    const gone = new AbortController();
+    res.once("close", () => gone.abort());
+    try {
+      const prepared = prepareEmbeddings(
+        admitted.bodyText,
+        model,
+        engine.options.maxModelLen,
+        engine.options.embeddingSize,
+      );
+      sendJson(res, 200, await runEmbeddings(prepared, engine, model, admitted.requestId, gone.signal));
+    } catch (err) {
+      if (!(err instanceof VllmError)) throw err;
+      if (!res.destroyed) sendError(res, err);
+    }
+  }
+
+  async function generate(req: http.IncomingMessage, res: http.ServerResponse, chat: boolean): Promise<void> {
+    const arrivedAt = wallClock();
+    const admitted = await admit(req, res);
+    if (admitted === undefined) return;
+    const { requestId, fault, bodyText } = admitted;
 
     let prepared: PreparedCompletion;
     try {

@@ -3,6 +3,8 @@
  * gateway holds nothing for requests (none in the pipeline, every accepted request ended exactly once, no
  * upstream request open, no retry slot, no tenant stream or token reservation), its in-flight metrics are
  * back to zero, and no simulated replica still runs or queues a sequence (the upstream work was aborted).
+ * Also the waits those tests use: waitFor (a condition with a deadline) and roundTripMs (the machine's
+ * current round trip, which their "promptly" bounds are stated against).
  */
 import { expect } from "vitest";
 import type { Harness } from "./gateway-harness.js";

@@ -1,7 +1,7 @@
 /**
  * kinfer.inference.v1.InferenceService over Connect, gRPC and gRPC-Web (connect-node serves all three):
  * turns proto requests into InferenceRequests, runs them through the pipeline and renders its events as
- * GenerateResponse/ChatResponse messages. Errors come out of the pipeline already client-safe, with an
+ * GenerateResponse/ChatResponse messages (or, for Embed, one EmbedResponse). Errors come out of the pipeline already client-safe, with an
  * ErrorDetail attached. The response headers (x-request-id) go out with the first event, which the
  * pipeline holds back until the first token.
  */
@@ -190,12 +190,14 @@ export function registerInferenceService(
   async function* events(request: InferenceRequest, ctx: HandlerContext) {
     for await (const e of pipeline.run(request)) {
       if (e.type === "start") ctx.responseHeader.set("server-timing", serverTiming(e.timing));
-      yield { event: eventOf(e) };
+      if (e.type !== "embeddings") yield { event: eventOf(e) };
     }
   }
 
   /** The proto event of an internal event (GenerateResponse and ChatResponse share the same oneof). */
-  function eventOf(e: InferenceEvent): NonNullable<MessageInitShape<typeof GenerateResponseSchema>["event"]> {
+  function eventOf(
+    e: Exclude<InferenceEvent, { type: "embeddings" }>,
+  ): NonNullable<MessageInitShape<typeof GenerateResponseSchema>["event"]> {
     switch (e.type) {
       case "start":
         return { case: "start", value: { requestId: e.requestId, model: e.model, version: e.version } };
@@ -242,6 +244,35 @@ export function registerInferenceService(
           sampling: sampling(req.sampling),
         };
         yield* events(request, ctx);
+      } finally {
+        deadline.clear();
+      }
+    },
+    async embed(req, ctx) {
+      const deadline = deadlineOf(ctx, config().limits.maxTimeoutMs);
+      try {
+        const request: InferenceRequest = {
+          ...common(req.model, req.routing, ctx, deadline),
+          embed: { inputs: req.inputs, ...(req.dimensions > 0 ? { dimensions: req.dimensions } : {}) },
+          sampling: { stop: [] },
+        };
+        let start: Extract<InferenceEvent, { type: "start" }> | undefined;
+        let vectors: readonly Float32Array[] = [];
+        for await (const e of pipeline.run(request)) {
+          if (e.type === "start") {
+            start = e;
+            ctx.responseHeader.set("server-timing", serverTiming(e.timing));
+          } else if (e.type === "embeddings") vectors = e.vectors;
+          else if (e.type === "finish")
+            return {
+              embeddings: vectors.map((v) => ({ values: Array.from(v) })),
+              usage: { promptTokens: e.usage.promptTokens },
+              requestId: start?.requestId ?? request.requestId,
+              model: start?.model ?? request.model,
+              version: start?.version ?? "",
+            };
+        }
+        throw new ConnectError("the request ended without an answer", Code.Internal);
       } finally {
         deadline.clear();
       }

@@ -249,3 +249,60 @@ export function toInferenceRequest(
     : { ...common, prompt: typeof b.prompt === "string" ? b.prompt : (b.prompt[0] as string) };
   return { request, stream: b.stream ?? false, includeUsage: b.stream_options?.include_usage ?? false };
 }
+
+const embeddingsSchema = z.strictObject({
+  model: z.string().min(1, { error: "model is required" }),
+  input: z.union([z.string(), z.array(z.string())], {
+    error: "input must be a string or a list of strings (token-id inputs are not supported)",
+  }),
+  encoding_format: opt(z.enum(["float", "base64"])),
+  dimensions: opt(z.number().int().positive()),
+  user: opt(z.string().max(256)),
+  // vLLM's: cut each input to its last N tokens (-1: to the context length).
+  truncate_prompt_tokens: opt(z.number().int().min(-1)),
+});
+
+/** A POST /v1/embeddings request as the pipeline sees it, and how the client wants the vectors. */
+export interface OpenAiEmbeddingsRequest {
+  readonly request: InferenceRequest;
+  readonly base64: boolean;
+}
+
+/**
+ * The body of POST /v1/embeddings: OpenAI's fields and vLLM's truncate_prompt_tokens; any other field is
+ * refused with 400 naming it. `encoding_format` defaults to float, as OpenAI's API does.
+ */
+export function toEmbeddingsRequest(
+  req: HttpRequest,
+  body: Record<string, unknown>,
+  requestId: string,
+  signal: AbortSignal,
+  c: GatewayConfig,
+  deadlineAt?: number,
+): OpenAiEmbeddingsRequest {
+  const parsed = embeddingsSchema.safeParse(body);
+  if (!parsed.success) throw invalidRequest(describe(parsed.error));
+  const b = parsed.data;
+  const header = (name: string) => {
+    const v = req.headers[name];
+    return (Array.isArray(v) ? v[0] : v) ?? "";
+  };
+  const request: InferenceRequest = {
+    requestId,
+    protocol: "openai",
+    model: b.model,
+    embed: {
+      inputs: typeof b.input === "string" ? [b.input] : b.input,
+      ...(b.dimensions != null ? { dimensions: b.dimensions } : {}),
+    },
+    sampling: { stop: [] },
+    affinityKey: header(c.sessionHeader) || (b.user ?? ""),
+    version: header(c.versionHeader),
+    priority: priorityHeader(header(c.priorityHeader)),
+    deadlineAt,
+    passthrough: b.truncate_prompt_tokens != null ? { truncate_prompt_tokens: b.truncate_prompt_tokens } : {},
+    signal,
+    credential: bearerOf(header("authorization")),
+  };
+  return { request, base64: b.encoding_format === "base64" };
+}

@@ -1,6 +1,6 @@
 /**
- * The OpenAI-compatible REST surface: POST /v1/chat/completions and /v1/completions (JSON or SSE) and
- * GET /v1/models, over HTTP/1.1 or HTTP/2. A request is read (openai-request.ts), run through the same
+ * The OpenAI-compatible REST surface: POST /v1/chat/completions and /v1/completions (JSON or SSE),
+ * POST /v1/embeddings and GET /v1/models, over HTTP/1.1 or HTTP/2. A request is read (openai-request.ts), run through the same
  * pipeline as gRPC, and answered in OpenAI's shapes (openai-response.ts, openai-errors.ts); errors never
  * carry upstream text.
  *
@@ -19,7 +19,7 @@ import { serverTiming } from "../../request/inference-request.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
 import { errorEvent, sendBodyTimeout, sendBodyTooLarge, sendError } from "./openai-errors.js";
-import { parseJsonObject, toInferenceRequest } from "./openai-request.js";
+import { parseJsonObject, toEmbeddingsRequest, toInferenceRequest } from "./openai-request.js";
 import {
   completeBody,
   createEventWriter,
@@ -106,7 +106,7 @@ export function createOpenAiRoutes(
           if (chat) await events.write(render.roleChunk(), signal);
         } else if (event.type === "delta") {
           await events.write(render.delta(event), signal);
-        } else {
+        } else if (event.type === "finish") {
           await events.write(render.finish(event), signal);
           if (includeUsage) await events.write(render.usage(event), signal);
           if (!signal.aborted) end("data: [DONE]\n\n");
@@ -128,6 +128,65 @@ export function createOpenAiRoutes(
       clearTimeout(deadline);
       // A stream cut by the client (or its deadline) mid-way: nothing more to send, release the socket.
       if (!ended && !isClosed(res)) resetClient(res);
+    }
+  }
+
+  /**
+   * POST /v1/embeddings: one JSON answer in vLLM's shape, the vectors as floats or, when asked, base64
+   * (little-endian float32, as vLLM and OpenAI encode them). Runs through the pipeline as every request.
+   */
+  async function embeddings(req: HttpRequest, res: HttpResponse): Promise<void> {
+    const requestId = randomUUID();
+    res.setHeader("x-request-id", requestId);
+    const { limits, connections } = config();
+    const control = new AbortController();
+    const deadline = setTimeout(
+      () => control.abort(new ConnectError("the request took too long", Code.DeadlineExceeded)),
+      limits.maxTimeoutMs,
+    );
+    let answered = false;
+    res.once("close", () => {
+      if (!answered) control.abort(new ConnectError("the client went away", Code.Canceled));
+    });
+    try {
+      const text = await readBody(req, limits.maxRequestBytes, connections.bodyTimeoutMs);
+      const { request, base64 } = toEmbeddingsRequest(
+        req,
+        parseJsonObject(text),
+        requestId,
+        control.signal,
+        config(),
+        performance.now() + limits.maxTimeoutMs,
+      );
+      let vectors: readonly Float32Array[] = [];
+      for await (const event of pipeline.run(request)) {
+        if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
+        else if (event.type === "embeddings") vectors = event.vectors;
+        else if (event.type === "finish") {
+          answered = true;
+          const promptTokens = event.usage.promptTokens;
+          sendJson(res, 200, {
+            id: `embd-${requestId}`,
+            object: "list",
+            created: unixNow(),
+            model: request.model,
+            data: vectors.map((v, index) => ({
+              index,
+              object: "embedding",
+              embedding: base64 ? float32Base64(v) : Array.from(v),
+            })),
+            usage: { prompt_tokens: promptTokens, total_tokens: promptTokens, completion_tokens: 0 },
+          });
+        }
+      }
+    } catch (err) {
+      if (err instanceof BodyTooLarge) return sendBodyTooLarge(res, err.message);
+      if (err instanceof BodyTimeout) return sendBodyTimeout(res, err.message);
+      if (err instanceof BodyAborted || control.signal.aborted || isClosed(res)) return;
+      answered = true;
+      sendError(res, toClientError(err));
+    } finally {
+      clearTimeout(deadline);
     }
   }
 
@@ -160,6 +219,13 @@ export function createOpenAiRoutes(
         });
         return true;
       }
+      if (route === "POST /v1/embeddings") {
+        embeddings(req, res).catch(() => {
+          if (!res.headersSent)
+            sendJson(res, 500, { error: { message: "internal error", type: "server_error" } });
+        });
+        return true;
+      }
       if (route === "GET /v1/models") {
         listModels(req, res);
         return true;
@@ -171,4 +237,11 @@ export function createOpenAiRoutes(
       return false;
     },
   };
+}
+
+/** A vector as OpenAI's base64 encoding_format: its float32 components, little-endian. */
+function float32Base64(v: Float32Array): string {
+  const bytes = Buffer.alloc(v.length * 4);
+  for (let i = 0; i < v.length; i++) bytes.writeFloatLE(v[i] as number, i * 4);
+  return bytes.toString("base64");
 }

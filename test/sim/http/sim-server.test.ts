@@ -449,3 +449,20 @@ describe("cancellation", () => {
     expect(await metric("vllm:kv_cache_usage_perc")).toBe(0);
   });
 });
+
+describe("continuous usage stats", () => {
+  it("every chunk carries the usage so far when stream_options.continuous_usage_stats is set, as vLLM's do", async () => {
+    const res = await postJson(
+      `${replica.url}/v1/chat/completions`,
+      chatBody({ stream_options: { include_usage: true, continuous_usage_stats: true } }),
+    );
+    const chunks = (await readSseData(res)).filter((d) => d !== "[DONE]").map((d) => JSON.parse(d));
+    const usages = chunks.map((c) => c.usage as { prompt_tokens: number; completion_tokens: number });
+    expect(usages.every((u) => u !== undefined && u !== null)).toBe(true);
+    const prompt = usages[0]?.prompt_tokens ?? 0;
+    expect(prompt).toBeGreaterThan(0);
+    expect(usages.every((u) => u.prompt_tokens === prompt)).toBe(true);
+    // Role chunk 0, then one more per content chunk, then the finish and usage chunks at the total.
+    expect(usages.map((u) => u.completion_tokens)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8]);
+  });
+});

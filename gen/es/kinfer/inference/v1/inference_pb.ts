@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kinfer/inference/v1/inference.proto.
  */
 export const file_kinfer_inference_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("CiNraW5mZXIvaW5mZXJlbmNlL3YxL2luZmVyZW5jZS5wcm90bxITa2luZmVyLmluZmVyZW5jZS52MSKbAQoPR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRI1CghzYW1wbGluZxgDIAEoCzIjLmtpbmZlci5pbmZlcmVuY2UudjEuU2FtcGxpbmdQYXJhbXMSMgoHcm91dGluZxgEIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuUm91dGluZ0hpbnRzIrsBCgtDaGF0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIyCghtZXNzYWdlcxgCIAMoCzIgLmtpbmZlci5pbmZlcmVuY2UudjEuQ2hhdE1lc3NhZ2USNQoIc2FtcGxpbmcYAyABKAsyIy5raW5mZXIuaW5mZXJlbmNlLnYxLlNhbXBsaW5nUGFyYW1zEjIKB3JvdXRpbmcYBCABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlJvdXRpbmdIaW50cyJVCgtDaGF0TWVzc2FnZRInCgRyb2xlGAEgASgOMhkua2luZmVyLmluZmVyZW5jZS52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkSDAoEbmFtZRgDIAEoCSKyAgoOU2FtcGxpbmdQYXJhbXMSFwoKbWF4X3Rva2VucxgBIAEoDUgAiAEBEhgKC3RlbXBlcmF0dXJlGAIgASgCSAGIAQESEgoFdG9wX3AYAyABKAJIAogBARISCgV0b3BfaxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoA0gEiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYByABKAJIBYgBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgIIAEoAkgGiAEBQg0KC19tYXhfdG9rZW5zQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eSJmCgxSb3V0aW5nSGludHMSFAoMYWZmaW5pdHlfa2V5GAEgASgJEi8KCHByaW9yaXR5GAIgASgOMh0ua2luZmVyLmluZmVyZW5jZS52MS5Qcmlvcml0eRIPCgd2ZXJzaW9uGAMgASgJIrQBChBHZW5lcmF0ZVJlc3BvbnNlEjEKBXN0YXJ0GAEgASgLMiAua2luZmVyLmluZmVyZW5jZS52MS5TdHJlYW1TdGFydEgAEi8KBWRlbHRhGAIgASgLMh4ua2luZmVyLmluZmVyZW5jZS52MS5UZXh0RGVsdGFIABIzCgZmaW5pc2gYAyABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbUZpbmlzaEgAQgcKBWV2ZW50IrABCgxDaGF0UmVzcG9uc2USMQoFc3RhcnQYASABKAsyIC5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbVN0YXJ0SAASLwoFZGVsdGEYAiABKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLlRleHREZWx0YUgAEjMKBmZpbmlzaBgDIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuU3RyZWFtRmluaXNoSABCBwoFZXZlbnQiQQoLU3RyZWFtU3RhcnQSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIi4KCVRleHREZWx0YRIMCgR0ZXh0GAEgASgJEhMKC3Rva2VuX2NvdW50GAIgASgNIvABCgxTdHJlYW1GaW5pc2gSOAoNZmluaXNoX3JlYXNvbhgBIAEoDjIhLmtpbmZlci5pbmZlcmVuY2UudjEuRmluaXNoUmVhc29uEhQKDG1hdGNoZWRfc3RvcBgCIAEoCRIpCgV1c2FnZRgDIAEoCzIaLmtpbmZlci5pbmZlcmVuY2UudjEuVXNhZ2USNgoTdGltZV90b19maXJzdF90b2tlbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgp0b3RhbF90aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlAKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYAiABKA0SFQoNY2FjaGVkX3Rva2VucxgDIAEoDSITChFMaXN0TW9kZWxzUmVxdWVzdCJEChJMaXN0TW9kZWxzUmVzcG9uc2USLgoGbW9kZWxzGAEgAygLMh4ua2luZmVyLmluZmVyZW5jZS52MS5Nb2RlbEluZm8iWgoJTW9kZWxJbmZvEgwKBG5hbWUYASABKAkSEAoIdmVyc2lvbnMYAiADKAkSGgoSbWF4X2NvbnRleHRfdG9rZW5zGAMgASgNEhEKCWF2YWlsYWJsZRgEIAEoCCJvCgtFcnJvckRldGFpbBIwCgZyZWFzb24YASABKA4yIC5raW5mZXIuaW5mZXJlbmNlLnYxLkVycm9yUmVhc29uEi4KC3JldHJ5X2FmdGVyGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uKl8KBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfU1lTVEVNEAESDQoJUk9MRV9VU0VSEAISEgoOUk9MRV9BU1NJU1RBTlQQAxINCglST0xFX1RPT0wQBCpqCghQcmlvcml0eRIYChRQUklPUklUWV9VTlNQRUNJRklFRBAAEhUKEVBSSU9SSVRZX0NSSVRJQ0FMEAESFQoRUFJJT1JJVFlfU1RBTkRBUkQQAhIWChJQUklPUklUWV9TSEVEREFCTEUQAyqWAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhcKE0ZJTklTSF9SRUFTT05fQUJPUlQQAxIcChhGSU5JU0hfUkVBU09OX1RPT0xfQ0FMTFMQBCrNAwoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASIAocRVJST1JfUkVBU09OX0lOVkFMSURfUkVRVUVTVBABEigKJEVSUk9SX1JFQVNPTl9DT05URVhUX0xFTkdUSF9FWENFRURFRBACEiAKHEVSUk9SX1JFQVNPTl9NT0RFTF9OT1RfRk9VTkQQAxIgChxFUlJPUl9SRUFTT05fVU5BVVRIRU5USUNBVEVEEAQSHQoZRVJST1JfUkVBU09OX1JBVEVfTElNSVRFRBAFEicKI0VSUk9SX1JFQVNPTl9UT0tFTl9CVURHRVRfRVhIQVVTVEVEEAYSIQodRVJST1JfUkVBU09OX1RPT19NQU5ZX1NUUkVBTVMQBxIbChdFUlJPUl9SRUFTT05fT1ZFUkxPQURFRBAIEiMKH0VSUk9SX1JFQVNPTl9OT19IRUFMVEhZX1JFUExJQ0EQCRIgChxFUlJPUl9SRUFTT05fVVBTVFJFQU1fRkFJTEVEEAoSIQodRVJST1JfUkVBU09OX1VQU1RSRUFNX1RJTUVPVVQQCxIeChpFUlJPUl9SRUFTT05fU0hVVFRJTkdfRE9XThAMMqACChBJbmZlcmVuY2VTZXJ2aWNlElkKCEdlbmVyYXRlEiQua2luZmVyLmluZmVyZW5jZS52MS5HZW5lcmF0ZVJlcXVlc3QaJS5raW5mZXIuaW5mZXJlbmNlLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJNCgRDaGF0EiAua2luZmVyLmluZmVyZW5jZS52MS5DaGF0UmVxdWVzdBohLmtpbmZlci5pbmZlcmVuY2UudjEuQ2hhdFJlc3BvbnNlMAESYgoKTGlzdE1vZGVscxImLmtpbmZlci5pbmZlcmVuY2UudjEuTGlzdE1vZGVsc1JlcXVlc3QaJy5raW5mZXIuaW5mZXJlbmNlLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_duration]);
+  fileDesc("CiNraW5mZXIvaW5mZXJlbmNlL3YxL2luZmVyZW5jZS5wcm90bxITa2luZmVyLmluZmVyZW5jZS52MSKbAQoPR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRI1CghzYW1wbGluZxgDIAEoCzIjLmtpbmZlci5pbmZlcmVuY2UudjEuU2FtcGxpbmdQYXJhbXMSMgoHcm91dGluZxgEIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuUm91dGluZ0hpbnRzIrsBCgtDaGF0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIyCghtZXNzYWdlcxgCIAMoCzIgLmtpbmZlci5pbmZlcmVuY2UudjEuQ2hhdE1lc3NhZ2USNQoIc2FtcGxpbmcYAyABKAsyIy5raW5mZXIuaW5mZXJlbmNlLnYxLlNhbXBsaW5nUGFyYW1zEjIKB3JvdXRpbmcYBCABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlJvdXRpbmdIaW50cyJVCgtDaGF0TWVzc2FnZRInCgRyb2xlGAEgASgOMhkua2luZmVyLmluZmVyZW5jZS52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkSDAoEbmFtZRgDIAEoCSKyAgoOU2FtcGxpbmdQYXJhbXMSFwoKbWF4X3Rva2VucxgBIAEoDUgAiAEBEhgKC3RlbXBlcmF0dXJlGAIgASgCSAGIAQESEgoFdG9wX3AYAyABKAJIAogBARISCgV0b3BfaxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoA0gEiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYByABKAJIBYgBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgIIAEoAkgGiAEBQg0KC19tYXhfdG9rZW5zQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eSJmCgxSb3V0aW5nSGludHMSFAoMYWZmaW5pdHlfa2V5GAEgASgJEi8KCHByaW9yaXR5GAIgASgOMh0ua2luZmVyLmluZmVyZW5jZS52MS5Qcmlvcml0eRIPCgd2ZXJzaW9uGAMgASgJIrQBChBHZW5lcmF0ZVJlc3BvbnNlEjEKBXN0YXJ0GAEgASgLMiAua2luZmVyLmluZmVyZW5jZS52MS5TdHJlYW1TdGFydEgAEi8KBWRlbHRhGAIgASgLMh4ua2luZmVyLmluZmVyZW5jZS52MS5UZXh0RGVsdGFIABIzCgZmaW5pc2gYAyABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbUZpbmlzaEgAQgcKBWV2ZW50IrABCgxDaGF0UmVzcG9uc2USMQoFc3RhcnQYASABKAsyIC5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbVN0YXJ0SAASLwoFZGVsdGEYAiABKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLlRleHREZWx0YUgAEjMKBmZpbmlzaBgDIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuU3RyZWFtRmluaXNoSABCBwoFZXZlbnQiQQoLU3RyZWFtU3RhcnQSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIi4KCVRleHREZWx0YRIMCgR0ZXh0GAEgASgJEhMKC3Rva2VuX2NvdW50GAIgASgNIvABCgxTdHJlYW1GaW5pc2gSOAoNZmluaXNoX3JlYXNvbhgBIAEoDjIhLmtpbmZlci5pbmZlcmVuY2UudjEuRmluaXNoUmVhc29uEhQKDG1hdGNoZWRfc3RvcBgCIAEoCRIpCgV1c2FnZRgDIAEoCzIaLmtpbmZlci5pbmZlcmVuY2UudjEuVXNhZ2USNgoTdGltZV90b19maXJzdF90b2tlbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgp0b3RhbF90aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlAKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYAiABKA0SFQoNY2FjaGVkX3Rva2VucxgDIAEoDSJ1CgxFbWJlZFJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGaW5wdXRzGAIgAygJEhIKCmRpbWVuc2lvbnMYAyABKA0SMgoHcm91dGluZxgEIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuUm91dGluZ0hpbnRzIqIBCg1FbWJlZFJlc3BvbnNlEjIKCmVtYmVkZGluZ3MYASADKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLkVtYmVkZGluZxIpCgV1c2FnZRgCIAEoCzIaLmtpbmZlci5pbmZlcmVuY2UudjEuVXNhZ2USEgoKcmVxdWVzdF9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJIhsKCUVtYmVkZGluZxIOCgZ2YWx1ZXMYASADKAIiEwoRTGlzdE1vZGVsc1JlcXVlc3QiRAoSTGlzdE1vZGVsc1Jlc3BvbnNlEi4KBm1vZGVscxgBIAMoCzIeLmtpbmZlci5pbmZlcmVuY2UudjEuTW9kZWxJbmZvIloKCU1vZGVsSW5mbxIMCgRuYW1lGAEgASgJEhAKCHZlcnNpb25zGAIgAygJEhoKEm1heF9jb250ZXh0X3Rva2VucxgDIAEoDRIRCglhdmFpbGFibGUYBCABKAgibwoLRXJyb3JEZXRhaWwSMAoGcmVhc29uGAEgASgOMiAua2luZmVyLmluZmVyZW5jZS52MS5FcnJvclJlYXNvbhIuCgtyZXRyeV9hZnRlchgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbipfCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEg0KCVJPTEVfVVNFUhACEhIKDlJPTEVfQVNTSVNUQU5UEAMSDQoJUk9MRV9UT09MEAQqagoIUHJpb3JpdHkSGAoUUFJJT1JJVFlfVU5TUEVDSUZJRUQQABIVChFQUklPUklUWV9DUklUSUNBTBABEhUKEVBSSU9SSVRZX1NUQU5EQVJEEAISFgoSUFJJT1JJVFlfU0hFRERBQkxFEAMqlgEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIXChNGSU5JU0hfUkVBU09OX0FCT1JUEAMSHAoYRklOSVNIX1JFQVNPTl9UT09MX0NBTExTEAQqzQMKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiAKHEVSUk9SX1JFQVNPTl9JTlZBTElEX1JFUVVFU1QQARIoCiRFUlJPUl9SRUFTT05fQ09OVEVYVF9MRU5HVEhfRVhDRUVERUQQAhIgChxFUlJPUl9SRUFTT05fTU9ERUxfTk9UX0ZPVU5EEAMSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAEEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQBRInCiNFUlJPUl9SRUFTT05fVE9LRU5fQlVER0VUX0VYSEFVU1RFRBAGEiEKHUVSUk9SX1JFQVNPTl9UT09fTUFOWV9TVFJFQU1TEAcSGwoXRVJST1JfUkVBU09OX09WRVJMT0FERUQQCBIjCh9FUlJPUl9SRUFTT05fTk9fSEVBTFRIWV9SRVBMSUNBEAkSIAocRVJST1JfUkVBU09OX1VQU1RSRUFNX0ZBSUxFRBAKEiEKHUVSUk9SX1JFQVNPTl9VUFNUUkVBTV9USU1FT1VUEAsSHgoaRVJST1JfUkVBU09OX1NIVVRUSU5HX0RPV04QDDL1AgoQSW5mZXJlbmNlU2VydmljZRJZCghHZW5lcmF0ZRIkLmtpbmZlci5pbmZlcmVuY2UudjEuR2VuZXJhdGVSZXF1ZXN0GiUua2luZmVyLmluZmVyZW5jZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESTQoEQ2hhdBIgLmtpbmZlci5pbmZlcmVuY2UudjEuQ2hhdFJlcXVlc3QaIS5raW5mZXIuaW5mZXJlbmNlLnYxLkNoYXRSZXNwb25zZTABElMKBUVtYmVkEiEua2luZmVyLmluZmVyZW5jZS52MS5FbWJlZFJlcXVlc3QaIi5raW5mZXIuaW5mZXJlbmNlLnYxLkVtYmVkUmVzcG9uc2UiA5ACARJiCgpMaXN0TW9kZWxzEiYua2luZmVyLmluZmVyZW5jZS52MS5MaXN0TW9kZWxzUmVxdWVzdBonLmtpbmZlci5pbmZlcmVuY2UudjEuTGlzdE1vZGVsc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration]);
 
 /**
  * GenerateRequest asks for the completion of a raw prompt (vLLM's /v1/completions).
@@ -484,6 +484,118 @@ export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
   messageDesc(file_kinfer_inference_v1_inference, 10);
 
 /**
+ * EmbedRequest asks for the embeddings of texts.
+ *
+ * @generated from message kinfer.inference.v1.EmbedRequest
+ */
+export type EmbedRequest = Message<"kinfer.inference.v1.EmbedRequest"> & {
+  /**
+   * The model to use, as listed by ListModels: one that serves embeddings.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The texts to embed, in order: at least 1, at most 2,048, none empty.
+   *
+   * @generated from field: repeated string inputs = 2;
+   */
+  inputs: string[];
+
+  /**
+   * Shortens every vector to this many dimensions, for models trained for it; 0 for the model's size.
+   *
+   * @generated from field: uint32 dimensions = 3;
+   */
+  dimensions: number;
+
+  /**
+   * Hints that steer which version and replica serve the request.
+   *
+   * @generated from field: kinfer.inference.v1.RoutingHints routing = 4;
+   */
+  routing?: RoutingHints | undefined;
+};
+
+/**
+ * Describes the message kinfer.inference.v1.EmbedRequest.
+ * Use `create(EmbedRequestSchema)` to create a new message.
+ */
+export const EmbedRequestSchema: GenMessage<EmbedRequest> = /*@__PURE__*/
+  messageDesc(file_kinfer_inference_v1_inference, 11);
+
+/**
+ * EmbedResponse carries one vector per input, in the inputs' order.
+ *
+ * @generated from message kinfer.inference.v1.EmbedResponse
+ */
+export type EmbedResponse = Message<"kinfer.inference.v1.EmbedResponse"> & {
+  /**
+   * The vectors, embeddings[i] for inputs[i].
+   *
+   * @generated from field: repeated kinfer.inference.v1.Embedding embeddings = 1;
+   */
+  embeddings: Embedding[];
+
+  /**
+   * Tokens of the inputs (completion_tokens is 0).
+   *
+   * @generated from field: kinfer.inference.v1.Usage usage = 2;
+   */
+  usage?: Usage | undefined;
+
+  /**
+   * The gateway's id for this request, as in StreamStart.
+   *
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+
+  /**
+   * The model that served it.
+   *
+   * @generated from field: string model = 4;
+   */
+  model: string;
+
+  /**
+   * The version that served it.
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+};
+
+/**
+ * Describes the message kinfer.inference.v1.EmbedResponse.
+ * Use `create(EmbedResponseSchema)` to create a new message.
+ */
+export const EmbedResponseSchema: GenMessage<EmbedResponse> = /*@__PURE__*/
+  messageDesc(file_kinfer_inference_v1_inference, 12);
+
+/**
+ * Embedding is one input's vector.
+ *
+ * @generated from message kinfer.inference.v1.Embedding
+ */
+export type Embedding = Message<"kinfer.inference.v1.Embedding"> & {
+  /**
+   * The vector's components, as the model server computed them (float32).
+   *
+   * @generated from field: repeated float values = 1;
+   */
+  values: number[];
+};
+
+/**
+ * Describes the message kinfer.inference.v1.Embedding.
+ * Use `create(EmbeddingSchema)` to create a new message.
+ */
+export const EmbeddingSchema: GenMessage<Embedding> = /*@__PURE__*/
+  messageDesc(file_kinfer_inference_v1_inference, 13);
+
+/**
  * ListModelsRequest has no parameters; the caller sees the models its API key allows.
  *
  * @generated from message kinfer.inference.v1.ListModelsRequest
@@ -496,7 +608,7 @@ export type ListModelsRequest = Message<"kinfer.inference.v1.ListModelsRequest">
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 11);
+  messageDesc(file_kinfer_inference_v1_inference, 14);
 
 /**
  * ListModelsResponse lists the models the caller can use.
@@ -517,7 +629,7 @@ export type ListModelsResponse = Message<"kinfer.inference.v1.ListModelsResponse
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 12);
+  messageDesc(file_kinfer_inference_v1_inference, 15);
 
 /**
  * ModelInfo describes one servable model.
@@ -559,7 +671,7 @@ export type ModelInfo = Message<"kinfer.inference.v1.ModelInfo"> & {
  * Use `create(ModelInfoSchema)` to create a new message.
  */
 export const ModelInfoSchema: GenMessage<ModelInfo> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 13);
+  messageDesc(file_kinfer_inference_v1_inference, 16);
 
 /**
  * ErrorDetail is attached to every error the gateway returns (as a Connect error detail, or the gRPC
@@ -588,7 +700,7 @@ export type ErrorDetail = Message<"kinfer.inference.v1.ErrorDetail"> & {
  * Use `create(ErrorDetailSchema)` to create a new message.
  */
 export const ErrorDetailSchema: GenMessage<ErrorDetail> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 14);
+  messageDesc(file_kinfer_inference_v1_inference, 17);
 
 /**
  * Role tags the author of a chat message, as in OpenAI's chat format.
@@ -863,6 +975,18 @@ export const InferenceService: GenService<{
     methodKind: "server_streaming";
     input: typeof ChatRequestSchema;
     output: typeof ChatResponseSchema;
+  },
+  /**
+   * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).
+   * Failures before the replica answers are retried on another replica, as for Generate; the request is
+   * admitted, rate-limited and routed like the others, and its prompt tokens count against the tenant.
+   *
+   * @generated from rpc kinfer.inference.v1.InferenceService.Embed
+   */
+  embed: {
+    methodKind: "unary";
+    input: typeof EmbedRequestSchema;
+    output: typeof EmbedResponseSchema;
   },
   /**
    * ListModels lists the models this gateway serves and the versions each one has.

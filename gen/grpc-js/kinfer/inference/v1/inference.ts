@@ -478,6 +478,40 @@ export interface Usage {
   cachedTokens: number;
 }
 
+/** EmbedRequest asks for the embeddings of texts. */
+export interface EmbedRequest {
+  /** The model to use, as listed by ListModels: one that serves embeddings. */
+  model: string;
+  /** The texts to embed, in order: at least 1, at most 2,048, none empty. */
+  inputs: string[];
+  /** Shortens every vector to this many dimensions, for models trained for it; 0 for the model's size. */
+  dimensions: number;
+  /** Hints that steer which version and replica serve the request. */
+  routing: RoutingHints | undefined;
+}
+
+/** EmbedResponse carries one vector per input, in the inputs' order. */
+export interface EmbedResponse {
+  /** The vectors, embeddings[i] for inputs[i]. */
+  embeddings: Embedding[];
+  /** Tokens of the inputs (completion_tokens is 0). */
+  usage:
+    | Usage
+    | undefined;
+  /** The gateway's id for this request, as in StreamStart. */
+  requestId: string;
+  /** The model that served it. */
+  model: string;
+  /** The version that served it. */
+  version: string;
+}
+
+/** Embedding is one input's vector. */
+export interface Embedding {
+  /** The vector's components, as the model server computed them (float32). */
+  values: number[];
+}
+
 /** ListModelsRequest has no parameters; the caller sees the models its API key allows. */
 export interface ListModelsRequest {
 }
@@ -1878,6 +1912,345 @@ export const Usage: MessageFns<Usage> = {
   },
 };
 
+function createBaseEmbedRequest(): EmbedRequest {
+  return { model: "", inputs: [], dimensions: 0, routing: undefined };
+}
+
+export const EmbedRequest: MessageFns<EmbedRequest> = {
+  encode(message: EmbedRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    for (const v of message.inputs) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.dimensions !== 0) {
+      writer.uint32(24).uint32(message.dimensions);
+    }
+    if (message.routing !== undefined) {
+      RoutingHints.encode(message.routing, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EmbedRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEmbedRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.inputs.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dimensions = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.routing = RoutingHints.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EmbedRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      inputs: globalThis.Array.isArray(object?.inputs) ? object.inputs.map((e: any) => globalThis.String(e)) : [],
+      dimensions: isSet(object.dimensions) ? globalThis.Number(object.dimensions) : 0,
+      routing: isSet(object.routing) ? RoutingHints.fromJSON(object.routing) : undefined,
+    };
+  },
+
+  toJSON(message: EmbedRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.inputs?.length) {
+      obj.inputs = message.inputs;
+    }
+    if (message.dimensions !== 0) {
+      obj.dimensions = Math.round(message.dimensions);
+    }
+    if (message.routing !== undefined) {
+      obj.routing = RoutingHints.toJSON(message.routing);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EmbedRequest>, I>>(base?: I): EmbedRequest {
+    return EmbedRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EmbedRequest>, I>>(object: I): EmbedRequest {
+    const message = createBaseEmbedRequest();
+    message.model = object.model ?? "";
+    message.inputs = object.inputs?.map((e) => e) || [];
+    message.dimensions = object.dimensions ?? 0;
+    message.routing = (object.routing !== undefined && object.routing !== null)
+      ? RoutingHints.fromPartial(object.routing)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseEmbedResponse(): EmbedResponse {
+  return { embeddings: [], usage: undefined, requestId: "", model: "", version: "" };
+}
+
+export const EmbedResponse: MessageFns<EmbedResponse> = {
+  encode(message: EmbedResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.embeddings) {
+      Embedding.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.usage !== undefined) {
+      Usage.encode(message.usage, writer.uint32(18).fork()).join();
+    }
+    if (message.requestId !== "") {
+      writer.uint32(26).string(message.requestId);
+    }
+    if (message.model !== "") {
+      writer.uint32(34).string(message.model);
+    }
+    if (message.version !== "") {
+      writer.uint32(42).string(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EmbedResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEmbedResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.embeddings.push(Embedding.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.usage = Usage.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EmbedResponse {
+    return {
+      embeddings: globalThis.Array.isArray(object?.embeddings)
+        ? object.embeddings.map((e: any) => Embedding.fromJSON(e))
+        : [],
+      usage: isSet(object.usage) ? Usage.fromJSON(object.usage) : undefined,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+    };
+  },
+
+  toJSON(message: EmbedResponse): unknown {
+    const obj: any = {};
+    if (message.embeddings?.length) {
+      obj.embeddings = message.embeddings.map((e) => Embedding.toJSON(e));
+    }
+    if (message.usage !== undefined) {
+      obj.usage = Usage.toJSON(message.usage);
+    }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EmbedResponse>, I>>(base?: I): EmbedResponse {
+    return EmbedResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EmbedResponse>, I>>(object: I): EmbedResponse {
+    const message = createBaseEmbedResponse();
+    message.embeddings = object.embeddings?.map((e) => Embedding.fromPartial(e)) || [];
+    message.usage = (object.usage !== undefined && object.usage !== null) ? Usage.fromPartial(object.usage) : undefined;
+    message.requestId = object.requestId ?? "";
+    message.model = object.model ?? "";
+    message.version = object.version ?? "";
+    return message;
+  },
+};
+
+function createBaseEmbedding(): Embedding {
+  return { values: [] };
+}
+
+export const Embedding: MessageFns<Embedding> = {
+  encode(message: Embedding, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    writer.uint32(10).fork();
+    for (const v of message.values) {
+      writer.float(v);
+    }
+    writer.join();
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Embedding {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEmbedding();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 13) {
+              message.values.push(reader.float());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.values.push(reader.float());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Embedding {
+    return {
+      values: globalThis.Array.isArray(object?.values) ? object.values.map((e: any) => globalThis.Number(e)) : [],
+    };
+  },
+
+  toJSON(message: Embedding): unknown {
+    const obj: any = {};
+    if (message.values?.length) {
+      obj.values = message.values;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Embedding>, I>>(base?: I): Embedding {
+    return Embedding.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Embedding>, I>>(object: I): Embedding {
+    const message = createBaseEmbedding();
+    message.values = object.values?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBaseListModelsRequest(): ListModelsRequest {
   return {};
 }
@@ -2244,6 +2617,20 @@ export const InferenceServiceService = {
     responseSerialize: (value: ChatResponse): Buffer => Buffer.from(ChatResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ChatResponse => ChatResponse.decode(value),
   },
+  /**
+   * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).
+   * Failures before the replica answers are retried on another replica, as for Generate; the request is
+   * admitted, rate-limited and routed like the others, and its prompt tokens count against the tenant.
+   */
+  embed: {
+    path: "/kinfer.inference.v1.InferenceService/Embed" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: EmbedRequest): Buffer => Buffer.from(EmbedRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EmbedRequest => EmbedRequest.decode(value),
+    responseSerialize: (value: EmbedResponse): Buffer => Buffer.from(EmbedResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EmbedResponse => EmbedResponse.decode(value),
+  },
   /** ListModels lists the models this gateway serves and the versions each one has. */
   listModels: {
     path: "/kinfer.inference.v1.InferenceService/ListModels" as const,
@@ -2265,6 +2652,12 @@ export interface InferenceServiceServer extends UntypedServiceImplementation {
   generate: handleServerStreamingCall<GenerateRequest, GenerateResponse>;
   /** Chat streams the assistant's reply to a conversation, with the same event sequence as Generate. */
   chat: handleServerStreamingCall<ChatRequest, ChatResponse>;
+  /**
+   * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).
+   * Failures before the replica answers are retried on another replica, as for Generate; the request is
+   * admitted, rate-limited and routed like the others, and its prompt tokens count against the tenant.
+   */
+  embed: handleUnaryCall<EmbedRequest, EmbedResponse>;
   /** ListModels lists the models this gateway serves and the versions each one has. */
   listModels: handleUnaryCall<ListModelsRequest, ListModelsResponse>;
 }
@@ -2284,6 +2677,26 @@ export interface InferenceServiceClient extends Client {
   /** Chat streams the assistant's reply to a conversation, with the same event sequence as Generate. */
   chat(request: ChatRequest, options?: Partial<CallOptions>): ClientReadableStream<ChatResponse>;
   chat(request: ChatRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<ChatResponse>;
+  /**
+   * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).
+   * Failures before the replica answers are retried on another replica, as for Generate; the request is
+   * admitted, rate-limited and routed like the others, and its prompt tokens count against the tenant.
+   */
+  embed(
+    request: EmbedRequest,
+    callback: (error: ServiceError | null, response: EmbedResponse) => void,
+  ): ClientUnaryCall;
+  embed(
+    request: EmbedRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EmbedResponse) => void,
+  ): ClientUnaryCall;
+  embed(
+    request: EmbedRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EmbedResponse) => void,
+  ): ClientUnaryCall;
   /** ListModels lists the models this gateway serves and the versions each one has. */
   listModels(
     request: ListModelsRequest,

@@ -1,0 +1,129 @@
+/**
+ * One embeddings call to a replica: POST /v1/embeddings, answered as one JSON body. The vectors are asked
+ * for in base64 (little-endian float32, about a third of the bytes of the same floats in JSON text and
+ * no number parsing) and decoded into Float32Arrays. The answer is bounded (limits.maxEmbeddingBytes) and
+ * checked: one vector per input, in order, all of one length. Failures are UpstreamErrors classified as a
+ * streamed request's are (a refused connection, 5xx, 429, a context too long), so the relay retries and
+ * accounts for them the same way.
+ */
+import { type Dispatcher, request } from "undici";
+import type { InferenceRequest } from "../request/inference-request.js";
+import { classifyStatus, describeError, UpstreamError } from "./upstream-stream.js";
+
+/** Largest error body read from a replica. */
+const MAX_ERROR_BODY = 64 * 1024;
+
+/** The replica's answer, decoded. */
+export interface UpstreamEmbeddings {
+  readonly vectors: Float32Array[];
+  readonly promptTokens: number;
+}
+
+/** The JSON body sent to the replica for an embedding request. */
+export function embeddingsBody(req: InferenceRequest, servedModelName: string): string {
+  const e = req.embed;
+  if (e === undefined) throw new Error("not an embedding request");
+  return JSON.stringify({
+    ...req.passthrough,
+    model: servedModelName,
+    input: e.inputs,
+    encoding_format: "base64",
+    ...(e.dimensions !== undefined ? { dimensions: e.dimensions } : {}),
+  });
+}
+
+export async function fetchEmbeddings(
+  url: string,
+  body: string,
+  inputs: number,
+  requestId: string,
+  signal: AbortSignal,
+  dispatcher: Dispatcher,
+  maxBytes: number,
+): Promise<UpstreamEmbeddings> {
+  let res: Dispatcher.ResponseData;
+  try {
+    res = await request(`${url}/v1/embeddings`, {
+      method: "POST",
+      body,
+      headers: { "content-type": "application/json", "x-request-id": requestId },
+      signal,
+      dispatcher,
+    });
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    throw new UpstreamError("connect", describeError(err));
+  }
+  let text: string;
+  try {
+    text = await readBounded(res.body, res.statusCode === 200 ? maxBytes : MAX_ERROR_BODY);
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    if (err instanceof UpstreamError) throw err;
+    throw new UpstreamError("broken-stream", describeError(err));
+  }
+  if (res.statusCode !== 200) {
+    const retryAfter = Number(res.headers["retry-after"]);
+    throw new UpstreamError(
+      classifyStatus(res.statusCode, text),
+      `HTTP ${res.statusCode}: ${text.slice(0, 300)}`,
+      Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined,
+    );
+  }
+  return decode(text, inputs);
+}
+
+/** The body as text, or an UpstreamError("protocol") once it passes `limit` bytes. */
+async function readBounded(body: Dispatcher.ResponseData["body"], limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > limit) {
+      body.destroy();
+      throw new UpstreamError("protocol", `the answer is larger than ${limit} bytes`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+/** Checks and decodes vLLM's answer; UpstreamError("protocol") for anything but the expected shape. */
+function decode(text: string, inputs: number): UpstreamEmbeddings {
+  const bad = (why: string) => new UpstreamError("protocol", `embeddings answer: ${why}`);
+  let json: { data?: unknown; usage?: { prompt_tokens?: unknown } };
+  try {
+    json = JSON.parse(text) as typeof json;
+  } catch {
+    throw bad("not JSON");
+  }
+  if (!Array.isArray(json.data) || json.data.length !== inputs) throw bad(`not ${inputs} vectors`);
+  const vectors: Float32Array[] = new Array(inputs);
+  for (const item of json.data as { index?: unknown; embedding?: unknown }[]) {
+    const index = item?.index;
+    if (typeof index !== "number" || !Number.isInteger(index) || index < 0 || index >= inputs)
+      throw bad("an index out of range");
+    if (vectors[index] !== undefined) throw bad("an index twice");
+    vectors[index] = toVector(item.embedding, bad);
+  }
+  const size = vectors[0]?.length ?? 0;
+  if (size === 0 || vectors.some((v) => v.length !== size)) throw bad("vectors of different lengths");
+  const promptTokens = json.usage?.prompt_tokens;
+  if (typeof promptTokens !== "number" || !Number.isInteger(promptTokens) || promptTokens < 0)
+    throw bad("no usage.prompt_tokens");
+  return { vectors, promptTokens };
+}
+
+function toVector(embedding: unknown, bad: (why: string) => UpstreamError): Float32Array {
+  if (typeof embedding === "string") {
+    const bytes = Buffer.from(embedding, "base64");
+    if (bytes.length % 4 !== 0) throw bad("a base64 vector that is not float32");
+    const v = new Float32Array(bytes.length / 4);
+    for (let i = 0; i < v.length; i++) v[i] = bytes.readFloatLE(i * 4);
+    return v;
+  }
+  // A replica that ignores encoding_format and answers floats.
+  if (Array.isArray(embedding) && embedding.every((x) => typeof x === "number"))
+    return Float32Array.from(embedding);
+  throw bad("a vector that is neither base64 nor numbers");
+}
