@@ -5,6 +5,12 @@
  * #958). So every error restarts the informer after a backoff (1 s, doubling to 30 s, reset on success),
  * and a watchdog restarts an informer that has delivered no event for `silenceMs`. Call `touch()` on every
  * event. Objects already delivered stay with the caller while the informer reconnects.
+ *
+ * A restart stops the informer, which aborts its watch request; client-node reports that abort as an
+ * error event (an AbortError) once the informer has started again. It is our own doing and is ignored:
+ * taken for a failure, it restarted the informer every second, each restart a LIST, for as long as the
+ * process ran (found in the cluster tests: every gateway relisted its KinferModels once a second after its
+ * first silent five minutes).
  */
 import type { Informer, KubernetesObject } from "@kubernetes/client-node";
 
@@ -39,7 +45,10 @@ export function superviseInformer<T extends KubernetesObject>(
         );
     }, backoff);
   };
-  informer.on("error", (err) => restart(String(err)));
+  informer.on("error", (err) => {
+    if ((err as { name?: unknown } | undefined)?.name === "AbortError") return; // our own stop()
+    restart(String(err));
+  });
   const watchdog = setInterval(
     () => {
       if (Date.now() - lastEvent > silenceMs) restart(`no event for ${silenceMs} ms`);
