@@ -289,7 +289,28 @@ describe("monitoring as deployed", () => {
         .map(([job, pods]) => `${job} ${pods.length}`)
         .join(", ")} (configuration reloads: ${monitoring.reloads})`,
     );
-  }, 120_000);
+    // Each gateway sees every vLLM replica's load: it scrapes them (its kinfer_gateway_replica_waiting
+    // has a sample per replica). A scraper that never ran passed every other check here.
+    const replicas = want.vllm.map((p) => `http://${p.status?.podIP}:8000`).sort();
+    const seen = await until(
+      "each gateway reporting every replica's scraped queue",
+      async () => {
+        const byGateway: Record<string, string[]> = {};
+        for (const s of await monitoring.query("kinfer_gateway_replica_waiting"))
+          byGateway[s.metric.pod as string] = [
+            ...(byGateway[s.metric.pod as string] ?? []),
+            s.metric.replica as string,
+          ].sort();
+        return want["kinfer-gateway"].every(
+          (g) => JSON.stringify(byGateway[g.metadata?.name as string]) === JSON.stringify(replicas),
+        )
+          ? byGateway
+          : undefined;
+      },
+      60_000,
+    );
+    expect(Object.keys(seen)).toHaveLength(want["kinfer-gateway"].length);
+  }, 180_000);
 
   it("the dashboard's queries return data", async () => {
     const dashboard = JSON.parse(
