@@ -31,7 +31,7 @@ it("passes unknown fields through and keeps control of the ones the relay needs"
     response_format: { type: "json_object" },
     model: "llama-served",
     stream: true,
-    stream_options: { include_usage: true },
+    stream_options: { include_usage: true, continuous_usage_stats: true },
     max_tokens: 512,
     messages: [{ role: "user", content: "hi", name: "ada" }],
     temperature: 0.2,
