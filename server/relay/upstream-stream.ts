@@ -412,6 +412,18 @@ function interpretChunk(chunk: unknown): UpstreamEvent[] {
   if (c.error !== undefined)
     throw new UpstreamError("broken-stream", `in-band error: ${String(c.error?.message)}`);
   const events: UpstreamEvent[] = [];
+  // A chunk's usage (vLLM's continuous usage stats count the chunk's own tokens) goes before its text, so
+  // that a stream cut while that text is being relayed is charged for it.
+  if (c.usage !== undefined && c.usage !== null) {
+    const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? Math.floor(v) : 0);
+    events.push({
+      type: "usage",
+      promptTokens: n(c.usage.prompt_tokens),
+      completionTokens: n(c.usage.completion_tokens),
+      cachedTokens: n(c.usage.prompt_tokens_details?.cached_tokens),
+    });
+  }
+
   const choice = Array.isArray(c.choices) ? c.choices[0] : undefined;
   if (choice !== undefined) {
     const text = typeof choice.text === "string" ? choice.text : choice.delta?.content;
@@ -437,15 +449,6 @@ function interpretChunk(chunk: unknown): UpstreamEvent[] {
         stopReason: typeof choice.stop_reason === "string" ? choice.stop_reason : "",
       });
     }
-  }
-  if (c.usage !== undefined && c.usage !== null) {
-    const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? Math.floor(v) : 0);
-    events.push({
-      type: "usage",
-      promptTokens: n(c.usage.prompt_tokens),
-      completionTokens: n(c.usage.completion_tokens),
-      cachedTokens: n(c.usage.prompt_tokens_details?.cached_tokens),
-    });
   }
   return events;
 }

@@ -80,6 +80,8 @@ export function startScraper(
   let timerAt = Number.POSITIVE_INFINITY;
   let closed = false;
   let running = 0;
+  /** The last round left due replicas without a slot. */
+  let waiting = false;
   const rounds = new Set<Promise<void>>();
 
   const stateOf = (r: Replica): ScrapeState => {
@@ -183,20 +185,28 @@ export function startScraper(
     if (closed) return;
     const t = now();
     let next = Number.POSITIVE_INFINITY;
+    // Due replicas, the longest overdue first, so that no place in the table starves when slots are few.
+    const due: [Replica, ScrapeState][] = [];
     for (const r of replicas()) {
       const s = stateOf(r);
       if (s.running) continue;
-      if (s.dueAt <= t && running < options.concurrency) {
-        s.running = true;
-        running++;
-        const round = scrape(r, s, false).finally(() => {
-          s.running = false;
-          running--;
-          rounds.delete(round);
-          arm(s.dueAt);
-        });
-        rounds.add(round);
-      } else next = Math.min(next, s.dueAt);
+      if (s.dueAt <= t) due.push([r, s]);
+      else next = Math.min(next, s.dueAt);
+    }
+    due.sort((a, b) => a[1].dueAt - b[1].dueAt);
+    // Those left without a slot wait for one to free (a finishing scrape re-ticks), not for a timer: a
+    // timer for a past time would spin while every slot waits out its timeout.
+    waiting = due.length > options.concurrency - running;
+    for (const [r, s] of due.slice(0, Math.max(0, options.concurrency - running))) {
+      s.running = true;
+      running++;
+      const round = scrape(r, s, false).finally(() => {
+        s.running = false;
+        running--;
+        rounds.delete(round);
+        arm(waiting ? now() : s.dueAt);
+      });
+      rounds.add(round);
     }
     // Never idle longer than idleIntervalMs, even with nothing to scrape: replicas discovered later (an
     // empty table at start, as with Kubernetes discovery before its first list) are found by then.

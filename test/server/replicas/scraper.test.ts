@@ -165,3 +165,16 @@ it("replicas that appear after start (an empty table at first, as with Kubernete
   await waitFor(() => second.signals !== undefined, "the second replica scraped");
   expect(now() - told).toBeLessThan(options.intervalMs);
 });
+
+it("replicas that time out and hold every slot do not starve the others (the longest overdue goes first)", async () => {
+  const slow = await fakeReplica();
+  const fast = await fakeReplica();
+  slow.state.delayMs = 10_000; // every scrape of it waits out timeoutMs
+  slow.replica.inFlight = 1; // traffic: both due every intervalMs
+  fast.replica.inFlight = 1;
+  scraper = startScraper(() => [slow.replica, fast.replica], { ...options, concurrency: 1 }, now);
+  await new Promise((r) => setTimeout(r, 2000));
+  // One slot, a 200 ms timeout on the slow one: the fast one still gets about every other slot.
+  expect(fast.state.metrics).toBeGreaterThanOrEqual(4);
+  expect(fast.replica.healthy).toBe(true);
+});
