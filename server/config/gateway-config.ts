@@ -162,16 +162,20 @@ export const gatewayConfigSchema = z
           .positive()
           .default(4 * 1024 * 1024),
         /**
-         * Largest embeddings answer read from a replica (vLLM's JSON, vectors in base64): 2,048 inputs of
-         * 4,096 dimensions take about 45 MB. A larger answer fails the attempt. Default 64 MiB. The answer
-         * to a gRPC or Connect client is bounded by maxResponseBytes (RESOURCE_EXHAUSTED beyond it).
+         * Largest embeddings answer, as its vectors' float32 bytes (inputs x dimensions x 4): 2,048 inputs
+         * of 4,096 dimensions are 32 MiB. A request whose answer would be larger is refused (400,
+         * INVALID_ARGUMENT) before a replica works on it when its size is known ahead (dimensions given,
+         * or the model's size learned from an earlier answer), else while the replica's answer arrives
+         * (read only up to what such vectors take in base64; never counted against the replica). Default
+         * 32 MiB. gRPC and Connect answers are bounded by maxResponseBytes too. The OpenAI surface writes
+         * its answer one vector at a time, as the client reads it.
          */
         maxEmbeddingBytes: z
           .number()
           .int()
           .positive()
           .max(1024 * 1024 * 1024)
-          .default(64 * 1024 * 1024),
+          .default(32 * 1024 * 1024),
         /** Longest deadline a client may set; longer ones are rejected. Default 10 minutes. */
         maxTimeoutMs: ms().default(600_000),
         /** HTTP/2 streams per connection. Default 1000. */

@@ -36,6 +36,12 @@ export const noHealthyReplica = (model: string) =>
     `no replica of model "${model}" is available`,
   );
 
+/** An embeddings answer larger than limits.maxEmbeddingBytes or the client's surface carries. */
+export const embeddingsTooLarge = () =>
+  invalidRequest(
+    "the embeddings answer would be larger than this gateway sends: send fewer inputs or ask for fewer dimensions",
+  );
+
 /** The reason a relay attempt failed, as the relay classifies it. */
 export type UpstreamFailure =
   | "connect" // could not connect, or the connection was reset before a response
@@ -46,7 +52,8 @@ export type UpstreamFailure =
   | "first-token-timeout"
   | "inter-token-timeout"
   | "broken-stream" // reset, in-band error event, or an end without finish/[DONE] after the first token
-  | "protocol"; // the replica answered something that is not vLLM's format
+  | "protocol" // the replica answered something that is not vLLM's format
+  | "too-large"; // an answer larger than the client may receive (the request's doing, not the replica's)
 
 /** Maps a failure that ends a request to what the client sees. */
 export function upstreamError(failure: UpstreamFailure, retryAfterMs?: number): ConnectError {
@@ -84,6 +91,8 @@ export function upstreamError(failure: UpstreamFailure, retryAfterMs?: number): 
         ErrorReason.UPSTREAM_FAILED,
         "the model server failed during generation",
       );
+    case "too-large":
+      return embeddingsTooLarge();
     case "connect":
     case "unavailable":
       return gatewayError(

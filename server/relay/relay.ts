@@ -11,14 +11,19 @@
  */
 import type { Dispatcher } from "undici";
 import { effectiveFlow, type GatewayConfig } from "../config/gateway-config.js";
-import { noHealthyReplica, type UpstreamFailure, upstreamError } from "../errors/gateway-error.js";
+import {
+  embeddingsTooLarge,
+  noHealthyReplica,
+  type UpstreamFailure,
+  upstreamError,
+} from "../errors/gateway-error.js";
 import type { OutlierDetector } from "../replicas/outlier-detection.js";
 import type { Replica } from "../replicas/replica.js";
 import type { FinishReason, InferenceEvent, InferenceRequest, Usage } from "../request/inference-request.js";
 import { prefixTextOf } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
 import type { Router } from "../routing/router.js";
-import type { ModelEntry } from "../routing/routing-table.js";
+import type { ModelEntry, VersionEntry } from "../routing/routing-table.js";
 import type { RetryBudget } from "./retry-budget.js";
 import { embeddingsBody, fetchEmbeddings, type UpstreamEmbeddings } from "./upstream-embeddings.js";
 import {
@@ -79,6 +84,13 @@ const RETRYABLE: ReadonlySet<UpstreamFailure> = new Set([
 ]);
 
 /**
+ * Each version's embedding size, learned from its answers, so that a request whose vectors would pass the
+ * bound is refused before any replica works on it. Keyed by the routing table's entry: forgotten when the
+ * table replaces it (a config or endpoint change), and learned again from the next answer.
+ */
+const embeddingSizes = new WeakMap<VersionEntry, number>();
+
+/**
  * The reason an attempt's own signal aborts when the attempt is over (it closes an upstream request still
  * open). One object for all: abort() without a reason builds a DOMException with a stack each time.
  */
@@ -115,6 +127,16 @@ export async function* relay(
       ? embeddingsBody(req, version.servedModelName)
       : upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
   const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
+  // An embedding request's answer is bounded (float32 bytes of all its vectors); refused up front when
+  // its size is known ahead, else cut while the replica's answer arrives (upstream-embeddings.ts).
+  const maxVectorBytes = Math.min(
+    config.limits.maxEmbeddingBytes,
+    req.embed?.maxAnswerBytes ?? Number.POSITIVE_INFINITY,
+  );
+  if (req.embed !== undefined) {
+    const size = req.embed.dimensions ?? embeddingSizes.get(version);
+    if (size !== undefined && req.embed.inputs.length * size * 4 > maxVectorBytes) throw embeddingsTooLarge();
+  }
   const tried = new Set<string>();
   let lastFailure: UpstreamError | undefined;
   let releaseRetry: (() => void) | undefined;
@@ -153,7 +175,16 @@ export async function* relay(
       try {
         if (req.embed !== undefined) {
           // One answer, retried like a stream's first token until it arrives.
-          const { answer, sentAt, answeredAt } = await embedOnce(replica, body, req, attemptControl, deps);
+          const { answer, sentAt, answeredAt } = await embedOnce(
+            replica,
+            body,
+            req,
+            maxVectorBytes,
+            attemptControl,
+            deps,
+          );
+          if (req.embed.dimensions === undefined && answer.vectors[0] !== undefined)
+            embeddingSizes.set(version, answer.vectors[0].length);
           prefilled();
           streamed = true;
           deps.outliers.success(replica);
@@ -240,6 +271,7 @@ async function embedOnce(
   replica: Replica,
   body: string,
   req: InferenceRequest,
+  maxVectorBytes: number,
   control: AbortController,
   deps: RelayDeps,
 ): Promise<EmbedAnswer> {
@@ -257,7 +289,7 @@ async function embedOnce(
       req.requestId,
       control.signal,
       deps.dispatcher,
-      deps.config.limits.maxEmbeddingBytes,
+      maxVectorBytes,
     );
     return { answer, sentAt, answeredAt: deps.now() };
   } catch (err) {

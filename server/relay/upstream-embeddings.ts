@@ -1,10 +1,13 @@
 /**
  * One embeddings call to a replica: POST /v1/embeddings, answered as one JSON body. The vectors are asked
  * for in base64 (little-endian float32, about a third of the bytes of the same floats in JSON text and
- * no number parsing) and decoded into Float32Arrays. The answer is bounded (limits.maxEmbeddingBytes) and
- * checked: one vector per input, in order, all of one length. Failures are UpstreamErrors classified as a
- * streamed request's are (a refused connection, 5xx, 429, a context too long), so the relay retries and
- * accounts for them the same way.
+ * no number parsing) and decoded into Float32Arrays. The answer is checked (one vector per input, in order,
+ * all of one length) and bounded: its vectors may hold at most `maxVectorBytes` of float32s, and the body
+ * is read only up to what such vectors take in base64 (plus JSON's framing), so a larger answer is cut
+ * while it arrives, as UpstreamError("too-large"): the request asked for too much, which is not the
+ * replica's fault and not worth a retry. Other failures are UpstreamErrors classified as a streamed
+ * request's are (a refused connection, 5xx, 429, a context too long), so the relay retries and accounts
+ * for them the same way.
  */
 import { type Dispatcher, request } from "undici";
 import type { InferenceRequest } from "../request/inference-request.js";
@@ -12,6 +15,14 @@ import { classifyStatus, describeError, UpstreamError } from "./upstream-stream.
 
 /** Largest error body read from a replica. */
 const MAX_ERROR_BODY = 64 * 1024;
+/** JSON framing per vector ({"object":"embedding","index":2047,"embedding":"..."},) and per answer, at most. */
+const FRAMING_PER_VECTOR = 96;
+const FRAMING_PER_ANSWER = 4096;
+
+/** The largest body that can carry `inputs` vectors of at most `maxVectorBytes` float32 bytes in base64. */
+export function answerBytesBound(inputs: number, maxVectorBytes: number): number {
+  return Math.ceil(maxVectorBytes / 3) * 4 + inputs * (FRAMING_PER_VECTOR + 4) + FRAMING_PER_ANSWER;
+}
 
 /** The replica's answer, decoded. */
 export interface UpstreamEmbeddings {
@@ -39,7 +50,7 @@ export async function fetchEmbeddings(
   requestId: string,
   signal: AbortSignal,
   dispatcher: Dispatcher,
-  maxBytes: number,
+  maxVectorBytes: number,
 ): Promise<UpstreamEmbeddings> {
   let res: Dispatcher.ResponseData;
   try {
@@ -56,7 +67,10 @@ export async function fetchEmbeddings(
   }
   let text: string;
   try {
-    text = await readBounded(res.body, res.statusCode === 200 ? maxBytes : MAX_ERROR_BODY);
+    text =
+      res.statusCode === 200
+        ? await readBounded(res.body, answerBytesBound(inputs, maxVectorBytes), "too-large")
+        : await readBounded(res.body, MAX_ERROR_BODY, "protocol");
   } catch (err) {
     if (signal.aborted) throw signal.reason;
     if (err instanceof UpstreamError) throw err;
@@ -70,18 +84,26 @@ export async function fetchEmbeddings(
       Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined,
     );
   }
-  return decode(text, inputs);
+  const answer = decode(text, inputs);
+  const vectorBytes = answer.vectors.reduce((n, v) => n + v.byteLength, 0);
+  if (vectorBytes > maxVectorBytes)
+    throw new UpstreamError("too-large", `${vectorBytes} bytes of vectors, more than ${maxVectorBytes}`);
+  return answer;
 }
 
-/** The body as text, or an UpstreamError("protocol") once it passes `limit` bytes. */
-async function readBounded(body: Dispatcher.ResponseData["body"], limit: number): Promise<string> {
+/** The body as text, or an UpstreamError(`failure`) once it passes `limit` bytes. */
+async function readBounded(
+  body: Dispatcher.ResponseData["body"],
+  limit: number,
+  failure: "too-large" | "protocol",
+): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += (chunk as Buffer).length;
     if (size > limit) {
       body.destroy();
-      throw new UpstreamError("protocol", `the answer is larger than ${limit} bytes`);
+      throw new UpstreamError(failure, `the answer is larger than ${limit} bytes`);
     }
     chunks.push(chunk as Buffer);
   }

@@ -130,6 +130,7 @@ export function startScraper(
   /** One scrape: /metrics, and /health when it is due; updates health, signals and the next due time. */
   async function scrape(replica: Replica, s: ScrapeState, withHealth: boolean): Promise<void> {
     const started = now();
+    const wasUp = replica.healthy !== false;
     let answered = true;
     const suspect = s.healthDue || !s.healthOk || replica.healthy === false;
     if (withHealth || suspect || started - s.healthAt >= options.healthIntervalMs) {
@@ -153,8 +154,11 @@ export function startScraper(
     }
     s.failures = answered ? 0 : s.failures + 1;
     const healthy = s.healthOk && s.failures < options.unhealthyAfter;
-    // A replica marked down by the relay (a refused connection) comes back with the first good scrape.
-    if (replica.healthy !== healthy && (answered || !healthy)) {
+    // The relay marked the replica down while this scrape was out (a refused connection): what this scrape
+    // read may predate the failure, so it gives no verdict; the next one, at the traffic rate and with
+    // /health, does. A replica marked down before the scrape began comes back with its first good scrape.
+    const markedDownMeanwhile = wasUp && replica.healthy === false;
+    if (!markedDownMeanwhile && replica.healthy !== healthy && (answered || !healthy)) {
       replica.healthy = healthy;
       onHealthChange?.(replica, healthy);
       onSignals?.(replica);
@@ -165,6 +169,8 @@ export function startScraper(
         signals.waiting !== s.last.waiting ||
         signals.running !== s.last.running ||
         signals.kvCacheUsage !== s.last.kvCacheUsage);
+    // Requests sent since the last scrape: the new signals count them, so routing stops adding them.
+    const sent = replica.sentSinceScrape;
     if (signals !== undefined) {
       s.last = signals;
       replica.signals = { ...signals, scrapedAt: now() };
@@ -172,7 +178,7 @@ export function startScraper(
       onSignals?.(replica);
     }
     // Under traffic (ours, or moving gauges), or unhealthy: the fast rate. Otherwise back off.
-    const busy = replica.inFlight > 0 || replica.sentSinceScrape > 0 || changed || !healthy;
+    const busy = replica.inFlight > 0 || sent > 0 || changed || !healthy || markedDownMeanwhile;
     s.intervalMs = busy ? options.intervalMs : Math.min(s.intervalMs * 2, options.idleIntervalMs);
     replica.scrapeIntervalMs = s.intervalMs;
     s.dueAt = started + s.intervalMs;

@@ -70,6 +70,11 @@ export interface EmbedInput {
   readonly inputs: readonly string[];
   /** Vectors shortened to this many dimensions; undefined for the model's size. */
   readonly dimensions?: number;
+  /**
+   * The most vector bytes (inputs x dimensions x 4, as float32) the client's surface carries, when it is
+   * less than limits.maxEmbeddingBytes (gRPC and Connect: limits.maxResponseBytes).
+   */
+  readonly maxAnswerBytes?: number;
 }
 
 /** Most inputs in one embedding request (OpenAI's limit). */

@@ -77,7 +77,7 @@ export function prepareEmbeddings(
   }
   for (const tokens of inputs) {
     if (tokens.length === 0) throw new VllmError(400, "The input is empty.");
-    if (tokens.length >= maxModelLen)
+    if (tokens.length > maxModelLen)
       throw new VllmError(
         400,
         `This model's maximum context length is ${maxModelLen} tokens. However, you requested ` +
@@ -142,7 +142,7 @@ export function runEmbeddings(
       let handle: SequenceHandle;
       try {
         handle = engine.submit(
-          { promptTokens: tokens, targetTokens: 1, finishReason: "length" },
+          { promptTokens: tokens, targetTokens: 1, finishReason: "length", pooling: true },
           {
             onToken() {},
             onFinish(result) {

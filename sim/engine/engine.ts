@@ -39,6 +39,11 @@ export interface SequenceSpec {
   readonly outputTokens?: ArrayLike<number>;
   /** Produce a token only every `slowFactor` steps (>= 1; fault injection). Default 1. */
   readonly slowFactor?: number;
+  /**
+   * A pooling request (embeddings): its one output (targetTokens 1) is the pooled prefill, which takes no
+   * place in the context, so the whole context (max_model_len tokens) may be prompt, as in vLLM.
+   */
+  readonly pooling?: boolean;
 }
 
 /** How a sequence ended. All times are the engine clock's, in ms. */
@@ -372,7 +377,8 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
       if (!Number.isInteger(spec.targetTokens) || spec.targetTokens < 1) {
         throw new RangeError("targetTokens must be a positive integer");
       }
-      if (promptLen + spec.targetTokens > opts.maxModelLen) {
+      const contextLen = promptLen + (spec.pooling === true ? 0 : spec.targetTokens);
+      if (contextLen > opts.maxModelLen) {
         throw new RangeError(
           `prompt (${promptLen}) plus output (${spec.targetTokens}) exceeds ${opts.maxModelLen}`,
         );

@@ -14,7 +14,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import OpenAI from "openai";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { InferenceService } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import * as tsProto from "../../gen/grpc-js/kinfer/inference/v1/inference.js";
@@ -190,4 +190,108 @@ it("a client that leaves before the answer leaves the gateway idle, the replica'
   } finally {
     await Promise.all(h.all().map((r) => postJson(`${r.url}/sim/slowdown`, { factor: 1 })));
   }
+});
+
+describe("bounded answers", () => {
+  // Two vectors of SIZE float32s fit; three do not.
+  const LIMIT = 2 * SIZE * 4;
+  let small: Harness;
+  beforeAll(async () => {
+    small = await startHarness({
+      models: { [MODEL]: { stable: 2 }, big: { stable: 1 } },
+      engine: { embeddingSize: SIZE },
+      modelEngine: { big: { embeddingSize: 4096 } },
+      config: { limits: { maxEmbeddingBytes: LIMIT } },
+    });
+  });
+  afterAll(() => small?.close());
+
+  const worked = () => small.all().map((r) => r.engine.stats().promptTokens);
+  const post = (body: unknown) => postJson(`${small.url}/v1/embeddings`, body);
+  const tooLarge = async (res: Response) => {
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/fewer inputs/);
+  };
+
+  it("an answer larger than limits.maxEmbeddingBytes is a 400, refused before any replica works once the size is known, never retried or held against a replica", async () => {
+    const page = () => small.gateway.metrics.registry.metrics();
+    const before = await page();
+    // Size not yet known: one replica computes the answer, the gateway finds it too large (3 vectors after
+    // decoding; 60 while the body arrives, cut at what 2 vectors take), and tries no other replica.
+    for (const inputs of [3, 60, 60, 60, 60, 60]) {
+      const counts = worked();
+      await tooLarge(await post({ model: MODEL, input: Array.from({ length: inputs }, (_, i) => `t${i}`) }));
+      const changed = worked().filter((n, i) => n !== counts[i]);
+      expect(changed).toHaveLength(1);
+    }
+    const after = await page();
+    const delta = (name: string) => metricSum(after, name) - metricSum(before, name);
+    expect(delta("kinfer_gateway_retries_total")).toBe(0);
+    expect(delta("kinfer_gateway_ejections_total")).toBe(0); // six in a row; five would eject a failing one
+    // An answer within the bound teaches the gateway the model's size...
+    const ok = await post({ model: MODEL, input: ["a", "b"] });
+    expect(ok.status).toBe(200);
+    // ...after which a larger request reaches no replica, on every surface.
+    const counts = worked();
+    await tooLarge(await post({ model: MODEL, input: ["a", "b", "c"] }));
+    const viaConnect = await createClient(
+      InferenceService,
+      createConnectTransport({ baseUrl: small.url, httpVersion: "2" }),
+    )
+      .embed({ model: MODEL, inputs: ["a", "b", "c"] })
+      .catch((e: unknown) => e);
+    expect(ConnectError.from(viaConnect).code).toBe(Code.InvalidArgument);
+    // Dimensions given: known ahead without an earlier answer.
+    await tooLarge(await post({ model: "big", input: ["a"], dimensions: 1024 }));
+    expect(worked()).toEqual(counts);
+    expect((await post({ model: MODEL, input: ["a", "b", "c"], dimensions: SIZE / 2 })).status).toBe(200);
+    await expectIdle(small);
+  });
+});
+
+describe("slow readers", () => {
+  // Its own gateway: the test watches its connection count, which no other client may share.
+  let slow: Harness;
+  beforeAll(async () => {
+    slow = await startHarness({
+      models: { big: { stable: 1 } },
+      engine: { embeddingSize: 4096 },
+      config: { timeouts: { slowReaderMs: 500 } },
+    });
+  });
+  afterAll(() => slow?.close());
+
+  it("an OpenAI client that stops reading a large answer is cut after slowReaderMs; the gateway is idle", async () => {
+    // 400 vectors of 4,096 floats: about 36 MB of JSON, far past what the sockets buffer.
+    const body = JSON.stringify({ model: "big", input: Array.from({ length: 400 }, (_, i) => `text ${i}`) });
+    let received = 0;
+    let response: http.IncomingMessage | undefined;
+    const complete = new Promise<boolean>((resolve) => {
+      const req = http.request(`${slow.url}/v1/embeddings`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+      });
+      req.on("error", () => resolve(false));
+      req.on("response", (res) => {
+        response = res;
+        res.on("data", (chunk: Buffer) => {
+          if (received === 0) res.pause(); // the first bytes, then nothing
+          received += chunk.length;
+        });
+        res.on("end", () => resolve(res.complete));
+        res.on("error", () => resolve(false));
+        res.on("aborted", () => resolve(false));
+      });
+      req.end(body);
+    });
+    await waitFor(() => received > 0, "the answer's first bytes", 20_000);
+    expect(response?.statusCode).toBe(200);
+    // The gateway gives up on the client, without any read of ours to notice it, and is idle...
+    await waitFor(() => slow.gateway.connections === 0, "the client's connection cut", 10_000);
+    // ...and the client, reading again, finds its answer cut short.
+    response?.resume();
+    expect(await complete).toBe(false);
+    expect(received).toBeLessThan(30_000_000);
+    await expectIdle(slow);
+  });
 });

@@ -58,3 +58,31 @@ it("a silent watch is restarted by the watchdog alone: the restart's own abort i
     await watch.stop();
   }
 }, 60_000);
+
+it("an apiserver that refuses every list is retried with a growing backoff, not every second", async () => {
+  // Port 1 on loopback: nothing listens, every list is refused at once (an apiserver down for minutes).
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: "down", server: "http://127.0.0.1:1", skipTLSVerify: true }],
+    users: [{ name: "u" }],
+    contexts: [{ name: "c", cluster: "down", user: "u" }],
+    currentContext: "c",
+  });
+  const api = kc.makeApiClient(CoreV1Api);
+  const informer = makeInformer<V1ConfigMap>(kc, `/api/v1/namespaces/${NS}/configmaps`, () =>
+    api.listNamespacedConfigMap({ namespace: NS }),
+  );
+  const waits: number[] = [];
+  const watch = superviseInformer("configmap", informer, 60_000, (_, fields) =>
+    waits.push(Number(fields?.backoffMs)),
+  );
+  await informer.start(); // resolves although its list failed
+  try {
+    await new Promise((r) => setTimeout(r, 8_000));
+    // Restarts after 1, 2 and 4 s (7 s in all); the old supervisor restarted every second (8 times).
+    expect(waits.slice(0, 3)).toEqual([1000, 2000, 4000]);
+    expect(waits.length).toBeLessThanOrEqual(4);
+  } finally {
+    await watch.stop();
+  }
+}, 30_000);

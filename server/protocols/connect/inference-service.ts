@@ -253,7 +253,15 @@ export function registerInferenceService(
       try {
         const request: InferenceRequest = {
           ...common(req.model, req.routing, ctx, deadline),
-          embed: { inputs: req.inputs, ...(req.dimensions > 0 ? { dimensions: req.dimensions } : {}) },
+          embed: {
+            inputs: req.inputs,
+            ...(req.dimensions > 0 ? { dimensions: req.dimensions } : {}),
+            maxAnswerBytes: maxVectorBytes(
+              config().limits.maxResponseBytes,
+              req.inputs.length,
+              ctx.requestHeader.get("content-type") ?? "",
+            ),
+          },
           sampling: { stop: [] },
         };
         let start: Extract<InferenceEvent, { type: "start" }> | undefined;
@@ -293,4 +301,14 @@ export function registerInferenceService(
       };
     },
   });
+}
+
+/**
+ * The most float32 bytes of vectors an EmbedResponse can carry within `maxResponseBytes` (connect-node's
+ * writeMaxBytes): binary protobuf spends 4 bytes a float and at most 16 a vector, plus the other fields;
+ * JSON (a Connect client's application/json) up to 24 characters a float.
+ */
+function maxVectorBytes(maxResponseBytes: number, inputs: number, contentType: string): number {
+  const room = Math.max(0, maxResponseBytes - inputs * 16 - 4096);
+  return contentType.includes("json") ? Math.floor(room / 6) : room;
 }

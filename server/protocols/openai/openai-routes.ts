@@ -46,24 +46,9 @@ export function createOpenAiRoutes(
   const created = unixNow();
 
   async function complete(req: HttpRequest, res: HttpResponse, chat: boolean): Promise<void> {
-    const requestId = randomUUID();
-    res.setHeader("x-request-id", requestId);
     const { limits, connections } = config();
-    const control = new AbortController();
-    const deadline = setTimeout(
-      () => control.abort(new ConnectError("the request took too long", Code.DeadlineExceeded)),
-      limits.maxTimeoutMs,
-    );
-    // The client went away if the response closes before this request ended it: a closed HTTP/1.1 socket
-    // or an HTTP/2 RST_STREAM. (writableFinished is no guide after an HTTP/2 reset.)
-    let ended = false;
-    const end = (text: string) => {
-      ended = true;
-      res.end(text);
-    };
-    res.once("close", () => {
-      if (!ended) control.abort(new ConnectError("the client went away", Code.Canceled));
-    });
+    const exchange = openExchange(res, limits.maxTimeoutMs);
+    const { requestId, control } = exchange;
     let started = false;
     try {
       const text = await readBody(req, limits.maxRequestBytes, connections.bodyTimeoutMs);
@@ -74,7 +59,7 @@ export function createOpenAiRoutes(
         requestId,
         control.signal,
         config(),
-        performance.now() + limits.maxTimeoutMs,
+        exchange.deadlineAt,
       );
       const id = `${chat ? "chatcmpl" : "cmpl"}-${requestId}`;
       const render = streamRenderer(id, request.model, chat);
@@ -91,7 +76,7 @@ export function createOpenAiRoutes(
           if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
           if (event.type === "delta") reply.add(event);
           if (event.type === "finish") {
-            ended = true;
+            exchange.ended = true;
             sendJson(res, 200, completeBody(id, request.model, chat, reply, event));
           }
           continue;
@@ -109,45 +94,34 @@ export function createOpenAiRoutes(
         } else if (event.type === "finish") {
           await events.write(render.finish(event), signal);
           if (includeUsage) await events.write(render.usage(event), signal);
-          if (!signal.aborted) end("data: [DONE]\n\n");
+          if (!signal.aborted) exchange.end("data: [DONE]\n\n");
         }
         // Leaving the loop returns the pipeline's generator: the request ends (cancelled) at once.
         if (signal.aborted) break;
       }
     } catch (err) {
-      if (err instanceof BodyTooLarge) return sendBodyTooLarge(res, err.message);
-      if (err instanceof BodyTimeout) return sendBodyTimeout(res, err.message);
-      if (err instanceof BodyAborted || control.signal.aborted || isClosed(res)) return;
-      const clientError = toClientError(err);
-      ended = true;
-      if (!started) return sendError(res, clientError);
+      if (!started) return answerFailure(res, exchange, err);
+      if (control.signal.aborted || isClosed(res)) return;
       // The stream has begun: the error goes in-band, then the stream ends.
-      await write(res, errorEvent(clientError), control.signal);
+      exchange.ended = true;
+      await write(res, errorEvent(toClientError(err)), control.signal);
       res.end("data: [DONE]\n\n");
     } finally {
-      clearTimeout(deadline);
-      // A stream cut by the client (or its deadline) mid-way: nothing more to send, release the socket.
-      if (!ended && !isClosed(res)) resetClient(res);
+      exchange.close();
     }
   }
 
   /**
    * POST /v1/embeddings: one JSON answer in vLLM's shape, the vectors as floats or, when asked, base64
    * (little-endian float32, as vLLM and OpenAI encode them). Runs through the pipeline as every request.
+   * The answer is written one vector at a time as the client reads it (floats as JSON text take about five
+   * times their float32 bytes: one string of all of them would be the largest thing the gateway holds); a
+   * client that reads none of it for timeouts.slowReaderMs is cut.
    */
   async function embeddings(req: HttpRequest, res: HttpResponse): Promise<void> {
-    const requestId = randomUUID();
-    res.setHeader("x-request-id", requestId);
-    const { limits, connections } = config();
-    const control = new AbortController();
-    const deadline = setTimeout(
-      () => control.abort(new ConnectError("the request took too long", Code.DeadlineExceeded)),
-      limits.maxTimeoutMs,
-    );
-    let answered = false;
-    res.once("close", () => {
-      if (!answered) control.abort(new ConnectError("the client went away", Code.Canceled));
-    });
+    const { limits, connections, timeouts } = config();
+    const exchange = openExchange(res, limits.maxTimeoutMs);
+    const { requestId, control } = exchange;
     try {
       const text = await readBody(req, limits.maxRequestBytes, connections.bodyTimeoutMs);
       const { request, base64 } = toEmbeddingsRequest(
@@ -156,37 +130,32 @@ export function createOpenAiRoutes(
         requestId,
         control.signal,
         config(),
-        performance.now() + limits.maxTimeoutMs,
+        exchange.deadlineAt,
       );
       let vectors: readonly Float32Array[] = [];
+      let promptTokens: number | undefined;
       for await (const event of pipeline.run(request)) {
         if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
         else if (event.type === "embeddings") vectors = event.vectors;
-        else if (event.type === "finish") {
-          answered = true;
-          const promptTokens = event.usage.promptTokens;
-          sendJson(res, 200, {
-            id: `embd-${requestId}`,
-            object: "list",
-            created: unixNow(),
-            model: request.model,
-            data: vectors.map((v, index) => ({
-              index,
-              object: "embedding",
-              embedding: base64 ? float32Base64(v) : Array.from(v),
-            })),
-            usage: { prompt_tokens: promptTokens, total_tokens: promptTokens, completion_tokens: 0 },
-          });
-        }
+        else if (event.type === "finish") promptTokens = event.usage.promptTokens;
       }
+      if (promptTokens === undefined)
+        throw new ConnectError("the request ended without an answer", Code.Internal);
+      res.writeHead(200, { "content-type": "application/json" });
+      const head = { id: `embd-${requestId}`, object: "list", created: unixNow(), model: request.model };
+      const write = writeOrCut(res, control, timeouts.slowReaderMs);
+      await write(`${JSON.stringify(head).slice(0, -1)},"data":[`);
+      for (let index = 0; index < vectors.length && !control.signal.aborted; index++) {
+        const v = vectors[index] as Float32Array;
+        const item = { index, object: "embedding", embedding: base64 ? float32Base64(v) : Array.from(v) };
+        await write(`${index > 0 ? "," : ""}${JSON.stringify(item)}`);
+      }
+      const usage = { prompt_tokens: promptTokens, total_tokens: promptTokens, completion_tokens: 0 };
+      if (!control.signal.aborted) exchange.end(`],"usage":${JSON.stringify(usage)}}`);
     } catch (err) {
-      if (err instanceof BodyTooLarge) return sendBodyTooLarge(res, err.message);
-      if (err instanceof BodyTimeout) return sendBodyTimeout(res, err.message);
-      if (err instanceof BodyAborted || control.signal.aborted || isClosed(res)) return;
-      answered = true;
-      sendError(res, toClientError(err));
+      if (!res.headersSent) answerFailure(res, exchange, err);
     } finally {
-      clearTimeout(deadline);
+      exchange.close();
     }
   }
 
@@ -236,6 +205,83 @@ export function createOpenAiRoutes(
       }
       return false;
     },
+  };
+}
+
+/** What every POST handler starts with: its id, its deadline, and a cancel when the client leaves first. */
+interface Exchange {
+  readonly requestId: string;
+  /** Aborted by the deadline (DEADLINE_EXCEEDED) or by the client going away (CANCELED). */
+  readonly control: AbortController;
+  /** performance.now() at the deadline. */
+  readonly deadlineAt: number;
+  /** Set once the handler has answered (or begun its error answer): a close after it is no cancel. */
+  ended: boolean;
+  /** Ends the response with `text`. */
+  end(text: string): void;
+  /** Clears the deadline; a response cut mid-way (by the client or the deadline) has its socket released. */
+  close(): void;
+}
+
+function openExchange(res: HttpResponse, maxTimeoutMs: number): Exchange {
+  const requestId = randomUUID();
+  res.setHeader("x-request-id", requestId);
+  const control = new AbortController();
+  const deadline = setTimeout(
+    () => control.abort(new ConnectError("the request took too long", Code.DeadlineExceeded)),
+    maxTimeoutMs,
+  );
+  const exchange: Exchange = {
+    requestId,
+    control,
+    deadlineAt: performance.now() + maxTimeoutMs,
+    ended: false,
+    end(text) {
+      exchange.ended = true;
+      res.end(text);
+    },
+    close() {
+      clearTimeout(deadline);
+      if (!exchange.ended && !isClosed(res)) resetClient(res);
+    },
+  };
+  // The client went away if the response closes before this request ended it: a closed HTTP/1.1 socket
+  // or an HTTP/2 RST_STREAM. (writableFinished is no guide after an HTTP/2 reset.)
+  res.once("close", () => {
+    if (!exchange.ended) control.abort(new ConnectError("the client went away", Code.Canceled));
+  });
+  return exchange;
+}
+
+/** Answers a failure before the response began (nothing, if the client is gone or cancelled). */
+function answerFailure(res: HttpResponse, exchange: Exchange, err: unknown): void {
+  if (err instanceof BodyTooLarge) sendBodyTooLarge(res, err.message);
+  else if (err instanceof BodyTimeout) sendBodyTimeout(res, err.message);
+  else if (!(err instanceof BodyAborted || exchange.control.signal.aborted || isClosed(res))) {
+    exchange.ended = true;
+    sendError(res, toClientError(err));
+  }
+}
+
+/**
+ * A writer that waits for the client to read each piece (write's backpressure) and cuts a client that
+ * reads nothing for `slowReaderMs`, cancelling its request.
+ */
+function writeOrCut(
+  res: HttpResponse,
+  control: AbortController,
+  slowReaderMs: number,
+): (text: string) => Promise<void> {
+  return async (text) => {
+    const timer = setTimeout(() => {
+      control.abort(new ConnectError("the client stopped reading", Code.Canceled));
+      resetClient(res);
+    }, slowReaderMs);
+    try {
+      await write(res, text, control.signal);
+    } finally {
+      clearTimeout(timer);
+    }
   };
 }
 

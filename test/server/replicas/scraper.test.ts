@@ -34,8 +34,9 @@ afterEach(async () => {
 
 /** A replica whose /metrics and /health answer as the test says; counts what it is asked. */
 async function fakeReplica() {
-  const state = { running: 0, delayMs: 0, healthStatus: 200, metrics: 0, health: 0 };
+  const state = { running: 0, delayMs: 0, healthStatus: 200, metrics: 0, health: 0, asked: 0 };
   const replicaServer = http.createServer((req, res) => {
+    state.asked++;
     const answer = () => {
       if (req.url === "/health") {
         state.health++;
@@ -83,6 +84,43 @@ it("asks an idle replica about once a second, and follows traffic within interva
   const busyBefore = state.metrics;
   await new Promise((r) => setTimeout(r, 1000));
   expect(state.metrics - busyBefore).toBeGreaterThanOrEqual(6);
+  replica.inFlight--;
+});
+
+it("a request that finished between scrapes keeps the replica at the traffic rate (it is read before the scrape resets it)", async () => {
+  const { state, replica } = await fakeReplica();
+  scraper = startScraper(() => [replica], options, now);
+  await waitFor(() => replica.scrapeIntervalMs === options.idleIntervalMs, "backed off", 5000);
+  // A short request came and went (nothing in flight at the scrape), and the gauges did not move.
+  replica.sentSinceScrape++;
+  scraper.touch(replica);
+  const seen = state.metrics;
+  await waitFor(() => state.metrics > seen && replica.sentSinceScrape === 0, "the scrape after it");
+  expect(replica.scrapeIntervalMs).toBe(options.intervalMs);
+});
+
+it("a slow scrape that answers after the relay marked the replica down does not bring it back", async () => {
+  const { state, replica } = await fakeReplica();
+  scraper = startScraper(() => [replica], options, now);
+  await waitFor(() => replica.healthy === true, "healthy");
+  replica.inFlight++; // traffic: scraped every 100 ms
+  scraper.touch(replica);
+  state.delayMs = options.timeoutMs / 2; // slow, but within the timeout
+  const asked = state.asked;
+  await waitFor(() => state.asked > asked, "a scrape under way");
+  // The relay's connection was refused meanwhile: it marks the replica down. The replica is dying.
+  replica.healthy = false;
+  state.healthStatus = 503;
+  const answered = state.metrics;
+  await waitFor(() => state.metrics > answered, "the slow scrape's answer");
+  await new Promise((r) => setTimeout(r, 20)); // the scraper takes it in
+  expect(replica.healthy).toBe(false);
+  // The scrapes after it read /health (503): still down. Back up, it comes back within a few intervals.
+  await new Promise((r) => setTimeout(r, 400));
+  expect(replica.healthy).toBe(false);
+  state.delayMs = 0;
+  state.healthStatus = 200;
+  await waitFor(() => replica.healthy === true, "healthy again", 2000);
   replica.inFlight--;
 });
 

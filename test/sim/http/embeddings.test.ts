@@ -106,6 +106,10 @@ it("bad input gets vLLM's errors and harms nothing", async () => {
   // Long inputs are cut to their last tokens when asked, as vLLM's truncate_prompt_tokens does.
   const cut = await post({ model: MODEL, input: "word ".repeat(600), truncate_prompt_tokens: 100 });
   expect(((await cut.json()) as { usage: { prompt_tokens: number } }).usage.prompt_tokens).toBe(100);
+  // -1 cuts to the context length: the whole context is allowed (vLLM refuses only more than max_model_len).
+  const whole = await post({ model: MODEL, input: "word ".repeat(600), truncate_prompt_tokens: -1 });
+  expect(whole.status).toBe(200);
+  expect(((await whole.json()) as { usage: { prompt_tokens: number } }).usage.prompt_tokens).toBe(512);
   const ok = await openai.embeddings.create({ model: MODEL, input: "still fine" });
   expect(ok.data).toHaveLength(1);
 });
