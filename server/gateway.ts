@@ -11,6 +11,7 @@
  */
 
 import { setMaxListeners } from "node:events";
+import { hostname } from "node:os";
 import type { DescFile } from "@bufbuild/protobuf";
 import { Code, type ConnectRouter } from "@connectrpc/connect";
 import { compressionGzip, connectNodeAdapter } from "@connectrpc/connect-node";
@@ -54,6 +55,7 @@ import { createRouter } from "./routing/router.js";
 import { createRoutingTable, type RoutingTable } from "./routing/routing-table.js";
 import { createAdmitter } from "./tenants/admission.js";
 import { type KeyStore, openKeyStore } from "./tenants/key-store.js";
+import { createRequestTracer } from "./tracing/request-tracing.js";
 
 export interface GatewayOptions {
   config: GatewayConfig;
@@ -228,8 +230,11 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     flow.notify();
     scraper.refresh();
   });
+  // Spans per request, exported over OTLP when tracing.otlpEndpoint is set (restart-only).
+  const tracer = createRequestTracer(config.tracing, hostname());
   const pipeline = createPipeline({
     config: () => config,
+    tracer,
     onRequestEnd: rollouts.observe,
     admitter,
     flow,
@@ -386,6 +391,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     rollouts.close();
     await leader.close(); // a leader hands the rollout Lease over now rather than when it expires
     await control.close();
+    await tracer.shutdown().catch(() => {}); // the last spans, flushed within the export timeout
   }
 
   return {

@@ -25,6 +25,8 @@ export interface FleetOptions {
   startupDelayMs?: number;
   /** Seed; replica i uses seed + i for its fault dice. Default 1. */
   seed?: number;
+  /** OTLP/HTTP endpoint for every replica's request spans (vLLM's --otlp-traces-endpoint). */
+  otlpTracesEndpoint?: string;
 }
 
 /** Running replicas. */
@@ -56,6 +58,9 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
             ...(options.faults !== undefined ? { faults: options.faults } : {}),
             ...(options.startupDelayMs !== undefined ? { startupDelayMs: options.startupDelayMs } : {}),
             seed: (options.seed ?? 1) + i,
+            ...(options.otlpTracesEndpoint !== undefined
+              ? { otlpTracesEndpoint: options.otlpTracesEndpoint }
+              : {}),
           }),
         );
       }

@@ -71,6 +71,7 @@ ${line("--host ADDR", "listen address (default 127.0.0.1)")}
 ${line("--startup-delay-ms MS", "/health answers 503 for this long after start (default 0)")}
 ${line("--seed N", "seed of the fault dice (default 1)")}
 ${line("--shutdown-timeout S", "on SIGTERM, drain: running requests get S seconds (default 0: abort)")}
+${line("--otlp-traces-endpoint URL", "a span per request under its traceparent, to this OTLP/HTTP collector")}
 ${line("--tensor-parallel-size N", "accepted and ignored (vLLM)")}
 ${line("--disable-uvicorn-access-log", "accepted and ignored (vLLM)")}
 ${line("--[no-]enable-prefix-caching", "keep finished prompts' KV blocks for reuse (default on)")}
@@ -111,6 +112,7 @@ export async function main(argv: string[]): Promise<void> {
       "startup-delay-ms": { type: "string" },
       seed: { type: "string" },
       "shutdown-timeout": { type: "string" },
+      "otlp-traces-endpoint": { type: "string" },
       "tensor-parallel-size": { type: "string" },
       "disable-uvicorn-access-log": { type: "boolean" },
       "enable-prefix-caching": { type: "boolean" },
@@ -158,6 +160,9 @@ export async function main(argv: string[]): Promise<void> {
     faults,
     startupDelayMs: numberFlag("startup-delay-ms", values["startup-delay-ms"]) ?? 0,
     seed: numberFlag("seed", values.seed) ?? 1,
+    ...(values["otlp-traces-endpoint"] !== undefined
+      ? { otlpTracesEndpoint: values["otlp-traces-endpoint"] }
+      : {}),
   });
   const shutdownTimeoutS = numberFlag("shutdown-timeout", values["shutdown-timeout"]) ?? 0;
   if (shutdownTimeoutS < 0) throw new Error("--shutdown-timeout: seconds, 0 or more");

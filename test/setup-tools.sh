@@ -7,7 +7,8 @@
 #   (Debian or Ubuntu, as root); otherwise the script stops with one message naming what to install.
 # - Go 1.26 (kwok v0.8.0 needs it; an older Go 1.21+ fetches it with GOTOOLCHAIN=auto), to build the
 #   Kubernetes control plane and the cluster components from their Go modules (test/k8s/build.sh,
-#   cached in ~/.cache/kinfer).
+#   cached in ~/.cache/kinfer), and the OpenTelemetry Collector the tracing tests export to
+#   (test/otel/build.sh, cached there too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +34,4 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 test/k8s/build.sh >/dev/null
+test/otel/build.sh >/dev/null

@@ -28,6 +28,7 @@ export const RESTART_ONLY: readonly string[] = [
   "retry.budgetRatio",
   "retry.minRetries",
   "ejection",
+  "tracing",
 ];
 
 export interface ReloadPlan {

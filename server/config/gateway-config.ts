@@ -425,6 +425,25 @@ export const gatewayConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * OpenTelemetry traces (common/tracing/otlp-tracer.ts): a span per request and one per upstream
+     * attempt, under the client's W3C trace context, exported over OTLP/HTTP to `otlpEndpoint` (the
+     * collector's base URL, e.g. http://otel-collector.observability:4318). Off without an endpoint; the
+     * client's traceparent is then passed to the replica as it came.
+     */
+    tracing: z
+      .object({
+        otlpEndpoint: z.url({ protocol: /^https?$/ }).optional(),
+        serviceName: z.string().min(1).max(256).default("kinfer-gateway"),
+        /** Share of new traces recorded (0 to 1); a client's sampled or not-sampled decision is kept. */
+        sampleRatio: z.number().min(0).max(1).default(1),
+        /** How long finished spans wait to be exported together. Default 1 s. */
+        batchDelayMs: ms().min(10).default(1000),
+        /** Finished spans waiting for export at most; more are dropped. Default 2048. */
+        maxQueueSize: z.number().int().positive().max(1_000_000).default(2048),
+      })
+      .strict()
+      .prefault({}),
     /** debug, info, warn, error or silent. Default info (a line per request). */
     logLevel: z.enum(["debug", "info", "warn", "error", "silent"]).default("info"),
     /** json (one object per line, for log collectors) or text (one readable line, for a terminal). Default json. */

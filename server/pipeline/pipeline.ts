@@ -23,6 +23,7 @@ import type { InferenceEvent, InferenceRequest, Priority } from "../request/infe
 import { validateRequest } from "../request/validate-request.js";
 import type { RoutingTable } from "../routing/routing-table.js";
 import type { Admission, Admitter } from "../tenants/admission.js";
+import type { RequestTracer } from "../tracing/request-tracing.js";
 
 /** Longest model name a log line repeats from a request that named no configured model. */
 const MAX_LOGGED_MODEL = 256;
@@ -88,6 +89,8 @@ export interface PipelineDeps {
   readonly metrics: GatewayMetrics;
   readonly log: Logger;
   readonly now: () => number;
+  /** OpenTelemetry spans (server/tracing/request-tracing.ts); none when undefined. */
+  readonly tracer?: RequestTracer;
 }
 
 export interface Pipeline {
@@ -139,6 +142,8 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     let admission: Admission | undefined;
     let promptEstimate = 0;
     let ticket: FlowTicket | undefined;
+    let queueWaitMs: number | undefined;
+    const span = deps.tracer?.start(req, acceptedAt);
     // The request's own signal: the client's, or the slow-reader watchdog's (which also cuts the client).
     const watchdog = new AbortController();
     watchdogs.add(watchdog);
@@ -179,7 +184,20 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
               : promptEstimate + streamedTokens
             : 0,
       );
-      const totalMs = deps.now() - acceptedAt;
+      const endedAt = deps.now();
+      const totalMs = endedAt - acceptedAt;
+      span?.end({
+        ...(model !== undefined ? { model } : {}),
+        version: trace.version,
+        replica: trace.replica,
+        attempts: trace.attempts,
+        ...(queueWaitMs !== undefined ? { queueWaitMs } : {}),
+        ...(firstTokenAt !== undefined ? { ttftMs: firstTokenAt - acceptedAt } : {}),
+        promptTokens: code === undefined ? promptTokens : (cut?.promptTokens ?? 0),
+        completionTokens: code === undefined ? completionTokens : (cut?.completionTokens ?? streamedTokens),
+        code,
+        endedAt,
+      });
       deps.metrics.requestEnded(
         model ?? UNKNOWN_MODEL,
         trace.version,
@@ -257,6 +275,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       // Wait for a slot while the model is saturated (at once when it is not). A key's criticality is
       // both its requests' default and the most they may claim: a tenant cannot jump others' queue.
       const criticality = capPriority(req.priority ?? key?.priority ?? "standard", key?.priority);
+      const queuedAt = deps.now();
       const granted = deps.flow.acquire({
         model: entry,
         criticality,
@@ -268,10 +287,17 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
         signal,
       });
       ticket = "then" in granted ? await granted : granted;
+      queueWaitMs = deps.now() - queuedAt;
       if (finished) return; // ended while it waited (see onAbortWhileHeld)
       // After a wait the model's replicas may have changed (one appeared): route on the table as it is now.
       const current = deps.table.model(entry.name) ?? entry;
-      relayed = relay({ ...req, signal, priority: criticality }, current, deps.relay, acceptedAt, trace);
+      relayed = relay(
+        { ...req, signal, priority: criticality, ...(span !== undefined ? { span } : {}) },
+        current,
+        deps.relay,
+        acceptedAt,
+        trace,
+      );
       for await (const event of relayed) {
         if (event.type === "delta") {
           streamedTokens += event.tokenCount;

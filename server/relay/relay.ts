@@ -159,6 +159,8 @@ export async function* relay(
       trace.attempts = attempt;
       deps.onRouted?.(model.name, version.name, pick.reason);
 
+      const attemptSpan = req.span?.attempt(replica.url, attempt);
+      let attemptFailure: string | undefined = "cancelled"; // until the attempt ends otherwise
       const attemptControl = new AbortController();
       const onClientAbort = () => attemptControl.abort(req.signal.reason);
       req.signal.addEventListener("abort", onClientAbort, { once: true });
@@ -182,6 +184,7 @@ export async function* relay(
             maxVectorBytes,
             attemptControl,
             deps,
+            attemptSpan?.headers,
           );
           if (req.embed.dimensions === undefined && answer.vectors[0] !== undefined)
             embeddingSizes.set(version, answer.vectors[0].length);
@@ -199,9 +202,10 @@ export async function* relay(
             timeToFirstTokenMs: answeredAt - acceptedAt,
             totalMs: deps.now() - acceptedAt,
           };
+          attemptFailure = undefined;
           return;
         }
-        const first = await firstTokens(replica, path, body, req, attemptControl, deps);
+        const first = await firstTokens(replica, path, body, req, attemptControl, deps, attemptSpan?.headers);
         prefilled();
         streamed = true;
         const timing = {
@@ -215,7 +219,10 @@ export async function* relay(
           for (;;) {
             const next = rest.next();
             const event = next instanceof Promise ? await next : next;
-            if (event === undefined) return;
+            if (event === undefined) {
+              attemptFailure = undefined;
+              return;
+            }
             yield event;
           }
         } finally {
@@ -224,6 +231,7 @@ export async function* relay(
       } catch (err) {
         if (req.signal.aborted) throw req.signal.reason;
         if (!(err instanceof UpstreamError)) throw err;
+        attemptFailure = err.failure;
         deps.onUpstreamFailure?.(replica, err, req.requestId);
         // A refused connection is a health verdict: stop routing here until the scraper finds it up
         // again, instead of letting every request in the meantime find out. A 5xx before the first token
@@ -245,6 +253,7 @@ export async function* relay(
         releaseRetry = retry;
         deps.onRetry?.(model.name, err.failure);
       } finally {
+        attemptSpan?.end(attemptFailure);
         prefilled();
         replica.inFlight--;
         req.signal.removeEventListener("abort", onClientAbort);
@@ -274,6 +283,7 @@ async function embedOnce(
   maxVectorBytes: number,
   control: AbortController,
   deps: RelayDeps,
+  traceHeaders?: Readonly<Record<string, string>>,
 ): Promise<EmbedAnswer> {
   const limit = deps.config.timeouts.firstTokenMs;
   const timer = setTimeout(
@@ -290,6 +300,7 @@ async function embedOnce(
       control.signal,
       deps.dispatcher,
       maxVectorBytes,
+      traceHeaders,
     );
     return { answer, sentAt, answeredAt: deps.now() };
   } catch (err) {
@@ -321,6 +332,7 @@ async function firstTokens(
   req: InferenceRequest,
   control: AbortController,
   deps: RelayDeps,
+  traceHeaders?: Readonly<Record<string, string>>,
 ): Promise<FirstTokens> {
   const timer = setTimeout(
     () =>
@@ -338,6 +350,7 @@ async function firstTokens(
       req.requestId,
       control.signal,
       deps.dispatcher,
+      traceHeaders,
     );
     const buffered: UpstreamEvent[] = [];
     for (;;) {

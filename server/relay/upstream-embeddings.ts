@@ -51,13 +51,14 @@ export async function fetchEmbeddings(
   signal: AbortSignal,
   dispatcher: Dispatcher,
   maxVectorBytes: number,
+  traceHeaders?: Readonly<Record<string, string>>,
 ): Promise<UpstreamEmbeddings> {
   let res: Dispatcher.ResponseData;
   try {
     res = await request(`${url}/v1/embeddings`, {
       method: "POST",
       body,
-      headers: { "content-type": "application/json", "x-request-id": requestId },
+      headers: { "content-type": "application/json", "x-request-id": requestId, ...traceHeaders },
       signal,
       dispatcher,
     });

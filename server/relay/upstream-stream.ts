@@ -109,6 +109,7 @@ export function openUpstream(
   requestId: string,
   signal: AbortSignal,
   dispatcher: Dispatcher,
+  traceHeaders?: Readonly<Record<string, string>>,
 ): Promise<UpstreamStream> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise((resolve, reject) => {
@@ -123,6 +124,7 @@ export function openUpstream(
           "content-type": "application/json",
           accept: "text/event-stream",
           "x-request-id": requestId,
+          ...traceHeaders,
         },
       },
       stream,

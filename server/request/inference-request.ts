@@ -4,6 +4,8 @@
  * back; validation, routing, relaying and accounting see nothing else.
  */
 
+import type { RequestSpan } from "../tracing/request-tracing.js";
+
 /** Which adapter a request came through (a label of the request metrics). */
 export type Protocol = "grpc" | "grpc-web" | "connect" | "openai";
 
@@ -55,6 +57,10 @@ export interface InferenceRequest {
   readonly passthrough: Readonly<Record<string, unknown>>;
   /** Aborted when the client goes away or its deadline passes (the reason says which). */
   readonly signal: AbortSignal;
+  /** The client's W3C trace context headers (traceparent, tracestate), as received; unchecked. */
+  readonly traceHeaders?: { readonly traceparent?: string; readonly tracestate?: string } | undefined;
+  /** The request's span (set by the pipeline; server/tracing/request-tracing.ts). */
+  readonly span?: RequestSpan;
   /** The API key presented (`authorization: Bearer <key>`); "" for none. */
   readonly credential: string;
   /**

@@ -25,6 +25,8 @@ export interface CompletionContext {
   readonly clock: Clock;
   /** Called when the first token is written (wall-clock ms), for /sim/traces. */
   readonly onFirstToken: (wallClockMs: number) => void;
+  /** Called once when the sequence ends, however it ends (for the request's span). */
+  readonly onEnd?: (result: SequenceResult) => void;
 }
 
 /**
@@ -125,6 +127,7 @@ export function runCompletion(
         gate.write(() => res.write(piece), index + 1);
       },
       onFinish(result) {
+        context.onEnd?.(result);
         if (ended) return;
         ended = true;
         if (result.reason === "abort") return; // the client left, or a fault ended the stream

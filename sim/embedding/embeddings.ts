@@ -123,13 +123,23 @@ export function toBase64(vector: Float32Array): string {
  * with the response body; rejects with a 500 VllmError if a sequence is aborted. `signal` aborts every
  * sequence (the client went away).
  */
+/** vLLM's answer to POST /v1/embeddings. */
+export interface EmbeddingsAnswer {
+  readonly id: string;
+  readonly object: "list";
+  readonly created: number;
+  readonly model: string;
+  readonly data: readonly { index: number; object: "embedding"; embedding: string | number[] }[];
+  readonly usage: { prompt_tokens: number; total_tokens: number; completion_tokens: number };
+}
+
 export function runEmbeddings(
   prepared: PreparedEmbeddings,
   engine: Engine,
   model: string,
   requestId: string,
   signal: AbortSignal,
-): Promise<unknown> {
+): Promise<EmbeddingsAnswer> {
   return new Promise((resolve, reject) => {
     const handles: SequenceHandle[] = [];
     let left = prepared.inputs.length;

@@ -20,9 +20,11 @@
 import { randomBytes } from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
+import { SpanKind } from "@opentelemetry/api";
 import { LRUCache } from "lru-cache";
 import { z } from "zod";
 import { BodyTooLarge, readBody } from "../../common/http/read-body.js";
+import { extractContext, startOtlpTracer } from "../../common/tracing/otlp-tracer.js";
 import { describeZodError } from "../completion/openai-request.js";
 import { type PreparedCompletion, prepareCompletion } from "../completion/prepare-completion.js";
 import { runCompletion, wallClock } from "../completion/run-completion.js";
@@ -55,6 +57,11 @@ export interface SimServerOptions {
   maxBodyBytes?: number;
   /** The clock; real time unless a test injects one. */
   clock?: Clock;
+  /**
+   * As vLLM's --otlp-traces-endpoint: a span ("llm_request") per request, a child of the request's W3C
+   * traceparent, exported over OTLP/HTTP to this base URL. Default none.
+   */
+  otlpTracesEndpoint?: string;
 }
 
 /** A running simulated server. */
@@ -106,6 +113,46 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     let n = 0;
     for (const res of open) n += res.socket?.bytesWritten ?? 0;
     return n;
+  };
+  const tracer =
+    options.otlpTracesEndpoint === undefined
+      ? undefined
+      : startOtlpTracer({
+          endpoint: z.url({ protocol: /^https?$/ }).parse(options.otlpTracesEndpoint),
+          serviceName: "vllm",
+          sampleRatio: 1,
+          batchDelayMs: 200,
+        });
+  /**
+   * vLLM's request span, ended now: started when the request arrived, under its traceparent, with the
+   * attributes vLLM sets (gen_ai.*).
+   */
+  const recordSpan = (
+    req: http.IncomingMessage,
+    requestId: string,
+    arrivedAt: number,
+    result: { promptTokens: number; completionTokens: number },
+  ) => {
+    if (tracer === undefined) return;
+    const span = tracer.startSpan(
+      "llm_request",
+      {
+        kind: SpanKind.SERVER,
+        startTime: arrivedAt,
+        attributes: {
+          "gen_ai.response.model": model,
+          "gen_ai.request.id": requestId,
+          "gen_ai.usage.prompt_tokens": result.promptTokens,
+          "gen_ai.usage.completion_tokens": result.completionTokens,
+        },
+      },
+      extractContext(req.headers),
+    );
+    const firstToken = traces.get(requestId.slice(0, 128))?.[1];
+    if (firstToken !== undefined)
+      span.setAttribute("gen_ai.latency.time_to_first_token", (firstToken - arrivedAt) / 1000);
+    span.setAttribute("gen_ai.latency.e2e", (wallClock() - arrivedAt) / 1000);
+    span.end();
   };
   /** Request id -> [arrived, first token written], wall-clock ms with sub-ms precision. */
   const traces = new LRUCache<string, [number, number]>({ max: 50_000 });
@@ -271,6 +318,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
 
   /** POST /v1/embeddings: the inputs' prefills run in the engine; one JSON answer (sim/embedding). */
   async function embeddings(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const arrivedAt = wallClock();
     const admitted = await admit(req, res);
     if (admitted === undefined) return;
     const gone = new AbortController();
@@ -282,7 +330,12 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
         engine.options.maxModelLen,
         engine.options.embeddingSize,
       );
-      sendJson(res, 200, await runEmbeddings(prepared, engine, model, admitted.requestId, gone.signal));
+      const answer = await runEmbeddings(prepared, engine, model, admitted.requestId, gone.signal);
+      recordSpan(req, admitted.requestId, arrivedAt, {
+        promptTokens: answer.usage.prompt_tokens,
+        completionTokens: 0,
+      });
+      sendJson(res, 200, answer);
     } catch (err) {
       if (!(err instanceof VllmError)) throw err;
       if (!res.destroyed) sendError(res, err);
@@ -311,6 +364,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       requestId,
       clock,
       onFirstToken: (firstTokenAt) => traces.set(requestId.slice(0, 128), [arrivedAt, firstTokenAt]),
+      onEnd: (result) => recordSpan(req, requestId, arrivedAt, result),
     });
   }
 
@@ -332,11 +386,13 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     metricsText: () => metrics.registry.metrics(),
     backlogBytes,
     writtenBytes,
-    close: () =>
-      new Promise<void>((resolve) => {
+    close: async () => {
+      await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
-      }),
+      });
+      await tracer?.shutdown();
+    },
   };
 }
 

@@ -6,7 +6,7 @@
 import { type GatewayConfig, parseGatewayConfig } from "../../server/config/gateway-config.js";
 import { type Gateway, startGateway } from "../../server/gateway.js";
 import type { EngineOptions } from "../../sim/engine/engine-options.js";
-import { type SimServer, startSimServer } from "../../sim/http/sim-server.js";
+import { type SimServer, type SimServerOptions, startSimServer } from "../../sim/http/sim-server.js";
 import { postJson } from "./sse.js";
 
 export interface HarnessOptions {
@@ -21,6 +21,8 @@ export interface HarnessOptions {
   engine?: Partial<EngineOptions>;
   /** Engine options of one model's replicas, over `engine`. */
   modelEngine?: Record<string, Partial<EngineOptions>>;
+  /** Other options of every simulated replica (e.g. otlpTracesEndpoint). */
+  sim?: Omit<SimServerOptions, "model" | "engine">;
 }
 
 export interface Harness {
@@ -45,6 +47,7 @@ export async function startHarness(options: HarnessOptions): Promise<Harness> {
         // Long natural replies by default, so that max_tokens decides every stream's length.
         list.push(
           await startSimServer({
+            ...options.sim,
             model,
             engine: { meanOutputTokens: 100_000, ...options.engine, ...options.modelEngine?.[model] },
           }),

@@ -45,6 +45,7 @@ import {
 import { priorityHeader } from "../../request/validate-request.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
+import { traceHeadersOf } from "../../tracing/request-tracing.js";
 
 const ROLES: Partial<Record<Role, ChatRole>> = {
   [Role.SYSTEM]: "system",
@@ -182,6 +183,7 @@ export function registerInferenceService(
       passthrough: {},
       signal: bounded.signal,
       credential: bearerOf(ctx.requestHeader.get("authorization")),
+      traceHeaders: traceHeadersOf((name) => ctx.requestHeader.get(name) ?? ""),
       onSlowReader: () => cutClient(ctx),
     };
   }

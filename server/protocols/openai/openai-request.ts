@@ -12,6 +12,7 @@ import { invalidRequest } from "../../errors/gateway-error.js";
 import type { ChatTurn, InferenceRequest, SamplingParams } from "../../request/inference-request.js";
 import { priorityHeader } from "../../request/validate-request.js";
 import { bearerOf } from "../../tenants/admission.js";
+import { traceHeadersOf } from "../../tracing/request-tracing.js";
 import type { HttpRequest } from "./openai-response.js";
 
 const opt = <T extends z.ZodType>(schema: T) => schema.nullish();
@@ -233,6 +234,7 @@ export function toInferenceRequest(
     passthrough,
     signal,
     credential: bearerOf(header("authorization")),
+    traceHeaders: traceHeadersOf(header),
   };
   const request: InferenceRequest = chat
     ? {
@@ -303,6 +305,7 @@ export function toEmbeddingsRequest(
     passthrough: b.truncate_prompt_tokens != null ? { truncate_prompt_tokens: b.truncate_prompt_tokens } : {},
     signal,
     credential: bearerOf(header("authorization")),
+    traceHeaders: traceHeadersOf(header),
   };
   return { request, base64: b.encoding_format === "base64" };
 }
