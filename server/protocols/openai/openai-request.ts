@@ -124,10 +124,13 @@ export const REFUSED: Readonly<Record<string, string>> = {
   mm_processor_kwargs: "multimodal input is not supported",
 };
 
-function describe(error: z.ZodError): string {
+function describe(error: z.ZodError, root?: string): string {
   return error.issues
     .slice(0, 3)
-    .map((i) => `${i.path.length > 0 ? i.path.join(".") : "body"}: ${i.message}`)
+    .map((i) => {
+      const path = [...(root !== undefined ? [root] : []), ...i.path].join(".");
+      return `${path !== "" ? path : "body"}: ${i.message}`;
+    })
     .join("; ");
 }
 
@@ -308,4 +311,131 @@ export function toEmbeddingsRequest(
     traceHeaders: traceHeadersOf(header),
   };
   return { request, base64: b.encoding_format === "base64" };
+}
+
+/**
+ * A Responses API input item: a message whose content is text or text parts (input_text; output_text for
+ * the assistant's earlier turns). Parsed on its own, after the body's other fields, so that its errors
+ * name the part at fault rather than "invalid input" for the whole union.
+ */
+const responseMessages = z
+  .array(
+    z.looseObject({
+      type: opt(z.literal("message", { error: "input items must be messages" })),
+      role: z.enum(["user", "system", "developer", "assistant"]),
+      // A string content is read as one input_text part (see toResponsesRequest).
+      content: z.array(
+        z.looseObject({
+          type: z.enum(["input_text", "output_text"], {
+            error: "content parts must be input_text or output_text (images and files are not supported)",
+          }),
+          text: z.string(),
+        }),
+      ),
+    }),
+  )
+  .min(1, { error: "input must not be empty" });
+
+const responsesSchema = z.strictObject({
+  model: z.string().min(1, { error: "model is required" }),
+  input: z.unknown().refine((v) => v !== undefined, { error: "input is required" }),
+  instructions: opt(z.string()),
+  max_output_tokens: opt(z.number().int().positive()),
+  temperature: opt(z.number()),
+  top_p: opt(z.number()),
+  stream: opt(z.boolean()),
+  user: opt(z.string().max(256)),
+  // Echoed in the answer, as OpenAI does; at most 16 pairs of short strings.
+  metadata: opt(z.record(z.string().max(64), z.string().max(512)).refine((m) => Object.keys(m).length <= 16)),
+  // kinfer keeps no responses: `store` is accepted and nothing is stored (previous_response_id is refused).
+  store: opt(z.boolean()),
+  previous_response_id: opt(
+    z.never({
+      error: "previous_response_id is not supported: kinfer stores no responses; send the turns in input",
+    }),
+  ),
+  tools: opt(z.array(z.unknown()).max(0, { error: "tools are not supported on /v1/responses" })),
+  tool_choice: opt(z.literal("none")),
+});
+
+/** A POST /v1/responses request as the pipeline sees it (a chat), and what its answer echoes. */
+export interface OpenAiResponsesRequest {
+  readonly request: InferenceRequest;
+  readonly stream: boolean;
+  readonly echo: {
+    readonly instructions: string | null;
+    readonly maxOutputTokens: number | null;
+    readonly temperature: number | null;
+    readonly topP: number | null;
+    readonly metadata: Readonly<Record<string, string>>;
+  };
+}
+
+/**
+ * The body of POST /v1/responses (OpenAI's Responses API, as vLLM serves it): text input, as a string or
+ * messages, with instructions as a system turn; relayed to the replica as a chat completion. Tools,
+ * images and stored conversations (previous_response_id) are refused with 400 naming them.
+ */
+export function toResponsesRequest(
+  req: HttpRequest,
+  body: Record<string, unknown>,
+  requestId: string,
+  signal: AbortSignal,
+  c: GatewayConfig,
+  deadlineAt?: number,
+): OpenAiResponsesRequest {
+  const parsed = responsesSchema.safeParse(body);
+  if (!parsed.success) throw invalidRequest(describe(parsed.error));
+  const b = parsed.data;
+  const header = (name: string) => {
+    const v = req.headers[name];
+    return (Array.isArray(v) ? v[0] : v) ?? "";
+  };
+  const turns: ChatTurn[] = [];
+  if (typeof b.input === "string") turns.push({ role: "user", content: b.input });
+  else {
+    const asParts = (item: unknown) =>
+      typeof item === "object" && item !== null && typeof (item as { content?: unknown }).content === "string"
+        ? { ...item, content: [{ type: "input_text", text: (item as { content: string }).content }] }
+        : item;
+    const items = responseMessages.safeParse(Array.isArray(b.input) ? b.input.map(asParts) : b.input);
+    if (!items.success) throw invalidRequest(describe(items.error, "input"));
+    for (const item of items.data)
+      turns.push({ role: item.role, content: item.content.map((p) => p.text).join("") });
+  }
+  const messages: ChatTurn[] =
+    b.instructions != null && b.instructions !== ""
+      ? [{ role: "system", content: b.instructions }, ...turns]
+      : turns;
+  const request: InferenceRequest = {
+    requestId,
+    protocol: "openai",
+    model: b.model,
+    messages,
+    sampling: {
+      stop: [],
+      ...(b.max_output_tokens != null ? { maxTokens: b.max_output_tokens } : {}),
+      ...(b.temperature != null ? { temperature: b.temperature } : {}),
+      ...(b.top_p != null ? { topP: b.top_p } : {}),
+    },
+    affinityKey: header(c.sessionHeader) || (b.user ?? ""),
+    version: header(c.versionHeader),
+    priority: priorityHeader(header(c.priorityHeader)),
+    deadlineAt,
+    passthrough: {},
+    signal,
+    credential: bearerOf(header("authorization")),
+    traceHeaders: traceHeadersOf(header),
+  };
+  return {
+    request,
+    stream: b.stream ?? false,
+    echo: {
+      instructions: b.instructions ?? null,
+      maxOutputTokens: b.max_output_tokens ?? null,
+      temperature: b.temperature ?? null,
+      topP: b.top_p ?? null,
+      metadata: b.metadata ?? {},
+    },
+  };
 }

@@ -1,6 +1,6 @@
 /**
  * The OpenAI-compatible REST surface: POST /v1/chat/completions and /v1/completions (JSON or SSE),
- * POST /v1/embeddings and GET /v1/models, over HTTP/1.1 or HTTP/2. A request is read (openai-request.ts), run through the same
+ * POST /v1/responses, POST /v1/embeddings and GET /v1/models, over HTTP/1.1 or HTTP/2. A request is read (openai-request.ts), run through the same
  * pipeline as gRPC, and answered in OpenAI's shapes (openai-response.ts, openai-errors.ts); errors never
  * carry upstream text.
  *
@@ -19,7 +19,12 @@ import { serverTiming } from "../../request/inference-request.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
 import { errorEvent, sendBodyTimeout, sendBodyTooLarge, sendError } from "./openai-errors.js";
-import { parseJsonObject, toEmbeddingsRequest, toInferenceRequest } from "./openai-request.js";
+import {
+  parseJsonObject,
+  toEmbeddingsRequest,
+  toInferenceRequest,
+  toResponsesRequest,
+} from "./openai-request.js";
 import {
   completeBody,
   createEventWriter,
@@ -32,6 +37,7 @@ import {
   unixNow,
   write,
 } from "./openai-response.js";
+import { type ResponsesRenderer, responsesRenderer } from "./openai-responses.js";
 
 export interface OpenAiRoutes {
   /** Handles the request if it is one of the OpenAI routes; returns false otherwise. */
@@ -112,6 +118,73 @@ export function createOpenAiRoutes(
   }
 
   /**
+   * POST /v1/responses (OpenAI's Responses API): relayed to the replica as a chat completion and answered
+   * as a Response object or its event stream (openai-responses.ts), pulled as the client reads, as the
+   * chat stream is.
+   */
+  async function responses(req: HttpRequest, res: HttpResponse): Promise<void> {
+    const { limits, connections } = config();
+    const exchange = openExchange(res, limits.maxTimeoutMs);
+    const { requestId, control } = exchange;
+    const signal = control.signal;
+    let started = false;
+    let render: ResponsesRenderer | undefined;
+    const events = createEventWriter(res);
+    try {
+      const text = await readBody(req, limits.maxRequestBytes, connections.bodyTimeoutMs);
+      const parsed = toResponsesRequest(
+        req,
+        parseJsonObject(text),
+        requestId,
+        signal,
+        config(),
+        exchange.deadlineAt,
+      );
+      const { request, stream } = parsed;
+      render = responsesRenderer(requestId, request.model, unixNow(), parsed.echo);
+      const onSlowReader = () => {
+        control.abort(new ConnectError("the client stopped reading", Code.Canceled));
+        resetClient(res);
+      };
+      let reply = "";
+      for await (const event of pipeline.run({ ...request, onSlowReader })) {
+        if (event.type === "start") {
+          if (!stream) res.setHeader("server-timing", serverTiming(event.timing));
+          else {
+            started = true;
+            res.writeHead(200, {
+              "content-type": "text/event-stream; charset=utf-8",
+              "cache-control": "no-cache",
+              "server-timing": serverTiming(event.timing),
+            });
+            await events.write(render.opening(), signal);
+          }
+        } else if (event.type === "delta") {
+          reply += event.text;
+          if (stream && event.text !== "") await events.write(render.delta(event.text), signal);
+        } else if (event.type === "finish") {
+          if (!stream) {
+            exchange.ended = true;
+            sendJson(res, 200, render.body(reply, event));
+          } else {
+            await events.write(render.closing(reply, event), signal);
+            if (!signal.aborted) exchange.end("");
+          }
+        }
+        if (signal.aborted) break;
+      }
+    } catch (err) {
+      if (!started || render === undefined) return answerFailure(res, exchange, err);
+      if (signal.aborted || isClosed(res)) return;
+      exchange.ended = true;
+      await write(res, render.failed(toClientError(err)), signal);
+      res.end();
+    } finally {
+      exchange.close();
+    }
+  }
+
+  /**
    * POST /v1/embeddings: one JSON answer in vLLM's shape, the vectors as floats or, when asked, base64
    * (little-endian float32, as vLLM and OpenAI encode them). Runs through the pipeline as every request.
    * The answer is written one vector at a time as the client reads it (floats as JSON text take about five
@@ -183,6 +256,13 @@ export function createOpenAiRoutes(
       const route = `${req.method} ${path}`;
       if (route === "POST /v1/chat/completions" || route === "POST /v1/completions") {
         complete(req, res, path === "/v1/chat/completions").catch(() => {
+          if (!res.headersSent)
+            sendJson(res, 500, { error: { message: "internal error", type: "server_error" } });
+        });
+        return true;
+      }
+      if (route === "POST /v1/responses") {
+        responses(req, res).catch(() => {
           if (!res.headersSent)
             sendJson(res, 500, { error: { message: "internal error", type: "server_error" } });
         });
