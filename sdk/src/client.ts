@@ -1,5 +1,5 @@
 /**
- * The inference client: one call to make it, then generate and chat (streams), embed and listModels. The
+ * The inference client: one call to make it, then generate, chat and respond (streams), embed and listModels. The
  * transport decides the protocol (see "@kinfer/sdk/node" and "@kinfer/sdk/web"); the client adds the API
  * key, a default timeout and typed errors. Only embed and listModels, which have no side effects, are
  * retried.
@@ -13,6 +13,7 @@ import {
   type GenerateRequestSchema,
   InferenceService,
   type ModelInfo,
+  type RespondRequestSchema,
 } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { KinferError } from "./errors.js";
 import { type EventStream, eventStream } from "./event-stream.js";
@@ -43,6 +44,11 @@ export interface KinferClient {
   generate(request: MessageInitShape<typeof GenerateRequestSchema>, options?: KinferCallOptions): EventStream;
   /** Streams the reply to a conversation. */
   chat(request: MessageInitShape<typeof ChatRequestSchema>, options?: KinferCallOptions): EventStream;
+  /**
+   * Streams the response to instructions and input turns (the Responses API's shape; a finish with
+   * FINISH_REASON_LENGTH is an incomplete response, cut at sampling.maxTokens).
+   */
+  respond(request: MessageInitShape<typeof RespondRequestSchema>, options?: KinferCallOptions): EventStream;
   /** The embedding vector of each input, in order (`embeddings[i].values` for `inputs[i]`). */
   embed(
     request: MessageInitShape<typeof EmbedRequestSchema>,
@@ -97,6 +103,7 @@ export function createKinferClient(options: KinferClientOptions): KinferClient {
     raw,
     generate: (request, call) => eventStream(() => raw.generate(request, callOptions(options, call))),
     chat: (request, call) => eventStream(() => raw.chat(request, callOptions(options, call))),
+    respond: (request, call) => eventStream(() => raw.respond(request, callOptions(options, call))),
     embed: (request, call) => retrying(call, () => raw.embed(request, callOptions(options, call))),
     listModels: (call) =>
       retrying(call, async () => (await raw.listModels({}, callOptions(options, call))).models),

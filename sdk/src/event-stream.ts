@@ -1,18 +1,19 @@
 /**
- * The result of generate and chat: an async iterable of events (start, delta, finish) that can also be
+ * The result of generate, chat and respond: an async iterable of events (start, delta, finish) that can also be
  * collected into the whole text and usage. Iterating twice is an error: the stream is consumed once.
  */
 
 import type {
   ChatResponse,
   GenerateResponse,
+  RespondResponse,
   StreamFinish,
   StreamStart,
 } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { KinferError } from "./errors.js";
 
 /** One event of a stream. */
-export type StreamEvent = (GenerateResponse | ChatResponse)["event"];
+export type StreamEvent = (GenerateResponse | ChatResponse | RespondResponse)["event"];
 
 /** What collect() returns. */
 export interface Completion {
@@ -29,7 +30,9 @@ export interface EventStream extends AsyncIterable<NonNullable<StreamEvent>> {
   text(): AsyncIterable<string>;
 }
 
-export function eventStream(source: () => AsyncIterable<GenerateResponse | ChatResponse>): EventStream {
+export function eventStream(
+  source: () => AsyncIterable<GenerateResponse | ChatResponse | RespondResponse>,
+): EventStream {
   let used = false;
   async function* events() {
     if (used) throw new Error("a stream can be read once");

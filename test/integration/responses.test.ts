@@ -1,13 +1,26 @@
 /**
- * POST /v1/responses through the gateway (issue 23, part 1), read by the openai npm client: the Response
+ * The Responses API through the gateway (issue 23, part 1). POST /v1/responses read by the openai npm
+ * client, and InferenceService.Respond through grpc-js, Connect and the SDK. REST: the Response
  * object, its event stream (through the client's own stream helper, which checks the events' order and
  * assembles the final response from them), instructions as a system turn, usage as the replica counted it
  * (its own vllm:*_tokens_total counters), typed errors for what kinfer does not serve, and a client that
  * leaves mid-stream or a replica that fails mid-stream leaving the gateway idle.
  */
 import * as http from "node:http";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
 import OpenAI from "openai";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import {
+  FinishReason,
+  InferenceService,
+  Role,
+  type StreamFinish,
+} from "../../gen/es/kinfer/inference/v1/inference_pb.js";
+import * as tsProto from "../../gen/grpc-js/kinfer/inference/v1/inference.js";
+import { createKinferClient } from "../../sdk/src/client.js";
+import { createNodeTransport } from "../../sdk/src/node.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
 import { expectIdle, metricSum, waitFor } from "../helpers/idle.js";
 import { postJson } from "../helpers/sse.js";
@@ -174,4 +187,73 @@ it("a client that leaves mid-stream (HTTP/1.1) leaves the gateway idle and the r
   req.destroy();
   await expectIdle(h);
   await waitFor(() => h.all()[0]?.engine.stats().running === 0, "the replica's sequence aborted");
+});
+
+it("InferenceService.Respond through grpc-js, Connect and the SDK: the same text and usage, incomplete at max_tokens", async () => {
+  const input = [{ role: Role.USER, content: "Tell me about GPUs." }];
+  const before = await replicaTokens();
+  const connect = createClient(
+    InferenceService,
+    createConnectTransport({ baseUrl: h.url, httpVersion: "2" }),
+  );
+  let text = "";
+  let finish: StreamFinish | undefined;
+  for await (const res of connect.respond({
+    model: MODEL,
+    instructions: "Be brief.",
+    input,
+    sampling: { maxTokens: 5 },
+  })) {
+    if (res.event.case === "delta") text += res.event.value.text;
+    if (res.event.case === "finish") finish = res.event.value;
+  }
+  const after = await replicaTokens();
+  expect(text.length).toBeGreaterThan(0);
+  expect(finish?.finishReason).toBe(FinishReason.LENGTH);
+  expect(finish?.usage?.completionTokens).toBe(5);
+  expect(finish?.usage?.promptTokens).toBe(after.prompt - before.prompt);
+
+  const sdk = createKinferClient({ transport: createNodeTransport({ baseUrl: h.url }) });
+  const viaSdk = await sdk
+    .respond({ model: MODEL, instructions: "Be brief.", input, sampling: { maxTokens: 5 } })
+    .collect();
+  expect(viaSdk.finish?.usage?.completionTokens).toBe(5);
+  expect(viaSdk.finish?.usage?.promptTokens).toBe(finish?.usage?.promptTokens);
+
+  const client = new tsProto.InferenceServiceClient(
+    h.url.replace("http://", ""),
+    grpc.credentials.createInsecure(),
+  );
+  const events: tsProto.RespondResponse[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const call = client.respond(
+      tsProto.RespondRequest.fromPartial({
+        model: MODEL,
+        instructions: "Be brief.",
+        input: [{ role: tsProto.Role.ROLE_USER, content: "Tell me about GPUs." }],
+        sampling: { maxTokens: 5 },
+      }),
+    );
+    call.on("data", (e: tsProto.RespondResponse) => events.push(e));
+    call.on("end", resolve);
+    call.on("error", reject);
+  });
+  client.close();
+  const last = events.at(-1)?.event;
+  expect(last?.$case).toBe("finish");
+  if (last?.$case === "finish") expect(last.finish.usage?.promptTokens).toBe(finish?.usage?.promptTokens);
+
+  // Bad input is INVALID_ARGUMENT before any replica works.
+  const counts = await replicaTokens();
+  for (const bad of [
+    { model: MODEL, input: [] },
+    { model: MODEL, input: [{ content: "no role" }] },
+  ]) {
+    const err = await (async () => {
+      for await (const _ of connect.respond(bad));
+    })().catch((e: unknown) => e);
+    expect(ConnectError.from(err).code).toBe(Code.InvalidArgument);
+  }
+  expect(await replicaTokens()).toEqual(counts);
+  await expectIdle(h);
 });

@@ -116,10 +116,10 @@ function sampling(s: SamplingParams | undefined): InternalSampling {
   };
 }
 
-function messages(list: readonly ChatMessage[]) {
+function messages(list: readonly ChatMessage[], field = "messages") {
   return list.map((m, i) => {
     const role = ROLES[m.role];
-    if (role === undefined) throw invalidRequest(`messages[${i}].role must be set`);
+    if (role === undefined) throw invalidRequest(`${field}[${i}].role must be set`);
     return { role, content: m.content, ...(m.name !== "" ? { name: m.name } : {}) };
   });
 }
@@ -243,6 +243,22 @@ export function registerInferenceService(
         const request: InferenceRequest = {
           ...common(req.model, req.routing, ctx, deadline),
           messages: messages(req.messages),
+          sampling: sampling(req.sampling),
+        };
+        yield* events(request, ctx);
+      } finally {
+        deadline.clear();
+      }
+    },
+    async *respond(req, ctx) {
+      const deadline = deadlineOf(ctx, config().limits.maxTimeoutMs);
+      try {
+        if (req.input.length === 0) throw invalidRequest("input must not be empty");
+        const turns = messages(req.input, "input");
+        const request: InferenceRequest = {
+          ...common(req.model, req.routing, ctx, deadline),
+          messages:
+            req.instructions !== "" ? [{ role: "system", content: req.instructions }, ...turns] : turns,
           sampling: sampling(req.sampling),
         };
         yield* events(request, ctx);

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kinfer/inference/v1/inference.proto.
  */
 export const file_kinfer_inference_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("CiNraW5mZXIvaW5mZXJlbmNlL3YxL2luZmVyZW5jZS5wcm90bxITa2luZmVyLmluZmVyZW5jZS52MSKbAQoPR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRI1CghzYW1wbGluZxgDIAEoCzIjLmtpbmZlci5pbmZlcmVuY2UudjEuU2FtcGxpbmdQYXJhbXMSMgoHcm91dGluZxgEIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuUm91dGluZ0hpbnRzIrsBCgtDaGF0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIyCghtZXNzYWdlcxgCIAMoCzIgLmtpbmZlci5pbmZlcmVuY2UudjEuQ2hhdE1lc3NhZ2USNQoIc2FtcGxpbmcYAyABKAsyIy5raW5mZXIuaW5mZXJlbmNlLnYxLlNhbXBsaW5nUGFyYW1zEjIKB3JvdXRpbmcYBCABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlJvdXRpbmdIaW50cyJVCgtDaGF0TWVzc2FnZRInCgRyb2xlGAEgASgOMhkua2luZmVyLmluZmVyZW5jZS52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkSDAoEbmFtZRgDIAEoCSKyAgoOU2FtcGxpbmdQYXJhbXMSFwoKbWF4X3Rva2VucxgBIAEoDUgAiAEBEhgKC3RlbXBlcmF0dXJlGAIgASgCSAGIAQESEgoFdG9wX3AYAyABKAJIAogBARISCgV0b3BfaxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoA0gEiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYByABKAJIBYgBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgIIAEoAkgGiAEBQg0KC19tYXhfdG9rZW5zQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eSJmCgxSb3V0aW5nSGludHMSFAoMYWZmaW5pdHlfa2V5GAEgASgJEi8KCHByaW9yaXR5GAIgASgOMh0ua2luZmVyLmluZmVyZW5jZS52MS5Qcmlvcml0eRIPCgd2ZXJzaW9uGAMgASgJIrQBChBHZW5lcmF0ZVJlc3BvbnNlEjEKBXN0YXJ0GAEgASgLMiAua2luZmVyLmluZmVyZW5jZS52MS5TdHJlYW1TdGFydEgAEi8KBWRlbHRhGAIgASgLMh4ua2luZmVyLmluZmVyZW5jZS52MS5UZXh0RGVsdGFIABIzCgZmaW5pc2gYAyABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbUZpbmlzaEgAQgcKBWV2ZW50IrABCgxDaGF0UmVzcG9uc2USMQoFc3RhcnQYASABKAsyIC5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbVN0YXJ0SAASLwoFZGVsdGEYAiABKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLlRleHREZWx0YUgAEjMKBmZpbmlzaBgDIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuU3RyZWFtRmluaXNoSABCBwoFZXZlbnQiQQoLU3RyZWFtU3RhcnQSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIi4KCVRleHREZWx0YRIMCgR0ZXh0GAEgASgJEhMKC3Rva2VuX2NvdW50GAIgASgNIvABCgxTdHJlYW1GaW5pc2gSOAoNZmluaXNoX3JlYXNvbhgBIAEoDjIhLmtpbmZlci5pbmZlcmVuY2UudjEuRmluaXNoUmVhc29uEhQKDG1hdGNoZWRfc3RvcBgCIAEoCRIpCgV1c2FnZRgDIAEoCzIaLmtpbmZlci5pbmZlcmVuY2UudjEuVXNhZ2USNgoTdGltZV90b19maXJzdF90b2tlbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgp0b3RhbF90aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlAKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYAiABKA0SFQoNY2FjaGVkX3Rva2VucxgDIAEoDSJ1CgxFbWJlZFJlcXVlc3QSDQoFbW9kZWwYASABKAkSDgoGaW5wdXRzGAIgAygJEhIKCmRpbWVuc2lvbnMYAyABKA0SMgoHcm91dGluZxgEIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuUm91dGluZ0hpbnRzIqIBCg1FbWJlZFJlc3BvbnNlEjIKCmVtYmVkZGluZ3MYASADKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLkVtYmVkZGluZxIpCgV1c2FnZRgCIAEoCzIaLmtpbmZlci5pbmZlcmVuY2UudjEuVXNhZ2USEgoKcmVxdWVzdF9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJIhsKCUVtYmVkZGluZxIOCgZ2YWx1ZXMYASADKAIiEwoRTGlzdE1vZGVsc1JlcXVlc3QiRAoSTGlzdE1vZGVsc1Jlc3BvbnNlEi4KBm1vZGVscxgBIAMoCzIeLmtpbmZlci5pbmZlcmVuY2UudjEuTW9kZWxJbmZvIloKCU1vZGVsSW5mbxIMCgRuYW1lGAEgASgJEhAKCHZlcnNpb25zGAIgAygJEhoKEm1heF9jb250ZXh0X3Rva2VucxgDIAEoDRIRCglhdmFpbGFibGUYBCABKAgibwoLRXJyb3JEZXRhaWwSMAoGcmVhc29uGAEgASgOMiAua2luZmVyLmluZmVyZW5jZS52MS5FcnJvclJlYXNvbhIuCgtyZXRyeV9hZnRlchgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbipfCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIPCgtST0xFX1NZU1RFTRABEg0KCVJPTEVfVVNFUhACEhIKDlJPTEVfQVNTSVNUQU5UEAMSDQoJUk9MRV9UT09MEAQqagoIUHJpb3JpdHkSGAoUUFJJT1JJVFlfVU5TUEVDSUZJRUQQABIVChFQUklPUklUWV9DUklUSUNBTBABEhUKEVBSSU9SSVRZX1NUQU5EQVJEEAISFgoSUFJJT1JJVFlfU0hFRERBQkxFEAMqlgEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAhIXChNGSU5JU0hfUkVBU09OX0FCT1JUEAMSHAoYRklOSVNIX1JFQVNPTl9UT09MX0NBTExTEAQqzQMKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEiAKHEVSUk9SX1JFQVNPTl9JTlZBTElEX1JFUVVFU1QQARIoCiRFUlJPUl9SRUFTT05fQ09OVEVYVF9MRU5HVEhfRVhDRUVERUQQAhIgChxFUlJPUl9SRUFTT05fTU9ERUxfTk9UX0ZPVU5EEAMSIAocRVJST1JfUkVBU09OX1VOQVVUSEVOVElDQVRFRBAEEh0KGUVSUk9SX1JFQVNPTl9SQVRFX0xJTUlURUQQBRInCiNFUlJPUl9SRUFTT05fVE9LRU5fQlVER0VUX0VYSEFVU1RFRBAGEiEKHUVSUk9SX1JFQVNPTl9UT09fTUFOWV9TVFJFQU1TEAcSGwoXRVJST1JfUkVBU09OX09WRVJMT0FERUQQCBIjCh9FUlJPUl9SRUFTT05fTk9fSEVBTFRIWV9SRVBMSUNBEAkSIAocRVJST1JfUkVBU09OX1VQU1RSRUFNX0ZBSUxFRBAKEiEKHUVSUk9SX1JFQVNPTl9VUFNUUkVBTV9USU1FT1VUEAsSHgoaRVJST1JfUkVBU09OX1NIVVRUSU5HX0RPV04QDDL1AgoQSW5mZXJlbmNlU2VydmljZRJZCghHZW5lcmF0ZRIkLmtpbmZlci5pbmZlcmVuY2UudjEuR2VuZXJhdGVSZXF1ZXN0GiUua2luZmVyLmluZmVyZW5jZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESTQoEQ2hhdBIgLmtpbmZlci5pbmZlcmVuY2UudjEuQ2hhdFJlcXVlc3QaIS5raW5mZXIuaW5mZXJlbmNlLnYxLkNoYXRSZXNwb25zZTABElMKBUVtYmVkEiEua2luZmVyLmluZmVyZW5jZS52MS5FbWJlZFJlcXVlc3QaIi5raW5mZXIuaW5mZXJlbmNlLnYxLkVtYmVkUmVzcG9uc2UiA5ACARJiCgpMaXN0TW9kZWxzEiYua2luZmVyLmluZmVyZW5jZS52MS5MaXN0TW9kZWxzUmVxdWVzdBonLmtpbmZlci5pbmZlcmVuY2UudjEuTGlzdE1vZGVsc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration]);
+  fileDesc("CiNraW5mZXIvaW5mZXJlbmNlL3YxL2luZmVyZW5jZS5wcm90bxITa2luZmVyLmluZmVyZW5jZS52MSKbAQoPR2VuZXJhdGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBnByb21wdBgCIAEoCRI1CghzYW1wbGluZxgDIAEoCzIjLmtpbmZlci5pbmZlcmVuY2UudjEuU2FtcGxpbmdQYXJhbXMSMgoHcm91dGluZxgEIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuUm91dGluZ0hpbnRzIrsBCgtDaGF0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIyCghtZXNzYWdlcxgCIAMoCzIgLmtpbmZlci5pbmZlcmVuY2UudjEuQ2hhdE1lc3NhZ2USNQoIc2FtcGxpbmcYAyABKAsyIy5raW5mZXIuaW5mZXJlbmNlLnYxLlNhbXBsaW5nUGFyYW1zEjIKB3JvdXRpbmcYBCABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlJvdXRpbmdIaW50cyJVCgtDaGF0TWVzc2FnZRInCgRyb2xlGAEgASgOMhkua2luZmVyLmluZmVyZW5jZS52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkSDAoEbmFtZRgDIAEoCSKyAgoOU2FtcGxpbmdQYXJhbXMSFwoKbWF4X3Rva2VucxgBIAEoDUgAiAEBEhgKC3RlbXBlcmF0dXJlGAIgASgCSAGIAQESEgoFdG9wX3AYAyABKAJIAogBARISCgV0b3BfaxgEIAEoBUgDiAEBEgwKBHN0b3AYBSADKAkSEQoEc2VlZBgGIAEoA0gEiAEBEh0KEHByZXNlbmNlX3BlbmFsdHkYByABKAJIBYgBARIeChFmcmVxdWVuY3lfcGVuYWx0eRgIIAEoAkgGiAEBQg0KC19tYXhfdG9rZW5zQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3BCCAoGX3RvcF9rQgcKBV9zZWVkQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eSJmCgxSb3V0aW5nSGludHMSFAoMYWZmaW5pdHlfa2V5GAEgASgJEi8KCHByaW9yaXR5GAIgASgOMh0ua2luZmVyLmluZmVyZW5jZS52MS5Qcmlvcml0eRIPCgd2ZXJzaW9uGAMgASgJIrQBChBHZW5lcmF0ZVJlc3BvbnNlEjEKBXN0YXJ0GAEgASgLMiAua2luZmVyLmluZmVyZW5jZS52MS5TdHJlYW1TdGFydEgAEi8KBWRlbHRhGAIgASgLMh4ua2luZmVyLmluZmVyZW5jZS52MS5UZXh0RGVsdGFIABIzCgZmaW5pc2gYAyABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbUZpbmlzaEgAQgcKBWV2ZW50IrABCgxDaGF0UmVzcG9uc2USMQoFc3RhcnQYASABKAsyIC5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbVN0YXJ0SAASLwoFZGVsdGEYAiABKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLlRleHREZWx0YUgAEjMKBmZpbmlzaBgDIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuU3RyZWFtRmluaXNoSABCBwoFZXZlbnQiQQoLU3RyZWFtU3RhcnQSEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJIi4KCVRleHREZWx0YRIMCgR0ZXh0GAEgASgJEhMKC3Rva2VuX2NvdW50GAIgASgNIvABCgxTdHJlYW1GaW5pc2gSOAoNZmluaXNoX3JlYXNvbhgBIAEoDjIhLmtpbmZlci5pbmZlcmVuY2UudjEuRmluaXNoUmVhc29uEhQKDG1hdGNoZWRfc3RvcBgCIAEoCRIpCgV1c2FnZRgDIAEoCzIaLmtpbmZlci5pbmZlcmVuY2UudjEuVXNhZ2USNgoTdGltZV90b19maXJzdF90b2tlbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgp0b3RhbF90aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlAKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYAiABKA0SFQoNY2FjaGVkX3Rva2VucxgDIAEoDSLRAQoOUmVzcG9uZFJlcXVlc3QSDQoFbW9kZWwYASABKAkSFAoMaW5zdHJ1Y3Rpb25zGAIgASgJEi8KBWlucHV0GAMgAygLMiAua2luZmVyLmluZmVyZW5jZS52MS5DaGF0TWVzc2FnZRI1CghzYW1wbGluZxgEIAEoCzIjLmtpbmZlci5pbmZlcmVuY2UudjEuU2FtcGxpbmdQYXJhbXMSMgoHcm91dGluZxgFIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuUm91dGluZ0hpbnRzIrMBCg9SZXNwb25kUmVzcG9uc2USMQoFc3RhcnQYASABKAsyIC5raW5mZXIuaW5mZXJlbmNlLnYxLlN0cmVhbVN0YXJ0SAASLwoFZGVsdGEYAiABKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLlRleHREZWx0YUgAEjMKBmZpbmlzaBgDIAEoCzIhLmtpbmZlci5pbmZlcmVuY2UudjEuU3RyZWFtRmluaXNoSABCBwoFZXZlbnQidQoMRW1iZWRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEg4KBmlucHV0cxgCIAMoCRISCgpkaW1lbnNpb25zGAMgASgNEjIKB3JvdXRpbmcYBCABKAsyIS5raW5mZXIuaW5mZXJlbmNlLnYxLlJvdXRpbmdIaW50cyKiAQoNRW1iZWRSZXNwb25zZRIyCgplbWJlZGRpbmdzGAEgAygLMh4ua2luZmVyLmluZmVyZW5jZS52MS5FbWJlZGRpbmcSKQoFdXNhZ2UYAiABKAsyGi5raW5mZXIuaW5mZXJlbmNlLnYxLlVzYWdlEhIKCnJlcXVlc3RfaWQYAyABKAkSDQoFbW9kZWwYBCABKAkSDwoHdmVyc2lvbhgFIAEoCSIbCglFbWJlZGRpbmcSDgoGdmFsdWVzGAEgAygCIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IkQKEkxpc3RNb2RlbHNSZXNwb25zZRIuCgZtb2RlbHMYASADKAsyHi5raW5mZXIuaW5mZXJlbmNlLnYxLk1vZGVsSW5mbyJaCglNb2RlbEluZm8SDAoEbmFtZRgBIAEoCRIQCgh2ZXJzaW9ucxgCIAMoCRIaChJtYXhfY29udGV4dF90b2tlbnMYAyABKA0SEQoJYXZhaWxhYmxlGAQgASgIIm8KC0Vycm9yRGV0YWlsEjAKBnJlYXNvbhgBIAEoDjIgLmtpbmZlci5pbmZlcmVuY2UudjEuRXJyb3JSZWFzb24SLgoLcmV0cnlfYWZ0ZXIYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24qXwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARINCglST0xFX1VTRVIQAhISCg5ST0xFX0FTU0lTVEFOVBADEg0KCVJPTEVfVE9PTBAEKmoKCFByaW9yaXR5EhgKFFBSSU9SSVRZX1VOU1BFQ0lGSUVEEAASFQoRUFJJT1JJVFlfQ1JJVElDQUwQARIVChFQUklPUklUWV9TVEFOREFSRBACEhYKElBSSU9SSVRZX1NIRUREQUJMRRADKpYBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISFwoTRklOSVNIX1JFQVNPTl9BQk9SVBADEhwKGEZJTklTSF9SRUFTT05fVE9PTF9DQUxMUxAEKs0DCgtFcnJvclJlYXNvbhIcChhFUlJPUl9SRUFTT05fVU5TUEVDSUZJRUQQABIgChxFUlJPUl9SRUFTT05fSU5WQUxJRF9SRVFVRVNUEAESKAokRVJST1JfUkVBU09OX0NPTlRFWFRfTEVOR1RIX0VYQ0VFREVEEAISIAocRVJST1JfUkVBU09OX01PREVMX05PVF9GT1VORBADEiAKHEVSUk9SX1JFQVNPTl9VTkFVVEhFTlRJQ0FURUQQBBIdChlFUlJPUl9SRUFTT05fUkFURV9MSU1JVEVEEAUSJwojRVJST1JfUkVBU09OX1RPS0VOX0JVREdFVF9FWEhBVVNURUQQBhIhCh1FUlJPUl9SRUFTT05fVE9PX01BTllfU1RSRUFNUxAHEhsKF0VSUk9SX1JFQVNPTl9PVkVSTE9BREVEEAgSIwofRVJST1JfUkVBU09OX05PX0hFQUxUSFlfUkVQTElDQRAJEiAKHEVSUk9SX1JFQVNPTl9VUFNUUkVBTV9GQUlMRUQQChIhCh1FUlJPUl9SRUFTT05fVVBTVFJFQU1fVElNRU9VVBALEh4KGkVSUk9SX1JFQVNPTl9TSFVUVElOR19ET1dOEAwyzQMKEEluZmVyZW5jZVNlcnZpY2USWQoIR2VuZXJhdGUSJC5raW5mZXIuaW5mZXJlbmNlLnYxLkdlbmVyYXRlUmVxdWVzdBolLmtpbmZlci5pbmZlcmVuY2UudjEuR2VuZXJhdGVSZXNwb25zZTABEk0KBENoYXQSIC5raW5mZXIuaW5mZXJlbmNlLnYxLkNoYXRSZXF1ZXN0GiEua2luZmVyLmluZmVyZW5jZS52MS5DaGF0UmVzcG9uc2UwARJWCgdSZXNwb25kEiMua2luZmVyLmluZmVyZW5jZS52MS5SZXNwb25kUmVxdWVzdBokLmtpbmZlci5pbmZlcmVuY2UudjEuUmVzcG9uZFJlc3BvbnNlMAESUwoFRW1iZWQSIS5raW5mZXIuaW5mZXJlbmNlLnYxLkVtYmVkUmVxdWVzdBoiLmtpbmZlci5pbmZlcmVuY2UudjEuRW1iZWRSZXNwb25zZSIDkAIBEmIKCkxpc3RNb2RlbHMSJi5raW5mZXIuaW5mZXJlbmNlLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gicua2luZmVyLmluZmVyZW5jZS52MS5MaXN0TW9kZWxzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration]);
 
 /**
  * GenerateRequest asks for the completion of a raw prompt (vLLM's /v1/completions).
@@ -484,6 +484,101 @@ export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
   messageDesc(file_kinfer_inference_v1_inference, 10);
 
 /**
+ * RespondRequest asks for a response to instructions and input turns (the Responses API's request).
+ *
+ * @generated from message kinfer.inference.v1.RespondRequest
+ */
+export type RespondRequest = Message<"kinfer.inference.v1.RespondRequest"> & {
+  /**
+   * The model to use, as listed by ListModels.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * System-level instructions, sent to the model as a first system turn; empty for none.
+   *
+   * @generated from field: string instructions = 2;
+   */
+  instructions: string;
+
+  /**
+   * The input turns, oldest first. Must not be empty.
+   *
+   * @generated from field: repeated kinfer.inference.v1.ChatMessage input = 3;
+   */
+  input: ChatMessage[];
+
+  /**
+   * How tokens are sampled and when generation stops (max_tokens is the Responses API's max_output_tokens).
+   *
+   * @generated from field: kinfer.inference.v1.SamplingParams sampling = 4;
+   */
+  sampling?: SamplingParams | undefined;
+
+  /**
+   * Hints that steer which version and replica serve the request.
+   *
+   * @generated from field: kinfer.inference.v1.RoutingHints routing = 5;
+   */
+  routing?: RoutingHints | undefined;
+};
+
+/**
+ * Describes the message kinfer.inference.v1.RespondRequest.
+ * Use `create(RespondRequestSchema)` to create a new message.
+ */
+export const RespondRequestSchema: GenMessage<RespondRequest> = /*@__PURE__*/
+  messageDesc(file_kinfer_inference_v1_inference, 11);
+
+/**
+ * RespondResponse is one event of a Respond stream (the same sequence as Chat's).
+ *
+ * @generated from message kinfer.inference.v1.RespondResponse
+ */
+export type RespondResponse = Message<"kinfer.inference.v1.RespondResponse"> & {
+  /**
+   * The event. Exactly one is set.
+   *
+   * @generated from oneof kinfer.inference.v1.RespondResponse.event
+   */
+  event: {
+    /**
+     * Sent once, first, when a replica has produced the first token. The REST surface's response id is
+     * "resp_" followed by request_id without its dashes.
+     *
+     * @generated from field: kinfer.inference.v1.StreamStart start = 1;
+     */
+    value: StreamStart;
+    case: "start";
+  } | {
+    /**
+     * Newly generated text of the response.
+     *
+     * @generated from field: kinfer.inference.v1.TextDelta delta = 2;
+     */
+    value: TextDelta;
+    case: "delta";
+  } | {
+    /**
+     * Sent once, last, when generation has ended normally.
+     *
+     * @generated from field: kinfer.inference.v1.StreamFinish finish = 3;
+     */
+    value: StreamFinish;
+    case: "finish";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kinfer.inference.v1.RespondResponse.
+ * Use `create(RespondResponseSchema)` to create a new message.
+ */
+export const RespondResponseSchema: GenMessage<RespondResponse> = /*@__PURE__*/
+  messageDesc(file_kinfer_inference_v1_inference, 12);
+
+/**
  * EmbedRequest asks for the embeddings of texts.
  *
  * @generated from message kinfer.inference.v1.EmbedRequest
@@ -523,7 +618,7 @@ export type EmbedRequest = Message<"kinfer.inference.v1.EmbedRequest"> & {
  * Use `create(EmbedRequestSchema)` to create a new message.
  */
 export const EmbedRequestSchema: GenMessage<EmbedRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 11);
+  messageDesc(file_kinfer_inference_v1_inference, 13);
 
 /**
  * EmbedResponse carries one vector per input, in the inputs' order.
@@ -572,7 +667,7 @@ export type EmbedResponse = Message<"kinfer.inference.v1.EmbedResponse"> & {
  * Use `create(EmbedResponseSchema)` to create a new message.
  */
 export const EmbedResponseSchema: GenMessage<EmbedResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 12);
+  messageDesc(file_kinfer_inference_v1_inference, 14);
 
 /**
  * Embedding is one input's vector.
@@ -593,7 +688,7 @@ export type Embedding = Message<"kinfer.inference.v1.Embedding"> & {
  * Use `create(EmbeddingSchema)` to create a new message.
  */
 export const EmbeddingSchema: GenMessage<Embedding> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 13);
+  messageDesc(file_kinfer_inference_v1_inference, 15);
 
 /**
  * ListModelsRequest has no parameters; the caller sees the models its API key allows.
@@ -608,7 +703,7 @@ export type ListModelsRequest = Message<"kinfer.inference.v1.ListModelsRequest">
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 14);
+  messageDesc(file_kinfer_inference_v1_inference, 16);
 
 /**
  * ListModelsResponse lists the models the caller can use.
@@ -629,7 +724,7 @@ export type ListModelsResponse = Message<"kinfer.inference.v1.ListModelsResponse
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 15);
+  messageDesc(file_kinfer_inference_v1_inference, 17);
 
 /**
  * ModelInfo describes one servable model.
@@ -671,7 +766,7 @@ export type ModelInfo = Message<"kinfer.inference.v1.ModelInfo"> & {
  * Use `create(ModelInfoSchema)` to create a new message.
  */
 export const ModelInfoSchema: GenMessage<ModelInfo> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 16);
+  messageDesc(file_kinfer_inference_v1_inference, 18);
 
 /**
  * ErrorDetail is attached to every error the gateway returns (as a Connect error detail, or the gRPC
@@ -700,7 +795,7 @@ export type ErrorDetail = Message<"kinfer.inference.v1.ErrorDetail"> & {
  * Use `create(ErrorDetailSchema)` to create a new message.
  */
 export const ErrorDetailSchema: GenMessage<ErrorDetail> = /*@__PURE__*/
-  messageDesc(file_kinfer_inference_v1_inference, 17);
+  messageDesc(file_kinfer_inference_v1_inference, 19);
 
 /**
  * Role tags the author of a chat message, as in OpenAI's chat format.
@@ -975,6 +1070,19 @@ export const InferenceService: GenService<{
     methodKind: "server_streaming";
     input: typeof ChatRequestSchema;
     output: typeof ChatResponseSchema;
+  },
+  /**
+   * Respond is the Responses API (OpenAI's /v1/responses) for gRPC and Connect clients: instructions and
+   * input turns in, the answer streamed out with Chat's event sequence. The final event's finish_reason
+   * tells a completed response (FINISH_REASON_STOP) from one cut at max_tokens (FINISH_REASON_LENGTH,
+   * "incomplete" in the REST shape). Nothing is stored: each request carries its whole conversation.
+   *
+   * @generated from rpc kinfer.inference.v1.InferenceService.Respond
+   */
+  respond: {
+    methodKind: "server_streaming";
+    input: typeof RespondRequestSchema;
+    output: typeof RespondResponseSchema;
   },
   /**
    * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).

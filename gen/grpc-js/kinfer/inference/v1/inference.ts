@@ -478,6 +478,41 @@ export interface Usage {
   cachedTokens: number;
 }
 
+/** RespondRequest asks for a response to instructions and input turns (the Responses API's request). */
+export interface RespondRequest {
+  /** The model to use, as listed by ListModels. */
+  model: string;
+  /** System-level instructions, sent to the model as a first system turn; empty for none. */
+  instructions: string;
+  /** The input turns, oldest first. Must not be empty. */
+  input: ChatMessage[];
+  /** How tokens are sampled and when generation stops (max_tokens is the Responses API's max_output_tokens). */
+  sampling:
+    | SamplingParams
+    | undefined;
+  /** Hints that steer which version and replica serve the request. */
+  routing: RoutingHints | undefined;
+}
+
+/** RespondResponse is one event of a Respond stream (the same sequence as Chat's). */
+export interface RespondResponse {
+  /** The event. Exactly one is set. */
+  event:
+    | //
+    /**
+     * Sent once, first, when a replica has produced the first token. The REST surface's response id is
+     * "resp_" followed by request_id without its dashes.
+     */
+    { $case: "start"; start: StreamStart }
+    | //
+    /** Newly generated text of the response. */
+    { $case: "delta"; delta: TextDelta }
+    | //
+    /** Sent once, last, when generation has ended normally. */
+    { $case: "finish"; finish: StreamFinish }
+    | undefined;
+}
+
 /** EmbedRequest asks for the embeddings of texts. */
 export interface EmbedRequest {
   /** The model to use, as listed by ListModels: one that serves embeddings. */
@@ -1912,6 +1947,265 @@ export const Usage: MessageFns<Usage> = {
   },
 };
 
+function createBaseRespondRequest(): RespondRequest {
+  return { model: "", instructions: "", input: [], sampling: undefined, routing: undefined };
+}
+
+export const RespondRequest: MessageFns<RespondRequest> = {
+  encode(message: RespondRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.instructions !== "") {
+      writer.uint32(18).string(message.instructions);
+    }
+    for (const v of message.input) {
+      ChatMessage.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.sampling !== undefined) {
+      SamplingParams.encode(message.sampling, writer.uint32(34).fork()).join();
+    }
+    if (message.routing !== undefined) {
+      RoutingHints.encode(message.routing, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RespondRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRespondRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.instructions = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.input.push(ChatMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sampling = SamplingParams.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.routing = RoutingHints.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RespondRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      instructions: isSet(object.instructions) ? globalThis.String(object.instructions) : "",
+      input: globalThis.Array.isArray(object?.input) ? object.input.map((e: any) => ChatMessage.fromJSON(e)) : [],
+      sampling: isSet(object.sampling) ? SamplingParams.fromJSON(object.sampling) : undefined,
+      routing: isSet(object.routing) ? RoutingHints.fromJSON(object.routing) : undefined,
+    };
+  },
+
+  toJSON(message: RespondRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.instructions !== "") {
+      obj.instructions = message.instructions;
+    }
+    if (message.input?.length) {
+      obj.input = message.input.map((e) => ChatMessage.toJSON(e));
+    }
+    if (message.sampling !== undefined) {
+      obj.sampling = SamplingParams.toJSON(message.sampling);
+    }
+    if (message.routing !== undefined) {
+      obj.routing = RoutingHints.toJSON(message.routing);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RespondRequest>, I>>(base?: I): RespondRequest {
+    return RespondRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RespondRequest>, I>>(object: I): RespondRequest {
+    const message = createBaseRespondRequest();
+    message.model = object.model ?? "";
+    message.instructions = object.instructions ?? "";
+    message.input = object.input?.map((e) => ChatMessage.fromPartial(e)) || [];
+    message.sampling = (object.sampling !== undefined && object.sampling !== null)
+      ? SamplingParams.fromPartial(object.sampling)
+      : undefined;
+    message.routing = (object.routing !== undefined && object.routing !== null)
+      ? RoutingHints.fromPartial(object.routing)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRespondResponse(): RespondResponse {
+  return { event: undefined };
+}
+
+export const RespondResponse: MessageFns<RespondResponse> = {
+  encode(message: RespondResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.event?.$case) {
+      case "start":
+        StreamStart.encode(message.event.start, writer.uint32(10).fork()).join();
+        break;
+      case "delta":
+        TextDelta.encode(message.event.delta, writer.uint32(18).fork()).join();
+        break;
+      case "finish":
+        StreamFinish.encode(message.event.finish, writer.uint32(26).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RespondResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRespondResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = { $case: "start", start: StreamStart.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.event = { $case: "delta", delta: TextDelta.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.event = { $case: "finish", finish: StreamFinish.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RespondResponse {
+    return {
+      event: isSet(object.start)
+        ? { $case: "start", start: StreamStart.fromJSON(object.start) }
+        : isSet(object.delta)
+        ? { $case: "delta", delta: TextDelta.fromJSON(object.delta) }
+        : isSet(object.finish)
+        ? { $case: "finish", finish: StreamFinish.fromJSON(object.finish) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: RespondResponse): unknown {
+    const obj: any = {};
+    if (message.event?.$case === "start") {
+      obj.start = StreamStart.toJSON(message.event.start);
+    } else if (message.event?.$case === "delta") {
+      obj.delta = TextDelta.toJSON(message.event.delta);
+    } else if (message.event?.$case === "finish") {
+      obj.finish = StreamFinish.toJSON(message.event.finish);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RespondResponse>, I>>(base?: I): RespondResponse {
+    return RespondResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RespondResponse>, I>>(object: I): RespondResponse {
+    const message = createBaseRespondResponse();
+    switch (object.event?.$case) {
+      case "start": {
+        if (object.event?.start !== undefined && object.event?.start !== null) {
+          message.event = { $case: "start", start: StreamStart.fromPartial(object.event.start) };
+        }
+        break;
+      }
+      case "delta": {
+        if (object.event?.delta !== undefined && object.event?.delta !== null) {
+          message.event = { $case: "delta", delta: TextDelta.fromPartial(object.event.delta) };
+        }
+        break;
+      }
+      case "finish": {
+        if (object.event?.finish !== undefined && object.event?.finish !== null) {
+          message.event = { $case: "finish", finish: StreamFinish.fromPartial(object.event.finish) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 function createBaseEmbedRequest(): EmbedRequest {
   return { model: "", inputs: [], dimensions: 0, routing: undefined };
 }
@@ -2618,6 +2912,21 @@ export const InferenceServiceService = {
     responseDeserialize: (value: Buffer): ChatResponse => ChatResponse.decode(value),
   },
   /**
+   * Respond is the Responses API (OpenAI's /v1/responses) for gRPC and Connect clients: instructions and
+   * input turns in, the answer streamed out with Chat's event sequence. The final event's finish_reason
+   * tells a completed response (FINISH_REASON_STOP) from one cut at max_tokens (FINISH_REASON_LENGTH,
+   * "incomplete" in the REST shape). Nothing is stored: each request carries its whole conversation.
+   */
+  respond: {
+    path: "/kinfer.inference.v1.InferenceService/Respond" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: RespondRequest): Buffer => Buffer.from(RespondRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RespondRequest => RespondRequest.decode(value),
+    responseSerialize: (value: RespondResponse): Buffer => Buffer.from(RespondResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RespondResponse => RespondResponse.decode(value),
+  },
+  /**
    * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).
    * Failures before the replica answers are retried on another replica, as for Generate; the request is
    * admitted, rate-limited and routed like the others, and its prompt tokens count against the tenant.
@@ -2653,6 +2962,13 @@ export interface InferenceServiceServer extends UntypedServiceImplementation {
   /** Chat streams the assistant's reply to a conversation, with the same event sequence as Generate. */
   chat: handleServerStreamingCall<ChatRequest, ChatResponse>;
   /**
+   * Respond is the Responses API (OpenAI's /v1/responses) for gRPC and Connect clients: instructions and
+   * input turns in, the answer streamed out with Chat's event sequence. The final event's finish_reason
+   * tells a completed response (FINISH_REASON_STOP) from one cut at max_tokens (FINISH_REASON_LENGTH,
+   * "incomplete" in the REST shape). Nothing is stored: each request carries its whole conversation.
+   */
+  respond: handleServerStreamingCall<RespondRequest, RespondResponse>;
+  /**
    * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).
    * Failures before the replica answers are retried on another replica, as for Generate; the request is
    * admitted, rate-limited and routed like the others, and its prompt tokens count against the tenant.
@@ -2677,6 +2993,18 @@ export interface InferenceServiceClient extends Client {
   /** Chat streams the assistant's reply to a conversation, with the same event sequence as Generate. */
   chat(request: ChatRequest, options?: Partial<CallOptions>): ClientReadableStream<ChatResponse>;
   chat(request: ChatRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<ChatResponse>;
+  /**
+   * Respond is the Responses API (OpenAI's /v1/responses) for gRPC and Connect clients: instructions and
+   * input turns in, the answer streamed out with Chat's event sequence. The final event's finish_reason
+   * tells a completed response (FINISH_REASON_STOP) from one cut at max_tokens (FINISH_REASON_LENGTH,
+   * "incomplete" in the REST shape). Nothing is stored: each request carries its whole conversation.
+   */
+  respond(request: RespondRequest, options?: Partial<CallOptions>): ClientReadableStream<RespondResponse>;
+  respond(
+    request: RespondRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<RespondResponse>;
   /**
    * Embed returns one embedding vector per input (vLLM's /v1/embeddings, served by embedding models).
    * Failures before the replica answers are retried on another replica, as for Generate; the request is
