@@ -6,6 +6,7 @@
  * slow) act here. A client that goes away aborts the sequence at once, freeing its KV blocks.
  */
 import type * as http from "node:http";
+import type { ResponsesRenderer } from "../../common/openai/responses-events.js";
 import type { Clock } from "../engine/clock.js";
 import type { Engine, SequenceResult } from "../engine/engine.js";
 import type { RequestFault } from "../faults/faults.js";
@@ -27,6 +28,8 @@ export interface CompletionContext {
   readonly onFirstToken: (wallClockMs: number) => void;
   /** Called once when the sequence ends, however it ends (for the request's span). */
   readonly onEnd?: (result: SequenceResult) => void;
+  /** Answer in the Responses API's shapes (POST /v1/responses) instead of chat completion chunks. */
+  readonly responses?: ResponsesRenderer;
 }
 
 /**
@@ -39,7 +42,7 @@ export function runCompletion(
   prepared: PreparedCompletion,
   context: CompletionContext,
 ): void {
-  const { engine, model, fault, requestId, clock, onFirstToken } = context;
+  const { engine, model, fault, requestId, clock, onFirstToken, responses } = context;
   const { plan, stream, chat, toolCall } = prepared;
   const id = `${chat ? "chatcmpl" : "cmpl"}-${requestId}`;
   const createdAt = Math.floor(Date.now() / 1000);
@@ -91,7 +94,8 @@ export function runCompletion(
               "content-type": "text/event-stream; charset=utf-8",
               "cache-control": "no-cache",
             });
-            if (chat)
+            if (responses !== undefined) res.write(responses.opening());
+            else if (chat)
               res.write(
                 chunk({ delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }),
               );
@@ -105,7 +109,8 @@ export function runCompletion(
         const lp = prepared.logprobs?.[index];
         written = index + 1;
         let piece: string;
-        if (toolCall !== undefined) {
+        if (responses !== undefined) piece = responses.delta(delta);
+        else if (toolCall !== undefined) {
           // vLLM's tool parsers: the call's id, type and name with the first piece, then arguments.
           const call =
             index === 0
@@ -143,6 +148,7 @@ export function runCompletion(
     const error = new VllmError(500, "Injected failure after the stream began");
     gate.write(() => {
       if (!stream) return sendError(res, error);
+      if (responses !== undefined) return res.end(responses.failed("internal_server_error", error.message));
       res.write(`data: ${JSON.stringify(error.toJson())}\n\n`);
       res.end("data: [DONE]\n\n");
     });
@@ -166,6 +172,19 @@ export function runCompletion(
     // A tool call that ran to its end finishes with "tool_calls", as vLLM's tool parsers report it.
     const finishReason = toolCall !== undefined && result.reason === "stop" ? "tool_calls" : result.reason;
     const generated = prepared.logprobs?.slice(0, result.completionTokens);
+    if (responses !== undefined) {
+      const finish = {
+        finishReason: result.reason,
+        usage: {
+          promptTokens: result.promptTokens,
+          completionTokens: result.completionTokens,
+          cachedTokens: result.cachedTokens,
+        },
+      };
+      if (stream) res.end(responses.closing(text, finish));
+      else sendJson(res, 200, responses.body(text, finish));
+      return;
+    }
     if (!stream) {
       const logprobs =
         generated === undefined

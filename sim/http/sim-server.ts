@@ -4,7 +4,8 @@
  * into a sequence, run-completion.ts runs it and writes the answer.
  *
  * Endpoints, as vLLM serves them: POST /v1/completions and /v1/chat/completions (JSON, or SSE with
- * `stream: true`), POST /v1/embeddings (sim/embedding), GET /v1/models, GET /health, GET /metrics,
+ * `stream: true`), POST /v1/responses (run as a chat, answered in the Responses API's shapes),
+ * POST /v1/embeddings (sim/embedding), GET /v1/models, GET /health, GET /metrics,
  * GET /version. And the simulator's own
  * controls under /sim/: GET|POST /sim/faults (fault rates), POST /sim/health {"healthy"}, POST /sim/drain
  * {"draining"}, POST /sim/slowdown {"factor"}, GET /sim/stats (the engine's state and
@@ -24,9 +25,11 @@ import { SpanKind } from "@opentelemetry/api";
 import { LRUCache } from "lru-cache";
 import { z } from "zod";
 import { BodyTooLarge, readBody } from "../../common/http/read-body.js";
+import { type ResponsesRenderer, responsesRenderer } from "../../common/openai/responses-events.js";
 import { extractContext, startOtlpTracer } from "../../common/tracing/otlp-tracer.js";
 import { describeZodError } from "../completion/openai-request.js";
 import { type PreparedCompletion, prepareCompletion } from "../completion/prepare-completion.js";
+import { prepareResponses } from "../completion/prepare-responses.js";
 import { runCompletion, wallClock } from "../completion/run-completion.js";
 import { sendError, sendJson } from "../completion/send-json.js";
 import { VllmError } from "../completion/vllm-error.js";
@@ -248,6 +251,8 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       case "POST /v1/completions":
       case "POST /v1/chat/completions":
         return generate(req, res, url.pathname === "/v1/chat/completions");
+      case "POST /v1/responses":
+        return generate(req, res, true, true);
       case "POST /v1/embeddings":
         return embeddings(req, res);
       default:
@@ -342,15 +347,26 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     }
   }
 
-  async function generate(req: http.IncomingMessage, res: http.ServerResponse, chat: boolean): Promise<void> {
+  /** A completion, a chat completion, or (`responses`) a POST /v1/responses run as a chat. */
+  async function generate(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    chat: boolean,
+    responses = false,
+  ): Promise<void> {
     const arrivedAt = wallClock();
     const admitted = await admit(req, res);
     if (admitted === undefined) return;
     const { requestId, fault, bodyText } = admitted;
 
     let prepared: PreparedCompletion;
+    let renderer: ResponsesRenderer | undefined;
     try {
-      prepared = prepareCompletion(bodyText, chat, model, engine.options);
+      if (responses) {
+        const r = prepareResponses(bodyText, model, engine.options);
+        prepared = r.completion;
+        renderer = responsesRenderer(requestId, model, Math.floor(Date.now() / 1000), r.echo);
+      } else prepared = prepareCompletion(bodyText, chat, model, engine.options);
     } catch (err) {
       if (err instanceof VllmError) return sendError(res, err);
       throw err;
@@ -365,6 +381,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
       clock,
       onFirstToken: (firstTokenAt) => traces.set(requestId.slice(0, 128), [arrivedAt, firstTokenAt]),
       onEnd: (result) => recordSpan(req, requestId, arrivedAt, result),
+      ...(renderer !== undefined ? { responses: renderer } : {}),
     });
   }
 

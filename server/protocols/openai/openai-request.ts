@@ -7,6 +7,7 @@
  * accident.
  */
 import { z } from "zod";
+import type { ResponseEcho } from "../../../common/openai/responses-events.js";
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { invalidRequest } from "../../errors/gateway-error.js";
 import type { ChatTurn, InferenceRequest, SamplingParams } from "../../request/inference-request.js";
@@ -362,13 +363,7 @@ const responsesSchema = z.strictObject({
 export interface OpenAiResponsesRequest {
   readonly request: InferenceRequest;
   readonly stream: boolean;
-  readonly echo: {
-    readonly instructions: string | null;
-    readonly maxOutputTokens: number | null;
-    readonly temperature: number | null;
-    readonly topP: number | null;
-    readonly metadata: Readonly<Record<string, string>>;
-  };
+  readonly echo: ResponseEcho;
 }
 
 /**

@@ -12,13 +12,14 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BodyAborted, BodyTimeout, BodyTooLarge, readBody } from "../../../common/http/read-body.js";
 import { resetClient } from "../../../common/http/reset-client.js";
+import { type ResponsesRenderer, responsesRenderer } from "../../../common/openai/responses-events.js";
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { toClientError } from "../../errors/gateway-error.js";
 import type { Pipeline } from "../../pipeline/pipeline.js";
 import { serverTiming } from "../../request/inference-request.js";
 import type { RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
-import { errorEvent, sendBodyTimeout, sendBodyTooLarge, sendError } from "./openai-errors.js";
+import { errorEvent, openAiError, sendBodyTimeout, sendBodyTooLarge, sendError } from "./openai-errors.js";
 import {
   parseJsonObject,
   toEmbeddingsRequest,
@@ -37,7 +38,6 @@ import {
   unixNow,
   write,
 } from "./openai-response.js";
-import { type ResponsesRenderer, responsesRenderer } from "./openai-responses.js";
 
 export interface OpenAiRoutes {
   /** Handles the request if it is one of the OpenAI routes; returns false otherwise. */
@@ -177,7 +177,10 @@ export function createOpenAiRoutes(
       if (!started || render === undefined) return answerFailure(res, exchange, err);
       if (signal.aborted || isClosed(res)) return;
       exchange.ended = true;
-      await write(res, render.failed(toClientError(err)), signal);
+      const { code, message } = (
+        openAiError(toClientError(err)).body as { error: { code: string; message: string } }
+      ).error;
+      await write(res, render.failed(code, message), signal);
       res.end();
     } finally {
       exchange.close();

@@ -1,5 +1,7 @@
 /**
- * The answers of POST /v1/responses (OpenAI's Responses API) in the shapes vLLM and OpenAI send: one
+ * The answers of POST /v1/responses (OpenAI's Responses API) in the shapes vLLM and OpenAI send, shared by
+ * the gateway (which relays the answer as a chat completion and renders it here) and the simulator (which
+ * serves /v1/responses as vLLM does): one
  * Response object, or a stream of typed events, each an SSE `event: <type>` line and its JSON, numbered
  * by `sequence_number`:
  *
@@ -10,30 +12,44 @@
  *
  * The answer is one assistant message with one output_text part (the relayed chat's text).
  */
-import type { ConnectError } from "@connectrpc/connect";
-import type { InferenceEvent } from "../../request/inference-request.js";
-import { openAiError } from "./openai-errors.js";
-import type { OpenAiResponsesRequest } from "./openai-request.js";
 
-type FinishEvent = Extract<InferenceEvent, { type: "finish" }>;
+/** How the answer ended, as the relay or the engine reports it. */
+export interface ResponseFinish {
+  /** "length": max_output_tokens cut the answer (an incomplete response). */
+  readonly finishReason: string;
+  readonly usage: {
+    readonly promptTokens: number;
+    readonly completionTokens: number;
+    readonly cachedTokens: number;
+  };
+}
+
+/** What the Response object echoes of its request. */
+export interface ResponseEcho {
+  readonly instructions: string | null;
+  readonly maxOutputTokens: number | null;
+  readonly temperature: number | null;
+  readonly topP: number | null;
+  readonly metadata: Readonly<Record<string, string>>;
+}
 
 export interface ResponsesRenderer {
   /** The Response object without a stream. */
-  body(text: string, finish: FinishEvent): unknown;
+  body(text: string, finish: ResponseFinish): unknown;
   /** The first events of a stream, through the empty output_text part. */
   opening(): string;
   delta(text: string): string;
   /** The closing events: the text's, the part's and the item's done, then completed or incomplete. */
-  closing(text: string, finish: FinishEvent): string;
-  /** response.failed, after an error once the stream has begun. */
-  failed(error: ConnectError): string;
+  closing(text: string, finish: ResponseFinish): string;
+  /** response.failed, after an error once the stream has begun (`code` as OpenAI's error bodies name it). */
+  failed(code: string, message: string): string;
 }
 
 export function responsesRenderer(
   requestId: string,
   model: string,
   createdAt: number,
-  echo: OpenAiResponsesRequest["echo"],
+  echo: ResponseEcho,
 ): ResponsesRenderer {
   const id = `resp_${requestId.replaceAll("-", "")}`;
   const itemId = `msg_${requestId.replaceAll("-", "")}`;
@@ -74,7 +90,7 @@ export function responsesRenderer(
     usage: null,
     ...extra,
   });
-  const finished = (text: string, f: FinishEvent) => {
+  const finished = (text: string, f: ResponseFinish) => {
     const incomplete = f.finishReason === "length";
     return response(
       incomplete ? "incomplete" : "completed",
@@ -114,9 +130,7 @@ export function responsesRenderer(
         event(done.status === "incomplete" ? "response.incomplete" : "response.completed", { response: done })
       );
     },
-    failed(error) {
-      const { code, message } = (openAiError(error).body as { error: { code: string; message: string } })
-        .error;
+    failed(code, message) {
       return event("response.failed", { response: response("failed", [], { error: { code, message } }) });
     },
   };
