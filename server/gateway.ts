@@ -251,6 +251,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       retryBudget,
       dispatcher,
       now,
+      embeddingSizes: new Map(),
       onRouted: metrics.routed,
       onSend: (replica) => scraper.touch(replica),
       onSuspect: (replica) => scraper.suspect(replica),
@@ -391,7 +392,8 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     rollouts.close();
     await leader.close(); // a leader hands the rollout Lease over now rather than when it expires
     await control.close();
-    await tracer.shutdown().catch(() => {}); // the last spans, flushed within the export timeout
+    // The last spans, given at most 2 s (a collector that is down would hold the close for its timeout).
+    await Promise.race([tracer.shutdown().catch(() => {}), new Promise((r) => setTimeout(r, 2000).unref())]);
   }
 
   return {

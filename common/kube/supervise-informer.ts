@@ -4,7 +4,7 @@
  * restart is such an error), and a watch can go silent with no error at all (client-node issues #596,
  * #958). So every error restarts the informer after a backoff: 1 s, doubling for each failure that comes
  * within a minute of the one before (a streak: an apiserver down, RBAC refusing the list) up to 30 s,
- * and back to 1 s after a quiet minute. A watchdog restarts an informer that has delivered no event for
+ * and back to 1 s after a quiet minute or once an event arrives (`touch`). A watchdog restarts an informer that has delivered no event for
  * `silenceMs`, after 1 s (a silence is not a failure streak).
  *
  * Failures are counted as they are reported, not by whether start() resolved: client-node's start()
@@ -69,6 +69,7 @@ export function superviseInformer<T extends KubernetesObject>(
   return {
     touch() {
       lastEvent = Date.now();
+      lastFailureAt = Number.NEGATIVE_INFINITY; // delivering again: the next failure starts a new streak
     },
     async stop() {
       stopped = true;

@@ -15,10 +15,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "../../common/log/logger.js";
 import { ErrorReason } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import type { GatewayConfig } from "../config/gateway-config.js";
-import { gatewayError, toClientError } from "../errors/gateway-error.js";
+import { embeddingsTooLarge, gatewayError, toClientError } from "../errors/gateway-error.js";
 import type { FlowController, FlowTicket } from "../flow/flow-control.js";
 import type { GatewayMetrics } from "../metrics/gateway-metrics.js";
-import { type RelayDeps, type RelayTrace, relay } from "../relay/relay.js";
+import { embeddingAnswerTooLarge, type RelayDeps, type RelayTrace, relay } from "../relay/relay.js";
 import type { InferenceEvent, InferenceRequest, Priority } from "../request/inference-request.js";
 import { validateRequest } from "../request/validate-request.js";
 import type { RoutingTable } from "../routing/routing-table.js";
@@ -265,6 +265,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       const entry = validateRequest(req, deps.table, config);
       model = entry.name;
       deps.metrics.requestStarted(model);
+      if (embeddingAnswerTooLarge(req, entry.name, deps.relay)) throw embeddingsTooLarge();
       const chars = promptChars(req);
       promptEstimate = Math.ceil(chars / 4);
       // An embedding request generates nothing: its cost is its inputs.

@@ -23,9 +23,14 @@ import type { FinishReason, InferenceEvent, InferenceRequest, Usage } from "../r
 import { prefixTextOf } from "../request/inference-request.js";
 import type { PickReason } from "../routing/pick-replica.js";
 import type { Router } from "../routing/router.js";
-import type { ModelEntry, VersionEntry } from "../routing/routing-table.js";
+import type { ModelEntry } from "../routing/routing-table.js";
 import type { RetryBudget } from "./retry-budget.js";
-import { embeddingsBody, fetchEmbeddings, type UpstreamEmbeddings } from "./upstream-embeddings.js";
+import {
+  AnswerTooLarge,
+  embeddingsBody,
+  fetchEmbeddings,
+  type UpstreamEmbeddings,
+} from "./upstream-embeddings.js";
 import {
   openUpstream,
   UpstreamError,
@@ -51,6 +56,11 @@ export interface RelayDeps {
   readonly onEjected?: (replica: Replica) => void;
   /** For logs: a failure's raw detail, never shown to clients. */
   readonly onUpstreamFailure?: (replica: Replica, error: UpstreamError, requestId: string) => void;
+  /**
+   * Each embedding model's vector size, learned from its answers (one entry per configured model name),
+   * so that a request whose answer would pass its bound is refused before any replica works on it.
+   */
+  readonly embeddingSizes?: Map<string, number>;
 }
 
 /** What the relay did, filled in as it goes (for logs and metrics). */
@@ -84,11 +94,21 @@ const RETRYABLE: ReadonlySet<UpstreamFailure> = new Set([
 ]);
 
 /**
- * Each version's embedding size, learned from its answers, so that a request whose vectors would pass the
- * bound is refused before any replica works on it. Keyed by the routing table's entry: forgotten when the
- * table replaces it (a config or endpoint change), and learned again from the next answer.
+ * Whether an embedding request's answer is known ahead to pass its bound (limits.maxEmbeddingBytes, and
+ * the surface's own, req.embed.maxAnswerBytes): its vectors' size is `dimensions` when given, else the
+ * model's size as learned from an earlier answer (deps.embeddingSizes). The pipeline asks before
+ * admission, so such a request takes no queue slot and no replica's time.
  */
-const embeddingSizes = new WeakMap<VersionEntry, number>();
+export function embeddingAnswerTooLarge(req: InferenceRequest, model: string, deps: RelayDeps): boolean {
+  if (req.embed === undefined) return false;
+  const size = req.embed.dimensions ?? deps.embeddingSizes?.get(model);
+  return size !== undefined && req.embed.inputs.length * size * 4 > maxVectorBytesOf(req, deps.config);
+}
+
+/** The most float32 bytes an embedding request's answer may hold. */
+function maxVectorBytesOf(req: InferenceRequest, config: GatewayConfig): number {
+  return Math.min(config.limits.maxEmbeddingBytes, req.embed?.maxAnswerBytes ?? Number.POSITIVE_INFINITY);
+}
 
 /**
  * The reason an attempt's own signal aborts when the attempt is over (it closes an upstream request still
@@ -127,16 +147,11 @@ export async function* relay(
       ? embeddingsBody(req, version.servedModelName)
       : upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
   const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
-  // An embedding request's answer is bounded (float32 bytes of all its vectors); refused up front when
-  // its size is known ahead, else cut while the replica's answer arrives (upstream-embeddings.ts).
-  const maxVectorBytes = Math.min(
-    config.limits.maxEmbeddingBytes,
-    req.embed?.maxAnswerBytes ?? Number.POSITIVE_INFINITY,
-  );
-  if (req.embed !== undefined) {
-    const size = req.embed.dimensions ?? embeddingSizes.get(version);
-    if (size !== undefined && req.embed.inputs.length * size * 4 > maxVectorBytes) throw embeddingsTooLarge();
-  }
+  // An embedding request's answer is bounded (float32 bytes of all its vectors): refused here when its size
+  // is known ahead (the pipeline asked before admission; a version may answer differently), else cut
+  // while the replica's answer arrives (upstream-embeddings.ts).
+  const maxVectorBytes = maxVectorBytesOf(req, config);
+  if (embeddingAnswerTooLarge(req, model.name, deps)) throw embeddingsTooLarge();
   const tried = new Set<string>();
   let lastFailure: UpstreamError | undefined;
   let releaseRetry: (() => void) | undefined;
@@ -187,7 +202,9 @@ export async function* relay(
             attemptSpan?.headers,
           );
           if (req.embed.dimensions === undefined && answer.vectors[0] !== undefined)
-            embeddingSizes.set(version, answer.vectors[0].length);
+            deps.embeddingSizes?.set(model.name, answer.vectors[0].length);
+          // The attempt succeeded, whatever the consumer does with the events below.
+          attemptFailure = undefined;
           prefilled();
           streamed = true;
           deps.outliers.success(replica);
@@ -202,7 +219,6 @@ export async function* relay(
             timeToFirstTokenMs: answeredAt - acceptedAt,
             totalMs: deps.now() - acceptedAt,
           };
-          attemptFailure = undefined;
           return;
         }
         const first = await firstTokens(replica, path, body, req, attemptControl, deps, attemptSpan?.headers);
@@ -219,10 +235,9 @@ export async function* relay(
           for (;;) {
             const next = rest.next();
             const event = next instanceof Promise ? await next : next;
-            if (event === undefined) {
-              attemptFailure = undefined;
-              return;
-            }
+            if (event === undefined) return;
+            // The stream's end: the attempt succeeded, even if the consumer stops at this event.
+            if (event.type === "finish") attemptFailure = undefined;
             yield event;
           }
         } finally {
@@ -232,6 +247,9 @@ export async function* relay(
         if (req.signal.aborted) throw req.signal.reason;
         if (!(err instanceof UpstreamError)) throw err;
         attemptFailure = err.failure;
+        // An answer too large still tells the model's vector size: the next such request is refused ahead.
+        if (err instanceof AnswerTooLarge && req.embed?.dimensions === undefined && err.vectorSize > 0)
+          deps.embeddingSizes?.set(model.name, err.vectorSize);
         deps.onUpstreamFailure?.(replica, err, req.requestId);
         // A refused connection is a health verdict: stop routing here until the scraper finds it up
         // again, instead of letting every request in the meantime find out. A 5xx before the first token

@@ -3,9 +3,10 @@
  * for in base64 (little-endian float32, about a third of the bytes of the same floats in JSON text and
  * no number parsing) and decoded into Float32Arrays. The answer is checked (one vector per input, in order,
  * all of one length) and bounded: its vectors may hold at most `maxVectorBytes` of float32s, and the body
- * is read only up to what such vectors take in base64 (plus JSON's framing), so a larger answer is cut
- * while it arrives, as UpstreamError("too-large"): the request asked for too much, which is not the
- * replica's fault and not worth a retry. Other failures are UpstreamErrors classified as a streamed
+ * is read only up to what such vectors take in base64 (plus JSON's framing). An answer cut there is the
+ * request's doing (AnswerTooLarge, a "too-large" failure: not retried, not held against the replica) when
+ * the first vector read shows that `inputs` vectors of its size pass the bound; otherwise the replica sent
+ * more than it should, a "protocol" failure as any malformed answer. Other failures are UpstreamErrors classified as a streamed
  * request's are (a refused connection, 5xx, 429, a context too long), so the relay retries and accounts
  * for them the same way.
  */
@@ -22,6 +23,59 @@ const FRAMING_PER_ANSWER = 4096;
 /** The largest body that can carry `inputs` vectors of at most `maxVectorBytes` float32 bytes in base64. */
 export function answerBytesBound(inputs: number, maxVectorBytes: number): number {
   return Math.ceil(maxVectorBytes / 3) * 4 + inputs * (FRAMING_PER_VECTOR + 4) + FRAMING_PER_ANSWER;
+}
+
+/**
+ * An answer whose vectors pass the bound: `inputs` vectors of `vectorSize` floats (which the relay learns),
+ * or 0 when only a lower bound of the size was read.
+ */
+export class AnswerTooLarge extends UpstreamError {
+  constructor(
+    readonly vectorSize: number,
+    detail: string,
+  ) {
+    super("too-large", detail);
+  }
+}
+
+/** A body cut at its limit, with its first bytes (to tell a too-large answer from a broken one). */
+class BodyOverLimit extends Error {
+  constructor(
+    readonly limit: number,
+    readonly prefix: string,
+  ) {
+    super(`the answer is larger than ${limit} bytes`);
+  }
+}
+
+/** How much of a cut answer is searched for its first vector. */
+const PREFIX_BYTES = 1024 * 1024;
+
+/**
+ * The length of the first vector in (the start of) an embeddings answer, after "embedding": exact when its
+ * base64 string or JSON array is complete in `text`, a lower bound when `text` ends inside it (a vector
+ * longer than what was read); undefined when none has begun.
+ */
+export function firstVectorSize(
+  text: string,
+): { readonly size: number; readonly exact: boolean } | undefined {
+  const b64 = /"embedding"\s*:\s*"([A-Za-z0-9+/]*)(={0,2})("?)/.exec(text);
+  if (b64 !== null) {
+    const [, chars = "", pad = "", quote] = b64;
+    const exact = quote === '"';
+    const bytes = exact
+      ? ((chars.length + pad.length) / 4) * 3 - pad.length
+      : Math.floor((chars.length * 3) / 4);
+    const floats = exact ? bytes / 4 : Math.floor(bytes / 4);
+    return Number.isInteger(floats) && floats > 0 ? { size: floats, exact } : undefined;
+  }
+  const array = /"embedding"\s*:\s*\[([^\]]*)(\]?)/.exec(text);
+  if (array === null) return undefined;
+  const [, items = "", close] = array;
+  const count = items.trim() === "" ? 0 : items.split(",").length;
+  // An incomplete array's last number may be cut: count the complete ones.
+  const size = close === "]" ? count : Math.max(0, count - 1);
+  return size > 0 ? { size, exact: close === "]" } : undefined;
 }
 
 /** The replica's answer, decoded. */
@@ -68,14 +122,20 @@ export async function fetchEmbeddings(
   }
   let text: string;
   try {
-    text =
-      res.statusCode === 200
-        ? await readBounded(res.body, answerBytesBound(inputs, maxVectorBytes), "too-large")
-        : await readBounded(res.body, MAX_ERROR_BODY, "protocol");
+    text = await readBounded(
+      res.body,
+      res.statusCode === 200 ? answerBytesBound(inputs, maxVectorBytes) : MAX_ERROR_BODY,
+    );
   } catch (err) {
     if (signal.aborted) throw signal.reason;
-    if (err instanceof UpstreamError) throw err;
-    throw new UpstreamError("broken-stream", describeError(err));
+    if (!(err instanceof BodyOverLimit)) throw new UpstreamError("broken-stream", describeError(err));
+    const first = res.statusCode === 200 ? firstVectorSize(err.prefix) : undefined;
+    if (first !== undefined && inputs * first.size * 4 > maxVectorBytes)
+      throw new AnswerTooLarge(
+        first.exact ? first.size : 0,
+        `${inputs} vectors of ${first.exact ? "" : "at least "}${first.size} floats, more than ${maxVectorBytes} bytes`,
+      );
+    throw new UpstreamError("protocol", err.message);
   }
   if (res.statusCode !== 200) {
     const retryAfter = Number(res.headers["retry-after"]);
@@ -88,25 +148,24 @@ export async function fetchEmbeddings(
   const answer = decode(text, inputs);
   const vectorBytes = answer.vectors.reduce((n, v) => n + v.byteLength, 0);
   if (vectorBytes > maxVectorBytes)
-    throw new UpstreamError("too-large", `${vectorBytes} bytes of vectors, more than ${maxVectorBytes}`);
+    throw new AnswerTooLarge(
+      answer.vectors[0]?.length ?? 0,
+      `${vectorBytes} bytes of vectors, more than ${maxVectorBytes}`,
+    );
   return answer;
 }
 
-/** The body as text, or an UpstreamError(`failure`) once it passes `limit` bytes. */
-async function readBounded(
-  body: Dispatcher.ResponseData["body"],
-  limit: number,
-  failure: "too-large" | "protocol",
-): Promise<string> {
+/** The body as text, or a BodyOverLimit (with its first bytes) once it passes `limit` bytes. */
+async function readBounded(body: Dispatcher.ResponseData["body"], limit: number): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += (chunk as Buffer).length;
+    chunks.push(chunk as Buffer);
     if (size > limit) {
       body.destroy();
-      throw new UpstreamError(failure, `the answer is larger than ${limit} bytes`);
+      throw new BodyOverLimit(limit, Buffer.concat(chunks, Math.min(size, PREFIX_BYTES)).toString("utf8"));
     }
-    chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks).toString("utf8");
 }

@@ -131,6 +131,8 @@ export function startScraper(
   async function scrape(replica: Replica, s: ScrapeState, withHealth: boolean): Promise<void> {
     const started = now();
     const wasUp = replica.healthy !== false;
+    // Requests sent before this scrape: the page it reads counts them (those sent while it is out may not be).
+    const sentBefore = replica.sentSinceScrape;
     let answered = true;
     const suspect = s.healthDue || !s.healthOk || replica.healthy === false;
     if (withHealth || suspect || started - s.healthAt >= options.healthIntervalMs) {
@@ -169,12 +171,12 @@ export function startScraper(
         signals.waiting !== s.last.waiting ||
         signals.running !== s.last.running ||
         signals.kvCacheUsage !== s.last.kvCacheUsage);
-    // Requests sent since the last scrape: the new signals count them, so routing stops adding them.
     const sent = replica.sentSinceScrape;
     if (signals !== undefined) {
       s.last = signals;
       replica.signals = { ...signals, scrapedAt: now() };
-      replica.sentSinceScrape = 0;
+      // The new signals count what was sent before the scrape: routing stops adding those, not the others.
+      replica.sentSinceScrape = Math.max(0, sent - sentBefore);
       onSignals?.(replica);
     }
     // Under traffic (ours, or moving gauges), or unhealthy: the fast rate. Otherwise back off.

@@ -125,7 +125,12 @@ function otlpRequestTracer(tracer: OtlpTracer): RequestTracer {
         },
         parent,
       );
-      if (!span.isRecording()) return NO_SPAN; // sampled out: no children either
+      if (!span.isRecording()) {
+        // Sampled out: nothing recorded here, but the decision (flags 00) goes on to the replica, so
+        // that it does not start a trace of its own.
+        const attempt: AttemptSpan = { headers: traceHeaders(span), end() {} };
+        return { attempt: () => attempt, end() {} };
+      }
       const asParent = contextOf(span);
       return {
         attempt(replicaUrl, n) {

@@ -86,6 +86,7 @@ function expectChain(
   expect(gateway.status).not.toBe(ERROR);
   expect(upstream).toHaveLength(1);
   expect(upstream[0]?.parentSpanId).toBe(gateway.spanId);
+  expect(upstream[0]?.status).not.toBe(ERROR);
   expect(upstream[0]?.attributes["server.address"]).toBe(gateway.attributes["kinfer.replica"]);
   expect(replica).toHaveLength(1);
   expect(replica[0]?.parentSpanId).toBe(upstream[0]?.spanId);
@@ -192,11 +193,15 @@ it("a client's not-sampled decision is kept by the gateway and the replica", asy
       { model: MODEL, prompt: "x", max_tokens: 2 },
       { headers: { traceparent } },
     );
-  expect((await ask(unsampled.traceparent)).status).toBe(200);
+  const first = await ask(unsampled.traceparent);
+  expect(first.status).toBe(200);
   expect((await ask(sampled.traceparent)).status).toBe(200);
   // Spans leave in the order they end: once the later request's chain is in, the earlier one's would be.
   await chainOf(sampled.traceId);
   expect(collector.spans().filter((s) => s.traceId === unsampled.traceId)).toEqual([]);
+  // Nor did the replica start a trace of its own for it: it was told the request is not sampled.
+  const requestId = first.headers.get("x-request-id");
+  expect(collector.spans().filter((s) => s.attributes["gen_ai.request.id"] === requestId)).toEqual([]);
 });
 
 it("malformed or hostile trace headers start a new trace and harm nothing", async () => {

@@ -192,10 +192,10 @@ export function createOpenAiRoutes(
    * (little-endian float32, as vLLM and OpenAI encode them). Runs through the pipeline as every request.
    * The answer is written one vector at a time as the client reads it (floats as JSON text take about five
    * times their float32 bytes: one string of all of them would be the largest thing the gateway holds); a
-   * client that reads none of it for timeouts.slowReaderMs is cut.
+   * client that has not read all of it within timeouts.slowReaderMs is cut, as a stream's slow reader is.
    */
   async function embeddings(req: HttpRequest, res: HttpResponse): Promise<void> {
-    const { limits, connections, timeouts } = config();
+    const { limits, connections } = config();
     const exchange = openExchange(res, limits.maxTimeoutMs);
     const { requestId, control } = exchange;
     try {
@@ -208,26 +208,32 @@ export function createOpenAiRoutes(
         config(),
         exchange.deadlineAt,
       );
+      // A client that stops reading is cut, and its request cancelled (the pipeline decides when).
+      const onSlowReader = () => {
+        control.abort(new ConnectError("the client stopped reading", Code.Canceled));
+        resetClient(res);
+      };
       let vectors: readonly Float32Array[] = [];
-      let promptTokens: number | undefined;
-      for await (const event of pipeline.run(request)) {
+      for await (const event of pipeline.run({ ...request, onSlowReader })) {
         if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
         else if (event.type === "embeddings") vectors = event.vectors;
-        else if (event.type === "finish") promptTokens = event.usage.promptTokens;
+        else if (event.type === "finish") {
+          // Written while the pipeline holds the request (in flight, its queue slot taken, its reader
+          // watched), so that answers being written count against the gateway's limits.
+          res.writeHead(200, { "content-type": "application/json" });
+          const head = { id: `embd-${requestId}`, object: "list", created: unixNow(), model: request.model };
+          await write(res, `${JSON.stringify(head).slice(0, -1)},"data":[`, control.signal);
+          for (let index = 0; index < vectors.length && !control.signal.aborted; index++) {
+            const v = vectors[index] as Float32Array;
+            const item = { index, object: "embedding", embedding: base64 ? float32Base64(v) : Array.from(v) };
+            await write(res, `${index > 0 ? "," : ""}${JSON.stringify(item)}`, control.signal);
+          }
+          const promptTokens = event.usage.promptTokens;
+          const usage = { prompt_tokens: promptTokens, total_tokens: promptTokens, completion_tokens: 0 };
+          if (!control.signal.aborted) exchange.end(`],"usage":${JSON.stringify(usage)}}`);
+        }
+        if (control.signal.aborted) break;
       }
-      if (promptTokens === undefined)
-        throw new ConnectError("the request ended without an answer", Code.Internal);
-      res.writeHead(200, { "content-type": "application/json" });
-      const head = { id: `embd-${requestId}`, object: "list", created: unixNow(), model: request.model };
-      const write = writeOrCut(res, control, timeouts.slowReaderMs);
-      await write(`${JSON.stringify(head).slice(0, -1)},"data":[`);
-      for (let index = 0; index < vectors.length && !control.signal.aborted; index++) {
-        const v = vectors[index] as Float32Array;
-        const item = { index, object: "embedding", embedding: base64 ? float32Base64(v) : Array.from(v) };
-        await write(`${index > 0 ? "," : ""}${JSON.stringify(item)}`);
-      }
-      const usage = { prompt_tokens: promptTokens, total_tokens: promptTokens, completion_tokens: 0 };
-      if (!control.signal.aborted) exchange.end(`],"usage":${JSON.stringify(usage)}}`);
     } catch (err) {
       if (!res.headersSent) answerFailure(res, exchange, err);
     } finally {
@@ -344,28 +350,6 @@ function answerFailure(res: HttpResponse, exchange: Exchange, err: unknown): voi
     exchange.ended = true;
     sendError(res, toClientError(err));
   }
-}
-
-/**
- * A writer that waits for the client to read each piece (write's backpressure) and cuts a client that
- * reads nothing for `slowReaderMs`, cancelling its request.
- */
-function writeOrCut(
-  res: HttpResponse,
-  control: AbortController,
-  slowReaderMs: number,
-): (text: string) => Promise<void> {
-  return async (text) => {
-    const timer = setTimeout(() => {
-      control.abort(new ConnectError("the client stopped reading", Code.Canceled));
-      resetClient(res);
-    }, slowReaderMs);
-    try {
-      await write(res, text, control.signal);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
 }
 
 /** A vector as OpenAI's base64 encoding_format: its float32 components, little-endian. */
