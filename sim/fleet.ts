@@ -27,6 +27,9 @@ export interface FleetOptions {
   seed?: number;
   /** OTLP/HTTP endpoint for every replica's request spans (vLLM's --otlp-traces-endpoint). */
   otlpTracesEndpoint?: string;
+  /** LoRA adapters (vLLM's --enable-lora), and those every replica loads at start (--lora-modules). */
+  enableLora?: boolean;
+  loraModules?: Readonly<Record<string, string>>;
 }
 
 /** Running replicas. */
@@ -61,6 +64,8 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
             ...(options.otlpTracesEndpoint !== undefined
               ? { otlpTracesEndpoint: options.otlpTracesEndpoint }
               : {}),
+            ...(options.enableLora !== undefined ? { enableLora: options.enableLora } : {}),
+            ...(options.loraModules !== undefined ? { loraModules: options.loraModules } : {}),
           }),
         );
       }

@@ -39,6 +39,8 @@ const ENGINE_FLAGS: Record<NumericEngineOption, readonly [flag: string, arg: str
   meanOutputTokens: ["mean-output-tokens", "N", "mean length of a reply that ends by itself"],
   slowdown: ["slowdown", "F", "multiplies every step's duration"],
   embeddingSize: ["embedding-size", "N", "length of the vectors /v1/embeddings returns"],
+  maxLoras: ["max-loras", "N", "most LoRA adapters in one batch (vLLM; default 1)"],
+  loraLoadMs: ["lora-load-ms", "MS", "time to load an adapter into a batch slot"],
 };
 
 /** Fault rate -> flag name, argument and meaning. */
@@ -72,6 +74,8 @@ ${line("--startup-delay-ms MS", "/health answers 503 for this long after start (
 ${line("--seed N", "seed of the fault dice (default 1)")}
 ${line("--shutdown-timeout S", "on SIGTERM, drain: running requests get S seconds (default 0: abort)")}
 ${line("--otlp-traces-endpoint URL", "a span per request under its traceparent, to this OTLP/HTTP collector")}
+${line("--enable-lora", "serve LoRA adapters (requests name one as their model; load/unload endpoints)")}
+${line("--lora-modules NAME=PATH", "an adapter loaded at start; repeat for several (needs --enable-lora)")}
 ${line("--tensor-parallel-size N", "accepted and ignored (vLLM)")}
 ${line("--disable-uvicorn-access-log", "accepted and ignored (vLLM)")}
 ${line("--[no-]enable-prefix-caching", "keep finished prompts' KV blocks for reuse (default on)")}
@@ -113,6 +117,8 @@ export async function main(argv: string[]): Promise<void> {
       seed: { type: "string" },
       "shutdown-timeout": { type: "string" },
       "otlp-traces-endpoint": { type: "string" },
+      "enable-lora": { type: "boolean" },
+      "lora-modules": { type: "string", multiple: true },
       "tensor-parallel-size": { type: "string" },
       "disable-uvicorn-access-log": { type: "boolean" },
       "enable-prefix-caching": { type: "boolean" },
@@ -138,6 +144,8 @@ export async function main(argv: string[]): Promise<void> {
     const n = numberFlag(name, flag(name));
     if (n !== undefined) (faults as Record<string, number>)[key] = n;
   }
+  if (values["lora-modules"] !== undefined && !values["enable-lora"])
+    throw new Error("--lora-modules needs --enable-lora");
   if (positionals.length > 1) throw new Error(`one model as an argument, got: ${positionals.join(" ")}`);
   const models = [...positionals, ...(values.model ?? [])];
   const servedName = values["served-model-name"];
@@ -162,6 +170,9 @@ export async function main(argv: string[]): Promise<void> {
     seed: numberFlag("seed", values.seed) ?? 1,
     ...(values["otlp-traces-endpoint"] !== undefined
       ? { otlpTracesEndpoint: values["otlp-traces-endpoint"] }
+      : {}),
+    ...(values["enable-lora"]
+      ? { enableLora: true, loraModules: loraModules(values["lora-modules"] ?? []) }
       : {}),
   });
   const shutdownTimeoutS = numberFlag("shutdown-timeout", values["shutdown-timeout"]) ?? 0;
@@ -215,3 +226,15 @@ function explain(err: unknown): string {
 }
 
 if (isEntryPoint(import.meta.url)) runProgram("kinfer-sim", () => main(process.argv.slice(2)), explain);
+
+/** vLLM's --lora-modules NAME=PATH values, as name -> path. */
+function loraModules(values: readonly string[]): Record<string, string> {
+  const modules: Record<string, string> = {};
+  for (const v of values) {
+    const at = v.indexOf("=");
+    if (at <= 0 || at === v.length - 1)
+      throw new Error(`--lora-modules: NAME=PATH, got ${JSON.stringify(v)}`);
+    modules[v.slice(0, at)] = v.slice(at + 1);
+  }
+  return modules;
+}

@@ -36,17 +36,21 @@ export interface PreparedCompletion {
   readonly toolCall?: PlannedToolCall;
   /** Log probabilities of each output token, when the request asked for them. */
   readonly logprobs?: readonly TokenLogprob[];
+  /** The LoRA adapter the request named as its model; undefined for the base model. */
+  readonly lora?: string;
 }
 
 /**
  * Parses and validates a body for `model`, tokenizes the prompt and plans the output; throws VllmError
- * (400 for bad input or a context too long, 404 for another model's name).
+ * (400 for bad input or a context too long, 404 for another model's name). A loaded LoRA adapter's name
+ * (`adapters`) is a model name too: the request runs with that adapter.
  */
 export function prepareCompletion(
   bodyText: string,
   chat: boolean,
   model: string,
   engine: Pick<EngineOptions, "maxModelLen" | "meanOutputTokens">,
+  adapters: { has(name: string): boolean } = new Set(),
 ): PreparedCompletion {
   let json: unknown;
   try {
@@ -74,7 +78,8 @@ export function prepareCompletion(
     else promptTokens = prompt as number[];
     requested = parsed.data.max_tokens;
   }
-  if (body.model !== undefined && body.model !== null && body.model !== model) {
+  const lora = typeof body.model === "string" && adapters.has(body.model) ? body.model : undefined;
+  if (body.model !== undefined && body.model !== null && body.model !== model && lora === undefined) {
     throw new VllmError(404, `The model \`${body.model}\` does not exist.`);
   }
   if (promptTokens.length === 0) throw new VllmError(400, "The prompt is empty.");
@@ -142,6 +147,7 @@ export function prepareCompletion(
     ...(top !== undefined && top !== null
       ? { logprobs: planLogprobs(plan.deltas, Math.max(1, top), seed) }
       : {}),
+    ...(lora !== undefined ? { lora } : {}),
   };
 }
 

@@ -43,6 +43,7 @@ export function prepareResponses(
   bodyText: string,
   model: string,
   engine: Pick<EngineOptions, "maxModelLen" | "meanOutputTokens">,
+  adapters: { has(name: string): boolean } = new Set(),
 ): PreparedResponses {
   let json: unknown;
   try {
@@ -72,7 +73,7 @@ export function prepareResponses(
     ...(b.top_p != null ? { top_p: b.top_p } : {}),
   };
   return {
-    completion: prepareCompletion(JSON.stringify(chat), true, model, engine),
+    completion: prepareCompletion(JSON.stringify(chat), true, model, engine, adapters),
     echo: {
       instructions: b.instructions ?? null,
       maxOutputTokens: b.max_output_tokens ?? null,

@@ -82,6 +82,7 @@ export function runCompletion(
       targetTokens: plan.deltas.length,
       finishReason: plan.finishReason,
       outputTokens: plan.tokenIds,
+      ...(prepared.lora !== undefined ? { lora: prepared.lora } : {}),
       ...(fault.slow !== undefined ? { slowFactor: fault.slow } : {}),
     },
     {

@@ -52,6 +52,14 @@ export interface EngineOptions {
   slowdown: number;
   /** Length of the vectors /v1/embeddings returns (the model's hidden size). Default 4096: Llama-3-8B's. */
   embeddingSize: number;
+  /**
+   * Most LoRA adapters in one batch (vLLM `--max-loras`, default 1): the GPU's adapter slots. A sequence
+   * whose adapter has no slot waits (later sequences may pass it); an idle adapter's slot is reused, least
+   * recently used first.
+   */
+  maxLoras: number;
+  /** Time to load an adapter into a slot, added to the step that first runs it. Default 50 ms (an estimate). */
+  loraLoadMs: number;
 }
 
 export const defaultEngineOptions: Readonly<EngineOptions> = Object.freeze({
@@ -68,6 +76,8 @@ export const defaultEngineOptions: Readonly<EngineOptions> = Object.freeze({
   meanOutputTokens: 128,
   slowdown: 1,
   embeddingSize: 4096,
+  maxLoras: 1,
+  loraLoadMs: 50,
 });
 
 const positiveInt = z.number().int().positive();
@@ -89,6 +99,8 @@ export const engineOptionsSchema = z
     meanOutputTokens: positiveInt,
     slowdown: z.number().positive().finite(),
     embeddingSize: positiveInt.max(65_536),
+    maxLoras: positiveInt.max(1024),
+    loraLoadMs: nonNegative,
   })
   .strict();
 

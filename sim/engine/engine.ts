@@ -44,6 +44,8 @@ export interface SequenceSpec {
    * place in the context, so the whole context (max_model_len tokens) may be prompt, as in vLLM.
    */
   readonly pooling?: boolean;
+  /** The LoRA adapter the sequence runs with (vLLM's lora_request); undefined for the base model. */
+  readonly lora?: string;
 }
 
 /** How a sequence ended. All times are the engine clock's, in ms. */
@@ -95,6 +97,11 @@ export interface EngineStats {
   readonly preemptions: number;
   readonly promptTokens: number;
   readonly generationTokens: number;
+  /** Adapters of running sequences, and of waiting ones (vllm:lora_requests_info's labels). */
+  readonly runningLoras: readonly string[];
+  readonly waitingLoras: readonly string[];
+  /** Adapters loaded into a slot so far (each load cost loraLoadMs). */
+  readonly loraLoads: number;
 }
 
 /** One simulated replica's engine. */
@@ -141,6 +148,8 @@ interface PlannedWork {
   readonly prefill: number;
   /** Whether this is the first chunk of the sequence's prefill (which pays prefillOverheadMs). */
   readonly startsPrefill: boolean;
+  /** Whether this step loads the sequence's adapter into a slot (which pays loraLoadMs). */
+  readonly loadsLora?: boolean;
 }
 
 /** Creates an engine. `options` must already be validated (see resolveEngineOptions). */
@@ -158,7 +167,43 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
     preemptions: 0,
     promptTokens: 0,
     generationTokens: 0,
+    loraLoads: 0,
   };
+  /** Adapters in a GPU slot (at most maxLoras), with when each last ran: the least recent is reused first. */
+  const loraSlots = new Map<string, number>();
+
+  /** Adapters of the running sequences. */
+  function activeLoras(): Set<string> {
+    const active = new Set<string>();
+    for (const seq of running) if (seq.spec.lora !== undefined) active.add(seq.spec.lora);
+    return active;
+  }
+
+  /**
+   * Gives `lora` a slot if it can have one now: it holds one, or one is free, or one is held by an adapter
+   * no running sequence uses (evicted, least recently used first). Returns whether this loads it (a cost),
+   * or undefined when every slot is in use by running sequences.
+   */
+  function slotFor(lora: string, active: Set<string>): boolean | undefined {
+    if (loraSlots.has(lora)) {
+      loraSlots.set(lora, clock.now());
+      return false;
+    }
+    if (loraSlots.size >= opts.maxLoras) {
+      let victim: string | undefined;
+      let oldest = Number.POSITIVE_INFINITY;
+      for (const [name, usedAt] of loraSlots)
+        if (!active.has(name) && usedAt < oldest) {
+          victim = name;
+          oldest = usedAt;
+        }
+      if (victim === undefined) return undefined;
+      loraSlots.delete(victim);
+    }
+    loraSlots.set(lora, clock.now());
+    counters.loraLoads++;
+    return true;
+  }
 
   function tokensOf(seq: Sequence, count: number): ArrayLike<number> {
     // The token ids of the sequence's first `count` tokens, for block hashing (prompt, then known output).
@@ -293,14 +338,27 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
         preempt(seq);
       }
     }
-    // Then the queue, in order, while there is room.
-    while (waiting.length > 0 && running.length < opts.maxNumSeqs && budget > 0) {
-      const seq = waiting[0] as Sequence;
+    // Then the queue, in order, while there is room. A sequence whose adapter has no slot is passed over
+    // (vLLM's scheduler skips it and keeps its place); one that does not fit the KV cache stops the queue.
+    const active = activeLoras();
+    for (let i = 0; i < waiting.length && running.length < opts.maxNumSeqs && budget > 0; ) {
+      const seq = waiting[i] as Sequence;
+      const lora = seq.spec.lora;
+      const loads = lora === undefined ? false : slotFor(lora, active);
+      if (loads === undefined) {
+        i++;
+        continue;
+      }
       const remaining = admit(seq);
-      if (remaining < 0) break;
-      waiting.shift();
+      if (remaining < 0) {
+        if (loads && lora !== undefined) loraSlots.delete(lora); // not run after all: no load
+        if (loads) counters.loraLoads--;
+        break;
+      }
+      waiting.splice(i, 1);
+      if (lora !== undefined) active.add(lora);
       const chunk = Math.min(remaining, budget);
-      work.push({ seq, prefill: chunk, startsPrefill: seq.generated === 0 });
+      work.push({ seq, prefill: chunk, startsPrefill: seq.generated === 0, loadsLora: loads });
       budget -= chunk;
     }
     return work.filter((w) => w.seq.state === "running");
@@ -310,17 +368,20 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
     let decodes = 0;
     let prefillTokens = 0;
     let startsPrefill = false;
+    let loraLoads = 0;
     for (const w of work) {
       if (w.prefill === 0) decodes++;
       prefillTokens += w.prefill;
       startsPrefill ||= w.startsPrefill;
+      if (w.loadsLora) loraLoads++;
     }
     // The overhead is per step, not per sequence: a batched prefill launches its kernels once.
     const ms =
       opts.decodeBaseMs +
       opts.decodeMsPerSeq * decodes +
       opts.prefillMsPerToken * prefillTokens +
-      (startsPrefill ? opts.prefillOverheadMs : 0);
+      (startsPrefill ? opts.prefillOverheadMs : 0) +
+      opts.loraLoadMs * loraLoads;
     return ms * opts.slowdown;
   }
 
@@ -425,6 +486,10 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
       waiting: waiting.length,
       kvCacheUsage: pool.usage,
       ...counters,
+      runningLoras: [...activeLoras()],
+      waitingLoras: [
+        ...new Set(waiting.flatMap((seq) => (seq.spec.lora !== undefined ? [seq.spec.lora] : []))),
+      ],
     }),
     setSlowdown(factor) {
       if (!(factor > 0 && Number.isFinite(factor)))

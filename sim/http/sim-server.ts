@@ -65,6 +65,14 @@ export interface SimServerOptions {
    * traceparent, exported over OTLP/HTTP to this base URL. Default none.
    */
   otlpTracesEndpoint?: string;
+  /**
+   * As vLLM's --enable-lora: requests may name a LoRA adapter as their model; /v1/load_lora_adapter and
+   * /v1/unload_lora_adapter manage them at run time (vLLM also needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True);
+   * vllm:lora_requests_info is reported. Default off.
+   */
+  enableLora?: boolean;
+  /** Adapters loaded at start, name -> path (vLLM's --lora-modules name=path). */
+  loraModules?: Readonly<Record<string, string>>;
 }
 
 /** A running simulated server. */
@@ -91,13 +99,21 @@ export interface SimServer {
 }
 
 const DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024;
+/** Most LoRA adapters registered at once (vLLM has no such bound; a simulator open to any client needs one). */
+const MAX_ADAPTERS = 1000;
+const adapterRequest = z.object({
+  lora_name: z.string().min(1).max(256),
+  lora_path: z.string().min(1).max(4096).optional(),
+});
 const VERSION = "0.12.0+kinfer-sim";
 
 /** Starts a simulated server and resolves once it listens. Throws if an option is invalid. */
 export async function startSimServer(options: SimServerOptions): Promise<SimServer> {
   const model = z.string().min(1).parse(options.model);
   const clock = options.clock ?? createRealClock();
-  const metrics = createReplicaMetrics(model);
+  const metrics = createReplicaMetrics(model, { lora: options.enableLora === true });
+  /** Loaded LoRA adapters, name -> path (at most MAX_ADAPTERS). */
+  const adapters = new Map<string, string>(Object.entries(options.loraModules ?? {}));
   const engine = createEngine(resolveEngineOptions(options.engine), clock, metrics.observer);
   metrics.bind(engine);
   const dice = createFaultDice(options.faults ?? {}, options.seed ?? 1);
@@ -213,8 +229,22 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
               parent: null,
               max_model_len: engine.options.maxModelLen,
             },
+            // vLLM lists each loaded adapter under its base model.
+            ...[...adapters].map(([name, path]) => ({
+              id: name,
+              object: "model",
+              created,
+              owned_by: "vllm",
+              root: path,
+              parent: model,
+              max_model_len: engine.options.maxModelLen,
+            })),
           ],
         });
+      case "POST /v1/load_lora_adapter":
+      case "POST /v1/unload_lora_adapter":
+        if (options.enableLora !== true) return sendJson(res, 404, { detail: "Not Found" });
+        return loraAdapter(req, res, url.pathname === "/v1/load_lora_adapter");
       case "GET /sim/stats":
         return sendJson(res, 200, {
           ...engine.stats(),
@@ -261,6 +291,38 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
   }
 
   /** Runs a /sim/ control: JSON body in, JSON state out, 400 with the reason on bad input. */
+  /** vLLM's runtime adapter endpoints: 200 with a plain-text message, or its JSON errors. */
+  async function loraAdapter(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    load: boolean,
+  ): Promise<void> {
+    let body: z.infer<typeof adapterRequest>;
+    try {
+      body = adapterRequest.parse(JSON.parse(await readBody(req, 64 * 1024)));
+    } catch (err) {
+      const message = err instanceof z.ZodError ? describeZodError(err) : (err as Error).message;
+      return sendError(res, new VllmError(400, message));
+    }
+    const name = body.lora_name;
+    if (load) {
+      if (body.lora_path === undefined)
+        return sendError(res, new VllmError(400, "Both 'lora_name' and 'lora_path' must be provided."));
+      if (adapters.has(name) || name === model)
+        return sendError(res, new VllmError(400, `The lora adapter '${name}' has already been loaded.`));
+      if (adapters.size >= MAX_ADAPTERS)
+        return sendError(res, new VllmError(400, `At most ${MAX_ADAPTERS} adapters can be loaded.`));
+      adapters.set(name, body.lora_path);
+      res.writeHead(200, { "content-type": "text/plain; charset=utf-8" });
+      res.end(`Success: LoRA adapter '${name}' added successfully.`);
+      return;
+    }
+    if (!adapters.delete(name))
+      return sendError(res, new VllmError(404, `The lora adapter '${name}' cannot be found.`));
+    res.writeHead(200, { "content-type": "text/plain; charset=utf-8" });
+    res.end(`Success: LoRA adapter '${name}' removed successfully.`);
+  }
+
   async function runControl(
     req: http.IncomingMessage,
     res: http.ServerResponse,
@@ -363,10 +425,15 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     let renderer: ResponsesRenderer | undefined;
     try {
       if (responses) {
-        const r = prepareResponses(bodyText, model, engine.options);
+        const r = prepareResponses(bodyText, model, engine.options, adapters);
         prepared = r.completion;
-        renderer = responsesRenderer(requestId, model, Math.floor(Date.now() / 1000), r.echo);
-      } else prepared = prepareCompletion(bodyText, chat, model, engine.options);
+        renderer = responsesRenderer(
+          requestId,
+          r.completion.lora ?? model,
+          Math.floor(Date.now() / 1000),
+          r.echo,
+        );
+      } else prepared = prepareCompletion(bodyText, chat, model, engine.options, adapters);
     } catch (err) {
       if (err instanceof VllmError) return sendError(res, err);
       throw err;
@@ -375,7 +442,7 @@ export async function startSimServer(options: SimServerOptions): Promise<SimServ
     res.once("close", () => open.delete(res));
     runCompletion(req, res, prepared, {
       engine,
-      model,
+      model: prepared.lora ?? model, // vLLM echoes the adapter's name
       fault,
       requestId,
       clock,

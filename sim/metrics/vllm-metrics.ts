@@ -26,7 +26,13 @@ export interface ReplicaMetrics {
   bind(engine: Engine): void;
 }
 
-export function createReplicaMetrics(modelName: string): ReplicaMetrics {
+/**
+ * `lora`: the replica serves LoRA adapters (--enable-lora), and reports vllm:lora_requests_info: its
+ * labels name the adapters of running and waiting requests (comma-separated) and max_lora, its value is
+ * the time it was set (vLLM keeps every label set it ever reported, so readers take the newest; the
+ * simulator reports only the current one).
+ */
+export function createReplicaMetrics(modelName: string, options: { lora?: boolean } = {}): ReplicaMetrics {
   const registry = new Registry();
   const labels = { model_name: modelName, engine: "0" };
   const labelNames = ["model_name", "engine"] as const;
@@ -93,6 +99,26 @@ export function createReplicaMetrics(modelName: string): ReplicaMetrics {
     "Cumulative number of preemption from the engine.",
     () => stats()?.preemptions,
   );
+  if (options.lora === true)
+    new Gauge({
+      name: "vllm:lora_requests_info",
+      help: "Running stats on lora requests.",
+      labelNames: ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+      registers: [registry],
+      collect() {
+        const s = stats();
+        if (s === undefined || engine === undefined) return;
+        this.reset();
+        this.set(
+          {
+            max_lora: String(engine.options.maxLoras),
+            waiting_lora_adapters: s.waitingLoras.join(","),
+            running_lora_adapters: s.runningLoras.join(","),
+          },
+          Date.now() / 1000,
+        );
+      },
+    });
   const cacheConfig = new Gauge({
     name: "vllm:cache_config_info",
     help: "Information of the LLMEngine CacheConfig.",

@@ -275,3 +275,55 @@ describe("virtual time", () => {
     expect(c).toEqual(b);
   });
 });
+
+describe("LoRA adapters", () => {
+  it("a batch holds at most maxLoras adapters: another waits (others pass it), and a load costs loraLoadMs once", () => {
+    const { clock, engine } = setup({ maxLoras: 1, loraLoadMs: 40 });
+    const o = engine.options;
+    const lora = (name: string | undefined, targetTokens: number) =>
+      submit(engine, {
+        promptTokens: prompt(100),
+        targetTokens,
+        finishReason: "length",
+        ...(name !== undefined ? { lora: name } : {}),
+      });
+    const a1 = lora("a", 20);
+    const b = lora("b", 5);
+    const base = lora(undefined, 5);
+    const a2 = lora("a", 5);
+    expect(engine.stats().runningLoras).toEqual(["a"]);
+    expect(engine.stats().waitingLoras).toEqual(["b", "a"]);
+    clock.run();
+    // The first step loads "a": its first token pays the load.
+    expect(a1.tokens[0]).toBeCloseTo(
+      o.decodeBaseMs + o.prefillOverheadMs + 100 * o.prefillMsPerToken + o.loraLoadMs,
+      9,
+    );
+    // The base-model request and the second "a" one passed "b", which waited until no "a" ran.
+    expect(base.tokens[0] as number).toBeLessThan(b.tokens[0] as number);
+    expect(a2.tokens[0] as number).toBeLessThan(b.tokens[0] as number);
+    expect(b.tokens[0] as number).toBeGreaterThan(a1.tokens.at(-1) as number);
+    expect(b.result?.completionTokens).toBe(5);
+    expect(engine.stats().loraLoads).toBe(2); // "a" once (a2 found it loaded), then "b"
+    expect(engine.stats()).toMatchObject({ runningLoras: [], waitingLoras: [] });
+  });
+
+  it("two slots run two adapters at once; an adapter still in its slot loads no more", () => {
+    const { clock, engine } = setup({ maxLoras: 2, loraLoadMs: 40 });
+    const spec = (lora: string) => ({
+      promptTokens: prompt(50),
+      targetTokens: 10,
+      finishReason: "length" as const,
+      lora,
+    });
+    const a = submit(engine, spec("a"));
+    const b = submit(engine, spec("b"));
+    clock.run();
+    expect(b.tokens[0] as number).toBeLessThan(a.tokens.at(-1) as number);
+    expect(engine.stats().loraLoads).toBe(2);
+    const again = submit(engine, spec("a"));
+    clock.run();
+    expect(engine.stats().loraLoads).toBe(2);
+    expect(again.result?.completionTokens).toBe(10);
+  });
+});
