@@ -110,6 +110,8 @@ async function run(
   const model: ModelEntry = {
     name: "m",
     maxContextTokens: 8192,
+    adapters: [],
+    discoverAdapters: false,
     policy: routingPolicySchema.parse({ algorithm: "resource-aware" }),
     versions: [{ name: "v", weight: 1, servedModelName: "m", replicas }],
   };

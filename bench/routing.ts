@@ -114,6 +114,8 @@ function run(
     const model: ModelEntry = {
       name: "m",
       maxContextTokens: 16_384,
+      adapters: [],
+      discoverAdapters: false,
       policy: routingPolicySchema.parse({
         algorithm: policy,
         sessionAffinity: policy === "prefix-aware" || policy === "resource-aware",

@@ -224,6 +224,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     now,
     (replica, healthy) => log.info({ replica: replica.id, healthy }, "replica health changed"),
     (replica) => flow.notify(replica.model),
+    (replica) => table.model(replica.model)?.discoverAdapters === true,
   );
   // New replicas are scraped at once (the scraper otherwise finds them within its idle interval).
   table.onChange(() => {

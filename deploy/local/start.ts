@@ -37,6 +37,9 @@ for (const model of config.models) {
         host: hostname,
         port: Number(port),
         engine: { maxModelLen: model.maxContextTokens || 8192 },
+        // LoRA adapters may be loaded at run time (the admin API's LoadAdapter), as on vLLM with
+        // --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.
+        enableLora: true,
       });
       sims.push({ server, version: version.name });
     }

@@ -6,7 +6,8 @@
  * stored and applied here, and with expected_state_version it is made only over that version. It never
  * touches the request path itself. API keys are created, listed and revoked in the key
  * store (server/tenants/key-store.ts); without one configured, those calls fail with FAILED_PRECONDITION.
- * ListQueues shows flow control's queues (server/flow/flow-control.ts).
+ * ListQueues shows flow control's queues (server/flow/flow-control.ts). LoadAdapter and UnloadAdapter
+ * manage a model's LoRA adapters on its replicas (lora-adapters.ts).
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
@@ -28,6 +29,16 @@ import type { QueueState } from "../flow/flow-control.js";
 import { freshSignals, type Replica, replicaStatus } from "../replicas/replica.js";
 import type { ModelEntry, RoutingTable } from "../routing/routing-table.js";
 import { type ApiKeyRecord, type KeyStore, KeyStoreError } from "../tenants/key-store.js";
+import { loadAdapter, unloadAdapter } from "./lora-adapters.js";
+
+/** An adapter's name: what clients put in their requests' model field. */
+function checkAdapter(name: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,255}$/.test(name))
+    throw new ConnectError(
+      "adapter must be 1 to 256 letters, digits and . _ : / @ - (starting with a letter or digit)",
+      Code.InvalidArgument,
+    );
+}
 
 const ALGORITHMS: Record<RoutingPolicyConfig["algorithm"], RoutingAlgorithm> = {
   "round-robin": RoutingAlgorithm.ROUND_ROBIN,
@@ -240,6 +251,20 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
       const r = replica(req.replicaId);
       await change(r.model, (c) => ({ ...c, drained: c.drained.filter((id) => id !== r.id) }));
       return { replica: replicaToProto(replica(r.id), now()) };
+    },
+    async loadAdapter(req) {
+      const m = model(req.model);
+      checkAdapter(req.adapter);
+      if (table.model(req.adapter) !== undefined)
+        throw new ConnectError(`"${req.adapter}" is a model's name`, Code.InvalidArgument);
+      if (req.path.length === 0 || req.path.length > 4096)
+        throw new ConnectError("path must be 1 to 4096 characters", Code.InvalidArgument);
+      return { replicas: await loadAdapter(m, req.adapter, req.path) };
+    },
+    async unloadAdapter(req) {
+      const m = model(req.model);
+      checkAdapter(req.adapter);
+      return { replicas: await unloadAdapter(m, req.adapter) };
     },
     getRoutingPolicy: (req) => ({ policy: policyToProto(model(req.model).policy) }),
     async setRoutingPolicy(req) {

@@ -115,6 +115,16 @@ const modelSchema = z
     rollout: rolloutSchema.optional(),
     /** Flow control for this model; unset fields take the gateway-wide `flow` values. */
     flow: flowSchema.partial().optional(),
+    /**
+     * LoRA adapters of this model that every replica serves (vLLM's --lora-modules): requests naming one
+     * as their model go to this model's replicas, preferring those where it is loaded.
+     */
+    adapters: z.array(z.string().min(1).max(256)).max(1000).default([]),
+    /**
+     * Learn the adapters each replica serves from its /v1/models (read with /health, every
+     * scrape.healthIntervalMs), besides the declared ones and those loaded through the admin API.
+     */
+    discoverAdapters: z.boolean().default(false),
   })
   .strict()
   .superRefine((model, ctx) => {

@@ -293,7 +293,13 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       // After a wait the model's replicas may have changed (one appeared): route on the table as it is now.
       const current = deps.table.model(entry.name) ?? entry;
       relayed = relay(
-        { ...req, signal, priority: criticality, ...(span !== undefined ? { span } : {}) },
+        {
+          ...req,
+          signal,
+          priority: criticality,
+          ...(span !== undefined ? { span } : {}),
+          ...(req.model !== entry.name ? { adapter: req.model } : {}),
+        },
         current,
         deps.relay,
         acceptedAt,

@@ -139,13 +139,16 @@ export async function* relay(
     maxInFlight: effectiveFlow(config, model.name).maxInFlightPerReplica,
     affinityKey: req.affinityKey,
     prefixHashes: router.hashPrompt(promptText),
+    adapter: req.adapter,
   };
   /** The prompt's tokens, estimated (about 4 characters a token), for the replica's pending prefill. */
   const promptTokens = Math.ceil(promptText.length / 4);
+  // vLLM runs a request with a LoRA adapter when the adapter's name is its model.
+  const servedName = req.adapter ?? version.servedModelName;
   const body =
     req.embed !== undefined
-      ? embeddingsBody(req, version.servedModelName)
-      : upstreamBody(req, version.servedModelName, config.limits.defaultMaxTokens);
+      ? embeddingsBody(req, servedName)
+      : upstreamBody(req, servedName, config.limits.defaultMaxTokens);
   const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
   // An embedding request's answer is bounded (float32 bytes of all its vectors): refused here when its size
   // is known ahead (the pipeline asked before admission; a version may answer differently), else cut

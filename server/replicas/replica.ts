@@ -4,6 +4,8 @@
  * relay (in-flight counts, failures) and outlier detection; routing only reads them.
  */
 
+import type { VllmSignals } from "./vllm-signals.js";
+
 /** Load signals scraped from the replica's /metrics. */
 export interface ScrapedSignals {
   /** vllm:num_requests_waiting */
@@ -12,6 +14,8 @@ export interface ScrapedSignals {
   readonly running: number;
   /** vllm:kv_cache_usage_perc (or the older vllm:gpu_cache_usage_perc), 0 to 1 */
   readonly kvCacheUsage: number;
+  /** vllm:lora_requests_info: adapters of running and waiting requests, and adapter slots. */
+  readonly lora?: VllmSignals["lora"];
   /** When they were read, on the gateway's monotonic clock (ms). */
   readonly scrapedAt: number;
 }
@@ -52,6 +56,11 @@ export interface Replica {
   ejectedUntil: number;
   /** How many times it was ejected in a row (drives the backoff). */
   ejections: number;
+  /**
+   * LoRA adapters it serves beyond its model's declared ones: loaded through the admin API, or read from
+   * its /v1/models when the model discovers adapters.
+   */
+  adapters: ReadonlySet<string>;
 }
 
 export function createReplica(model: string, version: string, url: string, source: string): Replica {
@@ -72,6 +81,7 @@ export function createReplica(model: string, version: string, url: string, sourc
     consecutiveFailures: 0,
     ejectedUntil: 0,
     ejections: 0,
+    adapters: new Set(),
   };
 }
 

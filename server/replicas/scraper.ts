@@ -19,6 +19,9 @@
  *   marks it unhealthy, or a 503 before the first token: an engine restarted and still loading), it calls
  *   `suspect`, which reads /health at once instead of at the next health interval.
  *
+ * - A model that discovers LoRA adapters (`discoverAdapters`) has each replica's /v1/models read with
+ *   its /health: the adapters listed under it are the ones routing may send that adapter's requests to.
+ *
  * Scrapes run at most `concurrency` at once, on their own connection pool apart from the relay's.
  */
 import { Agent, request } from "undici";
@@ -26,6 +29,8 @@ import type { GatewayConfig } from "../config/gateway-config.js";
 import type { Replica } from "./replica.js";
 import { parseVllmSignals, type VllmSignals } from "./vllm-signals.js";
 
+/** Most LoRA adapters learned from one replica's /v1/models. */
+const MAX_ADAPTERS = 1000;
 /** Largest /metrics page read (vLLM's is about 50 KB with every histogram). */
 const MAX_METRICS_BYTES = 4 * 1024 * 1024;
 
@@ -65,6 +70,8 @@ export function startScraper(
   now: () => number,
   onHealthChange?: (replica: Replica, healthy: boolean) => void,
   onSignals?: (replica: Replica) => void,
+  /** Whether to learn a replica's LoRA adapters from its /v1/models, read with each /health. */
+  discoverAdapters?: (replica: Replica) => boolean,
 ): Scraper {
   const agent = new Agent({
     connections: 2,
@@ -127,6 +134,28 @@ export function startScraper(
     });
   }
 
+  /**
+   * The LoRA adapters /v1/models lists under the replica's model (entries with a parent), at most
+   * MAX_ADAPTERS of them. A page that cannot be read leaves what was known.
+   */
+  async function readAdapters(replica: Replica): Promise<void> {
+    const page = await fetchText(`${replica.url}/v1/models`);
+    if (page.status !== 200) return;
+    let data: unknown;
+    try {
+      data = (JSON.parse(page.text) as { data?: unknown }).data;
+    } catch {
+      return;
+    }
+    if (!Array.isArray(data)) return;
+    const found = new Set<string>();
+    for (const m of data as { id?: unknown; parent?: unknown }[]) {
+      if (found.size >= MAX_ADAPTERS) break;
+      if (typeof m?.id === "string" && m.id.length <= 256 && typeof m.parent === "string") found.add(m.id);
+    }
+    replica.adapters = found;
+  }
+
   /** One scrape: /metrics, and /health when it is due; updates health, signals and the next due time. */
   async function scrape(replica: Replica, s: ScrapeState, withHealth: boolean): Promise<void> {
     const started = now();
@@ -139,6 +168,7 @@ export function startScraper(
       s.healthDue = false;
       try {
         s.healthOk = (await fetchText(`${replica.url}/health`)).status === 200;
+        if (s.healthOk && discoverAdapters?.(replica)) await readAdapters(replica);
       } catch {
         answered = false;
       }

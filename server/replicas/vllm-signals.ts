@@ -9,7 +9,20 @@ export interface VllmSignals {
   readonly waiting: number;
   readonly running: number;
   readonly kvCacheUsage: number;
+  /**
+   * LoRA adapters of its running and waiting requests, and its adapter slots (vllm:lora_requests_info,
+   * newest label set); absent when the replica serves no adapters.
+   */
+  readonly lora?: {
+    readonly running: readonly string[];
+    readonly waiting: readonly string[];
+    readonly max: number;
+  };
 }
+
+const LORA = "vllm:lora_requests_info";
+/** Most adapters read from one label (a replica's batch holds --max-loras of them; this bounds a bad one). */
+const MAX_LORA_NAMES = 256;
 
 const WAITING = "vllm:num_requests_waiting";
 const RUNNING = "vllm:num_requests_running";
@@ -56,7 +69,39 @@ export function parseVllmSignals(text: string): VllmSignals | undefined {
       else kv = Math.max(kv, Math.min(value, 1));
     }
   }
-  return found ? { waiting, running, kvCacheUsage: kv } : undefined;
+  if (!found) return undefined;
+  const lora = parseLoraInfo(text);
+  return lora === undefined
+    ? { waiting, running, kvCacheUsage: kv }
+    : { waiting, running, kvCacheUsage: kv, lora };
+}
+
+/**
+ * vllm:lora_requests_info's newest label set (vLLM keeps every set it ever reported; the value is when it
+ * was set): the adapters of running and waiting requests, comma-separated, and max_lora.
+ */
+function parseLoraInfo(text: string): VllmSignals["lora"] {
+  let newest: string | undefined;
+  let newestAt = Number.NEGATIVE_INFINITY;
+  for (let at = lineStart(text, LORA, 0); at !== -1; at = lineStart(text, LORA, at + 1)) {
+    const end = text.indexOf("\n", at);
+    const line = text.slice(at, end === -1 ? undefined : end);
+    if (line[LORA.length] !== "{") continue;
+    const value = sampleValue(line, LORA.length);
+    if (Number.isFinite(value) && value > newestAt) {
+      newest = line;
+      newestAt = value;
+    }
+  }
+  if (newest === undefined) return undefined;
+  const label = (name: string) => new RegExp(`[{,]${name}="([^"]*)"`).exec(newest as string)?.[1] ?? "";
+  const names = (v: string) => (v === "" ? [] : v.split(",").slice(0, MAX_LORA_NAMES));
+  const max = Number(label("max_lora"));
+  return {
+    running: names(label("running_lora_adapters")),
+    waiting: names(label("waiting_lora_adapters")),
+    max: Number.isInteger(max) && max > 0 ? max : 1,
+  };
 }
 
 /** Where the next line starting with `name` begins, at or after `from`; -1 if none. */

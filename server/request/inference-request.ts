@@ -59,6 +59,8 @@ export interface InferenceRequest {
   readonly signal: AbortSignal;
   /** The client's W3C trace context headers (traceparent, tracestate), as received; unchecked. */
   readonly traceHeaders?: { readonly traceparent?: string; readonly tracestate?: string } | undefined;
+  /** The LoRA adapter named as the model (set by the pipeline once the model is resolved). */
+  readonly adapter?: string;
   /** The request's span (set by the pipeline; server/tracing/request-tracing.ts). */
   readonly span?: RequestSpan;
   /** The API key presented (`authorization: Bearer <key>`); "" for none. */

@@ -67,7 +67,8 @@ export function validateRequest(
     throw invalidRequest(`affinity key must be at most ${MAX_KEY_LENGTH} characters`);
   }
   if (req.version.length > 63) throw invalidRequest("version must be at most 63 characters");
-  const model = table.model(req.model);
+  // A model, or a LoRA adapter of one (the request then runs on that model's replicas with the adapter).
+  const model = table.model(req.model) ?? table.modelOfAdapter(req.model);
   if (model === undefined) throw modelNotFound(req.model);
   return model;
 }

@@ -62,6 +62,8 @@ export interface RouteInput {
   readonly affinityKey: string;
   /** Hashes of the prompt's leading blocks (from `hashPrompt`). */
   readonly prefixHashes: readonly number[];
+  /** The LoRA adapter the request names; undefined for the base model. */
+  readonly adapter?: string | undefined;
 }
 
 export interface Router {
@@ -118,7 +120,9 @@ export function createRouter(options: RouterOptions): Router {
 
     pickReplica(model, version, input, exclude) {
       const now = options.now();
-      const candidates = eligible(version, exclude, now);
+      let candidates: readonly Replica[] = eligible(version, exclude, now);
+      if (input.adapter !== undefined)
+        candidates = adapterCandidates(model, candidates, input.adapter, input.maxInFlight);
       if (candidates.length === 0) return undefined;
       const policy = model.policy;
       const loads = new Map(candidates.map((r) => [r, affinityLoad(r, now, policy.signalMaxAgeMs)]));
@@ -163,6 +167,34 @@ export function createRouter(options: RouterOptions): Router {
       if (input.prefixHashes.length > 0) prefixIndex.record(input.prefixHashes, replica.id);
     },
   };
+}
+
+/**
+ * The replicas a LoRA adapter's request may go to, best first as a group: of those that serve it (the
+ * model declares it, or the replica has it: loaded through the admin API or discovered), the ones where
+ * it is loaded already (its requests running or waiting there: vllm:lora_requests_info) and that have
+ * room; else those with a free adapter slot (fewer adapters active than --max-loras) and room, where it
+ * loads without waiting for another adapter's requests to end; else every one that serves it. The usual
+ * policy then picks among the group.
+ */
+function adapterCandidates(
+  model: ModelEntry,
+  candidates: readonly Replica[],
+  adapter: string,
+  maxInFlight = Number.POSITIVE_INFINITY,
+): readonly Replica[] {
+  const declared = model.adapters.includes(adapter);
+  const serving = declared ? candidates : candidates.filter((r) => r.adapters.has(adapter));
+  const room = serving.filter((r) => r.inFlight < maxInFlight);
+  const loaded = room.filter(
+    (r) => r.signals?.lora?.running.includes(adapter) || r.signals?.lora?.waiting.includes(adapter),
+  );
+  if (loaded.length > 0) return loaded;
+  const freeSlot = room.filter((r) => {
+    const lora = r.signals?.lora;
+    return lora === undefined || new Set([...lora.running, ...lora.waiting]).size < lora.max;
+  });
+  return freeSlot.length > 0 ? freeSlot : serving;
 }
 
 /**

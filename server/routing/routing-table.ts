@@ -23,14 +23,30 @@ export interface VersionEntry {
 export interface ModelEntry {
   readonly name: string;
   readonly maxContextTokens: number;
+  /** LoRA adapters every replica serves (config `adapters`). */
+  readonly adapters: readonly string[];
+  /** Learn each replica's adapters from its /v1/models (config `discoverAdapters`). */
+  readonly discoverAdapters: boolean;
   readonly policy: RoutingPolicyConfig;
   /** Sorted by name. */
   readonly versions: readonly VersionEntry[];
 }
 
+/** A model's LoRA adapters: declared, and those its replicas have (loaded or discovered), sorted. */
+export function adaptersOf(model: ModelEntry): string[] {
+  const names = new Set(model.adapters);
+  for (const v of model.versions) for (const r of v.replicas) for (const a of r.adapters) names.add(a);
+  return [...names].sort();
+}
+
 export interface RoutingTable {
   /** The model, or undefined if it is not served. */
   model(name: string): ModelEntry | undefined;
+  /**
+   * The model a LoRA adapter belongs to: declared in its config, or served by one of its replicas (loaded
+   * through the admin API, or discovered); undefined when no model has it.
+   */
+  modelOfAdapter(adapter: string): ModelEntry | undefined;
   /** Every model, sorted by name. */
   models(): readonly ModelEntry[];
   /** Every replica of every model. */
@@ -81,6 +97,13 @@ export function createRoutingTable(): RoutingTable {
 
   return {
     model: (name) => models.get(name),
+    modelOfAdapter(adapter) {
+      for (const m of models.values()) {
+        if (m.adapters.includes(adapter)) return m;
+        for (const v of m.versions) if (v.replicas.some((r) => r.adapters.has(adapter))) return m;
+      }
+      return undefined;
+    },
     models: () => [...models.values()],
     replicas: () => [...models.values()].flatMap((m) => m.versions.flatMap((v) => v.replicas)),
     apply(config, endpoints, source) {
@@ -117,6 +140,8 @@ export function createRoutingTable(): RoutingTable {
         next.set(model.name, {
           name: model.name,
           maxContextTokens: model.maxContextTokens,
+          adapters: model.adapters,
+          discoverAdapters: model.discoverAdapters,
           policy: effectivePolicy(config, model),
           versions,
         });

@@ -43,7 +43,7 @@ import {
   serverTiming,
 } from "../../request/inference-request.js";
 import { priorityHeader } from "../../request/validate-request.js";
-import type { RoutingTable } from "../../routing/routing-table.js";
+import { adaptersOf, type RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
 import { traceHeadersOf } from "../../tracing/request-tracing.js";
 
@@ -315,6 +315,7 @@ export function registerInferenceService(
             versions: m.versions.map((v) => v.name),
             maxContextTokens: m.maxContextTokens,
             available: m.versions.some((v) => v.weight > 0 && v.replicas.some((r) => isEligible(r, t))),
+            adapters: adaptersOf(m),
           })),
       };
     },

@@ -17,7 +17,7 @@ import type { GatewayConfig } from "../../config/gateway-config.js";
 import { toClientError } from "../../errors/gateway-error.js";
 import type { Pipeline } from "../../pipeline/pipeline.js";
 import { serverTiming } from "../../request/inference-request.js";
-import type { RoutingTable } from "../../routing/routing-table.js";
+import { adaptersOf, type RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
 import { errorEvent, openAiError, sendBodyTimeout, sendBodyTooLarge, sendError } from "./openai-errors.js";
 import {
@@ -255,7 +255,17 @@ export function createOpenAiRoutes(
       data: table
         .models()
         .filter((m) => visible(m.name))
-        .map((m) => ({ id: m.name, object: "model", created, owned_by: "kinfer" })),
+        .flatMap((m) => [
+          { id: m.name, object: "model", created, owned_by: "kinfer" },
+          // Its LoRA adapters, under it, as vLLM lists them.
+          ...adaptersOf(m).map((a) => ({
+            id: a,
+            object: "model",
+            created,
+            owned_by: "kinfer",
+            parent: m.name,
+          })),
+        ]),
     });
   }
 

@@ -19,6 +19,8 @@ function setup(limits: Partial<FlowLimits> = {}) {
   const model: ModelEntry = {
     name: "m",
     maxContextTokens: 8192,
+    adapters: [],
+    discoverAdapters: false,
     policy: routingPolicySchema.parse({}),
     versions: [{ name: "v", weight: 1, servedModelName: "m", replicas: [replica] }],
   };

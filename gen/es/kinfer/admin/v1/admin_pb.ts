@@ -20,7 +20,147 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kinfer/admin/v1/admin.proto.
  */
 export const file_kinfer_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChtraW5mZXIvYWRtaW4vdjEvYWRtaW4ucHJvdG8SD2tpbmZlci5hZG1pbi52MSIiChFMaXN0UXVldWVzUmVxdWVzdBINCgVtb2RlbBgBIAEoCSJBChJMaXN0UXVldWVzUmVzcG9uc2USKwoGcXVldWVzGAEgAygLMhsua2luZmVyLmFkbWluLnYxLk1vZGVsUXVldWUi4AEKCk1vZGVsUXVldWUSDQoFbW9kZWwYASABKAkSDgoGYWN0aXZlGAIgASgNEg0KBXNsb3RzGAMgASgNEi8KBnF1ZXVlZBgEIAEoCzIfLmtpbmZlci5hZG1pbi52MS5RdWV1ZWRSZXF1ZXN0cxIUCgxxdWV1ZWRfYnl0ZXMYBSABKAQSLgoLb2xkZXN0X3dhaXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLQoHdGVuYW50cxgHIAMoCzIcLmtpbmZlci5hZG1pbi52MS5UZW5hbnRTaGFyZSJHCg5RdWV1ZWRSZXF1ZXN0cxIQCghjcml0aWNhbBgBIAEoDRIQCghzdGFuZGFyZBgCIAEoDRIRCglzaGVkZGFibGUYAyABKA0iRQoLVGVuYW50U2hhcmUSDgoGdGVuYW50GAEgASgJEg4KBnF1ZXVlZBgCIAEoDRIWCg52aXJ0dWFsX3Rva2VucxgDIAEoASKVAQoFTW9kZWwSDAoEbmFtZRgBIAEoCRIvCgh2ZXJzaW9ucxgCIAMoCzIdLmtpbmZlci5hZG1pbi52MS5Nb2RlbFZlcnNpb24SNgoOcm91dGluZ19wb2xpY3kYAyABKAsyHi5raW5mZXIuYWRtaW4udjEuUm91dGluZ1BvbGljeRIVCg1zdGF0ZV92ZXJzaW9uGAQgASgJIlgKDE1vZGVsVmVyc2lvbhIMCgRuYW1lGAEgASgJEg4KBndlaWdodBgCIAEoDRIqCghyZXBsaWNhcxgDIAMoCzIYLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhIpIBCgdSZXBsaWNhEgoKAmlkGAEgASgJEgsKA3VybBgCIAEoCRIsCgVzdGF0ZRgDIAEoDjIdLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhU3RhdGUSMAoHc2lnbmFscxgEIAEoCzIfLmtpbmZlci5hZG1pbi52MS5SZXBsaWNhU2lnbmFscxIOCgZzb3VyY2UYBSABKAki1AEKDlJlcGxpY2FTaWduYWxzEhEKCWluX2ZsaWdodBgBIAEoDRIcChRudW1fcmVxdWVzdHNfd2FpdGluZxgCIAEoDRIcChRudW1fcmVxdWVzdHNfcnVubmluZxgDIAEoDRIWCg5rdl9jYWNoZV91c2FnZRgEIAEoARIuCgpzY3JhcGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzdGFsZRgGIAEoCBIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgHIAEoDSKWAgoNUm91dGluZ1BvbGljeRI0CglhbGdvcml0aG0YASABKA4yIS5raW5mZXIuYWRtaW4udjEuUm91dGluZ0FsZ29yaXRobRIvCgd3ZWlnaHRzGAIgASgLMh4ua2luZmVyLmFkbWluLnYxLlNjb3JlcldlaWdodHMSFwoPcXVldWVfdGhyZXNob2xkGAMgASgNEhoKEmt2X2NhY2hlX3RocmVzaG9sZBgEIAEoARIxCg5zaWduYWxfbWF4X2FnZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcChRhZmZpbml0eV9sb2FkX2ZhY3RvchgGIAEoARIYChBzZXNzaW9uX2FmZmluaXR5GAcgASgIIkAKDVNjb3JlcldlaWdodHMSDQoFcXVldWUYASABKAESEAoIa3ZfY2FjaGUYAiABKAESDgoGcHJlZml4GAMgASgBIhMKEUxpc3RNb2RlbHNSZXF1ZXN0IjwKEkxpc3RNb2RlbHNSZXNwb25zZRImCgZtb2RlbHMYASADKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwiIAoPR2V0TW9kZWxSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIjkKEEdldE1vZGVsUmVzcG9uc2USJQoFbW9kZWwYASABKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwieAoWU2V0VHJhZmZpY1NwbGl0UmVxdWVzdBINCgVtb2RlbBgBIAEoCRIvCgd3ZWlnaHRzGAIgAygLMh4ua2luZmVyLmFkbWluLnYxLlZlcnNpb25XZWlnaHQSHgoWZXhwZWN0ZWRfc3RhdGVfdmVyc2lvbhgDIAEoCSIwCg1WZXJzaW9uV2VpZ2h0Eg8KB3ZlcnNpb24YASABKAkSDgoGd2VpZ2h0GAIgASgNIkAKF1NldFRyYWZmaWNTcGxpdFJlc3BvbnNlEiUKBW1vZGVsGAEgASgLMhYua2luZmVyLmFkbWluLnYxLk1vZGVsIikKE0RyYWluUmVwbGljYVJlcXVlc3QSEgoKcmVwbGljYV9pZBgBIAEoCSJBChREcmFpblJlcGxpY2FSZXNwb25zZRIpCgdyZXBsaWNhGAEgASgLMhgua2luZmVyLmFkbWluLnYxLlJlcGxpY2EiKwoVVW5kcmFpblJlcGxpY2FSZXF1ZXN0EhIKCnJlcGxpY2FfaWQYASABKAkiQwoWVW5kcmFpblJlcGxpY2FSZXNwb25zZRIpCgdyZXBsaWNhGAEgASgLMhgua2luZmVyLmFkbWluLnYxLlJlcGxpY2EiVAoRV2F0Y2hTdGF0ZVJlcXVlc3QSDgoGbW9kZWxzGAEgAygJEi8KDG1pbl9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKXAQoSV2F0Y2hTdGF0ZVJlc3BvbnNlEikKBHR5cGUYASABKA4yGy5raW5mZXIuYWRtaW4udjEuQ2hhbmdlVHlwZRIlCgVtb2RlbBgCIAEoCzIWLmtpbmZlci5hZG1pbi52MS5Nb2RlbBIvCgtvYnNlcnZlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKAoXR2V0Um91dGluZ1BvbGljeVJlcXVlc3QSDQoFbW9kZWwYASABKAkiSgoYR2V0Um91dGluZ1BvbGljeVJlc3BvbnNlEi4KBnBvbGljeRgBIAEoCzIeLmtpbmZlci5hZG1pbi52MS5Sb3V0aW5nUG9saWN5IngKF1NldFJvdXRpbmdQb2xpY3lSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEi4KBnBvbGljeRgCIAEoCzIeLmtpbmZlci5hZG1pbi52MS5Sb3V0aW5nUG9saWN5Eh4KFmV4cGVjdGVkX3N0YXRlX3ZlcnNpb24YAyABKAkiSgoYU2V0Um91dGluZ1BvbGljeVJlc3BvbnNlEi4KBnBvbGljeRgBIAEoCzIeLmtpbmZlci5hZG1pbi52MS5Sb3V0aW5nUG9saWN5IqMCCgZBcGlLZXkSCgoCaWQYASABKAkSDgoGdGVuYW50GAIgASgJEhUKDXNlY3JldF9wcmVmaXgYAyABKAkSFgoOYWxsb3dlZF9tb2RlbHMYBCADKAkSLQoGbGltaXRzGAUgASgLMh0ua2luZmVyLmFkbWluLnYxLkFwaUtleUxpbWl0cxIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCghwcmlvcml0eRgIIAEoDjIdLmtpbmZlci5pbmZlcmVuY2UudjEuUHJpb3JpdHkSDgoGd2VpZ2h0GAkgASgBImYKDEFwaUtleUxpbWl0cxIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgNEhkKEXRva2Vuc19wZXJfbWludXRlGAIgASgEEh4KFm1heF9jb25jdXJyZW50X3N0cmVhbXMYAyABKA0irQEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEhYKDmFsbG93ZWRfbW9kZWxzGAIgAygJEi0KBmxpbWl0cxgDIAEoCzIdLmtpbmZlci5hZG1pbi52MS5BcGlLZXlMaW1pdHMSLwoIcHJpb3JpdHkYBCABKA4yHS5raW5mZXIuaW5mZXJlbmNlLnYxLlByaW9yaXR5Eg4KBndlaWdodBgFIAEoASJMChRDcmVhdGVBcGlLZXlSZXNwb25zZRIkCgNrZXkYASABKAsyFy5raW5mZXIuYWRtaW4udjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSI9ChJMaXN0QXBpS2V5c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgCIAEoCCI8ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiUKBGtleXMYASADKAsyFy5raW5mZXIuYWRtaW4udjEuQXBpS2V5IiEKE1Jldm9rZUFwaUtleVJlcXVlc3QSCgoCaWQYASABKAkiPAoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJAoDa2V5GAEgASgLMhcua2luZmVyLmFkbWluLnYxLkFwaUtleSqaAQoMUmVwbGljYVN0YXRlEh0KGVJFUExJQ0FfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNSRVBMSUNBX1NUQVRFX1JFQURZEAESGgoWUkVQTElDQV9TVEFURV9EUkFJTklORxACEhsKF1JFUExJQ0FfU1RBVEVfVU5IRUFMVEhZEAMSGQoVUkVQTElDQV9TVEFURV9FSkVDVEVEEAQq9wEKEFJvdXRpbmdBbGdvcml0aG0SIQodUk9VVElOR19BTEdPUklUSE1fVU5TUEVDSUZJRUQQABIhCh1ST1VUSU5HX0FMR09SSVRITV9ST1VORF9ST0JJThABEicKI1JPVVRJTkdfQUxHT1JJVEhNX0xFQVNUX09VVFNUQU5ESU5HEAISKgomUk9VVElOR19BTEdPUklUSE1fUE9XRVJfT0ZfVFdPX0NIT0lDRVMQAxIkCiBST1VUSU5HX0FMR09SSVRITV9SRVNPVVJDRV9BV0FSRRAEEiIKHlJPVVRJTkdfQUxHT1JJVEhNX1BSRUZJWF9BV0FSRRAFKowBCgpDaGFuZ2VUeXBlEhsKF0NIQU5HRV9UWVBFX1VOU1BFQ0lGSUVEEAASGAoUQ0hBTkdFX1RZUEVfU05BUFNIT1QQARIVChFDSEFOR0VfVFlQRV9BRERFRBACEhcKE0NIQU5HRV9UWVBFX1VQREFURUQQAxIXChNDSEFOR0VfVFlQRV9SRU1PVkVEEAQypAkKDEFkbWluU2VydmljZRJaCgpMaXN0TW9kZWxzEiIua2luZmVyLmFkbWluLnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiMua2luZmVyLmFkbWluLnYxLkxpc3RNb2RlbHNSZXNwb25zZSIDkAIBElQKCEdldE1vZGVsEiAua2luZmVyLmFkbWluLnYxLkdldE1vZGVsUmVxdWVzdBohLmtpbmZlci5hZG1pbi52MS5HZXRNb2RlbFJlc3BvbnNlIgOQAgESaQoPU2V0VHJhZmZpY1NwbGl0Eicua2luZmVyLmFkbWluLnYxLlNldFRyYWZmaWNTcGxpdFJlcXVlc3QaKC5raW5mZXIuYWRtaW4udjEuU2V0VHJhZmZpY1NwbGl0UmVzcG9uc2UiA5ACAhJgCgxEcmFpblJlcGxpY2ESJC5raW5mZXIuYWRtaW4udjEuRHJhaW5SZXBsaWNhUmVxdWVzdBolLmtpbmZlci5hZG1pbi52MS5EcmFpblJlcGxpY2FSZXNwb25zZSIDkAICEmYKDlVuZHJhaW5SZXBsaWNhEiYua2luZmVyLmFkbWluLnYxLlVuZHJhaW5SZXBsaWNhUmVxdWVzdBonLmtpbmZlci5hZG1pbi52MS5VbmRyYWluUmVwbGljYVJlc3BvbnNlIgOQAgISVwoKV2F0Y2hTdGF0ZRIiLmtpbmZlci5hZG1pbi52MS5XYXRjaFN0YXRlUmVxdWVzdBojLmtpbmZlci5hZG1pbi52MS5XYXRjaFN0YXRlUmVzcG9uc2UwARJsChBHZXRSb3V0aW5nUG9saWN5Eigua2luZmVyLmFkbWluLnYxLkdldFJvdXRpbmdQb2xpY3lSZXF1ZXN0Gikua2luZmVyLmFkbWluLnYxLkdldFJvdXRpbmdQb2xpY3lSZXNwb25zZSIDkAIBEmwKEFNldFJvdXRpbmdQb2xpY3kSKC5raW5mZXIuYWRtaW4udjEuU2V0Um91dGluZ1BvbGljeVJlcXVlc3QaKS5raW5mZXIuYWRtaW4udjEuU2V0Um91dGluZ1BvbGljeVJlc3BvbnNlIgOQAgISWwoMQ3JlYXRlQXBpS2V5EiQua2luZmVyLmFkbWluLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaJS5raW5mZXIuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USXQoLTGlzdEFwaUtleXMSIy5raW5mZXIuYWRtaW4udjEuTGlzdEFwaUtleXNSZXF1ZXN0GiQua2luZmVyLmFkbWluLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2UiA5ACARJgCgxSZXZva2VBcGlLZXkSJC5raW5mZXIuYWRtaW4udjEuUmV2b2tlQXBpS2V5UmVxdWVzdBolLmtpbmZlci5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXNwb25zZSIDkAICEloKCkxpc3RRdWV1ZXMSIi5raW5mZXIuYWRtaW4udjEuTGlzdFF1ZXVlc1JlcXVlc3QaIy5raW5mZXIuYWRtaW4udjEuTGlzdFF1ZXVlc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_kinfer_inference_v1_inference]);
+  fileDesc("ChtraW5mZXIvYWRtaW4vdjEvYWRtaW4ucHJvdG8SD2tpbmZlci5hZG1pbi52MSJCChJMb2FkQWRhcHRlclJlcXVlc3QSDQoFbW9kZWwYASABKAkSDwoHYWRhcHRlchgCIAEoCRIMCgRwYXRoGAMgASgJIkgKE0xvYWRBZGFwdGVyUmVzcG9uc2USMQoIcmVwbGljYXMYASADKAsyHy5raW5mZXIuYWRtaW4udjEuQWRhcHRlck91dGNvbWUiNgoUVW5sb2FkQWRhcHRlclJlcXVlc3QSDQoFbW9kZWwYASABKAkSDwoHYWRhcHRlchgCIAEoCSJKChVVbmxvYWRBZGFwdGVyUmVzcG9uc2USMQoIcmVwbGljYXMYASADKAsyHy5raW5mZXIuYWRtaW4udjEuQWRhcHRlck91dGNvbWUiQQoOQWRhcHRlck91dGNvbWUSEgoKcmVwbGljYV9pZBgBIAEoCRIKCgJvaxgCIAEoCBIPCgdtZXNzYWdlGAMgASgJIiIKEUxpc3RRdWV1ZXNSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJIkEKEkxpc3RRdWV1ZXNSZXNwb25zZRIrCgZxdWV1ZXMYASADKAsyGy5raW5mZXIuYWRtaW4udjEuTW9kZWxRdWV1ZSLgAQoKTW9kZWxRdWV1ZRINCgVtb2RlbBgBIAEoCRIOCgZhY3RpdmUYAiABKA0SDQoFc2xvdHMYAyABKA0SLwoGcXVldWVkGAQgASgLMh8ua2luZmVyLmFkbWluLnYxLlF1ZXVlZFJlcXVlc3RzEhQKDHF1ZXVlZF9ieXRlcxgFIAEoBBIuCgtvbGRlc3Rfd2FpdBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgd0ZW5hbnRzGAcgAygLMhwua2luZmVyLmFkbWluLnYxLlRlbmFudFNoYXJlIkcKDlF1ZXVlZFJlcXVlc3RzEhAKCGNyaXRpY2FsGAEgASgNEhAKCHN0YW5kYXJkGAIgASgNEhEKCXNoZWRkYWJsZRgDIAEoDSJFCgtUZW5hbnRTaGFyZRIOCgZ0ZW5hbnQYASABKAkSDgoGcXVldWVkGAIgASgNEhYKDnZpcnR1YWxfdG9rZW5zGAMgASgBIpUBCgVNb2RlbBIMCgRuYW1lGAEgASgJEi8KCHZlcnNpb25zGAIgAygLMh0ua2luZmVyLmFkbWluLnYxLk1vZGVsVmVyc2lvbhI2Cg5yb3V0aW5nX3BvbGljeRgDIAEoCzIeLmtpbmZlci5hZG1pbi52MS5Sb3V0aW5nUG9saWN5EhUKDXN0YXRlX3ZlcnNpb24YBCABKAkiWAoMTW9kZWxWZXJzaW9uEgwKBG5hbWUYASABKAkSDgoGd2VpZ2h0GAIgASgNEioKCHJlcGxpY2FzGAMgAygLMhgua2luZmVyLmFkbWluLnYxLlJlcGxpY2EikgEKB1JlcGxpY2ESCgoCaWQYASABKAkSCwoDdXJsGAIgASgJEiwKBXN0YXRlGAMgASgOMh0ua2luZmVyLmFkbWluLnYxLlJlcGxpY2FTdGF0ZRIwCgdzaWduYWxzGAQgASgLMh8ua2luZmVyLmFkbWluLnYxLlJlcGxpY2FTaWduYWxzEg4KBnNvdXJjZRgFIAEoCSLUAQoOUmVwbGljYVNpZ25hbHMSEQoJaW5fZmxpZ2h0GAEgASgNEhwKFG51bV9yZXF1ZXN0c193YWl0aW5nGAIgASgNEhwKFG51bV9yZXF1ZXN0c19ydW5uaW5nGAMgASgNEhYKDmt2X2NhY2hlX3VzYWdlGAQgASgBEi4KCnNjcmFwZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXN0YWxlGAYgASgIEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAcgASgNIpYCCg1Sb3V0aW5nUG9saWN5EjQKCWFsZ29yaXRobRgBIAEoDjIhLmtpbmZlci5hZG1pbi52MS5Sb3V0aW5nQWxnb3JpdGhtEi8KB3dlaWdodHMYAiABKAsyHi5raW5mZXIuYWRtaW4udjEuU2NvcmVyV2VpZ2h0cxIXCg9xdWV1ZV90aHJlc2hvbGQYAyABKA0SGgoSa3ZfY2FjaGVfdGhyZXNob2xkGAQgASgBEjEKDnNpZ25hbF9tYXhfYWdlGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhwKFGFmZmluaXR5X2xvYWRfZmFjdG9yGAYgASgBEhgKEHNlc3Npb25fYWZmaW5pdHkYByABKAgiQAoNU2NvcmVyV2VpZ2h0cxINCgVxdWV1ZRgBIAEoARIQCghrdl9jYWNoZRgCIAEoARIOCgZwcmVmaXgYAyABKAEiEwoRTGlzdE1vZGVsc1JlcXVlc3QiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLmtpbmZlci5hZG1pbi52MS5Nb2RlbCIgCg9HZXRNb2RlbFJlcXVlc3QSDQoFbW9kZWwYASABKAkiOQoQR2V0TW9kZWxSZXNwb25zZRIlCgVtb2RlbBgBIAEoCzIWLmtpbmZlci5hZG1pbi52MS5Nb2RlbCJ4ChZTZXRUcmFmZmljU3BsaXRSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEi8KB3dlaWdodHMYAiADKAsyHi5raW5mZXIuYWRtaW4udjEuVmVyc2lvbldlaWdodBIeChZleHBlY3RlZF9zdGF0ZV92ZXJzaW9uGAMgASgJIjAKDVZlcnNpb25XZWlnaHQSDwoHdmVyc2lvbhgBIAEoCRIOCgZ3ZWlnaHQYAiABKA0iQAoXU2V0VHJhZmZpY1NwbGl0UmVzcG9uc2USJQoFbW9kZWwYASABKAsyFi5raW5mZXIuYWRtaW4udjEuTW9kZWwiKQoTRHJhaW5SZXBsaWNhUmVxdWVzdBISCgpyZXBsaWNhX2lkGAEgASgJIkEKFERyYWluUmVwbGljYVJlc3BvbnNlEikKB3JlcGxpY2EYASABKAsyGC5raW5mZXIuYWRtaW4udjEuUmVwbGljYSIrChVVbmRyYWluUmVwbGljYVJlcXVlc3QSEgoKcmVwbGljYV9pZBgBIAEoCSJDChZVbmRyYWluUmVwbGljYVJlc3BvbnNlEikKB3JlcGxpY2EYASABKAsyGC5raW5mZXIuYWRtaW4udjEuUmVwbGljYSJUChFXYXRjaFN0YXRlUmVxdWVzdBIOCgZtb2RlbHMYASADKAkSLwoMbWluX2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpcBChJXYXRjaFN0YXRlUmVzcG9uc2USKQoEdHlwZRgBIAEoDjIbLmtpbmZlci5hZG1pbi52MS5DaGFuZ2VUeXBlEiUKBW1vZGVsGAIgASgLMhYua2luZmVyLmFkbWluLnYxLk1vZGVsEi8KC29ic2VydmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIoChdHZXRSb3V0aW5nUG9saWN5UmVxdWVzdBINCgVtb2RlbBgBIAEoCSJKChhHZXRSb3V0aW5nUG9saWN5UmVzcG9uc2USLgoGcG9saWN5GAEgASgLMh4ua2luZmVyLmFkbWluLnYxLlJvdXRpbmdQb2xpY3kieAoXU2V0Um91dGluZ1BvbGljeVJlcXVlc3QSDQoFbW9kZWwYASABKAkSLgoGcG9saWN5GAIgASgLMh4ua2luZmVyLmFkbWluLnYxLlJvdXRpbmdQb2xpY3kSHgoWZXhwZWN0ZWRfc3RhdGVfdmVyc2lvbhgDIAEoCSJKChhTZXRSb3V0aW5nUG9saWN5UmVzcG9uc2USLgoGcG9saWN5GAEgASgLMh4ua2luZmVyLmFkbWluLnYxLlJvdXRpbmdQb2xpY3kiowIKBkFwaUtleRIKCgJpZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSFQoNc2VjcmV0X3ByZWZpeBgDIAEoCRIWCg5hbGxvd2VkX21vZGVscxgEIAMoCRItCgZsaW1pdHMYBSABKAsyHS5raW5mZXIuYWRtaW4udjEuQXBpS2V5TGltaXRzEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KCHByaW9yaXR5GAggASgOMh0ua2luZmVyLmluZmVyZW5jZS52MS5Qcmlvcml0eRIOCgZ3ZWlnaHQYCSABKAEiZgoMQXBpS2V5TGltaXRzEhsKE3JlcXVlc3RzX3Blcl9taW51dGUYASABKA0SGQoRdG9rZW5zX3Blcl9taW51dGUYAiABKAQSHgoWbWF4X2NvbmN1cnJlbnRfc3RyZWFtcxgDIAEoDSKtAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSFgoOYWxsb3dlZF9tb2RlbHMYAiADKAkSLQoGbGltaXRzGAMgASgLMh0ua2luZmVyLmFkbWluLnYxLkFwaUtleUxpbWl0cxIvCghwcmlvcml0eRgEIAEoDjIdLmtpbmZlci5pbmZlcmVuY2UudjEuUHJpb3JpdHkSDgoGd2VpZ2h0GAUgASgBIkwKFENyZWF0ZUFwaUtleVJlc3BvbnNlEiQKA2tleRgBIAEoCzIXLmtpbmZlci5hZG1pbi52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIj0KEkxpc3RBcGlLZXlzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAIgASgIIjwKE0xpc3RBcGlLZXlzUmVzcG9uc2USJQoEa2V5cxgBIAMoCzIXLmtpbmZlci5hZG1pbi52MS5BcGlLZXkiIQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIKCgJpZBgBIAEoCSI8ChRSZXZva2VBcGlLZXlSZXNwb25zZRIkCgNrZXkYASABKAsyFy5raW5mZXIuYWRtaW4udjEuQXBpS2V5KpoBCgxSZXBsaWNhU3RhdGUSHQoZUkVQTElDQV9TVEFURV9VTlNQRUNJRklFRBAAEhcKE1JFUExJQ0FfU1RBVEVfUkVBRFkQARIaChZSRVBMSUNBX1NUQVRFX0RSQUlOSU5HEAISGwoXUkVQTElDQV9TVEFURV9VTkhFQUxUSFkQAxIZChVSRVBMSUNBX1NUQVRFX0VKRUNURUQQBCr3AQoQUm91dGluZ0FsZ29yaXRobRIhCh1ST1VUSU5HX0FMR09SSVRITV9VTlNQRUNJRklFRBAAEiEKHVJPVVRJTkdfQUxHT1JJVEhNX1JPVU5EX1JPQklOEAESJwojUk9VVElOR19BTEdPUklUSE1fTEVBU1RfT1VUU1RBTkRJTkcQAhIqCiZST1VUSU5HX0FMR09SSVRITV9QT1dFUl9PRl9UV09fQ0hPSUNFUxADEiQKIFJPVVRJTkdfQUxHT1JJVEhNX1JFU09VUkNFX0FXQVJFEAQSIgoeUk9VVElOR19BTEdPUklUSE1fUFJFRklYX0FXQVJFEAUqjAEKCkNoYW5nZVR5cGUSGwoXQ0hBTkdFX1RZUEVfVU5TUEVDSUZJRUQQABIYChRDSEFOR0VfVFlQRV9TTkFQU0hPVBABEhUKEUNIQU5HRV9UWVBFX0FEREVEEAISFwoTQ0hBTkdFX1RZUEVfVVBEQVRFRBADEhcKE0NIQU5HRV9UWVBFX1JFTU9WRUQQBDLjCgoMQWRtaW5TZXJ2aWNlEloKCkxpc3RNb2RlbHMSIi5raW5mZXIuYWRtaW4udjEuTGlzdE1vZGVsc1JlcXVlc3QaIy5raW5mZXIuYWRtaW4udjEuTGlzdE1vZGVsc1Jlc3BvbnNlIgOQAgESVAoIR2V0TW9kZWwSIC5raW5mZXIuYWRtaW4udjEuR2V0TW9kZWxSZXF1ZXN0GiEua2luZmVyLmFkbWluLnYxLkdldE1vZGVsUmVzcG9uc2UiA5ACARJpCg9TZXRUcmFmZmljU3BsaXQSJy5raW5mZXIuYWRtaW4udjEuU2V0VHJhZmZpY1NwbGl0UmVxdWVzdBooLmtpbmZlci5hZG1pbi52MS5TZXRUcmFmZmljU3BsaXRSZXNwb25zZSIDkAICEmAKDERyYWluUmVwbGljYRIkLmtpbmZlci5hZG1pbi52MS5EcmFpblJlcGxpY2FSZXF1ZXN0GiUua2luZmVyLmFkbWluLnYxLkRyYWluUmVwbGljYVJlc3BvbnNlIgOQAgISZgoOVW5kcmFpblJlcGxpY2ESJi5raW5mZXIuYWRtaW4udjEuVW5kcmFpblJlcGxpY2FSZXF1ZXN0Gicua2luZmVyLmFkbWluLnYxLlVuZHJhaW5SZXBsaWNhUmVzcG9uc2UiA5ACAhJXCgpXYXRjaFN0YXRlEiIua2luZmVyLmFkbWluLnYxLldhdGNoU3RhdGVSZXF1ZXN0GiMua2luZmVyLmFkbWluLnYxLldhdGNoU3RhdGVSZXNwb25zZTABEmwKEEdldFJvdXRpbmdQb2xpY3kSKC5raW5mZXIuYWRtaW4udjEuR2V0Um91dGluZ1BvbGljeVJlcXVlc3QaKS5raW5mZXIuYWRtaW4udjEuR2V0Um91dGluZ1BvbGljeVJlc3BvbnNlIgOQAgESbAoQU2V0Um91dGluZ1BvbGljeRIoLmtpbmZlci5hZG1pbi52MS5TZXRSb3V0aW5nUG9saWN5UmVxdWVzdBopLmtpbmZlci5hZG1pbi52MS5TZXRSb3V0aW5nUG9saWN5UmVzcG9uc2UiA5ACAhJbCgxDcmVhdGVBcGlLZXkSJC5raW5mZXIuYWRtaW4udjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBolLmtpbmZlci5hZG1pbi52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJdCgtMaXN0QXBpS2V5cxIjLmtpbmZlci5hZG1pbi52MS5MaXN0QXBpS2V5c1JlcXVlc3QaJC5raW5mZXIuYWRtaW4udjEuTGlzdEFwaUtleXNSZXNwb25zZSIDkAIBEmAKDFJldm9rZUFwaUtleRIkLmtpbmZlci5hZG1pbi52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiUua2luZmVyLmFkbWluLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlIgOQAgISWgoKTGlzdFF1ZXVlcxIiLmtpbmZlci5hZG1pbi52MS5MaXN0UXVldWVzUmVxdWVzdBojLmtpbmZlci5hZG1pbi52MS5MaXN0UXVldWVzUmVzcG9uc2UiA5ACARJYCgtMb2FkQWRhcHRlchIjLmtpbmZlci5hZG1pbi52MS5Mb2FkQWRhcHRlclJlcXVlc3QaJC5raW5mZXIuYWRtaW4udjEuTG9hZEFkYXB0ZXJSZXNwb25zZRJjCg1VbmxvYWRBZGFwdGVyEiUua2luZmVyLmFkbWluLnYxLlVubG9hZEFkYXB0ZXJSZXF1ZXN0GiYua2luZmVyLmFkbWluLnYxLlVubG9hZEFkYXB0ZXJSZXNwb25zZSIDkAICYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_kinfer_inference_v1_inference]);
+
+/**
+ * LoadAdapterRequest names the adapter to load and where the replicas find it.
+ *
+ * @generated from message kinfer.admin.v1.LoadAdapterRequest
+ */
+export type LoadAdapterRequest = Message<"kinfer.admin.v1.LoadAdapterRequest"> & {
+  /**
+   * The base model whose replicas load the adapter.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The adapter's name, as clients will put it in their requests' model field.
+   *
+   * @generated from field: string adapter = 2;
+   */
+  adapter: string;
+
+  /**
+   * Where the replicas read the adapter (a local path or a Hugging Face id; vLLM's lora_path).
+   *
+   * @generated from field: string path = 3;
+   */
+  path: string;
+};
+
+/**
+ * Describes the message kinfer.admin.v1.LoadAdapterRequest.
+ * Use `create(LoadAdapterRequestSchema)` to create a new message.
+ */
+export const LoadAdapterRequestSchema: GenMessage<LoadAdapterRequest> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 0);
+
+/**
+ * LoadAdapterResponse is each replica's outcome.
+ *
+ * @generated from message kinfer.admin.v1.LoadAdapterResponse
+ */
+export type LoadAdapterResponse = Message<"kinfer.admin.v1.LoadAdapterResponse"> & {
+  /**
+   * One outcome per replica of the model, in the order of the model's versions and replicas.
+   *
+   * @generated from field: repeated kinfer.admin.v1.AdapterOutcome replicas = 1;
+   */
+  replicas: AdapterOutcome[];
+};
+
+/**
+ * Describes the message kinfer.admin.v1.LoadAdapterResponse.
+ * Use `create(LoadAdapterResponseSchema)` to create a new message.
+ */
+export const LoadAdapterResponseSchema: GenMessage<LoadAdapterResponse> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 1);
+
+/**
+ * UnloadAdapterRequest names the adapter to unload.
+ *
+ * @generated from message kinfer.admin.v1.UnloadAdapterRequest
+ */
+export type UnloadAdapterRequest = Message<"kinfer.admin.v1.UnloadAdapterRequest"> & {
+  /**
+   * The base model whose replicas unload the adapter.
+   *
+   * @generated from field: string model = 1;
+   */
+  model: string;
+
+  /**
+   * The adapter's name.
+   *
+   * @generated from field: string adapter = 2;
+   */
+  adapter: string;
+};
+
+/**
+ * Describes the message kinfer.admin.v1.UnloadAdapterRequest.
+ * Use `create(UnloadAdapterRequestSchema)` to create a new message.
+ */
+export const UnloadAdapterRequestSchema: GenMessage<UnloadAdapterRequest> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 2);
+
+/**
+ * UnloadAdapterResponse is each replica's outcome.
+ *
+ * @generated from message kinfer.admin.v1.UnloadAdapterResponse
+ */
+export type UnloadAdapterResponse = Message<"kinfer.admin.v1.UnloadAdapterResponse"> & {
+  /**
+   * One outcome per replica of the model; a replica that did not have it counts as unloaded.
+   *
+   * @generated from field: repeated kinfer.admin.v1.AdapterOutcome replicas = 1;
+   */
+  replicas: AdapterOutcome[];
+};
+
+/**
+ * Describes the message kinfer.admin.v1.UnloadAdapterResponse.
+ * Use `create(UnloadAdapterResponseSchema)` to create a new message.
+ */
+export const UnloadAdapterResponseSchema: GenMessage<UnloadAdapterResponse> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 3);
+
+/**
+ * AdapterOutcome is what one replica answered.
+ *
+ * @generated from message kinfer.admin.v1.AdapterOutcome
+ */
+export type AdapterOutcome = Message<"kinfer.admin.v1.AdapterOutcome"> & {
+  /**
+   * The replica's id.
+   *
+   * @generated from field: string replica_id = 1;
+   */
+  replicaId: string;
+
+  /**
+   * Whether the replica has (LoadAdapter) or no longer has (UnloadAdapter) the adapter now.
+   *
+   * @generated from field: bool ok = 2;
+   */
+  ok: boolean;
+
+  /**
+   * The replica's answer, or why it could not be reached (at most 300 characters).
+   *
+   * @generated from field: string message = 3;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message kinfer.admin.v1.AdapterOutcome.
+ * Use `create(AdapterOutcomeSchema)` to create a new message.
+ */
+export const AdapterOutcomeSchema: GenMessage<AdapterOutcome> = /*@__PURE__*/
+  messageDesc(file_kinfer_admin_v1_admin, 4);
 
 /**
  * ListQueuesRequest selects the queues to return.
@@ -41,7 +181,7 @@ export type ListQueuesRequest = Message<"kinfer.admin.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 0);
+  messageDesc(file_kinfer_admin_v1_admin, 5);
 
 /**
  * ListQueuesResponse holds the queues, sorted by model.
@@ -62,7 +202,7 @@ export type ListQueuesResponse = Message<"kinfer.admin.v1.ListQueuesResponse"> &
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 1);
+  messageDesc(file_kinfer_admin_v1_admin, 6);
 
 /**
  * ModelQueue is one model's flow-control queue on this gateway.
@@ -125,7 +265,7 @@ export type ModelQueue = Message<"kinfer.admin.v1.ModelQueue"> & {
  * Use `create(ModelQueueSchema)` to create a new message.
  */
 export const ModelQueueSchema: GenMessage<ModelQueue> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 2);
+  messageDesc(file_kinfer_admin_v1_admin, 7);
 
 /**
  * QueuedRequests counts waiting requests by criticality.
@@ -160,7 +300,7 @@ export type QueuedRequests = Message<"kinfer.admin.v1.QueuedRequests"> & {
  * Use `create(QueuedRequestsSchema)` to create a new message.
  */
 export const QueuedRequestsSchema: GenMessage<QueuedRequests> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 3);
+  messageDesc(file_kinfer_admin_v1_admin, 8);
 
 /**
  * TenantShare is a tenant's place in a model's fair queueing.
@@ -196,7 +336,7 @@ export type TenantShare = Message<"kinfer.admin.v1.TenantShare"> & {
  * Use `create(TenantShareSchema)` to create a new message.
  */
 export const TenantShareSchema: GenMessage<TenantShare> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 4);
+  messageDesc(file_kinfer_admin_v1_admin, 9);
 
 /**
  * Model is a servable model as the gateway sees it now.
@@ -240,7 +380,7 @@ export type Model = Message<"kinfer.admin.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 5);
+  messageDesc(file_kinfer_admin_v1_admin, 10);
 
 /**
  * ModelVersion is one version of a model (for example "stable" and "canary") and its replicas.
@@ -275,7 +415,7 @@ export type ModelVersion = Message<"kinfer.admin.v1.ModelVersion"> & {
  * Use `create(ModelVersionSchema)` to create a new message.
  */
 export const ModelVersionSchema: GenMessage<ModelVersion> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 6);
+  messageDesc(file_kinfer_admin_v1_admin, 11);
 
 /**
  * Replica is one model server (a vLLM pod) and what the gateway knows of it.
@@ -324,7 +464,7 @@ export type Replica = Message<"kinfer.admin.v1.Replica"> & {
  * Use `create(ReplicaSchema)` to create a new message.
  */
 export const ReplicaSchema: GenMessage<Replica> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 7);
+  messageDesc(file_kinfer_admin_v1_admin, 12);
 
 /**
  * ReplicaSignals are the live load signals routing uses.
@@ -387,7 +527,7 @@ export type ReplicaSignals = Message<"kinfer.admin.v1.ReplicaSignals"> & {
  * Use `create(ReplicaSignalsSchema)` to create a new message.
  */
 export const ReplicaSignalsSchema: GenMessage<ReplicaSignals> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 8);
+  messageDesc(file_kinfer_admin_v1_admin, 13);
 
 /**
  * RoutingPolicy says how a model's requests pick a replica within the chosen version.
@@ -451,7 +591,7 @@ export type RoutingPolicy = Message<"kinfer.admin.v1.RoutingPolicy"> & {
  * Use `create(RoutingPolicySchema)` to create a new message.
  */
 export const RoutingPolicySchema: GenMessage<RoutingPolicy> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 9);
+  messageDesc(file_kinfer_admin_v1_admin, 14);
 
 /**
  * ScorerWeights weigh the scorers of the resource- and prefix-aware algorithms.
@@ -486,7 +626,7 @@ export type ScorerWeights = Message<"kinfer.admin.v1.ScorerWeights"> & {
  * Use `create(ScorerWeightsSchema)` to create a new message.
  */
 export const ScorerWeightsSchema: GenMessage<ScorerWeights> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 10);
+  messageDesc(file_kinfer_admin_v1_admin, 15);
 
 /**
  * ListModelsRequest has no parameters.
@@ -501,7 +641,7 @@ export type ListModelsRequest = Message<"kinfer.admin.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 11);
+  messageDesc(file_kinfer_admin_v1_admin, 16);
 
 /**
  * ListModelsResponse holds every served model.
@@ -522,7 +662,7 @@ export type ListModelsResponse = Message<"kinfer.admin.v1.ListModelsResponse"> &
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 12);
+  messageDesc(file_kinfer_admin_v1_admin, 17);
 
 /**
  * GetModelRequest names a model.
@@ -543,7 +683,7 @@ export type GetModelRequest = Message<"kinfer.admin.v1.GetModelRequest"> & {
  * Use `create(GetModelRequestSchema)` to create a new message.
  */
 export const GetModelRequestSchema: GenMessage<GetModelRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 13);
+  messageDesc(file_kinfer_admin_v1_admin, 18);
 
 /**
  * GetModelResponse holds one model.
@@ -564,7 +704,7 @@ export type GetModelResponse = Message<"kinfer.admin.v1.GetModelResponse"> & {
  * Use `create(GetModelResponseSchema)` to create a new message.
  */
 export const GetModelResponseSchema: GenMessage<GetModelResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 14);
+  messageDesc(file_kinfer_admin_v1_admin, 19);
 
 /**
  * SetTrafficSplitRequest sets a model's version weights.
@@ -599,7 +739,7 @@ export type SetTrafficSplitRequest = Message<"kinfer.admin.v1.SetTrafficSplitReq
  * Use `create(SetTrafficSplitRequestSchema)` to create a new message.
  */
 export const SetTrafficSplitRequestSchema: GenMessage<SetTrafficSplitRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 15);
+  messageDesc(file_kinfer_admin_v1_admin, 20);
 
 /**
  * VersionWeight is one version's share of traffic.
@@ -627,7 +767,7 @@ export type VersionWeight = Message<"kinfer.admin.v1.VersionWeight"> & {
  * Use `create(VersionWeightSchema)` to create a new message.
  */
 export const VersionWeightSchema: GenMessage<VersionWeight> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 16);
+  messageDesc(file_kinfer_admin_v1_admin, 21);
 
 /**
  * SetTrafficSplitResponse holds the model as changed.
@@ -648,7 +788,7 @@ export type SetTrafficSplitResponse = Message<"kinfer.admin.v1.SetTrafficSplitRe
  * Use `create(SetTrafficSplitResponseSchema)` to create a new message.
  */
 export const SetTrafficSplitResponseSchema: GenMessage<SetTrafficSplitResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 17);
+  messageDesc(file_kinfer_admin_v1_admin, 22);
 
 /**
  * DrainReplicaRequest names a replica to drain.
@@ -669,7 +809,7 @@ export type DrainReplicaRequest = Message<"kinfer.admin.v1.DrainReplicaRequest">
  * Use `create(DrainReplicaRequestSchema)` to create a new message.
  */
 export const DrainReplicaRequestSchema: GenMessage<DrainReplicaRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 18);
+  messageDesc(file_kinfer_admin_v1_admin, 23);
 
 /**
  * DrainReplicaResponse holds the replica as changed.
@@ -690,7 +830,7 @@ export type DrainReplicaResponse = Message<"kinfer.admin.v1.DrainReplicaResponse
  * Use `create(DrainReplicaResponseSchema)` to create a new message.
  */
 export const DrainReplicaResponseSchema: GenMessage<DrainReplicaResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 19);
+  messageDesc(file_kinfer_admin_v1_admin, 24);
 
 /**
  * UndrainReplicaRequest names a replica to return to service.
@@ -711,7 +851,7 @@ export type UndrainReplicaRequest = Message<"kinfer.admin.v1.UndrainReplicaReque
  * Use `create(UndrainReplicaRequestSchema)` to create a new message.
  */
 export const UndrainReplicaRequestSchema: GenMessage<UndrainReplicaRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 20);
+  messageDesc(file_kinfer_admin_v1_admin, 25);
 
 /**
  * UndrainReplicaResponse holds the replica as changed.
@@ -732,7 +872,7 @@ export type UndrainReplicaResponse = Message<"kinfer.admin.v1.UndrainReplicaResp
  * Use `create(UndrainReplicaResponseSchema)` to create a new message.
  */
 export const UndrainReplicaResponseSchema: GenMessage<UndrainReplicaResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 21);
+  messageDesc(file_kinfer_admin_v1_admin, 26);
 
 /**
  * WatchStateRequest selects what to watch.
@@ -760,7 +900,7 @@ export type WatchStateRequest = Message<"kinfer.admin.v1.WatchStateRequest"> & {
  * Use `create(WatchStateRequestSchema)` to create a new message.
  */
 export const WatchStateRequestSchema: GenMessage<WatchStateRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 22);
+  messageDesc(file_kinfer_admin_v1_admin, 27);
 
 /**
  * WatchStateResponse is one change of a watched model.
@@ -795,7 +935,7 @@ export type WatchStateResponse = Message<"kinfer.admin.v1.WatchStateResponse"> &
  * Use `create(WatchStateResponseSchema)` to create a new message.
  */
 export const WatchStateResponseSchema: GenMessage<WatchStateResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 23);
+  messageDesc(file_kinfer_admin_v1_admin, 28);
 
 /**
  * GetRoutingPolicyRequest names a model.
@@ -816,7 +956,7 @@ export type GetRoutingPolicyRequest = Message<"kinfer.admin.v1.GetRoutingPolicyR
  * Use `create(GetRoutingPolicyRequestSchema)` to create a new message.
  */
 export const GetRoutingPolicyRequestSchema: GenMessage<GetRoutingPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 24);
+  messageDesc(file_kinfer_admin_v1_admin, 29);
 
 /**
  * GetRoutingPolicyResponse holds a model's routing policy.
@@ -837,7 +977,7 @@ export type GetRoutingPolicyResponse = Message<"kinfer.admin.v1.GetRoutingPolicy
  * Use `create(GetRoutingPolicyResponseSchema)` to create a new message.
  */
 export const GetRoutingPolicyResponseSchema: GenMessage<GetRoutingPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 25);
+  messageDesc(file_kinfer_admin_v1_admin, 30);
 
 /**
  * SetRoutingPolicyRequest replaces a model's routing policy.
@@ -872,7 +1012,7 @@ export type SetRoutingPolicyRequest = Message<"kinfer.admin.v1.SetRoutingPolicyR
  * Use `create(SetRoutingPolicyRequestSchema)` to create a new message.
  */
 export const SetRoutingPolicyRequestSchema: GenMessage<SetRoutingPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 26);
+  messageDesc(file_kinfer_admin_v1_admin, 31);
 
 /**
  * SetRoutingPolicyResponse holds the policy in force after the change.
@@ -893,7 +1033,7 @@ export type SetRoutingPolicyResponse = Message<"kinfer.admin.v1.SetRoutingPolicy
  * Use `create(SetRoutingPolicyResponseSchema)` to create a new message.
  */
 export const SetRoutingPolicyResponseSchema: GenMessage<SetRoutingPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 27);
+  messageDesc(file_kinfer_admin_v1_admin, 32);
 
 /**
  * ApiKey is a tenant's API key, without its secret.
@@ -970,7 +1110,7 @@ export type ApiKey = Message<"kinfer.admin.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 28);
+  messageDesc(file_kinfer_admin_v1_admin, 33);
 
 /**
  * ApiKeyLimits bound what a key may use; 0 means no limit.
@@ -1006,7 +1146,7 @@ export type ApiKeyLimits = Message<"kinfer.admin.v1.ApiKeyLimits"> & {
  * Use `create(ApiKeyLimitsSchema)` to create a new message.
  */
 export const ApiKeyLimitsSchema: GenMessage<ApiKeyLimits> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 29);
+  messageDesc(file_kinfer_admin_v1_admin, 34);
 
 /**
  * CreateApiKeyRequest describes a key to create.
@@ -1055,7 +1195,7 @@ export type CreateApiKeyRequest = Message<"kinfer.admin.v1.CreateApiKeyRequest">
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 30);
+  messageDesc(file_kinfer_admin_v1_admin, 35);
 
 /**
  * CreateApiKeyResponse holds the new key and, this once, its secret.
@@ -1083,7 +1223,7 @@ export type CreateApiKeyResponse = Message<"kinfer.admin.v1.CreateApiKeyResponse
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 31);
+  messageDesc(file_kinfer_admin_v1_admin, 36);
 
 /**
  * ListApiKeysRequest filters the keys to list.
@@ -1111,7 +1251,7 @@ export type ListApiKeysRequest = Message<"kinfer.admin.v1.ListApiKeysRequest"> &
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 32);
+  messageDesc(file_kinfer_admin_v1_admin, 37);
 
 /**
  * ListApiKeysResponse holds the keys.
@@ -1132,7 +1272,7 @@ export type ListApiKeysResponse = Message<"kinfer.admin.v1.ListApiKeysResponse">
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 33);
+  messageDesc(file_kinfer_admin_v1_admin, 38);
 
 /**
  * RevokeApiKeyRequest names a key to revoke.
@@ -1153,7 +1293,7 @@ export type RevokeApiKeyRequest = Message<"kinfer.admin.v1.RevokeApiKeyRequest">
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 34);
+  messageDesc(file_kinfer_admin_v1_admin, 39);
 
 /**
  * RevokeApiKeyResponse holds the revoked key.
@@ -1174,7 +1314,7 @@ export type RevokeApiKeyResponse = Message<"kinfer.admin.v1.RevokeApiKeyResponse
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_kinfer_admin_v1_admin, 35);
+  messageDesc(file_kinfer_admin_v1_admin, 40);
 
 /**
  * ReplicaState is whether a replica can take new requests.
@@ -1460,6 +1600,28 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListQueuesRequestSchema;
     output: typeof ListQueuesResponseSchema;
+  },
+  /**
+   * LoadAdapter loads a LoRA adapter on every replica of a model (vLLM's /v1/load_lora_adapter, which
+   * needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on the replicas); requests may then name the adapter as
+   * their model. Each replica's outcome is returned; a replica that already has it counts as loaded.
+   *
+   * @generated from rpc kinfer.admin.v1.AdminService.LoadAdapter
+   */
+  loadAdapter: {
+    methodKind: "unary";
+    input: typeof LoadAdapterRequestSchema;
+    output: typeof LoadAdapterResponseSchema;
+  },
+  /**
+   * UnloadAdapter unloads a LoRA adapter from every replica of a model (/v1/unload_lora_adapter).
+   *
+   * @generated from rpc kinfer.admin.v1.AdminService.UnloadAdapter
+   */
+  unloadAdapter: {
+    methodKind: "unary";
+    input: typeof UnloadAdapterRequestSchema;
+    output: typeof UnloadAdapterResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kinfer_admin_v1_admin, 0);

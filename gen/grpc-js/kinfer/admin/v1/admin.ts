@@ -212,6 +212,46 @@ export function changeTypeToJSON(object: ChangeType): string {
   }
 }
 
+/** LoadAdapterRequest names the adapter to load and where the replicas find it. */
+export interface LoadAdapterRequest {
+  /** The base model whose replicas load the adapter. */
+  model: string;
+  /** The adapter's name, as clients will put it in their requests' model field. */
+  adapter: string;
+  /** Where the replicas read the adapter (a local path or a Hugging Face id; vLLM's lora_path). */
+  path: string;
+}
+
+/** LoadAdapterResponse is each replica's outcome. */
+export interface LoadAdapterResponse {
+  /** One outcome per replica of the model, in the order of the model's versions and replicas. */
+  replicas: AdapterOutcome[];
+}
+
+/** UnloadAdapterRequest names the adapter to unload. */
+export interface UnloadAdapterRequest {
+  /** The base model whose replicas unload the adapter. */
+  model: string;
+  /** The adapter's name. */
+  adapter: string;
+}
+
+/** UnloadAdapterResponse is each replica's outcome. */
+export interface UnloadAdapterResponse {
+  /** One outcome per replica of the model; a replica that did not have it counts as unloaded. */
+  replicas: AdapterOutcome[];
+}
+
+/** AdapterOutcome is what one replica answered. */
+export interface AdapterOutcome {
+  /** The replica's id. */
+  replicaId: string;
+  /** Whether the replica has (LoadAdapter) or no longer has (UnloadAdapter) the adapter now. */
+  ok: boolean;
+  /** The replica's answer, or why it could not be reached (at most 300 characters). */
+  message: string;
+}
+
 /** ListQueuesRequest selects the queues to return. */
 export interface ListQueuesRequest {
   /** Only this model's queue; empty for every model. */
@@ -580,6 +620,439 @@ export interface RevokeApiKeyResponse {
   /** The key, with revoked_at set. */
   key: ApiKey | undefined;
 }
+
+function createBaseLoadAdapterRequest(): LoadAdapterRequest {
+  return { model: "", adapter: "", path: "" };
+}
+
+export const LoadAdapterRequest: MessageFns<LoadAdapterRequest> = {
+  encode(message: LoadAdapterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.adapter !== "") {
+      writer.uint32(18).string(message.adapter);
+    }
+    if (message.path !== "") {
+      writer.uint32(26).string(message.path);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LoadAdapterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoadAdapterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.adapter = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LoadAdapterRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      adapter: isSet(object.adapter) ? globalThis.String(object.adapter) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+    };
+  },
+
+  toJSON(message: LoadAdapterRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.adapter !== "") {
+      obj.adapter = message.adapter;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LoadAdapterRequest>, I>>(base?: I): LoadAdapterRequest {
+    return LoadAdapterRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LoadAdapterRequest>, I>>(object: I): LoadAdapterRequest {
+    const message = createBaseLoadAdapterRequest();
+    message.model = object.model ?? "";
+    message.adapter = object.adapter ?? "";
+    message.path = object.path ?? "";
+    return message;
+  },
+};
+
+function createBaseLoadAdapterResponse(): LoadAdapterResponse {
+  return { replicas: [] };
+}
+
+export const LoadAdapterResponse: MessageFns<LoadAdapterResponse> = {
+  encode(message: LoadAdapterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.replicas) {
+      AdapterOutcome.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LoadAdapterResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoadAdapterResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicas.push(AdapterOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LoadAdapterResponse {
+    return {
+      replicas: globalThis.Array.isArray(object?.replicas)
+        ? object.replicas.map((e: any) => AdapterOutcome.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: LoadAdapterResponse): unknown {
+    const obj: any = {};
+    if (message.replicas?.length) {
+      obj.replicas = message.replicas.map((e) => AdapterOutcome.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LoadAdapterResponse>, I>>(base?: I): LoadAdapterResponse {
+    return LoadAdapterResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LoadAdapterResponse>, I>>(object: I): LoadAdapterResponse {
+    const message = createBaseLoadAdapterResponse();
+    message.replicas = object.replicas?.map((e) => AdapterOutcome.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseUnloadAdapterRequest(): UnloadAdapterRequest {
+  return { model: "", adapter: "" };
+}
+
+export const UnloadAdapterRequest: MessageFns<UnloadAdapterRequest> = {
+  encode(message: UnloadAdapterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.adapter !== "") {
+      writer.uint32(18).string(message.adapter);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnloadAdapterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnloadAdapterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.adapter = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UnloadAdapterRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      adapter: isSet(object.adapter) ? globalThis.String(object.adapter) : "",
+    };
+  },
+
+  toJSON(message: UnloadAdapterRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.adapter !== "") {
+      obj.adapter = message.adapter;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UnloadAdapterRequest>, I>>(base?: I): UnloadAdapterRequest {
+    return UnloadAdapterRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UnloadAdapterRequest>, I>>(object: I): UnloadAdapterRequest {
+    const message = createBaseUnloadAdapterRequest();
+    message.model = object.model ?? "";
+    message.adapter = object.adapter ?? "";
+    return message;
+  },
+};
+
+function createBaseUnloadAdapterResponse(): UnloadAdapterResponse {
+  return { replicas: [] };
+}
+
+export const UnloadAdapterResponse: MessageFns<UnloadAdapterResponse> = {
+  encode(message: UnloadAdapterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.replicas) {
+      AdapterOutcome.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnloadAdapterResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnloadAdapterResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicas.push(AdapterOutcome.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UnloadAdapterResponse {
+    return {
+      replicas: globalThis.Array.isArray(object?.replicas)
+        ? object.replicas.map((e: any) => AdapterOutcome.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: UnloadAdapterResponse): unknown {
+    const obj: any = {};
+    if (message.replicas?.length) {
+      obj.replicas = message.replicas.map((e) => AdapterOutcome.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UnloadAdapterResponse>, I>>(base?: I): UnloadAdapterResponse {
+    return UnloadAdapterResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UnloadAdapterResponse>, I>>(object: I): UnloadAdapterResponse {
+    const message = createBaseUnloadAdapterResponse();
+    message.replicas = object.replicas?.map((e) => AdapterOutcome.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAdapterOutcome(): AdapterOutcome {
+  return { replicaId: "", ok: false, message: "" };
+}
+
+export const AdapterOutcome: MessageFns<AdapterOutcome> = {
+  encode(message: AdapterOutcome, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replicaId !== "") {
+      writer.uint32(10).string(message.replicaId);
+    }
+    if (message.ok !== false) {
+      writer.uint32(16).bool(message.ok);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdapterOutcome {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdapterOutcome();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ok = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdapterOutcome {
+    return {
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: AdapterOutcome): unknown {
+    const obj: any = {};
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.ok !== false) {
+      obj.ok = message.ok;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AdapterOutcome>, I>>(base?: I): AdapterOutcome {
+    return AdapterOutcome.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AdapterOutcome>, I>>(object: I): AdapterOutcome {
+    const message = createBaseAdapterOutcome();
+    message.replicaId = object.replicaId ?? "";
+    message.ok = object.ok ?? false;
+    message.message = object.message ?? "";
+    return message;
+  },
+};
 
 function createBaseListQueuesRequest(): ListQueuesRequest {
   return { model: "" };
@@ -4288,6 +4761,31 @@ export const AdminServiceService = {
     responseSerialize: (value: ListQueuesResponse): Buffer => Buffer.from(ListQueuesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListQueuesResponse => ListQueuesResponse.decode(value),
   },
+  /**
+   * LoadAdapter loads a LoRA adapter on every replica of a model (vLLM's /v1/load_lora_adapter, which
+   * needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on the replicas); requests may then name the adapter as
+   * their model. Each replica's outcome is returned; a replica that already has it counts as loaded.
+   */
+  loadAdapter: {
+    path: "/kinfer.admin.v1.AdminService/LoadAdapter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LoadAdapterRequest): Buffer => Buffer.from(LoadAdapterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LoadAdapterRequest => LoadAdapterRequest.decode(value),
+    responseSerialize: (value: LoadAdapterResponse): Buffer => Buffer.from(LoadAdapterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LoadAdapterResponse => LoadAdapterResponse.decode(value),
+  },
+  /** UnloadAdapter unloads a LoRA adapter from every replica of a model (/v1/unload_lora_adapter). */
+  unloadAdapter: {
+    path: "/kinfer.admin.v1.AdminService/UnloadAdapter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UnloadAdapterRequest): Buffer => Buffer.from(UnloadAdapterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UnloadAdapterRequest => UnloadAdapterRequest.decode(value),
+    responseSerialize: (value: UnloadAdapterResponse): Buffer =>
+      Buffer.from(UnloadAdapterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UnloadAdapterResponse => UnloadAdapterResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -4326,6 +4824,14 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
    * waiting requests and share of service.
    */
   listQueues: handleUnaryCall<ListQueuesRequest, ListQueuesResponse>;
+  /**
+   * LoadAdapter loads a LoRA adapter on every replica of a model (vLLM's /v1/load_lora_adapter, which
+   * needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on the replicas); requests may then name the adapter as
+   * their model. Each replica's outcome is returned; a replica that already has it counts as loaded.
+   */
+  loadAdapter: handleUnaryCall<LoadAdapterRequest, LoadAdapterResponse>;
+  /** UnloadAdapter unloads a LoRA adapter from every replica of a model (/v1/unload_lora_adapter). */
+  unloadAdapter: handleUnaryCall<UnloadAdapterRequest, UnloadAdapterResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -4522,6 +5028,42 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListQueuesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * LoadAdapter loads a LoRA adapter on every replica of a model (vLLM's /v1/load_lora_adapter, which
+   * needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True on the replicas); requests may then name the adapter as
+   * their model. Each replica's outcome is returned; a replica that already has it counts as loaded.
+   */
+  loadAdapter(
+    request: LoadAdapterRequest,
+    callback: (error: ServiceError | null, response: LoadAdapterResponse) => void,
+  ): ClientUnaryCall;
+  loadAdapter(
+    request: LoadAdapterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LoadAdapterResponse) => void,
+  ): ClientUnaryCall;
+  loadAdapter(
+    request: LoadAdapterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LoadAdapterResponse) => void,
+  ): ClientUnaryCall;
+  /** UnloadAdapter unloads a LoRA adapter from every replica of a model (/v1/unload_lora_adapter). */
+  unloadAdapter(
+    request: UnloadAdapterRequest,
+    callback: (error: ServiceError | null, response: UnloadAdapterResponse) => void,
+  ): ClientUnaryCall;
+  unloadAdapter(
+    request: UnloadAdapterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UnloadAdapterResponse) => void,
+  ): ClientUnaryCall;
+  unloadAdapter(
+    request: UnloadAdapterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UnloadAdapterResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -567,6 +567,11 @@ export interface ModelInfo {
   maxContextTokens: number;
   /** Whether at least one replica of the model is ready now. */
   available: boolean;
+  /**
+   * The LoRA adapters of this model that requests may name as their model (declared, loaded through the
+   * admin API, or discovered on its replicas), sorted.
+   */
+  adapters: string[];
 }
 
 /**
@@ -2667,7 +2672,7 @@ export const ListModelsResponse: MessageFns<ListModelsResponse> = {
 };
 
 function createBaseModelInfo(): ModelInfo {
-  return { name: "", versions: [], maxContextTokens: 0, available: false };
+  return { name: "", versions: [], maxContextTokens: 0, available: false, adapters: [] };
 }
 
 export const ModelInfo: MessageFns<ModelInfo> = {
@@ -2683,6 +2688,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     }
     if (message.available !== false) {
       writer.uint32(32).bool(message.available);
+    }
+    for (const v of message.adapters) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -2732,6 +2740,14 @@ export const ModelInfo: MessageFns<ModelInfo> = {
             message.available = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.adapters.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2754,6 +2770,7 @@ export const ModelInfo: MessageFns<ModelInfo> = {
         ? globalThis.Number(object.max_context_tokens)
         : 0,
       available: isSet(object.available) ? globalThis.Boolean(object.available) : false,
+      adapters: globalThis.Array.isArray(object?.adapters) ? object.adapters.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -2771,6 +2788,9 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     if (message.available !== false) {
       obj.available = message.available;
     }
+    if (message.adapters?.length) {
+      obj.adapters = message.adapters;
+    }
     return obj;
   },
 
@@ -2783,6 +2803,7 @@ export const ModelInfo: MessageFns<ModelInfo> = {
     message.versions = object.versions?.map((e) => e) || [];
     message.maxContextTokens = object.maxContextTokens ?? 0;
     message.available = object.available ?? false;
+    message.adapters = object.adapters?.map((e) => e) || [];
     return message;
   },
 };
