@@ -9,10 +9,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
 import OpenAI from "openai";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { stringify } from "yaml";
-import { InferenceService } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
+import { InferenceService, Role } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
+import * as tsProto from "../../gen/grpc-js/kinfer/inference/v1/inference.js";
+import { createKinferClient } from "../../sdk/src/client.js";
+import { createNodeTransport } from "../../sdk/src/node.js";
 import { newKey } from "../../server/tenants/key-store.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
 import { expectIdle, metricSum } from "../helpers/idle.js";
@@ -92,6 +96,116 @@ it("a stream that finishes: the client, the tenant and the metrics see the repli
     completion: d.replicaGenerated,
     cached: d.replicaCached,
   });
+  await expectIdle(h);
+});
+
+it("every surface shows the replica's usage for a finished stream (Connect, grpc-js, the SDK, the Responses API)", async () => {
+  const auth = { authorization: `Bearer ${key.secret}` };
+  const messages = [{ role: Role.USER, content: LONG_PROMPT }];
+  type Shown = { prompt: number; completion: number; cached: number };
+  const surfaces: [string, () => Promise<Shown>][] = [
+    [
+      "connect",
+      async () => {
+        const client = createClient(
+          InferenceService,
+          createConnectTransport({ baseUrl: h.url, httpVersion: "2" }),
+        );
+        let shown: Shown | undefined;
+        for await (const res of client.chat(
+          { model: MODEL, messages, sampling: { maxTokens: 6 } },
+          { headers: auth },
+        ))
+          if (res.event.case === "finish") {
+            const u = res.event.value.usage;
+            shown = {
+              prompt: u?.promptTokens ?? -1,
+              completion: u?.completionTokens ?? -1,
+              cached: u?.cachedTokens ?? -1,
+            };
+          }
+        return shown as Shown;
+      },
+    ],
+    [
+      "grpc-js",
+      () =>
+        new Promise<Shown>((resolve, reject) => {
+          const client = new tsProto.InferenceServiceClient(
+            h.url.replace("http://", ""),
+            grpc.credentials.createInsecure(),
+          );
+          const metadata = new grpc.Metadata();
+          metadata.set("authorization", auth.authorization);
+          let shown: Shown | undefined;
+          const call = client.chat(
+            tsProto.ChatRequest.fromPartial({
+              model: MODEL,
+              messages: [{ role: tsProto.Role.ROLE_USER, content: LONG_PROMPT }],
+              sampling: { maxTokens: 6 },
+            }),
+            metadata,
+          );
+          call.on("data", (e: tsProto.ChatResponse) => {
+            if (e.event?.$case === "finish") {
+              const u = e.event.finish.usage;
+              shown = {
+                prompt: u?.promptTokens ?? -1,
+                completion: u?.completionTokens ?? -1,
+                cached: u?.cachedTokens ?? -1,
+              };
+            }
+          });
+          call.on("end", () => {
+            client.close();
+            resolve(shown as Shown);
+          });
+          call.on("error", reject);
+        }),
+    ],
+    [
+      "sdk",
+      async () => {
+        const sdk = createKinferClient({
+          transport: createNodeTransport({ baseUrl: h.url }),
+          apiKey: key.secret,
+        });
+        const u = (await sdk.chat({ model: MODEL, messages, sampling: { maxTokens: 6 } }).collect()).finish
+          ?.usage;
+        return {
+          prompt: u?.promptTokens ?? -1,
+          completion: u?.completionTokens ?? -1,
+          cached: u?.cachedTokens ?? -1,
+        };
+      },
+    ],
+    [
+      "responses",
+      async () => {
+        const openai = new OpenAI({ baseURL: `${h.url}/v1`, apiKey: key.secret, maxRetries: 0 });
+        const r = await openai.responses.create({ model: MODEL, input: LONG_PROMPT, max_output_tokens: 6 });
+        return {
+          prompt: r.usage?.input_tokens ?? -1,
+          completion: r.usage?.output_tokens ?? -1,
+          cached: r.usage?.input_tokens_details.cached_tokens ?? -1,
+        };
+      },
+    ],
+  ];
+  for (const [surface, ask] of surfaces) {
+    await ask(); // fills the prefix cache with this surface's prompt
+    const before = await counters();
+    const shown = await ask();
+    const d = diff(before, await counters());
+    expect(d.replicaCached, surface).toBeGreaterThan(0);
+    expect(shown, surface).toEqual({
+      prompt: d.replicaPrompt,
+      completion: d.replicaGenerated,
+      cached: d.replicaCached,
+    });
+    expect(d.charged, surface).toBe(d.replicaPrompt + d.replicaGenerated);
+    expect(d.cached, surface).toBe(d.replicaCached);
+  }
   await expectIdle(h);
 });
 
