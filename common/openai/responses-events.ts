@@ -41,8 +41,11 @@ export interface ResponsesRenderer {
   delta(text: string): string;
   /** The closing events: the text's, the part's and the item's done, then completed or incomplete. */
   closing(text: string, finish: ResponseFinish): string;
-  /** response.failed, after an error once the stream has begun (`code` as OpenAI's error bodies name it). */
-  failed(code: string, message: string): string;
+  /**
+   * response.failed, after an error once the stream has begun (`code` as OpenAI's error bodies name it),
+   * with the text streamed until then as an incomplete message.
+   */
+  failed(code: string, message: string, text: string): string;
 }
 
 export function responsesRenderer(
@@ -57,7 +60,7 @@ export function responsesRenderer(
   const event = (type: string, fields: Record<string, unknown>) =>
     `event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: sequence++, ...fields })}\n\n`;
 
-  const message = (status: "in_progress" | "completed" | "incomplete", text?: string) => ({
+  const message_ = (status: "in_progress" | "completed" | "incomplete", text?: string) => ({
     id: itemId,
     type: "message",
     role: "assistant",
@@ -94,7 +97,7 @@ export function responsesRenderer(
     const incomplete = f.finishReason === "length";
     return response(
       incomplete ? "incomplete" : "completed",
-      [message(incomplete ? "incomplete" : "completed", text)],
+      [message_(incomplete ? "incomplete" : "completed", text)],
       {
         incomplete_details: incomplete ? { reason: "max_output_tokens" } : null,
         usage: {
@@ -116,7 +119,7 @@ export function responsesRenderer(
       return (
         event("response.created", { response: started }) +
         event("response.in_progress", { response: started }) +
-        event("response.output_item.added", { output_index: 0, item: message("in_progress") }) +
+        event("response.output_item.added", { output_index: 0, item: message_("in_progress") }) +
         event("response.content_part.added", { ...at, part: part("") })
       );
     },
@@ -130,8 +133,10 @@ export function responsesRenderer(
         event(done.status === "incomplete" ? "response.incomplete" : "response.completed", { response: done })
       );
     },
-    failed(code, message) {
-      return event("response.failed", { response: response("failed", [], { error: { code, message } }) });
+    failed(code, message, text) {
+      return event("response.failed", {
+        response: response("failed", [message_("incomplete", text)], { error: { code, message } }),
+      });
     },
   };
 }

@@ -257,6 +257,12 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
       checkAdapter(req.adapter);
       if (table.model(req.adapter) !== undefined)
         throw new ConnectError(`"${req.adapter}" is a model's name`, Code.InvalidArgument);
+      const owner = table.modelOfAdapter(req.adapter);
+      if (owner !== undefined && owner.name !== m.name)
+        throw new ConnectError(
+          `adapter "${req.adapter}" belongs to model "${owner.name}"`,
+          Code.AlreadyExists,
+        );
       if (req.path.length === 0 || req.path.length > 4096)
         throw new ConnectError("path must be 1 to 4096 characters", Code.InvalidArgument);
       return { replicas: await loadAdapter(m, req.adapter, req.path) };

@@ -36,8 +36,9 @@ export function unloadAdapter(model: ModelEntry, adapter: string): Promise<Adapt
   return Promise.all(
     replicasOf(model).map(async (r) => {
       const answer = await post(r, "/v1/unload_lora_adapter", { lora_name: adapter });
-      // A replica that does not have it (404) has what was asked.
-      const ok = answer.status === 200 || answer.status === 404;
+      // A replica that does not have it has what was asked; a 404 for the endpoint itself (runtime
+      // updates not allowed there) does not.
+      const ok = answer.status === 200 || (answer.status === 404 && /cannot be found/.test(answer.text));
       if (ok) r.adapters = new Set([...r.adapters].filter((a) => a !== adapter));
       return { replicaId: r.id, ok, message: answer.text };
     }),

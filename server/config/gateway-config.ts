@@ -468,6 +468,18 @@ export const gatewayConfigSchema = z
         ctx.addIssue({ code: "custom", path: ["models", i, "name"], message: "duplicate model" });
       names.add(m.name);
     }
+    // An adapter's name is a model name to clients: it must name one adapter of one model, and no model.
+    const adapters = new Set<string>();
+    for (const [i, m] of config.models.entries())
+      for (const [j, a] of m.adapters.entries()) {
+        if (names.has(a) || adapters.has(a))
+          ctx.addIssue({
+            code: "custom",
+            path: ["models", i, "adapters", j],
+            message: names.has(a) ? "an adapter named like a model" : "an adapter declared twice",
+          });
+        adapters.add(a);
+      }
   });
 
 export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;

@@ -47,6 +47,7 @@ export type UpstreamFailure =
   | "connect" // could not connect, or the connection was reset before a response
   | "overloaded" // 429
   | "unavailable" // 503, or another 5xx
+  | "not-found" // 404: the replica does not serve the model (or LoRA adapter) named
   | "context-length" // 400 because the prompt is too long
   | "rejected" // another 4xx
   | "first-token-timeout"
@@ -93,6 +94,12 @@ export function upstreamError(failure: UpstreamFailure, retryAfterMs?: number): 
       );
     case "too-large":
       return embeddingsTooLarge();
+    case "not-found":
+      return gatewayError(
+        Code.NotFound,
+        ErrorReason.MODEL_NOT_FOUND,
+        "no replica serves the model or adapter named",
+      );
     case "connect":
     case "unavailable":
       return gatewayError(

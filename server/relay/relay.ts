@@ -60,7 +60,7 @@ export interface RelayDeps {
    * Each embedding model's vector size, learned from its answers (one entry per configured model name),
    * so that a request whose answer would pass its bound is refused before any replica works on it.
    */
-  readonly embeddingSizes?: Map<string, number>;
+  readonly embeddingSizes?: Map<string, { readonly size: number; readonly learnedAt: number }>;
 }
 
 /** What the relay did, filled in as it goes (for logs and metrics). */
@@ -83,6 +83,8 @@ const COUNTS_AGAINST_REPLICA: ReadonlySet<UpstreamFailure> = new Set([
   "inter-token-timeout",
   "broken-stream",
   "protocol",
+  // A replica that does not serve its own model is misconfigured (an adapter it lacks is not: see below).
+  "not-found",
 ]);
 
 /** Failures before the first token that another replica may not have. */
@@ -91,7 +93,11 @@ const RETRYABLE: ReadonlySet<UpstreamFailure> = new Set([
   "overloaded",
   "unavailable",
   "first-token-timeout",
+  "not-found",
 ]);
+
+/** Vectors per "embeddings" event. */
+const EMBEDDINGS_PER_EVENT = 64;
 
 /**
  * Whether an embedding request's answer is known ahead to pass its bound (limits.maxEmbeddingBytes, and
@@ -101,8 +107,21 @@ const RETRYABLE: ReadonlySet<UpstreamFailure> = new Set([
  */
 export function embeddingAnswerTooLarge(req: InferenceRequest, model: string, deps: RelayDeps): boolean {
   if (req.embed === undefined) return false;
-  const size = req.embed.dimensions ?? deps.embeddingSizes?.get(model);
+  const size = req.embed.dimensions ?? learnedSize(model, deps);
   return size !== undefined && req.embed.inputs.length * size * 4 > maxVectorBytesOf(req, deps.config);
+}
+
+/**
+ * How long a learned size is trusted: the model behind a name may change (a new deployment), and a size
+ * learned from a broken answer must not refuse the model's requests for good.
+ */
+const LEARNED_SIZE_TTL_MS = 10 * 60_000;
+
+function learnedSize(model: string, deps: RelayDeps): number | undefined {
+  const learned = deps.embeddingSizes?.get(model);
+  return learned !== undefined && deps.now() - learned.learnedAt < LEARNED_SIZE_TTL_MS
+    ? learned.size
+    : undefined;
 }
 
 /** The most float32 bytes an embedding request's answer may hold. */
@@ -131,14 +150,17 @@ export async function* relay(
   trace: RelayTrace,
 ): AsyncGenerator<InferenceEvent> {
   const { config, router } = deps;
-  const version = router.pickVersion(model, req.version);
+  const version = router.pickVersion(model, req.version, req.adapter);
   trace.version = version.name;
   const promptText = prefixTextOf(req);
   const input = {
     pinnedVersion: req.version,
     maxInFlight: effectiveFlow(config, model.name).maxInFlightPerReplica,
     affinityKey: req.affinityKey,
-    prefixHashes: router.hashPrompt(promptText),
+    // vLLM keeps each adapter's prefix cache apart: so does prefix affinity.
+    prefixHashes: router.hashPrompt(
+      req.adapter === undefined ? promptText : `${req.adapter}\u0000${promptText}`,
+    ),
     adapter: req.adapter,
   };
   /** The prompt's tokens, estimated (about 4 characters a token), for the replica's pending prefill. */
@@ -205,15 +227,24 @@ export async function* relay(
             attemptSpan?.headers,
           );
           if (req.embed.dimensions === undefined && answer.vectors[0] !== undefined)
-            deps.embeddingSizes?.set(model.name, answer.vectors[0].length);
+            deps.embeddingSizes?.set(model.name, { size: answer.vectors[0].length, learnedAt: deps.now() });
           // The attempt succeeded, whatever the consumer does with the events below.
           attemptFailure = undefined;
           prefilled();
           streamed = true;
           deps.outliers.success(replica);
           const timing = { upstreamMs: answeredAt - sentAt, gatewayMs: sentAt - acceptedAt };
-          yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
-          yield { type: "embeddings", vectors: answer.vectors };
+          yield {
+            type: "start",
+            requestId: req.requestId,
+            model: req.adapter ?? model.name,
+            version: version.name,
+            timing,
+          };
+          // In slices: a client's adapter writes each while the pipeline holds it, so its slow-reader
+          // watch bounds the time to read a slice, not the whole answer.
+          for (let i = 0; i < answer.vectors.length; i += EMBEDDINGS_PER_EVENT)
+            yield { type: "embeddings", vectors: answer.vectors.slice(i, i + EMBEDDINGS_PER_EVENT) };
           yield {
             type: "finish",
             finishReason: "stop",
@@ -231,7 +262,13 @@ export async function* relay(
           upstreamMs: first.firstTokenAt - first.sentAt,
           gatewayMs: first.sentAt - acceptedAt,
         };
-        yield { type: "start", requestId: req.requestId, model: model.name, version: version.name, timing };
+        yield {
+          type: "start",
+          requestId: req.requestId,
+          model: req.adapter ?? model.name,
+          version: version.name,
+          timing,
+        };
         // The rest, one event at a time: most are already read (returned as they are), the others awaited.
         const rest = readRest(first, replica, req, attemptControl, deps, acceptedAt, trace);
         try {
@@ -252,7 +289,7 @@ export async function* relay(
         attemptFailure = err.failure;
         // An answer too large still tells the model's vector size: the next such request is refused ahead.
         if (err instanceof AnswerTooLarge && req.embed?.dimensions === undefined && err.vectorSize > 0)
-          deps.embeddingSizes?.set(model.name, err.vectorSize);
+          deps.embeddingSizes?.set(model.name, { size: err.vectorSize, learnedAt: deps.now() });
         deps.onUpstreamFailure?.(replica, err, req.requestId);
         // A refused connection is a health verdict: stop routing here until the scraper finds it up
         // again, instead of letting every request in the meantime find out. A 5xx before the first token
@@ -260,7 +297,12 @@ export async function* relay(
         if (!streamed && err.failure === "connect") replica.healthy = false;
         if (!streamed && (err.failure === "connect" || err.failure === "unavailable"))
           deps.onSuspect?.(replica);
-        if (COUNTS_AGAINST_REPLICA.has(err.failure)) {
+        // A replica without the adapter named (restarted since it was loaded, or never had it): it is
+        // forgotten there, and the request tried elsewhere; the replica serves its other requests well.
+        const adapterMissing = err.failure === "not-found" && req.adapter !== undefined;
+        if (adapterMissing)
+          replica.adapters = new Set([...replica.adapters].filter((a) => a !== req.adapter));
+        if (COUNTS_AGAINST_REPLICA.has(err.failure) && !adapterMissing) {
           if (deps.outliers.failure(replica, version.replicas, deps.now())) deps.onEjected?.(replica);
         }
         if (streamed) throw upstreamError(err.failure);

@@ -382,7 +382,8 @@ export function classifyStatus(status: number, text: string): UpstreamFailure {
   if (status === 400 && /maximum context length|longer than the maximum model length/i.test(text)) {
     return "context-length";
   }
-  if (status === 404 || status >= 500) return "unavailable";
+  if (status === 404) return "not-found";
+  if (status >= 500) return "unavailable";
   return "rejected";
 }
 

@@ -160,22 +160,24 @@ export function startScraper(
   async function scrape(replica: Replica, s: ScrapeState, withHealth: boolean): Promise<void> {
     const started = now();
     const wasUp = replica.healthy !== false;
-    // Requests sent before this scrape: the page it reads counts them (those sent while it is out may not be).
-    const sentBefore = replica.sentSinceScrape;
+    let sentBefore = replica.sentSinceScrape;
     let answered = true;
     const suspect = s.healthDue || !s.healthOk || replica.healthy === false;
     if (withHealth || suspect || started - s.healthAt >= options.healthIntervalMs) {
       s.healthDue = false;
       try {
         s.healthOk = (await fetchText(`${replica.url}/health`)).status === 200;
-        if (s.healthOk && discoverAdapters?.(replica)) await readAdapters(replica);
       } catch {
         answered = false;
       }
       s.healthAt = started;
+      // Adapter discovery has no say in health or signals: a failure keeps what was known.
+      if (answered && s.healthOk && discoverAdapters?.(replica)) await readAdapters(replica).catch(() => {});
     }
     let signals: VllmSignals | undefined;
     if (answered) {
+      // Requests sent before /metrics is asked for: the page counts them (those sent while it is out may not be).
+      sentBefore = replica.sentSinceScrape;
       try {
         const page = await fetchText(`${replica.url}/metrics`);
         signals = page.status === 200 ? parseVllmSignals(page.text) : undefined;

@@ -138,7 +138,10 @@ export type InferenceEvent =
       readonly extras?: DeltaExtras;
     }
   | {
-      /** An embedding request's answer: one vector per input, in order (between start and finish). */
+      /**
+       * Part of an embedding request's answer: the next vectors, one per input in order; the events
+       * between start and finish hold them all.
+       */
       readonly type: "embeddings";
       readonly vectors: readonly Float32Array[];
     }

@@ -69,8 +69,11 @@ export interface RouteInput {
 export interface Router {
   /** Hashes a prompt for prefix affinity. */
   hashPrompt(text: string): number[];
-  /** Chooses the version; throws NOT_FOUND for an unknown pin, UNAVAILABLE when no version can serve. */
-  pickVersion(model: ModelEntry, pinnedVersion: string): VersionEntry;
+  /**
+   * Chooses the version; throws NOT_FOUND for an unknown pin, UNAVAILABLE when no version can serve. With
+   * a LoRA adapter, only versions with a replica that serves it are drawn.
+   */
+  pickVersion(model: ModelEntry, pinnedVersion: string, adapter?: string): VersionEntry;
   /** Chooses a replica of `version` not in `exclude`; undefined when none is eligible. */
   pickReplica(
     model: ModelEntry,
@@ -94,7 +97,7 @@ export function createRouter(options: RouterOptions): Router {
     hashPrompt: (text) =>
       prefixBlockHashes(text, options.prefixIndex.blockChars, options.prefixIndex.maxBlocksPerRequest),
 
-    pickVersion(model, pinnedVersion) {
+    pickVersion(model, pinnedVersion, adapter) {
       const now = options.now();
       if (pinnedVersion !== "") {
         const pinned = model.versions.find((v) => v.name === pinnedVersion);
@@ -107,7 +110,12 @@ export function createRouter(options: RouterOptions): Router {
         }
         return pinned;
       }
-      const open = model.versions.filter((v) => v.weight > 0 && eligible(v, new Set(), now).length > 0);
+      const open = model.versions.filter(
+        (v) =>
+          v.weight > 0 &&
+          eligible(v, new Set(), now).length > 0 &&
+          (adapter === undefined || servesAdapter(model, v.replicas, adapter)),
+      );
       const total = open.reduce((sum, v) => sum + v.weight, 0);
       if (total === 0) throw noHealthyReplica(model.name);
       let x = random() * total;
@@ -169,11 +177,15 @@ export function createRouter(options: RouterOptions): Router {
   };
 }
 
+/** Whether some replica in `replicas` serves `adapter` (declared for the model, or the replica's own). */
+function servesAdapter(model: ModelEntry, replicas: readonly Replica[], adapter: string): boolean {
+  return model.adapters.includes(adapter) || replicas.some((r) => r.adapters.has(adapter));
+}
+
 /**
  * The replicas a LoRA adapter's request may go to, best first as a group: of those that serve it (the
  * model declares it, or the replica has it: loaded through the admin API or discovered), the ones where
- * it is loaded already (its requests running or waiting there: vllm:lora_requests_info) and that have
- * room; else those with a free adapter slot (fewer adapters active than --max-loras) and room, where it
+ * it is loaded already (its requests running there: vllm:lora_requests_info) and that have room; else those with a free adapter slot (fewer adapters active than --max-loras) and room, where it
  * loads without waiting for another adapter's requests to end; else every one that serves it. The usual
  * policy then picks among the group.
  */
@@ -186,9 +198,8 @@ function adapterCandidates(
   const declared = model.adapters.includes(adapter);
   const serving = declared ? candidates : candidates.filter((r) => r.adapters.has(adapter));
   const room = serving.filter((r) => r.inFlight < maxInFlight);
-  const loaded = room.filter(
-    (r) => r.signals?.lora?.running.includes(adapter) || r.signals?.lora?.waiting.includes(adapter),
-  );
+  // Running there, not only waiting: a replica where it waits for a slot has none to give.
+  const loaded = room.filter((r) => r.signals?.lora?.running.includes(adapter) === true);
   if (loaded.length > 0) return loaded;
   const freeSlot = room.filter((r) => {
     const lora = r.signals?.lora;

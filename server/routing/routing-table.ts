@@ -98,10 +98,10 @@ export function createRoutingTable(): RoutingTable {
   return {
     model: (name) => models.get(name),
     modelOfAdapter(adapter) {
-      for (const m of models.values()) {
-        if (m.adapters.includes(adapter)) return m;
+      // A declared adapter belongs to the model that declares it, whatever a replica elsewhere reports.
+      for (const m of models.values()) if (m.adapters.includes(adapter)) return m;
+      for (const m of models.values())
         for (const v of m.versions) if (v.replicas.some((r) => r.adapters.has(adapter))) return m;
-      }
       return undefined;
     },
     models: () => [...models.values()],

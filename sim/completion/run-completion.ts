@@ -149,7 +149,8 @@ export function runCompletion(
     const error = new VllmError(500, "Injected failure after the stream began");
     gate.write(() => {
       if (!stream) return sendError(res, error);
-      if (responses !== undefined) return res.end(responses.failed("internal_server_error", error.message));
+      if (responses !== undefined)
+        return res.end(responses.failed("internal_server_error", error.message, text));
       res.write(`data: ${JSON.stringify(error.toJson())}\n\n`);
       res.end("data: [DONE]\n\n");
     });

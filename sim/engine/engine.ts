@@ -180,29 +180,27 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
   }
 
   /**
-   * Gives `lora` a slot if it can have one now: it holds one, or one is free, or one is held by an adapter
-   * no running sequence uses (evicted, least recently used first). Returns whether this loads it (a cost),
-   * or undefined when every slot is in use by running sequences.
+   * Whether `lora` can have a slot now: it holds one (no load), or one is free, or one is held by an
+   * adapter no running sequence uses (that one is evicted, least recently used first). Undefined when every
+   * slot is in use by running sequences. Changes nothing: `takeSlot` does, once the sequence is admitted.
    */
-  function slotFor(lora: string, active: Set<string>): boolean | undefined {
-    if (loraSlots.has(lora)) {
-      loraSlots.set(lora, clock.now());
-      return false;
-    }
-    if (loraSlots.size >= opts.maxLoras) {
-      let victim: string | undefined;
-      let oldest = Number.POSITIVE_INFINITY;
-      for (const [name, usedAt] of loraSlots)
-        if (!active.has(name) && usedAt < oldest) {
-          victim = name;
-          oldest = usedAt;
-        }
-      if (victim === undefined) return undefined;
-      loraSlots.delete(victim);
-    }
+  function slotFor(lora: string, active: Set<string>): { loads: boolean; evicts?: string } | undefined {
+    if (loraSlots.has(lora)) return { loads: false };
+    if (loraSlots.size < opts.maxLoras) return { loads: true };
+    let victim: string | undefined;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const [name, usedAt] of loraSlots)
+      if (!active.has(name) && usedAt < oldest) {
+        victim = name;
+        oldest = usedAt;
+      }
+    return victim === undefined ? undefined : { loads: true, evicts: victim };
+  }
+
+  function takeSlot(lora: string, slot: { loads: boolean; evicts?: string }): void {
+    if (slot.evicts !== undefined) loraSlots.delete(slot.evicts);
     loraSlots.set(lora, clock.now());
-    counters.loraLoads++;
-    return true;
+    if (slot.loads) counters.loraLoads++;
   }
 
   function tokensOf(seq: Sequence, count: number): ArrayLike<number> {
@@ -344,21 +342,20 @@ export function createEngine(options: EngineOptions, clock: Clock, observer: Eng
     for (let i = 0; i < waiting.length && running.length < opts.maxNumSeqs && budget > 0; ) {
       const seq = waiting[i] as Sequence;
       const lora = seq.spec.lora;
-      const loads = lora === undefined ? false : slotFor(lora, active);
-      if (loads === undefined) {
+      const slot = lora === undefined ? undefined : slotFor(lora, active);
+      if (lora !== undefined && slot === undefined) {
         i++;
         continue;
       }
       const remaining = admit(seq);
-      if (remaining < 0) {
-        if (loads && lora !== undefined) loraSlots.delete(lora); // not run after all: no load
-        if (loads) counters.loraLoads--;
-        break;
-      }
+      if (remaining < 0) break;
       waiting.splice(i, 1);
-      if (lora !== undefined) active.add(lora);
+      if (lora !== undefined && slot !== undefined) {
+        takeSlot(lora, slot);
+        active.add(lora);
+      }
       const chunk = Math.min(remaining, budget);
-      work.push({ seq, prefill: chunk, startsPrefill: seq.generated === 0, loadsLora: loads });
+      work.push({ seq, prefill: chunk, startsPrefill: seq.generated === 0, loadsLora: slot?.loads ?? false });
       budget -= chunk;
     }
     return work.filter((w) => w.seq.state === "running");

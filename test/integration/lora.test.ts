@@ -215,3 +215,75 @@ describe("declared and discovered adapters", () => {
     await expectIdle(d);
   });
 });
+
+describe("adapters that replicas lack", () => {
+  let x: Harness;
+  const TOKEN_X = "admin-token-for-lora-lacking-0123";
+  beforeAll(async () => {
+    x = await startHarness({
+      models: { m: { stable: 1, canary: 2 }, v: { stable: 1, canary: 1 } },
+      sim: { enableLora: true },
+      modelConfig: { v: { discoverAdapters: true } },
+      config: {
+        admin: { host: "127.0.0.1", port: 0, token: TOKEN_X },
+        scrape: { healthIntervalMs: 1000 },
+        // One failure held against a replica would eject it: the tests show none is.
+        ejection: { consecutiveFailures: 1 },
+      },
+    });
+  });
+  afterAll(() => x?.close());
+  const ask = (model: string) =>
+    new OpenAI({ baseURL: `${x.url}/v1`, apiKey: "none", maxRetries: 0 }).chat.completions.create({
+      model,
+      messages: [{ role: "user", content: "x" }],
+      max_tokens: 1,
+    });
+  const ejections = async () =>
+    (await x.gateway.metrics.registry.metrics())
+      .split("\n")
+      .filter((l) => l.startsWith("kinfer_gateway_ejections_total"))
+      .reduce((n, l) => n + Number(l.split(" ").at(-1)), 0);
+
+  it("a replica that answers 404 for an adapter it lost is forgotten for it, the request served elsewhere, the replica not ejected", async () => {
+    const adminX = createClient(
+      AdminService,
+      createConnectTransport({ baseUrl: x.gateway.adminUrl as string, httpVersion: "1.1" }),
+    );
+    await adminX.loadAdapter(
+      { model: "m", adapter: "lost", path: "/a/lost" },
+      { headers: { authorization: `Bearer ${TOKEN_X}` } },
+    );
+    // One canary replica loses it behind the gateway's back (a restart, say).
+    const victim = x.replicas.get("m/canary")?.[0] as SimServer;
+    await fetch(`${victim.url}/v1/unload_lora_adapter`, {
+      method: "POST",
+      body: JSON.stringify({ lora_name: "lost" }),
+    });
+    const gatewayView = () => x.gateway.table.replicas().find((r) => r.url === victim.url);
+    const before = await ejections();
+    for (let i = 0; i < 60 && gatewayView()?.adapters.has("lost"); i++)
+      expect((await ask("lost")).model).toBe("lost");
+    expect(gatewayView()?.adapters.has("lost")).toBe(false);
+    expect(await ejections()).toBe(before);
+    expect((await ask("m")).model).toBe("m"); // the replica still serves its model
+    await expectIdle(x);
+  });
+
+  it("a request for an adapter only one version has is never sent to the other", async () => {
+    const stable = x.replicas.get("v/stable")?.[0] as SimServer;
+    const canary = x.replicas.get("v/canary")?.[0] as SimServer;
+    await fetch(`${stable.url}/v1/load_lora_adapter`, {
+      method: "POST",
+      body: JSON.stringify({ lora_name: "only-stable", lora_path: "/a/s" }),
+    });
+    await waitFor(
+      () => x.gateway.table.replicas().some((r) => r.url === stable.url && r.adapters.has("only-stable")),
+      "the adapter discovered",
+    );
+    const canaryBefore = canary.engine.stats().promptTokens;
+    for (let i = 0; i < 10; i++) expect((await ask("only-stable")).model).toBe("only-stable");
+    expect(canary.engine.stats().promptTokens).toBe(canaryBefore);
+    await expectIdle(x);
+  });
+});

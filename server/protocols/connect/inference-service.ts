@@ -283,12 +283,12 @@ export function registerInferenceService(
           sampling: { stop: [] },
         };
         let start: Extract<InferenceEvent, { type: "start" }> | undefined;
-        let vectors: readonly Float32Array[] = [];
+        const vectors: Float32Array[] = [];
         for await (const e of pipeline.run(request)) {
           if (e.type === "start") {
             start = e;
             ctx.responseHeader.set("server-timing", serverTiming(e.timing));
-          } else if (e.type === "embeddings") vectors = e.vectors;
+          } else if (e.type === "embeddings") vectors.push(...e.vectors);
           else if (e.type === "finish")
             return {
               embeddings: vectors.map((v) => ({ values: Array.from(v) })),

@@ -357,6 +357,16 @@ const responsesSchema = z.strictObject({
   ),
   tools: opt(z.array(z.unknown()).max(0, { error: "tools are not supported on /v1/responses" })),
   tool_choice: opt(z.literal("none")),
+  // Sent by SDKs with their default values, which are what kinfer does anyway: accepted and not forwarded.
+  text: opt(
+    z.strictObject({
+      format: opt(z.strictObject({ type: z.literal("text", { error: "only text output is supported" }) })),
+    }),
+  ),
+  parallel_tool_calls: opt(z.boolean()),
+  truncation: opt(z.literal("disabled", { error: "truncation must be disabled (nothing is truncated)" })),
+  include: opt(z.array(z.string()).max(0, { error: "include is not supported" })),
+  service_tier: opt(z.string().max(64)),
 });
 
 /** A POST /v1/responses request as the pipeline sees it (a chat), and what its answer echoes. */

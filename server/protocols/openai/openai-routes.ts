@@ -129,6 +129,7 @@ export function createOpenAiRoutes(
     const signal = control.signal;
     let started = false;
     let render: ResponsesRenderer | undefined;
+    let reply = "";
     const events = createEventWriter(res);
     try {
       const text = await readBody(req, limits.maxRequestBytes, connections.bodyTimeoutMs);
@@ -146,7 +147,6 @@ export function createOpenAiRoutes(
         control.abort(new ConnectError("the client stopped reading", Code.Canceled));
         resetClient(res);
       };
-      let reply = "";
       for await (const event of pipeline.run({ ...request, onSlowReader })) {
         if (event.type === "start") {
           if (!stream) res.setHeader("server-timing", serverTiming(event.timing));
@@ -180,7 +180,7 @@ export function createOpenAiRoutes(
       const { code, message } = (
         openAiError(toClientError(err)).body as { error: { code: string; message: string } }
       ).error;
-      await write(res, render.failed(code, message), signal);
+      await write(res, render.failed(code, message, reply), signal);
       res.end();
     } finally {
       exchange.close();
@@ -192,7 +192,8 @@ export function createOpenAiRoutes(
    * (little-endian float32, as vLLM and OpenAI encode them). Runs through the pipeline as every request.
    * The answer is written one vector at a time as the client reads it (floats as JSON text take about five
    * times their float32 bytes: one string of all of them would be the largest thing the gateway holds); a
-   * client that has not read all of it within timeouts.slowReaderMs is cut, as a stream's slow reader is.
+   * client that takes longer than timeouts.slowReaderMs to read one slice of it (64 vectors) is cut, as a
+   * stream's slow reader is.
    */
   async function embeddings(req: HttpRequest, res: HttpResponse): Promise<void> {
     const { limits, connections } = config();
@@ -213,21 +214,29 @@ export function createOpenAiRoutes(
         control.abort(new ConnectError("the client stopped reading", Code.Canceled));
         resetClient(res);
       };
-      let vectors: readonly Float32Array[] = [];
+      // Written while the pipeline holds each event (the request in flight, its queue slot taken, its
+      // reader watched per slice of vectors), so that answers being written count against the limits.
+      let index = 0;
       for await (const event of pipeline.run({ ...request, onSlowReader })) {
         if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
-        else if (event.type === "embeddings") vectors = event.vectors;
-        else if (event.type === "finish") {
-          // Written while the pipeline holds the request (in flight, its queue slot taken, its reader
-          // watched), so that answers being written count against the gateway's limits.
-          res.writeHead(200, { "content-type": "application/json" });
-          const head = { id: `embd-${requestId}`, object: "list", created: unixNow(), model: request.model };
-          await write(res, `${JSON.stringify(head).slice(0, -1)},"data":[`, control.signal);
-          for (let index = 0; index < vectors.length && !control.signal.aborted; index++) {
-            const v = vectors[index] as Float32Array;
+        else if (event.type === "embeddings") {
+          if (index === 0) {
+            res.writeHead(200, { "content-type": "application/json" });
+            const head = {
+              id: `embd-${requestId}`,
+              object: "list",
+              created: unixNow(),
+              model: request.model,
+            };
+            await write(res, `${JSON.stringify(head).slice(0, -1)},"data":[`, control.signal);
+          }
+          for (const v of event.vectors) {
+            if (control.signal.aborted) break;
             const item = { index, object: "embedding", embedding: base64 ? float32Base64(v) : Array.from(v) };
             await write(res, `${index > 0 ? "," : ""}${JSON.stringify(item)}`, control.signal);
+            index++;
           }
+        } else if (event.type === "finish") {
           const promptTokens = event.usage.promptTokens;
           const usage = { prompt_tokens: promptTokens, total_tokens: promptTokens, completion_tokens: 0 };
           if (!control.signal.aborted) exchange.end(`],"usage":${JSON.stringify(usage)}}`);
