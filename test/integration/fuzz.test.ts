@@ -132,6 +132,33 @@ const OPENAI_FIELDS = [
   "logprobs",
   "prompt",
 ];
+const RESPONSES = {
+  model: "m",
+  input: [{ role: "user", content: "hi" }],
+  max_output_tokens: 2,
+  stream: true,
+};
+const RESPONSES_FIELDS = [
+  "model",
+  "input",
+  "input.0",
+  "input.0.content",
+  "instructions",
+  "max_output_tokens",
+  "stream",
+  "text",
+  "metadata",
+];
+const EMBEDDINGS = { model: "m", input: ["hi", "there"], encoding_format: "base64" };
+const EMBEDDINGS_FIELDS = [
+  "model",
+  "input",
+  "input.0",
+  "encoding_format",
+  "dimensions",
+  "truncate_prompt_tokens",
+];
+
 const ADMIN: readonly [string, Record<string, unknown>, readonly string[]][] = [
   [
     "SetTrafficSplit",
@@ -206,8 +233,12 @@ function nextInput(): Input {
       `${inference}/Generate`,
       `${inference}/Chat`,
       `${inference}/ListModels`,
+      `${inference}/Respond`,
+      `${inference}/Embed`,
       `${h.url}/v1/chat/completions`,
       `${h.url}/v1/completions`,
+      `${h.url}/v1/responses`,
+      `${h.url}/v1/embeddings`,
       `${admin}/${pick(ADMIN)[0]}`,
       `${admin}/ListModels`,
       `${admin}/WatchState`,
@@ -235,6 +266,16 @@ function nextInput(): Input {
       url: `${inference}/${method}`,
       headers: { "content-type": "application/connect+json", "connect-protocol-version": "1" },
       body: envelope(message, rng() < 0.1),
+    };
+  }
+  if (kind < 0.65) {
+    // The Responses API and embeddings, mutated.
+    const responses = rng() < 0.5;
+    const body = responses ? mutate(RESPONSES, RESPONSES_FIELDS) : mutate(EMBEDDINGS, EMBEDDINGS_FIELDS);
+    return {
+      url: `${h.url}/v1/${responses ? "responses" : "embeddings"}`,
+      headers: { "content-type": "application/json" },
+      body: rng() < 0.05 ? JSON.stringify(body).slice(0, int(40)) : JSON.stringify(body),
     };
   }
   if (kind < 0.8) {

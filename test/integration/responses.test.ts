@@ -7,6 +7,7 @@
  * leaves mid-stream or a replica that fails mid-stream leaving the gateway idle.
  */
 import * as http from "node:http";
+import * as http2 from "node:http2";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
@@ -256,4 +257,29 @@ it("InferenceService.Respond through grpc-js, Connect and the SDK: the same text
   }
   expect(await replicaTokens()).toEqual(counts);
   await expectIdle(h);
+});
+
+it("a client that resets its HTTP/2 stream mid-stream leaves the gateway idle and the replica's work stopped", async () => {
+  const session = http2.connect(h.url);
+  try {
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/v1/responses",
+      "content-type": "application/json",
+    });
+    let seen = "";
+    stream.on("data", (c: Buffer) => {
+      seen += c.toString();
+    });
+    stream.on("error", () => {});
+    stream.end(
+      JSON.stringify({ model: MODEL, input: "a long answer", max_output_tokens: 2000, stream: true }),
+    );
+    await waitFor(() => seen.includes("response.output_text.delta"), "the first deltas");
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+    await expectIdle(h);
+    await waitFor(() => h.all()[0]?.engine.stats().running === 0, "the replica's sequence aborted");
+  } finally {
+    session.close();
+  }
 });
