@@ -1,13 +1,22 @@
 /**
  * What the gateway sends to vLLM: OpenAI fields it does not interpret pass through unchanged; the fields
- * it owns (model, stream, stream_options, max_tokens) are always its own. And a request aborted before
- * its replica answered is given up at once, wherever undici holds it.
+ * it owns (model, stream, stream_options, max_tokens) are always its own, the sampling fields mapped one
+ * by one. How it reads the answer, from scripted replicas: vLLM's stream as events, error statuses as
+ * typed failures (retry-after, bounded detail), a stream that breaks in each way vLLM's can. And a request
+ * aborted before its replica answered is given up at once, wherever undici holds it.
  */
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { Agent } from "undici";
 import { expect, it } from "vitest";
-import { openUpstream, upstreamBody } from "../../../server/relay/upstream-stream.js";
+import {
+  classifyStatus,
+  openUpstream,
+  UpstreamError,
+  type UpstreamEvent,
+  type UpstreamStream,
+  upstreamBody,
+} from "../../../server/relay/upstream-stream.js";
 import type { InferenceRequest } from "../../../server/request/inference-request.js";
 
 const base: InferenceRequest = {
@@ -75,4 +84,202 @@ it("an abort while the request waits in undici's queue rejects at once, not when
   await agent.destroy();
   server.closeAllConnections();
   await new Promise((r) => server.close(r));
+});
+
+it("sends every sampling field vLLM takes, and only those set; criticality as vLLM's priority", () => {
+  const { messages: _, ...rest } = base;
+  const full: InferenceRequest = {
+    ...rest,
+    prompt: "p",
+    passthrough: {},
+    priority: "sheddable",
+    sampling: {
+      stop: ["x"],
+      maxTokens: 9,
+      temperature: 0.5,
+      topP: 0.9,
+      topK: 40,
+      seed: 3,
+      presencePenalty: 0.1,
+      frequencyPenalty: -0.2,
+    },
+  };
+  expect(JSON.parse(upstreamBody(full, "m", 16))).toMatchObject({
+    prompt: "p",
+    max_tokens: 9,
+    temperature: 0.5,
+    top_p: 0.9,
+    top_k: 40,
+    stop: ["x"],
+    seed: 3,
+    presence_penalty: 0.1,
+    frequency_penalty: -0.2,
+    priority: 1,
+  });
+  const bare = JSON.parse(upstreamBody({ ...full, priority: "standard", sampling: { stop: [] } }, "m", 16));
+  expect(Object.keys(bare).sort()).toEqual(["max_tokens", "model", "prompt", "stream", "stream_options"]);
+});
+
+it("classifies a replica's error status as the relay treats it", () => {
+  expect(classifyStatus(429, "")).toBe("overloaded");
+  expect(classifyStatus(400, "This model's maximum context length is 8192 tokens")).toBe("context-length");
+  expect(classifyStatus(400, "is longer than the maximum model length of 4096")).toBe("context-length");
+  expect(classifyStatus(400, "bad temperature")).toBe("rejected");
+  expect(classifyStatus(413, "maximum context length")).toBe("rejected");
+  expect(classifyStatus(401, "")).toBe("rejected");
+  expect(classifyStatus(404, "The model `x` does not exist.")).toBe("not-found");
+  expect(classifyStatus(500, "")).toBe("unavailable");
+  expect(classifyStatus(503, "")).toBe("unavailable");
+  expect(classifyStatus(499, "")).toBe("rejected");
+});
+
+/** A replica that answers every request with `answer`, and records what it was sent. */
+async function scriptedReplica(answer: (res: http.ServerResponse) => void) {
+  const seen: { headers: http.IncomingHttpHeaders; body: string }[] = [];
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c: Buffer) => {
+      body += c.toString();
+    });
+    req.on("end", () => {
+      seen.push({ headers: req.headers, body });
+      answer(res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const agent = new Agent();
+  return {
+    seen,
+    open: (signal = new AbortController().signal, trace?: Record<string, string>) =>
+      openUpstream(url, "/v1/chat/completions", '{"x":1}', "req-1", signal, agent, trace),
+    async close() {
+      await agent.destroy();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+/** Every event of a stream, then its failure (or "ended" after done). */
+async function drain(stream: UpstreamStream): Promise<{ events: UpstreamEvent[]; failure: unknown }> {
+  const events: UpstreamEvent[] = [];
+  try {
+    for (;;) {
+      const e = await stream.next();
+      events.push(e);
+      if (e.type === "done") return { events, failure: "ended" };
+    }
+  } catch (err) {
+    return { events, failure: err };
+  }
+}
+
+const sse = (...chunks: unknown[]) =>
+  chunks.map((c) => `data: ${typeof c === "string" ? c : JSON.stringify(c)}\n\n`).join("");
+
+it("reads vLLM's stream: usage before the chunk's text, extras without nulls, finish, [DONE]; sends its headers", async () => {
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.end(
+      sse(
+        { choices: [{ delta: { role: "assistant", content: "" } }] },
+        {
+          choices: [{ delta: { content: "Hel", tool_calls: null, reasoning_content: "think" } }],
+          usage: { prompt_tokens: 5, completion_tokens: 1, prompt_tokens_details: { cached_tokens: 2 } },
+        },
+        { choices: [{ text: "lo", logprobs: { content: [] } }] },
+        { choices: [{ delta: {}, finish_reason: "stop", stop_reason: "\n" }], usage: null },
+        "[DONE]",
+      ),
+    );
+  });
+  try {
+    const { events, failure } = await drain(await replica.open(undefined, { traceparent: "00-a-b-01" }));
+    expect(failure).toBe("ended");
+    expect(events).toEqual([
+      { type: "usage", promptTokens: 5, completionTokens: 1, cachedTokens: 2 },
+      { type: "text", text: "Hel", extras: { delta: { reasoning_content: "think" } } },
+      { type: "text", text: "lo", extras: { logprobs: { content: [] } } },
+      { type: "finish", reason: "stop", stopReason: "\n" },
+      { type: "done" },
+    ]);
+    const headers = replica.seen[0]?.headers;
+    expect(headers?.["content-type"]).toBe("application/json");
+    expect(headers?.accept).toBe("text/event-stream");
+    expect(headers?.["x-request-id"]).toBe("req-1");
+    expect(headers?.traceparent).toBe("00-a-b-01");
+    expect(replica.seen[0]?.body).toBe('{"x":1}');
+  } finally {
+    await replica.close();
+  }
+});
+
+it("a non-200 answer is an UpstreamError of its class, with retry-after in ms and a bounded detail", async () => {
+  let status = 503;
+  let retryAfter = "2";
+  let body = "busy";
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(status, { "retry-after": retryAfter });
+    res.end(body);
+  });
+  try {
+    const failed = (await replica.open().catch((e: unknown) => e)) as UpstreamError;
+    expect(failed).toBeInstanceOf(UpstreamError);
+    expect(failed.name).toBe("UpstreamError");
+    expect(failed.failure).toBe("unavailable");
+    expect(failed.retryAfterMs).toBe(2000);
+    expect(failed.detail).toBe("HTTP 503: busy");
+    expect(failed.message).toBe("unavailable: HTTP 503: busy");
+    for (const bad of ["0", "-1", "soon", ""]) {
+      retryAfter = bad;
+      expect(((await replica.open().catch((e: unknown) => e)) as UpstreamError).retryAfterMs).toBeUndefined();
+    }
+    status = 400;
+    body = `This model's maximum context length is 10 tokens. ${"x".repeat(200_000)}`;
+    const long = (await replica.open().catch((e: unknown) => e)) as UpstreamError;
+    expect(long.failure).toBe("context-length");
+    expect(long.detail.length).toBe("HTTP 400: ".length + 300);
+  } finally {
+    await replica.close();
+  }
+});
+
+it("a stream that breaks is a typed failure after the events before it", async () => {
+  let script = "";
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.end(script);
+  });
+  const text = { choices: [{ delta: { content: "a" } }] };
+  const cases: [string, string, RegExp][] = [
+    [sse(text), "broken-stream", /without \[DONE\]/],
+    [sse(text, { error: { message: "engine died" } }), "broken-stream", /in-band error: engine died/],
+    [sse(text, "{not json"), "protocol", /bad event/],
+    [sse(text, 5), "protocol", /not an object/],
+  ];
+  try {
+    for (const [body, failure, detail] of cases) {
+      script = body;
+      const { events, failure: err } = await drain(await replica.open());
+      expect(events[0], failure).toEqual({ type: "text", text: "a" });
+      expect((err as UpstreamError).failure, String(detail)).toBe(failure);
+      expect((err as UpstreamError).detail).toMatch(detail);
+    }
+  } finally {
+    await replica.close();
+  }
+});
+
+it("a request aborted before it is sent is refused at once with the abort's reason", async () => {
+  const replica = await scriptedReplica((res) => res.end());
+  try {
+    const control = new AbortController();
+    const reason = new Error("gone");
+    control.abort(reason);
+    expect(await replica.open(control.signal).catch((e: unknown) => e)).toBe(reason);
+    expect(replica.seen).toHaveLength(0);
+  } finally {
+    await replica.close();
+  }
 });
