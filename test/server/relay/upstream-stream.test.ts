@@ -283,3 +283,19 @@ it("a request aborted before it is sent is refused at once with the abort's reas
     await replica.close();
   }
 });
+
+it("an event that never ends is cut at 1 MiB while the response stays open", async () => {
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write(sse({ choices: [{ delta: { content: "a" } }] }));
+    res.write(`data: ${"x".repeat(1024 * 1024 + 10)}`); // no end: the replica keeps the response open
+  });
+  try {
+    const { events, failure } = await drain(await replica.open());
+    expect(events).toEqual([{ type: "text", text: "a" }]);
+    expect((failure as UpstreamError).failure).toBe("protocol");
+    expect((failure as UpstreamError).detail).toBe("event too large");
+  } finally {
+    await replica.close();
+  }
+});
