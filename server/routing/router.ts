@@ -130,7 +130,7 @@ export function createRouter(options: RouterOptions): Router {
       const now = options.now();
       let candidates: readonly Replica[] = eligible(version, exclude, now);
       if (input.adapter !== undefined)
-        candidates = adapterCandidates(model, candidates, input.adapter, input.maxInFlight);
+        candidates = adapterCandidates(model, candidates, input.adapter, now, input.maxInFlight);
       if (candidates.length === 0) return undefined;
       const policy = model.policy;
       const loads = new Map(candidates.map((r) => [r, affinityLoad(r, now, policy.signalMaxAgeMs)]));
@@ -185,7 +185,8 @@ function servesAdapter(model: ModelEntry, replicas: readonly Replica[], adapter:
 /**
  * The replicas a LoRA adapter's request may go to, best first as a group: of those that serve it (the
  * model declares it, or the replica has it: loaded through the admin API or discovered), the ones where
- * it is loaded already (its requests running there: vllm:lora_requests_info) and that have room; else those with a free adapter slot (fewer adapters active than --max-loras) and room, where it
+ * it is loaded already (its requests running there: vllm:lora_requests_info) and that have room (and
+ * load within affinityLoadFactor of the mean); else those with a free adapter slot (fewer adapters active than --max-loras) and room, where it
  * loads without waiting for another adapter's requests to end; else every one that serves it. The usual
  * policy then picks among the group.
  */
@@ -193,13 +194,21 @@ function adapterCandidates(
   model: ModelEntry,
   candidates: readonly Replica[],
   adapter: string,
+  now: number,
   maxInFlight = Number.POSITIVE_INFINITY,
 ): readonly Replica[] {
   const declared = model.adapters.includes(adapter);
   const serving = declared ? candidates : candidates.filter((r) => r.adapters.has(adapter));
   const room = serving.filter((r) => r.inFlight < maxInFlight);
-  // Running there, not only waiting: a replica where it waits for a slot has none to give.
-  const loaded = room.filter((r) => r.signals?.lora?.running.includes(adapter) === true);
+  // Running there, not only waiting (a replica where it waits for a slot has none to give), and within
+  // the load bound of session and prefix affinity: a hot adapter spreads before one replica fills up.
+  const load = (r: Replica) => affinityLoad(r, now, model.policy.signalMaxAgeMs);
+  const mean = serving.reduce((n, r) => n + load(r), 0) / Math.max(1, serving.length);
+  const loaded = room.filter(
+    (r) =>
+      r.signals?.lora?.running.includes(adapter) === true &&
+      load(r) <= model.policy.affinityLoadFactor * mean + 1,
+  );
   if (loaded.length > 0) return loaded;
   const freeSlot = room.filter((r) => {
     const lora = r.signals?.lora;

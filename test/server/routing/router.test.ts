@@ -509,3 +509,47 @@ describe("router details", () => {
     expect([...homes32].some((pair) => pair.split(" ")[0] !== pair.split(" ")[1])).toBe(true);
   });
 });
+
+describe("LoRA adapters", () => {
+  const lora = (r: Replica, running: string[], max = 1) => {
+    r.signals = {
+      waiting: 0,
+      running: 0,
+      kvCacheUsage: 0,
+      scrapedAt: t,
+      lora: { running, waiting: [], max },
+    };
+  };
+
+  it("only replicas serving the adapter; where it runs first, then a free slot; a hot one spreads past the load bound", () => {
+    const m = table(
+      { algorithm: "least-outstanding", affinityLoadFactor: 2 },
+      { stable: { weight: 1, replicas: 4 } },
+    );
+    const [a, b, c, d] = only(m).replicas as Replica[];
+    for (const r of [a, b, c] as Replica[]) r.adapters = new Set(["sql"]);
+    lora(a as Replica, ["sql"]);
+    lora(b as Replica, ["chat"]); // its one slot is taken by another adapter
+    lora(c as Replica, []);
+    lora(d as Replica, []);
+    const pick = () => router().pickReplica(m, only(m), input({ adapter: "sql" }), new Set())?.replica;
+    expect(pick()).toBe(a); // where it runs, though c and d are as idle
+    (a as Replica).inFlight = 3;
+    expect(pick()).toBe(a); // within the bound: 3 <= 2 x mean(1) + 1
+    (a as Replica).inFlight = 10;
+    expect(pick()).toBe(c); // past it: a free slot (not b, whose slot "chat" holds; never d, without "sql")
+    (a as Replica).inFlight = 0;
+    (c as Replica).inFlight = 1;
+    lora(a as Replica, []);
+    expect(pick()).toBe(a); // no replica runs it: a free slot, the least outstanding of a and c
+    // An adapter no replica serves: nowhere to go.
+    expect(router().pickReplica(m, only(m), input({ adapter: "nope" }), new Set())).toBeUndefined();
+  });
+
+  it("a version draws an adapter's request only if one of its replicas serves it", () => {
+    const m = table({}, { stable: { weight: 1, replicas: 1 }, canary: { weight: 99, replicas: 1 } });
+    const stable = m.versions.find((v) => v.name === "stable") as VersionEntry;
+    (stable.replicas[0] as Replica).adapters = new Set(["sql"]);
+    for (let i = 0; i < 20; i++) expect(router().pickVersion(m, "", "sql").name).toBe("stable");
+  });
+});
