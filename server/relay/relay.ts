@@ -11,12 +11,7 @@
  */
 import type { Dispatcher } from "undici";
 import { effectiveFlow, type GatewayConfig } from "../config/gateway-config.js";
-import {
-  embeddingsTooLarge,
-  noHealthyReplica,
-  type UpstreamFailure,
-  upstreamError,
-} from "../errors/gateway-error.js";
+import { noHealthyReplica, type UpstreamFailure, upstreamError } from "../errors/gateway-error.js";
 import type { OutlierDetector } from "../replicas/outlier-detection.js";
 import type { Replica } from "../replicas/replica.js";
 import type { FinishReason, InferenceEvent, InferenceRequest, Usage } from "../request/inference-request.js";
@@ -172,11 +167,10 @@ export async function* relay(
       ? embeddingsBody(req, servedName)
       : upstreamBody(req, servedName, config.limits.defaultMaxTokens);
   const path = req.prompt !== undefined ? "/v1/completions" : "/v1/chat/completions";
-  // An embedding request's answer is bounded (float32 bytes of all its vectors): refused here when its size
-  // is known ahead (the pipeline asked before admission; a version may answer differently), else cut
-  // while the replica's answer arrives (upstream-embeddings.ts).
+  // An embedding request's answer is bounded (float32 bytes of all its vectors): refused before admission
+  // when its size is known ahead (the pipeline asks embeddingAnswerTooLarge), else cut while the replica's
+  // answer arrives (upstream-embeddings.ts).
   const maxVectorBytes = maxVectorBytesOf(req, config);
-  if (embeddingAnswerTooLarge(req, model.name, deps)) throw embeddingsTooLarge();
   const tried = new Set<string>();
   let lastFailure: UpstreamError | undefined;
   let releaseRetry: (() => void) | undefined;

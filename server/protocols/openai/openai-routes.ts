@@ -16,7 +16,7 @@ import { type ResponsesRenderer, responsesRenderer } from "../../../common/opena
 import type { GatewayConfig } from "../../config/gateway-config.js";
 import { toClientError } from "../../errors/gateway-error.js";
 import type { Pipeline } from "../../pipeline/pipeline.js";
-import { serverTiming } from "../../request/inference-request.js";
+import { type FirstTokenTiming, serverTiming } from "../../request/inference-request.js";
 import { adaptersOf, type RoutingTable } from "../../routing/routing-table.js";
 import { bearerOf } from "../../tenants/admission.js";
 import { errorEvent, openAiError, sendBodyTimeout, sendBodyTooLarge, sendError } from "./openai-errors.js";
@@ -72,12 +72,7 @@ export function createOpenAiRoutes(
       const signal = control.signal;
       const reply = createReplyCollector(chat);
       const events = createEventWriter(res);
-      // A client that stops reading is cut, and its request cancelled (the pipeline decides when).
-      const onSlowReader = () => {
-        control.abort(new ConnectError("the client stopped reading", Code.Canceled));
-        resetClient(res);
-      };
-      for await (const event of pipeline.run({ ...request, onSlowReader })) {
+      for await (const event of pipeline.run({ ...request, onSlowReader: exchange.cutSlowReader })) {
         if (!stream) {
           if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
           if (event.type === "delta") reply.add(event);
@@ -89,11 +84,7 @@ export function createOpenAiRoutes(
         }
         if (event.type === "start") {
           started = true;
-          res.writeHead(200, {
-            "content-type": "text/event-stream; charset=utf-8",
-            "cache-control": "no-cache",
-            "server-timing": serverTiming(event.timing),
-          });
+          startEventStream(res, event.timing);
           if (chat) await events.write(render.roleChunk(), signal);
         } else if (event.type === "delta") {
           await events.write(render.delta(event), signal);
@@ -143,20 +134,12 @@ export function createOpenAiRoutes(
       );
       const { request, stream } = parsed;
       render = responsesRenderer(requestId, request.model, unixNow(), parsed.echo);
-      const onSlowReader = () => {
-        control.abort(new ConnectError("the client stopped reading", Code.Canceled));
-        resetClient(res);
-      };
-      for await (const event of pipeline.run({ ...request, onSlowReader })) {
+      for await (const event of pipeline.run({ ...request, onSlowReader: exchange.cutSlowReader })) {
         if (event.type === "start") {
           if (!stream) res.setHeader("server-timing", serverTiming(event.timing));
           else {
             started = true;
-            res.writeHead(200, {
-              "content-type": "text/event-stream; charset=utf-8",
-              "cache-control": "no-cache",
-              "server-timing": serverTiming(event.timing),
-            });
+            startEventStream(res, event.timing);
             await events.write(render.opening(), signal);
           }
         } else if (event.type === "delta") {
@@ -209,15 +192,10 @@ export function createOpenAiRoutes(
         config(),
         exchange.deadlineAt,
       );
-      // A client that stops reading is cut, and its request cancelled (the pipeline decides when).
-      const onSlowReader = () => {
-        control.abort(new ConnectError("the client stopped reading", Code.Canceled));
-        resetClient(res);
-      };
       // Written while the pipeline holds each event (the request in flight, its queue slot taken, its
       // reader watched per slice of vectors), so that answers being written count against the limits.
       let index = 0;
-      for await (const event of pipeline.run({ ...request, onSlowReader })) {
+      for await (const event of pipeline.run({ ...request, onSlowReader: exchange.cutSlowReader })) {
         if (event.type === "start") res.setHeader("server-timing", serverTiming(event.timing));
         else if (event.type === "embeddings") {
           if (index === 0) {
@@ -327,6 +305,8 @@ interface Exchange {
   ended: boolean;
   /** Ends the response with `text`. */
   end(text: string): void;
+  /** Cuts a client that stops reading and cancels its request (the pipeline's onSlowReader). */
+  cutSlowReader(): void;
   /** Clears the deadline; a response cut mid-way (by the client or the deadline) has its socket released. */
   close(): void;
 }
@@ -348,6 +328,10 @@ function openExchange(res: HttpResponse, maxTimeoutMs: number): Exchange {
       exchange.ended = true;
       res.end(text);
     },
+    cutSlowReader() {
+      control.abort(new ConnectError("the client stopped reading", Code.Canceled));
+      resetClient(res);
+    },
     close() {
       clearTimeout(deadline);
       if (!exchange.ended && !isClosed(res)) resetClient(res);
@@ -359,6 +343,15 @@ function openExchange(res: HttpResponse, maxTimeoutMs: number): Exchange {
     if (!exchange.ended) control.abort(new ConnectError("the client went away", Code.Canceled));
   });
   return exchange;
+}
+
+/** The head of an SSE answer (chat and completion streams, the Responses API's event stream). */
+function startEventStream(res: HttpResponse, timing: FirstTokenTiming): void {
+  res.writeHead(200, {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "server-timing": serverTiming(timing),
+  });
 }
 
 /** Answers a failure before the response began (nothing, if the client is gone or cancelled). */
