@@ -301,12 +301,15 @@ export async function* relay(
         }
         if (streamed) throw upstreamError(err.failure);
         lastFailure = err;
+        // A request is one retry in progress however many times it retries: its slot is given back before
+        // the next is taken (taking first would need two slots, and a budget at its bound would refuse it).
+        releaseRetry?.();
+        releaseRetry = undefined;
         const retry =
           RETRYABLE.has(err.failure) && attempt < config.retry.maxAttempts
             ? deps.retryBudget.tryAcquire()
             : undefined;
         if (retry === undefined) throw upstreamError(err.failure, err.retryAfterMs);
-        releaseRetry?.();
         releaseRetry = retry;
         deps.onRetry?.(model.name, err.failure);
       } finally {
