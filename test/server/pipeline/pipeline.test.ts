@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ErrorDetailSchema, ErrorReason } from "../../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { effectiveFlow, parseGatewayConfig } from "../../../server/config/gateway-config.js";
 import { createStaticSource } from "../../../server/discovery/static-source.js";
-import { createFlowController } from "../../../server/flow/flow-control.js";
+import { createFlowController, type FlowController } from "../../../server/flow/flow-control.js";
 import { createGatewayMetrics } from "../../../server/metrics/gateway-metrics.js";
 import { createPipeline, type Pipeline, UNKNOWN_MODEL } from "../../../server/pipeline/pipeline.js";
 import { createRetryBudget } from "../../../server/relay/retry-budget.js";
@@ -66,6 +66,7 @@ interface Rig {
   /** onRequestEnd's calls. */
   readonly ended: unknown[][];
   readonly admitter: Admitter | undefined;
+  readonly flow: FlowController;
   /** The secret of the tenant "acme"'s key, when keys are configured. */
   readonly secret: string;
   metric(name: string, labels?: Record<string, string>): Promise<number>;
@@ -206,6 +207,7 @@ async function rig(
     spans,
     ended,
     admitter,
+    flow,
     secret,
     metric,
     addReplica(i) {
@@ -498,6 +500,13 @@ describe("API keys", () => {
     expect(error).toBeUndefined();
     expect(events.map((e) => e.type)).toEqual(["start", "embeddings", "finish"]);
     expect(r.usage.filter((u) => u.startsWith("tokens"))).toEqual(["tokens acme 7"]);
+    // Its inputs' characters are its estimate: 44 of them (11 tokens) pass a budget of 10.
+    const over = await run(r, {
+      ...base,
+      credential: r.secret,
+      embed: { inputs: ["y".repeat(20), "y".repeat(24)] },
+    } as InferenceRequest);
+    expect(detail(over.error)?.reason).toBe(ErrorReason.TOKEN_BUDGET_EXHAUSTED);
     await r.expectIdle();
   });
 
@@ -607,6 +616,25 @@ describe("every request ends exactly once", () => {
     expect(r.pipeline.counts).toEqual({ accepted: 1, ended: 1 });
   });
 
+  it("the slow-reader limit runs from when the event was handed over, not from the first one", async () => {
+    const r = await rig({ config: { timeouts: { slowReaderMs: 300 } } });
+    r.fleet.answer(0, (_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(sse(chunk("a"), chunk("b")));
+    });
+    let cutAt = 0;
+    const gen = r.pipeline.run(request({ onSlowReader: () => (cutAt = performance.now()) }));
+    await gen.next(); // start, held for 200 ms (under the limit)
+    await new Promise((res) => setTimeout(res, 200));
+    await gen.next(); // a delta, held from now on
+    const heldFrom = performance.now();
+    await until(() => cutAt > 0);
+    // Cut one limit after this event was handed over (not at 300 ms from the start, nor later than 300 + slack).
+    expect(cutAt - heldFrom).toBeGreaterThanOrEqual(280);
+    expect(cutAt - heldFrom).toBeLessThan(480);
+    await r.expectIdle();
+  });
+
   it("a reader slower than slowReaderMs in total, but never holding one event that long, is not cut", async () => {
     // 12 events held 50 ms each: twice the limit in all.
     const r = await rig({ config: { timeouts: { slowReaderMs: 300 } } });
@@ -655,6 +683,32 @@ describe("every request ends exactly once", () => {
     for await (const _ of first) {
     }
     expect(r.fleet.seen).toHaveLength(1);
+    await r.expectIdle();
+  });
+
+  it("a request waits with its class, tenant and prompt bytes, and leaves before its deadline", async () => {
+    const r = await rig({
+      key: { priority: "standard" },
+      config: { flow: { maxInFlightPerReplica: 1, criticalReserve: 0 } },
+    });
+    const held = heldStream();
+    r.fleet.answer(0, held.answer);
+    const first = r.pipeline.run(request({ credential: r.secret }));
+    await first.next();
+    const deadlineAt = performance.now() + 400;
+    const began = performance.now();
+    const waiting = run(r, request({ credential: r.secret, priority: "sheddable", deadlineAt }));
+    await until(() => r.pipeline.inFlight === 2);
+    const [queue] = r.flow.snapshot();
+    expect(queue?.queued).toEqual({ critical: 0, standard: 0, sheddable: 1 });
+    expect(queue?.queuedBytes).toBe(40);
+    expect(queue?.tenants.map((t) => [t.tenant, t.queued])).toEqual([["acme", 1]]);
+    const { error } = await waiting;
+    expect(error?.code).toBe(Code.ResourceExhausted);
+    expect(performance.now() - began).toBeLessThan(2000); // not flow.maxWaitMs (30 s)
+    held.release();
+    for await (const _ of first) {
+    }
     await r.expectIdle();
   });
 

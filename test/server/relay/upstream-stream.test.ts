@@ -299,3 +299,143 @@ it("an event that never ends is cut at 1 MiB while the response stays open", asy
     await replica.close();
   }
 });
+
+it("sends no priority when the request names none (vLLM's default)", () => {
+  const { priority: _, ...unset } = base;
+  expect(JSON.parse(upstreamBody(unset, "m", 16)).priority).toBeUndefined();
+});
+
+it("an event split across network reads is read whole", async () => {
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write('data: {"choices":[{"delta":{"content":"hel');
+    setTimeout(() => res.end(`lo"}}]}\n\n${sse("[DONE]")}`), 30);
+  });
+  try {
+    const { events, failure } = await drain(await replica.open());
+    expect(failure).toBe("ended");
+    expect(events).toEqual([{ type: "text", text: "hello" }, { type: "done" }]);
+  } finally {
+    await replica.close();
+  }
+});
+
+it("a reader waiting on the stream is handed each event as it arrives, not when the response ends", async () => {
+  let end: () => void = () => {};
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write(sse({ choices: [{ delta: { content: "a" } }] }));
+    setTimeout(() => res.write(sse({ choices: [{ delta: { content: "b" } }] })), 50);
+    end = () => res.end(sse("[DONE]"));
+  });
+  try {
+    const stream = await replica.open();
+    const within = (p: Promise<UpstreamEvent>) =>
+      Promise.race([p, new Promise((r) => setTimeout(() => r("nothing within 2 s"), 2000))]);
+    expect(await within(stream.next())).toEqual({ type: "text", text: "a" });
+    expect(await within(stream.next())).toEqual({ type: "text", text: "b" });
+    end();
+    expect(await stream.next()).toEqual({ type: "done" });
+  } finally {
+    await replica.close();
+  }
+});
+
+it("events already read are not handed on once the request is aborted", async () => {
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write(sse(...["a", "b", "c"].map((content) => ({ choices: [{ delta: { content } }] }))));
+  });
+  try {
+    const control = new AbortController();
+    const stream = await replica.open(control.signal);
+    expect(await stream.next()).toEqual({ type: "text", text: "a" });
+    const left = new Error("the client left");
+    control.abort(left);
+    expect(() => stream.take()).toThrow(left);
+    await expect(stream.next()).rejects.toBe(left);
+  } finally {
+    await replica.close();
+  }
+});
+
+it("a reader that takes nothing holds the replica back (its socket paused), and gets every event in order once it reads", async () => {
+  // 30,000 events of about 550 bytes: 16 MB, more than the sockets' buffers hold.
+  const events = 30_000;
+  const pad = "x".repeat(500);
+  let written = 0;
+  let total = 0;
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    let i = 0;
+    const pump = () => {
+      while (i < events) {
+        const line = sse({ choices: [{ delta: { content: `${i}:${pad}` } }] });
+        i++;
+        written += line.length;
+        if (!res.write(line)) {
+          res.once("drain", pump);
+          return;
+        }
+      }
+      res.end(sse("[DONE]"));
+    };
+    pump();
+  });
+  try {
+    total = events * sse({ choices: [{ delta: { content: `29999:${pad}` } }] }).length;
+    const stream = await replica.open();
+    await new Promise((r) => setTimeout(r, 300));
+    // Socket buffers hold some megabytes; the rest waits for the reader.
+    expect(written).toBeLessThan(total / 2);
+    let n = 0;
+    let outOfOrder = 0;
+    for (;;) {
+      const e = stream.take() ?? (await stream.next());
+      if (e.type === "done") break;
+      if (e.type !== "text" || e.text !== `${n}:${pad}`) outOfOrder++;
+      n++;
+    }
+    expect([n, outOfOrder]).toEqual([events, 0]);
+  } finally {
+    await replica.close();
+  }
+});
+
+it("after [DONE] an abort lets the response end by itself (the connection is kept); one that never ends is cut a second later", async () => {
+  const outcomes: string[] = [];
+  let never = false;
+  const replica = await scriptedReplica((res) => {
+    res.on("close", () => outcomes.push(res.writableFinished ? "ended" : "cut"));
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write(sse({ choices: [{ delta: { content: "a" } }] }, "[DONE]"));
+    if (!never) setTimeout(() => res.end(), 200);
+  });
+  try {
+    const readToDone = async (control: AbortController) => {
+      const stream = await replica.open(control.signal);
+      const { failure } = await drain(stream);
+      expect(failure).toBe("ended");
+      control.abort(new Error("the relay is done"));
+    };
+    await readToDone(new AbortController());
+    await until(() => outcomes.length === 1, 3000);
+    expect(outcomes).toEqual(["ended"]);
+    never = true;
+    const began = performance.now();
+    await readToDone(new AbortController());
+    await until(() => outcomes.length === 2, 3000);
+    expect(outcomes).toEqual(["ended", "cut"]);
+    expect(performance.now() - began).toBeGreaterThanOrEqual(900);
+  } finally {
+    await replica.close();
+  }
+});
+
+async function until(cond: () => boolean, ms = 5000) {
+  const end = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
