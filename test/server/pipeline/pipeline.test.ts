@@ -16,7 +16,7 @@ import { effectiveFlow, parseGatewayConfig } from "../../../server/config/gatewa
 import { createStaticSource } from "../../../server/discovery/static-source.js";
 import { createFlowController, type FlowController } from "../../../server/flow/flow-control.js";
 import { createGatewayMetrics } from "../../../server/metrics/gateway-metrics.js";
-import { createPipeline, type Pipeline, UNKNOWN_MODEL } from "../../../server/pipeline/pipeline.js";
+import { createPipeline, type Pipeline } from "../../../server/pipeline/pipeline.js";
 import { createRetryBudget } from "../../../server/relay/retry-budget.js";
 import { createOutlierDetector } from "../../../server/replicas/outlier-detection.js";
 import type { InferenceEvent, InferenceRequest } from "../../../server/request/inference-request.js";
@@ -69,7 +69,8 @@ interface Rig {
   readonly flow: FlowController;
   /** The secret of the tenant "acme"'s key, when keys are configured. */
   readonly secret: string;
-  metric(name: string, labels?: Record<string, string>): Promise<number>;
+  /** A metric's value summed over the series matching `labels`; for a histogram, its count (or `part`). */
+  metric(name: string, labels?: Record<string, string>, part?: string): Promise<number>;
   /** Adds the fleet's replica `i` to the model (as discovery would). */
   addReplica(i: number): void;
   /** Nothing held: no request in flight, no flow slot, no retry-budget entry, no upstream request open. */
@@ -84,6 +85,8 @@ async function rig(
     key?: KeyOptions;
     /** Thrown by the tracer when an attempt starts: a bug below the pipeline. */
     attemptError?: Error;
+    /** Without the optional hooks (no tracer, no onRequestEnd). */
+    bare?: boolean;
   } = {},
 ): Promise<Rig> {
   const n = options.replicas ?? 1;
@@ -166,14 +169,13 @@ async function rig(
   const retryBudget = createRetryBudget(config.retry.budgetRatio, config.retry.minRetries);
   const pipeline = createPipeline({
     config: () => config,
-    onRequestEnd: (...args) => ended.push(args),
+    ...(options.bare ? {} : { onRequestEnd: (...args: unknown[]) => ended.push(args), tracer }),
     admitter,
     table,
     flow,
     metrics,
     log: log as never,
     now,
-    tracer,
     relay: {
       get config() {
         return config;
@@ -186,15 +188,15 @@ async function rig(
       embeddingSizes: new Map(),
     },
   });
-  const metric = async (name: string, labels: Record<string, string> = {}) => {
+  const metric = async (name: string, labels: Record<string, string> = {}, part = "_count") => {
     const m = (await metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
     return (
       (m?.values ?? [])
         .filter((v) => Object.entries(labels).every(([k, val]) => String(v.labels[k]) === val))
-        // Histograms: their observations' count.
+        // Histograms: their observations' count (or `part`: "_sum").
         .filter((v) => {
           const name = (v as { metricName?: string }).metricName;
-          return name === undefined || name.endsWith("_count");
+          return name === undefined || name.endsWith(part);
         })
         .reduce((sum, v) => sum + v.value, 0)
     );
@@ -301,7 +303,7 @@ describe("a request that finishes", () => {
                 choices: [],
                 usage: {
                   prompt_tokens: 12,
-                  completion_tokens: 2,
+                  completion_tokens: 3, // for 2 texts: one token decoded to nothing
                   prompt_tokens_details: { cached_tokens: 4 },
                 },
               },
@@ -322,10 +324,19 @@ describe("a request that finishes", () => {
       await r.metric("kinfer_gateway_requests_total", { ...labels, protocol: "connect", code: "ok" }),
     ).toBe(1);
     expect(await r.metric("kinfer_gateway_tokens_total", { ...labels, kind: "prompt" })).toBe(12);
-    expect(await r.metric("kinfer_gateway_tokens_total", { ...labels, kind: "completion" })).toBe(2);
+    expect(await r.metric("kinfer_gateway_tokens_total", { ...labels, kind: "completion" })).toBe(3);
     expect(await r.metric("kinfer_gateway_tokens_total", { ...labels, kind: "cached" })).toBe(4);
     expect(await r.metric("kinfer_gateway_time_to_first_token_seconds", labels)).toBe(1);
     expect(await r.metric("kinfer_gateway_inter_token_latency_seconds", labels)).toBe(1);
+    // In seconds: the request's duration, its first token and the gap of ~30 ms between its two tokens.
+    const seconds = async (name: string) => r.metric(name, labels, "_sum");
+    expect(await seconds("kinfer_gateway_request_duration_seconds")).toBeGreaterThan(0.02);
+    expect(await seconds("kinfer_gateway_request_duration_seconds")).toBeLessThan(took / 1000 + 0.001);
+    expect(await seconds("kinfer_gateway_time_to_first_token_seconds")).toBeGreaterThan(0);
+    expect(await seconds("kinfer_gateway_time_to_first_token_seconds")).toBeLessThan(took / 1000);
+    expect(await seconds("kinfer_gateway_inter_token_latency_seconds")).toBeGreaterThan(0.02);
+    expect(await seconds("kinfer_gateway_inter_token_latency_seconds")).toBeLessThan(took / 1000);
+    expect(await r.metric("kinfer_gateway_requests_in_flight", { model: "m" })).toBe(0);
     const line = r.logs.find((l) => l.msg === "request");
     expect(line?.fields).toMatchObject({
       requestId: "req-1",
@@ -336,7 +347,7 @@ describe("a request that finishes", () => {
       attempts: 1,
       code: "ok",
       promptTokens: 12,
-      completionTokens: 2,
+      completionTokens: 3,
     });
     const ttft = line?.fields.ttftMs as number;
     expect(ttft).toBeGreaterThan(0);
@@ -354,7 +365,7 @@ describe("a request that finishes", () => {
         replica: r.fleet.urls[0],
         attempts: 1,
         promptTokens: 12,
-        completionTokens: 2,
+        completionTokens: 3,
         code: undefined,
       }),
     ]);
@@ -387,6 +398,7 @@ describe("refused before any work", () => {
     const second = await run(r, request({ requestId: "req-2" }));
     expect(second.error?.code).toBe(Code.ResourceExhausted);
     expect(detail(second.error)?.reason).toBe(ErrorReason.OVERLOADED);
+    expect(second.error?.rawMessage).toBe("the gateway is at capacity");
     const retryAfter = detail(second.error)?.retryAfter;
     expect(retryAfter !== undefined ? durationMs(retryAfter) : undefined).toBe(1000);
     expect(r.fleet.seen).toHaveLength(1);
@@ -401,9 +413,7 @@ describe("refused before any work", () => {
   it("a model that is not configured: NOT_FOUND, counted as unknown; a name too long is cut to 256 characters in the log", async () => {
     const r = await rig();
     expect((await run(r, request({ model: "other" }))).error?.code).toBe(Code.NotFound);
-    expect(await r.metric("kinfer_gateway_requests_total", { model: UNKNOWN_MODEL, code: "not_found" })).toBe(
-      1,
-    );
+    expect(await r.metric("kinfer_gateway_requests_total", { model: "unknown", code: "not_found" })).toBe(1);
     expect(await r.metric("kinfer_gateway_requests_total", { model: "other" })).toBe(0);
     r.logs.length = 0;
     // A name longer than any configured one is refused as invalid, and cut in the log line.
@@ -417,7 +427,16 @@ describe("refused before any work", () => {
       version: "",
       attempts: 0,
     });
-    expect(r.spans[0]?.model).toBeUndefined();
+    expect(r.logs.find((l) => l.msg === "request")?.fields).toMatchObject({ replica: "", ttftMs: undefined });
+    expect(r.logs.some((l) => l.msg === "internal error")).toBe(false);
+    // Only what is known goes into the span.
+    for (const span of r.spans) {
+      expect(Object.keys(span)).not.toContain("model");
+      expect(Object.keys(span)).not.toContain("queueWaitMs");
+      expect(Object.keys(span)).not.toContain("ttftMs");
+    }
+    // The in-flight gauge counts configured models only, and is back at 0.
+    expect(await r.metric("kinfer_gateway_requests_in_flight", { model: "unknown" })).toBe(0);
     expect(r.ended).toEqual([]); // no version was picked: nothing for the rollout to judge
     await r.expectIdle();
   });
@@ -433,6 +452,8 @@ describe("refused before any work", () => {
     expect(error?.code).toBe(Code.InvalidArgument);
     expect(r.fleet.seen).toHaveLength(0);
     expect(r.usage).toEqual([]); // not admitted, not charged
+    expect(r.ended).toEqual([]); // refused before a version was picked
+    expect(await r.metric("kinfer_gateway_requests_in_flight", { model: "m" })).toBe(0);
     await r.expectIdle();
   });
 });
@@ -515,15 +536,15 @@ describe("API keys", () => {
     // Cancelled after two tokens, the replica having counted 10 prompt + 2 completion tokens.
     r.fleet.answer(0, (_req, res) => {
       res.writeHead(200, { "content-type": "text/event-stream" });
-      res.write(sse(chunk("a", { prompt: 10, completion: 1 }), chunk("b", { prompt: 10, completion: 2 })));
+      res.write(sse(chunk("a", { prompt: 9, completion: 1 }), chunk("b", { prompt: 9, completion: 2 })));
     });
     let deltas = 0;
     for await (const e of r.pipeline.run(request({ credential: r.secret })))
       if (e.type === "delta" && ++deltas === 2) break;
-    expect(r.usage.filter((u) => u.startsWith("tokens"))).toEqual(["tokens acme 12"]);
+    expect(r.usage.filter((u) => u.startsWith("tokens"))).toEqual(["tokens acme 11"]);
     expect(await r.metric("kinfer_gateway_tokens_total", { kind: "completion" })).toBe(2);
     expect(await r.metric("kinfer_gateway_requests_total", { code: "canceled" })).toBe(1);
-    expect(r.spans[0]).toMatchObject({ promptTokens: 10, completionTokens: 2, code: Code.Canceled });
+    expect(r.spans[0]).toMatchObject({ promptTokens: 9, completionTokens: 2, code: Code.Canceled });
     // The same with no usage reported: the prompt's estimate (10) and the 3 tokens relayed.
     r.usage.length = 0;
     r.fleet.answer(0, (_req, res) => {
@@ -541,6 +562,9 @@ describe("API keys", () => {
     const failed = await run(r, request({ credential: r.secret }));
     expect(failed.error?.code).toBe(Code.InvalidArgument);
     expect(r.usage.filter((u) => u.startsWith("tokens"))).toEqual(["tokens acme 0"]);
+    // Its rollout outcome and log line have no time to first token.
+    expect(r.ended.at(-1)).toEqual(["m", "v1", Code.InvalidArgument, undefined]);
+    expect(r.logs.filter((l) => l.msg === "request").at(-1)?.fields.ttftMs).toBeUndefined();
     await r.expectIdle();
   });
 
@@ -635,6 +659,61 @@ describe("every request ends exactly once", () => {
     await r.expectIdle();
   });
 
+  it("a slow replica is not a slow reader: only the time the client holds an event counts", async () => {
+    const r = await rig({ config: { timeouts: { slowReaderMs: 150 } } });
+    r.fleet.answer(0, (_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(sse(chunk("a")));
+      setTimeout(() => res.write(sse(chunk("b"))), 300);
+      setTimeout(() => res.end(sse(finishChunk("stop"), "[DONE]")), 600);
+    });
+    let cut = 0;
+    const { events, error } = await run(r, request({ onSlowReader: () => cut++ }));
+    expect(error).toBeUndefined();
+    expect(events.at(-1)?.type).toBe("finish");
+    expect(cut).toBe(0);
+  });
+
+  it("the watch ends with the request: a client that stops at the finish is not cut afterwards", async () => {
+    const r = await rig({ config: { timeouts: { slowReaderMs: 100 } } });
+    r.fleet.answer(0, streamOf(["a"]));
+    let cut = 0;
+    for await (const e of r.pipeline.run(request({ onSlowReader: () => cut++ })))
+      if (e.type === "finish") break;
+    await new Promise((res) => setTimeout(res, 250));
+    expect(cut).toBe(0);
+  });
+
+  it("runs without the optional hooks (tracer, rollout outcome, slow-reader callback)", async () => {
+    const r = await rig({ bare: true, config: { timeouts: { slowReaderMs: 100 } } });
+    r.fleet.answer(0, streamOf(["a"]));
+    expect((await run(r)).error).toBeUndefined();
+    r.fleet.answer(0, (_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(sse(chunk("a"), chunk("b")));
+    });
+    const gen = r.pipeline.run(request());
+    await gen.next();
+    await gen.next();
+    await until(() => r.pipeline.counts.ended === 2);
+    expect(r.spans).toEqual([]);
+    expect(r.ended).toEqual([]);
+    await r.expectIdle();
+  });
+
+  it("a client gone for a reason of its own is told CANCELED, 'the request was cancelled'", async () => {
+    const r = await rig();
+    r.fleet.answer(0, silence);
+    const client = new AbortController();
+    const outcome = run(r, request({ signal: client.signal }));
+    await until(() => r.fleet.seen.length === 1);
+    client.abort(new Error("socket hang up"));
+    const { error } = await outcome;
+    expect(error?.code).toBe(Code.Canceled);
+    expect(error?.rawMessage).toBe("the request was cancelled");
+    await r.expectIdle();
+  });
+
   it("a reader slower than slowReaderMs in total, but never holding one event that long, is not cut", async () => {
     // 12 events held 50 ms each: twice the limit in all.
     const r = await rig({ config: { timeouts: { slowReaderMs: 300 } } });
@@ -675,6 +754,7 @@ describe("every request ends exactly once", () => {
     await until(() => r.pipeline.inFlight === 2);
     await new Promise((res) => setTimeout(res, 50));
     expect(r.fleet.seen).toHaveLength(1); // it waits
+    expect(r.flow.snapshot()[0]?.tenants.map((t) => [t.tenant, t.queued])).toEqual([["", 1]]);
     client.abort(new Error("gone"));
     const { error } = await waiting;
     expect(error?.code).toBe(Code.Canceled);

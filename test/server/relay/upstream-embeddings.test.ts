@@ -190,10 +190,10 @@ describe("fetchEmbeddings", () => {
     const { fetch } = await replica(json("x".repeat(64 * 1024 + 1), 500));
     expect(await failure(fetch(1))).toBe("protocol: the answer is larger than 65536 bytes");
     const { fetch: atBound } = await replica(json("x".repeat(64 * 1024), 500));
-    expect((await atBound(1).catch((e: unknown) => e as UpstreamError)).failure).toBe("unavailable");
+    expect(((await atBound(1).catch((e: unknown) => e)) as UpstreamError).failure).toBe("unavailable");
     // Only its first 300 characters go into the failure's detail.
     const { fetch: long } = await replica(json("y".repeat(1000), 500));
-    expect((await long(1).catch((e: unknown) => e as UpstreamError)).detail).toBe(
+    expect(((await long(1).catch((e: unknown) => e)) as UpstreamError).detail).toBe(
       `HTTP 500: ${"y".repeat(300)}`,
     );
   });
