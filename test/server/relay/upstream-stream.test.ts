@@ -11,6 +11,7 @@ import { Agent } from "undici";
 import { expect, it } from "vitest";
 import {
   classifyStatus,
+  describeError,
   openUpstream,
   UpstreamError,
   type UpstreamEvent,
@@ -257,6 +258,8 @@ it("a stream that breaks is a typed failure after the events before it", async (
     [sse(text, { error: { message: "engine died" } }), "broken-stream", /in-band error: engine died/],
     [sse(text, "{not json"), "protocol", /bad event/],
     [sse(text, 5), "protocol", /not an object/],
+    [sse(text, "null"), "protocol", /not an object/],
+    [sse(text, { error: null }), "broken-stream", /in-band error: undefined/],
   ];
   try {
     for (const [body, failure, detail] of cases) {
@@ -439,3 +442,61 @@ async function until(cond: () => boolean, ms = 5000) {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+it("reads vLLM's chunks defensively: usage numbers clamped, empty and null deltas skipped, extras kept with empty text", async () => {
+  let script = "";
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.end(script);
+  });
+  const usage = (prompt: unknown, completion: unknown, cached: unknown) => ({
+    choices: [],
+    usage: {
+      prompt_tokens: prompt,
+      completion_tokens: completion,
+      prompt_tokens_details: { cached_tokens: cached },
+    },
+  });
+  const cases: [unknown, UpstreamEvent[]][] = [
+    [usage(-1, "5", 2.7), [{ type: "usage", promptTokens: 0, completionTokens: 0, cachedTokens: 2 }]],
+    [usage(3, true, null), [{ type: "usage", promptTokens: 3, completionTokens: 0, cachedTokens: 0 }]],
+    [
+      { choices: [], usage: { prompt_tokens: 1, completion_tokens: 0, prompt_tokens_details: null } },
+      [{ type: "usage", promptTokens: 1, completionTokens: 0, cachedTokens: 0 }],
+    ],
+    [{ choices: [{ delta: null }] }, []],
+    [{ choices: [{ delta: { content: "" } }] }, []],
+    [{ choices: [{ delta: { content: "", tool_calls: null, reasoning_content: null } }] }, []],
+    [{ choices: [{ delta: { content: "x", reasoning_content: null } }] }, [{ type: "text", text: "x" }]],
+    [{ choices: [{ delta: "not an object" }] }, []],
+    [{ choices: [{ text: "", logprobs: null }] }, []],
+    [
+      { choices: [{ text: "", logprobs: { tokens: [] } }] },
+      [{ type: "text", text: "", extras: { logprobs: { tokens: [] } } }],
+    ],
+    [
+      { choices: [{ delta: { tool_calls: [{ index: 0 }] } }] },
+      [{ type: "text", text: "", extras: { delta: { tool_calls: [{ index: 0 }] } } }],
+    ],
+    [{ choices: [{ text: "t", delta: { content: "d" } }] }, [{ type: "text", text: "t" }]],
+    [{ choices: "none" }, []],
+  ];
+  try {
+    for (const [chunk, want] of cases) {
+      script = sse(chunk, "[DONE]");
+      const { events } = await drain(await replica.open());
+      expect(events, JSON.stringify(chunk)).toEqual([...want, { type: "done" }]);
+    }
+  } finally {
+    await replica.close();
+  }
+});
+
+it("describeError: a network error's code and message, for logs", () => {
+  expect(describeError(Object.assign(new Error("connect refused"), { code: "ECONNREFUSED" }))).toBe(
+    "ECONNREFUSED connect refused",
+  );
+  expect(describeError(new Error("boom"))).toBe("error boom");
+  expect(describeError("text")).toBe("error text");
+  expect(describeError(undefined)).toBe("error undefined");
+});
