@@ -353,11 +353,16 @@ describe("a request that succeeds", () => {
     const span = { attempt: () => ({ headers: {}, end: (f?: string) => ends.push(f) }), end() {} };
     for await (const e of relay(chat({ span }), r.model, r.deps, performance.now(), newTrace()))
       if (e.type === "finish") break;
+    // A replica still generating when the consumer stops: its request is closed (vLLM frees the sequence).
+    r.answer(0, (_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(sse(chunk("a")));
+    });
     for await (const e of relay(chat({ span }), r.model, r.deps, performance.now(), newTrace()))
       if (e.type === "delta") break;
     expect(ends).toEqual([undefined, "cancelled"]);
-    // Each attempt's upstream request is closed when the consumer stops, whether or not it had ended.
-    await until(() => r.fleet.open(0) === 0);
+    await until(() => r.fleet.abandoned[0] === 1);
+    expect(r.fleet.open(0)).toBe(0);
     expectIdle(r);
   });
 });
