@@ -31,6 +31,7 @@ import {
   newKey,
 } from "../../../server/tenants/key-store.js";
 import type { RequestOutcome, RequestSpan, RequestTracer } from "../../../server/tracing/request-tracing.js";
+import { waitFor } from "../../helpers/idle.js";
 import {
   type Answer,
   chunk,
@@ -232,13 +233,7 @@ async function rig(
   };
 }
 
-const until = async (cond: () => boolean, ms = 5000) => {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error("condition not met in time");
-    await new Promise((res) => setTimeout(res, 5));
-  }
-};
+const until = (cond: () => boolean, ms?: number) => waitFor(cond, "the condition", ms);
 
 const request = (over: Partial<InferenceRequest> = {}): InferenceRequest => ({
   requestId: "req-1",

@@ -29,6 +29,7 @@ import {
 } from "../../../server/request/inference-request.js";
 import { createRouter } from "../../../server/routing/router.js";
 import { createRoutingTable, type ModelEntry } from "../../../server/routing/routing-table.js";
+import { waitFor } from "../../helpers/idle.js";
 import {
   type Answer,
   chunk,
@@ -172,13 +173,7 @@ function expectIdle(r: Rig) {
   for (const t of taken) t?.();
 }
 
-const until = async (cond: () => boolean, ms = 5000) => {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error("condition not met in time");
-    await new Promise((res) => setTimeout(res, 5));
-  }
-};
+const until = (cond: () => boolean, ms?: number) => waitFor(cond, "the condition", ms);
 
 describe("a request that succeeds", () => {
   it("goes to the replica picked, with the served model name and the trace's context, and yields start, deltas and finish", async () => {

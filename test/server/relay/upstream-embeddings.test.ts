@@ -15,6 +15,7 @@ import {
 } from "../../../server/relay/upstream-embeddings.js";
 import { UpstreamError } from "../../../server/relay/upstream-stream.js";
 import type { InferenceRequest } from "../../../server/request/inference-request.js";
+import { waitFor } from "../../helpers/idle.js";
 import { type Answer, silence, startScriptedFleet } from "../../helpers/scripted-fleet.js";
 
 const b64 = (floats: number) => Buffer.alloc(floats * 4, 7).toString("base64");
@@ -286,10 +287,6 @@ it("answerBytesBound: base64 of the vectors' bytes plus per-vector and per-answe
   expect(answerBytesBound(10, 3000)).toBe(4000 + 1000 + 4096);
 });
 
-async function until(cond: () => boolean, ms = 5000) {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 5));
-  }
+function until(cond: () => boolean, ms?: number) {
+  return waitFor(cond, "the condition", ms);
 }

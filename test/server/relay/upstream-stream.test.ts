@@ -19,6 +19,7 @@ import {
   upstreamBody,
 } from "../../../server/relay/upstream-stream.js";
 import type { InferenceRequest } from "../../../server/request/inference-request.js";
+import { waitFor } from "../../helpers/idle.js";
 
 const base: InferenceRequest = {
   requestId: "r",
@@ -435,12 +436,8 @@ it("after [DONE] an abort lets the response end by itself (the connection is kep
   }
 });
 
-async function until(cond: () => boolean, ms = 5000) {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 5));
-  }
+function until(cond: () => boolean, ms?: number) {
+  return waitFor(cond, "the condition", ms);
 }
 
 it("reads vLLM's chunks defensively: usage numbers clamped, empty and null deltas skipped, extras kept with empty text", async () => {
