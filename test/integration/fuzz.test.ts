@@ -10,8 +10,21 @@
  * name or a replica's address; and the process must serve normally afterwards.
  */
 import { connect as http2Connect } from "node:http2";
+import {
+  create,
+  type DescMessage,
+  fromJson,
+  type JsonValue,
+  type Message,
+  toBinary,
+} from "@bufbuild/protobuf";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createRng } from "../../common/random.js";
+import {
+  ChatRequestSchema,
+  GenerateRequestSchema,
+  ListModelsRequestSchema,
+} from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
 
 const TOKEN = "admin-token-for-fuzzing-0123456789";
@@ -88,9 +101,10 @@ function mutate(message: Record<string, unknown>, fields: readonly string[]): Re
     }
     const last = path.at(-1) as string;
     if (rng() < 0.1) delete target[last];
-    else target[last] = pick(HOSTILE);
+    // A copy: a later change inside it must not change HOSTILE's own value (or make it hold itself).
+    else target[last] = structuredClone(pick(HOSTILE));
   }
-  if (rng() < 0.1) out[`unknown_${int(100)}`] = pick(HOSTILE);
+  if (rng() < 0.1) out[`unknown_${int(100)}`] = structuredClone(pick(HOSTILE));
   return out;
 }
 
@@ -190,6 +204,28 @@ const ADMIN: readonly [string, Record<string, unknown>, readonly string[]][] = [
   ["ListApiKeys", {}, ["tenant", "includeRevoked"]],
 ];
 
+/** The gRPC methods' messages: schema, a valid message (JSON), the fields to mutate. */
+const GRPC_MESSAGES = {
+  Generate: [GenerateRequestSchema, GENERATE, GENERATE_FIELDS],
+  Chat: [ChatRequestSchema, CHAT, CHAT_FIELDS],
+  ListModels: [ListModelsRequestSchema, {}, ["unknown"]],
+} as const satisfies Record<string, readonly [DescMessage, Record<string, unknown>, readonly string[]]>;
+
+/**
+ * A gRPC envelope around `message` in the content type's codec: JSON as it is; binary where the mutated
+ * JSON still reads as the message (hostile values the JSON reader refuses leave the valid message).
+ */
+function grpcMessage(schema: DescMessage, message: Record<string, unknown>, type: string): Uint8Array {
+  if (type.endsWith("+json")) return envelope(new TextEncoder().encode(JSON.stringify(message)), false);
+  let decoded: Message;
+  try {
+    decoded = fromJson(schema, message as JsonValue, { ignoreUnknownFields: true });
+  } catch {
+    decoded = create(schema);
+  }
+  return envelope(toBinary(schema, decoded), false);
+}
+
 /** A Connect streaming envelope around a message (flags 0), or a deliberately wrong one. */
 function envelope(body: Uint8Array, wrong: boolean): Uint8Array {
   const out = new Uint8Array(5 + body.length);
@@ -206,6 +242,8 @@ interface Input {
   body: Uint8Array | string;
   /** Sent over one HTTP/2 (h2c) connection as gRPC clients do, with trailers read; else with fetch. */
   grpc?: boolean;
+  /** The caller's own deadline cannot be met (a nanosecond, a millisecond): DEADLINE_EXCEEDED is its answer. */
+  shortDeadline?: boolean;
 }
 
 function nextInput(): Input {
@@ -215,14 +253,28 @@ function nextInput(): Input {
   const auth = { authorization: `Bearer ${TOKEN}` };
   const kind = rng();
   if (kind < 0.1) {
-    // gRPC: random bytes, or a well-formed envelope around random bytes, to every inference method.
-    const method = pick(["Generate", "Chat", "ListModels"]);
+    // gRPC: random bytes, a well-formed envelope around random bytes, or (half the time) a message the
+    // handlers run: a mutated request in the content type's codec, with a deadline valid or not.
+    const method = pick(["Generate", "Chat", "ListModels"] as const);
+    const type = pick(["application/grpc", "application/grpc+proto", "application/grpc+json"]);
+    const headers: Record<string, string> = { "content-type": type };
+    if (rng() < 0.5) {
+      const [schema, valid, fields] = GRPC_MESSAGES[method];
+      const message = mutate(valid, fields);
+      const timeout = rng() < 0.5 ? pick(["5S", "1n", "1m", "99999999H", "abc", "-1S", ""]) : undefined;
+      if (timeout !== undefined) headers["grpc-timeout"] = timeout;
+      return {
+        url: `/kinfer.inference.v1.InferenceService/${method}`,
+        headers,
+        body: grpcMessage(schema, message, type),
+        grpc: true,
+        shortDeadline: timeout === "1n" || timeout === "1m",
+      };
+    }
     const payload = randomBytes(512);
     return {
       url: `/kinfer.inference.v1.InferenceService/${method}`,
-      headers: {
-        "content-type": pick(["application/grpc", "application/grpc+proto", "application/grpc+json"]),
-      },
+      headers,
       body: rng() < 0.5 ? payload : envelope(payload, rng() < 0.2),
       grpc: true,
     };
@@ -379,7 +431,12 @@ it(`${INPUTS} fuzzed inputs: no INTERNAL, no 500, nothing internal leaked, the g
       if (status >= 500) problems.push(`${input.url}: HTTP ${status}: ${text.slice(0, 200)}`);
       if (CONNECT_FAILURES.has(connectCode))
         problems.push(`${input.url}: ${connectCode}: ${text.slice(0, 200)}`);
-      if (GRPC_FAILURES.has(grpcStatus))
+      // A gRPC call always ends with a status (a stream reset without one is what a client sees as INTERNAL).
+      if (input.grpc && grpcStatus === "")
+        problems.push(
+          `${input.url}: no grpc-status (${JSON.stringify(input.headers)}): ${text.slice(0, 200)}`,
+        );
+      if (GRPC_FAILURES.has(grpcStatus) && !(grpcStatus === "4" && input.shortDeadline))
         problems.push(`${input.url}: grpc-status ${grpcStatus}: ${text.slice(0, 200)}`);
       for (const leak of [...LEAKS, ...replicaHosts.map((host) => new RegExp(host.replace(/\./g, "\\.")))]) {
         if (leak.test(text)) problems.push(`${input.url}: leaks ${leak}: ${text.slice(0, 200)}`);
@@ -391,6 +448,8 @@ it(`${INPUTS} fuzzed inputs: no INTERNAL, no 500, nothing internal leaked, the g
   expect(problems.slice(0, 20)).toEqual([]);
   // Each protocol's status was read: gRPC trailers and gRPC-Web trailer frames among them.
   expect([...outcomes.keys()].some((k) => k.includes("grpc-status 3"))).toBe(true);
+  // gRPC requests reached the handlers: some were served.
+  expect([...outcomes.keys()].some((k) => k.startsWith("200 ") && k.includes("grpc-status 0"))).toBe(true);
   // The inputs reached the gateway's validation, not only its parsers: several outcomes were seen.
   expect(outcomes.size).toBeGreaterThan(5);
   // Unharmed: it still serves a normal request and its health.

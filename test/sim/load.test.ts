@@ -51,25 +51,36 @@ async function timedStream(i: number): Promise<StreamTiming> {
   return { ttftMs: first - started, itlMs: ((tokenTimes.at(-1) as number) - first) / (TOKENS - 1) };
 }
 
-async function waitingGauge(): Promise<number> {
+/** vLLM's scheduler gauges: requests waiting and requests running (in the batch). */
+async function schedulerGauges(): Promise<{ waiting: number; running: number }> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith("vllm:num_requests_waiting{"));
-  return Number(line?.split(" ").at(-1));
+  const gauge = (name: string) =>
+    Number(
+      text
+        .split("\n")
+        .find((l) => l.startsWith(`${name}{`))
+        ?.split(" ")
+        .at(-1),
+    );
+  return { waiting: gauge("vllm:num_requests_waiting"), running: gauge("vllm:num_requests_running") };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 describe("concurrency sweep", () => {
-  const results = new Map<number, { ttft: number; itl: number; maxWaiting: number }>();
+  const results = new Map<number, { ttft: number; itl: number; maxWaiting: number; maxRunning: number }>();
 
   // The sweep runs before the tests that read it, whichever of them runs (one alone, with -t, included).
   beforeAll(async () => {
     for (const concurrency of [1, 16, 64, 128, 256]) {
       let maxWaiting = 0;
+      let maxRunning = 0;
       let sampling = true;
       const sampler = (async () => {
         while (sampling) {
-          maxWaiting = Math.max(maxWaiting, await waitingGauge());
+          const { waiting, running } = await schedulerGauges();
+          maxWaiting = Math.max(maxWaiting, waiting);
+          maxRunning = Math.max(maxRunning, running);
           await new Promise((r) => setTimeout(r, 20));
         }
       })();
@@ -80,6 +91,7 @@ describe("concurrency sweep", () => {
         ttft: median(timings.map((t) => t.ttftMs)),
         itl: median(timings.map((t) => t.itlMs)),
         maxWaiting,
+        maxRunning,
       });
     }
     console.table([...results].map(([c, r]) => ({ concurrency: c, ...r })));
@@ -112,6 +124,8 @@ describe("concurrency sweep", () => {
   });
 
   it("requests wait once concurrency exceeds max_num_seqs", () => {
+    // The batch fills to max_num_seqs and never beyond it; the rest wait.
+    expect(results.get(256)?.maxRunning).toBe(MAX_NUM_SEQS);
     expect(results.get(256)?.maxWaiting).toBeGreaterThanOrEqual(256 - MAX_NUM_SEQS - 10);
     expect(results.get(1)?.maxWaiting).toBe(0);
   });

@@ -402,6 +402,8 @@ describe("refused before any work", () => {
     for await (const e of first) rest.push(e);
     expect(rest.at(-1)?.type).toBe("finish");
     expect(await r.metric("kinfer_gateway_requests_total", { code: "resource_exhausted" })).toBe(1);
+    // A request refused before routing has no version: it is no rollout's outcome.
+    expect(r.ended).toEqual([["m", "v1", undefined, expect.any(Number)]]);
     await r.expectIdle();
   });
 

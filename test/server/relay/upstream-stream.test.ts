@@ -324,6 +324,22 @@ it("an event split across network reads is read whole", async () => {
   }
 });
 
+it("a character split across network reads is decoded whole (UTF-8 read as a stream)", async () => {
+  const text = Buffer.from('data: {"choices":[{"delta":{"content":"naïve 🙂"}}]}\n\n');
+  const cut = text.indexOf(Buffer.from("🙂")) + 2; // inside the emoji's four bytes
+  const replica = await scriptedReplica((res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write(text.subarray(0, cut));
+    setTimeout(() => res.end(Buffer.concat([text.subarray(cut), Buffer.from(sse("[DONE]"))])), 30);
+  });
+  try {
+    const { events } = await drain(await replica.open());
+    expect(events).toEqual([{ type: "text", text: "naïve 🙂" }, { type: "done" }]);
+  } finally {
+    await replica.close();
+  }
+});
+
 it("a reader waiting on the stream is handed each event as it arrives, not when the response ends", async () => {
   let end: () => void = () => {};
   const replica = await scriptedReplica((res) => {
