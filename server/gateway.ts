@@ -368,6 +368,39 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     log.info({ url: admin.url }, "admin API listening");
   }
 
+  // TLS certificates are served fresh when their files change (cert-manager rotating a mounted Secret),
+  // and on every config reload. A pair read mid-rotation that does not match (a key already new, its
+  // certificate not yet) is logged and the certificate in force kept: the rest of the rotation is a
+  // change too, and reloads it.
+  const reloadTls = (why: string) => {
+    for (const [name, l] of [
+      ["listener", config.listen.tls === undefined ? undefined : listener],
+      ["admin", config.admin?.tls === undefined ? undefined : admin],
+    ] as const) {
+      if (l === undefined) continue;
+      try {
+        l.reloadTls();
+        log.info({ why, listener: name }, "TLS certificate reloaded");
+      } catch (err) {
+        log.error(
+          { err: (err as Error).message, why, listener: name },
+          "TLS certificate not reloaded; keeping the one in force",
+        );
+      }
+    }
+  };
+  const tlsWatches = [
+    ...new Set(
+      [
+        config.listen.tls?.certFile,
+        config.listen.tls?.keyFile,
+        config.admin?.tls?.certFile,
+        config.admin?.tls?.keyFile,
+        config.admin?.tls?.clientCaFile,
+      ].filter((f) => f !== undefined),
+    ),
+  ].map((file) => watchFile(file, () => reloadTls("certificate file changed")));
+
   let closed = false;
   async function close(): Promise<void> {
     if (closed) return;
@@ -390,6 +423,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     );
     keys?.close();
     tokenWatch?.close();
+    for (const w of tlsWatches) w.close();
     rollouts.close();
     await leader.close(); // a leader hands the rollout Lease over now rather than when it expires
     await control.close();
@@ -434,8 +468,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       if (endpoints !== staticSource) rebuild();
       corsHandler = corsOf(config);
       log.level = config.logLevel;
-      listener.reloadTls();
-      admin?.reloadTls();
+      reloadTls("config changed");
       if (tokenChanged) {
         reloadAdminToken("config changed");
         watchToken();

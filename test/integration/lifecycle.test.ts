@@ -26,7 +26,7 @@ import { type Gateway, startGateway } from "../../server/gateway.js";
 import type { Replica } from "../../server/replicas/replica.js";
 import { type SimServer, startSimServer } from "../../sim/http/sim-server.js";
 import { type Harness, startHarness } from "../helpers/gateway-harness.js";
-import { metricSum } from "../helpers/idle.js";
+import { metricSum, waitFor } from "../helpers/idle.js";
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -106,9 +106,9 @@ describe("config", () => {
     try {
       await new Promise((r) => setTimeout(r, 100));
       writeFileSync(file, yaml(7));
-      await waitFor(() => seen.includes(7));
+      await waitFor(() => seen.includes(7), "the reload");
       writeFileSync(file, "models: 3");
-      await waitFor(() => errors.length > 0);
+      await waitFor(() => errors.length > 0, "the invalid file's error");
       expect(errors[0]).toMatch(/models/);
       expect(seen).toEqual([7]);
     } finally {
@@ -138,14 +138,6 @@ describe("config", () => {
     }
   });
 });
-
-async function waitFor(condition: () => boolean, timeoutMs = 3000) {
-  const until = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > until) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe("TLS", () => {
   function makeCert(dir: string, cn: string) {
@@ -189,7 +181,7 @@ describe("TLS", () => {
     });
   }
 
-  it("negotiates h2 and http/1.1 on one port, serves both, and reloads its certificate", async () => {
+  it("negotiates h2 and http/1.1 on one port, serves both, and reloads its certificate (config reload, file change)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "kinfer-tls-"));
     let gateway: Gateway | undefined;
     const replica = await startSimServer({ model: "m" });
@@ -230,6 +222,14 @@ describe("TLS", () => {
       gateway.applyConfig(config);
       expect((await alpn(gateway.port, ["h2"], readFileSync(join(dir, "cert.pem"), "utf8"))).cn).toBe(
         "second",
+      );
+      // Rotated on disk with no config reload (cert-manager renewing a mounted Secret): served once the
+      // files change, the key and the certificate written one after the other as openssl writes them.
+      makeCert(dir, "third");
+      const third = readFileSync(join(dir, "cert.pem"), "utf8");
+      await waitFor(
+        async () => (await alpn(gateway?.port ?? 0, ["h2"], third).catch(() => ({ cn: "" }))).cn === "third",
+        "the rotated certificate",
       );
     } finally {
       await gateway?.close();
@@ -382,7 +382,7 @@ describe("graceful drain", () => {
     const watch = health.watch({ service: "" })[Symbol.asyncIterator]();
     expect((await watch.next()).value?.status).toBe(Status.SERVING);
     const inFlight = stream(h.url, 100); // ~0.7 s of tokens
-    await waitFor(() => (h as Harness).gateway.pipeline.inFlight > 0); // the stream is in flight
+    await waitFor(() => (h as Harness).gateway.pipeline.inFlight > 0, "the stream in flight");
     const drained = h.gateway.drain(10_000);
     expect((await watch.next()).value?.status).toBe(Status.NOT_SERVING);
     const result = await inFlight;
@@ -395,7 +395,7 @@ describe("graceful drain", () => {
   it("cuts streams still running at the drain deadline", async () => {
     h = await startHarness({ models: { m: { stable: 1 } }, engine });
     const inFlight = stream(h.url, 4000);
-    await waitFor(() => (h as Harness).gateway.pipeline.inFlight > 0); // the stream is in flight
+    await waitFor(() => (h as Harness).gateway.pipeline.inFlight > 0, "the stream in flight");
     const started = performance.now();
     await h.gateway.drain(300);
     expect(performance.now() - started).toBeLessThan(1500);
