@@ -332,9 +332,10 @@ export function registerAdminService(router: ConnectRouter, deps: AdminServiceDe
     async createApiKey(req) {
       const store = keyStore();
       if (req.tenant === "") throw new ConnectError("tenant is required", Code.InvalidArgument);
+      // A model's name (it and its adapters) or a LoRA adapter's known here (that adapter only).
       for (const m of req.allowedModels) {
-        if (table.model(m) === undefined)
-          throw new ConnectError(`model "${m}" is not served here`, Code.InvalidArgument);
+        if (table.model(m) === undefined && table.modelOfAdapter(m) === undefined)
+          throw new ConnectError(`model or adapter "${m}" is not served here`, Code.InvalidArgument);
       }
       const tokensPerMinute = Number(req.limits?.tokensPerMinute ?? 0n);
       if (tokensPerMinute > MAX_LIMIT)

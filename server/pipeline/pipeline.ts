@@ -23,6 +23,7 @@ import type { InferenceEvent, InferenceRequest, Priority } from "../request/infe
 import { validateRequest } from "../request/validate-request.js";
 import type { RoutingTable } from "../routing/routing-table.js";
 import type { Admission, Admitter } from "../tenants/admission.js";
+import { mayUse } from "../tenants/key-store.js";
 import type { RequestTracer } from "../tracing/request-tracing.js";
 
 /** Longest model name a log line repeats from a request that named no configured model. */
@@ -103,10 +104,10 @@ export interface Pipeline {
   /** Ends every request in flight with `reason` (a client-safe error), as a drain's deadline does. */
   abortAll(reason: ConnectError): void;
   /**
-   * Which models a caller may list: every model without API keys; with keys, those of its key (throws
-   * UNAUTHENTICATED for a missing or invalid key).
+   * Which models, and which of their LoRA adapters, a caller may list: all without API keys; with keys,
+   * those its key may use (key-store.ts mayUse; throws UNAUTHENTICATED for a missing or invalid key).
    */
-  modelFilter(credential: string): (model: string) => boolean;
+  modelFilter(credential: string): (model: string, adapter?: string) => boolean;
 }
 
 /** The client-facing error for an aborted request: the abort reason if it is one of ours. */
@@ -272,7 +273,13 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
       const cost =
         promptEstimate +
         (req.embed !== undefined ? 0 : (req.sampling.maxTokens ?? config.limits.defaultMaxTokens));
-      if (key !== undefined) admission = deps.admitter?.admit(key, entry.name, cost);
+      if (key !== undefined)
+        admission = deps.admitter?.admit(
+          key,
+          entry.name,
+          cost,
+          req.model !== entry.name ? req.model : undefined,
+        );
       // Wait for a slot while the model is saturated (at once when it is not). A key's criticality is
       // both its requests' default and the most they may claim: a tenant cannot jump others' queue.
       const criticality = capPriority(req.priority ?? key?.priority ?? "standard", key?.priority);
@@ -353,7 +360,7 @@ export function createPipeline(deps: PipelineDeps): Pipeline {
     modelFilter(credential) {
       if (deps.admitter === undefined) return () => true;
       const key = deps.admitter.authenticate(credential);
-      return (model) => key.allowedModels.length === 0 || key.allowedModels.includes(model);
+      return (model, adapter) => mayUse(key, model, adapter);
     },
     get inFlight() {
       return inFlight;

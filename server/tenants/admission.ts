@@ -16,7 +16,7 @@
 import { Code } from "@connectrpc/connect";
 import { ErrorReason } from "../../gen/es/kinfer/inference/v1/inference_pb.js";
 import { gatewayError, modelNotFound } from "../errors/gateway-error.js";
-import type { ApiKeyLimits, ApiKeyRecord, KeyStore } from "./key-store.js";
+import { type ApiKeyLimits, type ApiKeyRecord, type KeyStore, mayUse } from "./key-store.js";
 
 /** A request admitted under a key; `end` must be called exactly once, with the real usage. */
 export interface Admission {
@@ -61,10 +61,11 @@ export interface Admitter {
   /** The valid key behind a credential; UNAUTHENTICATED without one. Called before anything else. */
   authenticate(credential: string): ApiKeyRecord;
   /**
-   * Admits a validated request under its key. Throws NOT_FOUND for a model the key may not use (the
-   * model's existence is not revealed) or RESOURCE_EXHAUSTED over a limit.
+   * Admits a validated request for `model` (or its LoRA `adapter`, when the request names one) under its
+   * key. Throws NOT_FOUND for a model or adapter the key may not use (its existence is not revealed) or
+   * RESOURCE_EXHAUSTED over a limit.
    */
-  admit(key: ApiKeyRecord, model: string, estimatedTokens: number): Admission;
+  admit(key: ApiKeyRecord, model: string, estimatedTokens: number, adapter?: string): Admission;
   /** Streams open and tokens reserved by admitted requests that have not ended, over every key. */
   activity(): { readonly streams: number; readonly reservedTokens: number };
 }
@@ -109,11 +110,11 @@ export function createAdmitter(store: KeyStore, usage: TenantUsage, now: () => n
       }
       return key;
     },
-    admit(key, model, estimatedTokens) {
+    admit(key, model, estimatedTokens, adapter) {
       const tenant = key.tenant;
-      if (key.allowedModels.length > 0 && !key.allowedModels.includes(model)) {
+      if (!mayUse(key, model, adapter)) {
         usage.refused(tenant, "model_not_allowed");
-        throw modelNotFound(model);
+        throw modelNotFound(adapter ?? model);
       }
       const s = stateOf(key);
       const { requestsPerMinute: rpm, tokensPerMinute: tpm, maxConcurrentStreams: maxStreams } = s.limits;

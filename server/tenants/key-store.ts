@@ -40,7 +40,7 @@ const keySchema = z
     /** SHA-256 of the secret, hex. */
     sha256: z.string().regex(/^[0-9a-f]{64}$/, { error: "sha256: 64 lowercase hex digits" }),
     secretPrefix: z.string().max(16).default(""),
-    /** Models the key may use; empty: every model. */
+    /** Models the key may use (see mayUse): a model's name, or one LoRA adapter's; empty: every model. */
     allowedModels: z.array(z.string().min(1)).default([]),
     limits: limitsSchema,
     /** The criticality of the key's requests that name none (flow control). Default standard. */
@@ -114,6 +114,22 @@ export function parseKeysFile(text: string, source: string): ApiKeyRecord[] {
     ids.add(k.id);
   }
   return parsed.data.keys;
+}
+
+/**
+ * Whether a key may use a model or one of its LoRA adapters: an empty list allows everything; a model's
+ * name allows the model and all of its adapters; an adapter's name allows that adapter only (not its
+ * base model, not the model's other adapters).
+ */
+export function mayUse(
+  key: Pick<ApiKeyRecord, "allowedModels">,
+  model: string,
+  adapter?: string | undefined,
+): boolean {
+  const allowed = key.allowedModels;
+  return (
+    allowed.length === 0 || allowed.includes(model) || (adapter !== undefined && allowed.includes(adapter))
+  );
 }
 
 export type NewKeyInit = {

@@ -309,13 +309,15 @@ export function registerInferenceService(
       return {
         models: table
           .models()
-          .filter((m) => visible(m.name))
-          .map((m) => ({
+          // A model is listed when its key may use it or one of its adapters, with those adapters only.
+          .map((m) => ({ m, adapters: adaptersOf(m).filter((a) => visible(m.name, a)) }))
+          .filter(({ m, adapters }) => visible(m.name) || adapters.length > 0)
+          .map(({ m, adapters }) => ({
             name: m.name,
             versions: m.versions.map((v) => v.name),
             maxContextTokens: m.maxContextTokens,
             available: m.versions.some((v) => v.weight > 0 && v.replicas.some((r) => isEligible(r, t))),
-            adapters: adaptersOf(m),
+            adapters,
           })),
       };
     },

@@ -229,7 +229,7 @@ export function createOpenAiRoutes(
   }
 
   function listModels(req: HttpRequest, res: HttpResponse): void {
-    let visible: (model: string) => boolean;
+    let visible: (model: string, adapter?: string) => boolean;
     try {
       const auth = req.headers.authorization;
       visible = pipeline.modelFilter(bearerOf(Array.isArray(auth) ? auth[0] : auth));
@@ -239,20 +239,19 @@ export function createOpenAiRoutes(
     }
     sendJson(res, 200, {
       object: "list",
-      data: table
-        .models()
-        .filter((m) => visible(m.name))
-        .flatMap((m) => [
-          { id: m.name, object: "model", created, owned_by: "kinfer" },
-          // Its LoRA adapters, under it, as vLLM lists them.
-          ...adaptersOf(m).map((a) => ({
+      data: table.models().flatMap((m) => [
+        ...(visible(m.name) ? [{ id: m.name, object: "model", created, owned_by: "kinfer" }] : []),
+        // Its LoRA adapters (those the key may use), under it, as vLLM lists them.
+        ...adaptersOf(m)
+          .filter((a) => visible(m.name, a))
+          .map((a) => ({
             id: a,
             object: "model",
             created,
             owned_by: "kinfer",
             parent: m.name,
           })),
-        ]),
+      ]),
     });
   }
 

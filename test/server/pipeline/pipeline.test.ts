@@ -103,7 +103,7 @@ async function rig(
       routing: { algorithm: "round-robin" },
       flow: { criticalReserve: 0 },
       ...options.config,
-      models: [{ name: "m", adapters: ["sql"], versions: [{ name: "v1", replicas }] }],
+      models: [{ name: "m", adapters: ["sql", "chat"], versions: [{ name: "v1", replicas }] }],
     });
   let config = configOf(routed);
   const now = () => performance.now();
@@ -594,11 +594,36 @@ describe("API keys", () => {
     const r = await rig({ key: { allowedModels: ["m"] } });
     const filter = r.pipeline.modelFilter(r.secret);
     expect([filter("m"), filter("other")]).toEqual([true, false]);
+    // A model's name allows its adapters too.
+    expect([filter("m", "sql"), filter("other", "sql")]).toEqual([true, false]);
     expect(() => r.pipeline.modelFilter("")).toThrow(ConnectError);
     const all = await rig({ key: {} });
     expect(all.pipeline.modelFilter(all.secret)("anything")).toBe(true);
     const open = await rig();
     expect(open.pipeline.modelFilter("")("anything")).toBe(true);
+  });
+});
+
+describe("API keys for LoRA adapters", () => {
+  it("a key that names an adapter may use that adapter only, not its base model nor its other adapters", async () => {
+    const r = await rig({ key: { allowedModels: ["sql"] } });
+    r.fleet.answer(0, streamOf(["x"]));
+    expect((await run(r, request({ credential: r.secret, model: "sql" }))).error).toBeUndefined();
+    expect(r.fleet.seen[0]?.body.model).toBe("sql");
+    for (const model of ["m", "chat"]) {
+      const { error } = await run(r, request({ credential: r.secret, model }));
+      expect(error?.code).toBe(Code.NotFound);
+      // Refused as if it did not exist, under the name the client asked for.
+      expect(error?.rawMessage).toContain(`"${model}"`);
+    }
+    expect(r.fleet.seen).toHaveLength(1);
+    expect(r.usage.filter((u) => u.startsWith("refused"))).toEqual([
+      "refused acme model_not_allowed",
+      "refused acme model_not_allowed",
+    ]);
+    const filter = r.pipeline.modelFilter(r.secret);
+    expect([filter("m"), filter("m", "sql"), filter("m", "chat")]).toEqual([false, true, false]);
+    await r.expectIdle();
   });
 });
 

@@ -43,6 +43,7 @@ beforeAll(async () => {
   keysFile = join(dir, "keys.yaml");
   keys.open = newKey({ tenant: "open" });
   keys.onlyA = newKey({ tenant: "team-a", allowedModels: ["a"] });
+  keys.onlySql = newKey({ tenant: "team-sql", allowedModels: ["sql-a"] });
   keys.rpm = newKey({ tenant: "rpm", limits: { requestsPerMinute: 30 } });
   keys.tpm = newKey({ tenant: "tpm", limits: { tokensPerMinute: 2000 } });
   keys.settle = newKey({ tenant: "settle", limits: { tokensPerMinute: 2000 } });
@@ -54,6 +55,9 @@ beforeAll(async () => {
     // Replies that end by themselves after a few tokens, far short of max_tokens: what a request reserved
     // and what it used differ, so settlement can be seen.
     modelEngine: { short: { meanOutputTokens: 3 } },
+    // Model a has two LoRA adapters; its replicas serve sql-a.
+    modelConfig: { a: { adapters: ["sql-a", "chat-a"] } },
+    sim: { enableLora: true, loraModules: { "sql-a": "/adapters/sql-a" } },
     config: {
       tenants: { keysFile },
       admin: { host: "127.0.0.1", port: 0, token: ADMIN_TOKEN },
@@ -145,8 +149,24 @@ describe("authentication", () => {
     const listed = await inference(key).listModels({});
     expect(listed.models.map((m) => m.name)).toEqual(["a"]);
     const page = await openai(key).models.list();
-    expect(page.data.map((m) => m.id)).toEqual(["a"]);
+    // With its LoRA adapters, listed as vLLM lists them.
+    expect(page.data.map((m) => m.id)).toEqual(["a", "chat-a", "sql-a"]);
     expect((await inference(keys.open?.secret as string).listModels({})).models).toHaveLength(3);
+  });
+
+  it("a key that names a LoRA adapter uses and sees that adapter only, not its base model nor its other adapters", async () => {
+    const key = keys.onlySql?.secret as string;
+    expect((await generate(key, "sql-a")).usage).toBeGreaterThan(0);
+    for (const model of ["a", "chat-a", "b"])
+      expect((await generate(key, model)).error?.code).toBe(Code.NotFound);
+    const listed = await inference(key).listModels({});
+    expect(listed.models.map((m) => [m.name, m.adapters])).toEqual([["a", ["sql-a"]]]);
+    const page = await openai(key).models.list();
+    expect(page.data.map((m) => m.id)).toEqual(["sql-a"]);
+    // A key for the base model has its adapters too.
+    const a = keys.onlyA?.secret as string;
+    expect((await generate(a, "sql-a")).error).toBeUndefined();
+    expect((await inference(a).listModels({})).models.map((m) => m.adapters)).toEqual([["chat-a", "sql-a"]]);
   });
 
   it("a tenant key on the admin port: PERMISSION_DENIED; no token: UNAUTHENTICATED", async () => {
@@ -272,6 +292,11 @@ describe("managing keys", () => {
     await expect(admin().createApiKey({ tenant: "t", allowedModels: ["nope"] })).rejects.toMatchObject({
       code: Code.InvalidArgument,
     });
+    // An adapter's name is a model a key may be given (that adapter only).
+    const forAdapter = await admin().createApiKey({ tenant: "sql-team", allowedModels: ["sql-a"] });
+    expect(forAdapter.key?.allowedModels).toEqual(["sql-a"]);
+    expect((await generate(forAdapter.secret, "sql-a")).error).toBeUndefined();
+    expect((await generate(forAdapter.secret, "a")).error?.code).toBe(Code.NotFound);
     await expect(admin().revokeApiKey({ id: "key_missing" })).rejects.toMatchObject({ code: Code.NotFound });
     // Flow control's per-key defaults: the criticality of requests that name none, and the fair share.
     expect(created.key).toMatchObject({ priority: Priority.STANDARD, weight: 1 });

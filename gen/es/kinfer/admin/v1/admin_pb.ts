@@ -1063,7 +1063,8 @@ export type ApiKey = Message<"kinfer.admin.v1.ApiKey"> & {
   secretPrefix: string;
 
   /**
-   * The models the key may use; empty allows every model.
+   * The models the key may use: a model's name allows it and its LoRA adapters, an adapter's name that
+   * adapter only; empty allows every model.
    *
    * @generated from field: repeated string allowed_models = 4;
    */
@@ -1162,7 +1163,8 @@ export type CreateApiKeyRequest = Message<"kinfer.admin.v1.CreateApiKeyRequest">
   tenant: string;
 
   /**
-   * The models the key may use; empty allows every model.
+   * The models the key may use: a model's name allows it and its LoRA adapters, an adapter's name that
+   * adapter only; empty allows every model.
    *
    * @generated from field: repeated string allowed_models = 2;
    */

@@ -536,7 +536,10 @@ export interface ApiKey {
   tenant: string;
   /** The first characters of the secret, to recognise a key in a list. */
   secretPrefix: string;
-  /** The models the key may use; empty allows every model. */
+  /**
+   * The models the key may use: a model's name allows it and its LoRA adapters, an adapter's name that
+   * adapter only; empty allows every model.
+   */
   allowedModels: string[];
   /** The key's limits. */
   limits:
@@ -573,7 +576,10 @@ export interface ApiKeyLimits {
 export interface CreateApiKeyRequest {
   /** The tenant the key belongs to. Required. */
   tenant: string;
-  /** The models the key may use; empty allows every model. */
+  /**
+   * The models the key may use: a model's name allows it and its LoRA adapters, an adapter's name that
+   * adapter only; empty allows every model.
+   */
   allowedModels: string[];
   /** The key's limits. */
   limits:
