@@ -369,9 +369,10 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   }
 
   // TLS certificates are served fresh when their files change (cert-manager rotating a mounted Secret),
-  // and on every config reload. A pair read mid-rotation that does not match (a key already new, its
-  // certificate not yet) is logged and the certificate in force kept: the rest of the rotation is a
-  // change too, and reloads it.
+  // and on every config reload (their paths are fixed at start: listen.tls and admin.tls are
+  // restart-only). A pair read mid-rotation that does not match (a key already new, its certificate not
+  // yet) is logged and the certificate in force kept: the rest of the rotation is a change too, and
+  // reloads it. The files' events are gathered into one reload (a Secret's swap changes all of them).
   const reloadTls = (why: string) => {
     for (const [name, l] of [
       ["listener", config.listen.tls === undefined ? undefined : listener],
@@ -389,17 +390,34 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       }
     }
   };
-  const tlsWatches = [
-    ...new Set(
-      [
-        config.listen.tls?.certFile,
-        config.listen.tls?.keyFile,
-        config.admin?.tls?.certFile,
-        config.admin?.tls?.keyFile,
-        config.admin?.tls?.clientCaFile,
-      ].filter((f) => f !== undefined),
-    ),
-  ].map((file) => watchFile(file, () => reloadTls("certificate file changed")));
+  let tlsChanged: NodeJS.Timeout | undefined;
+  const onTlsFile = () => {
+    clearTimeout(tlsChanged);
+    tlsChanged = setTimeout(() => reloadTls("certificate file changed"), 100);
+  };
+  const tlsWatches: FileWatch[] = [];
+  for (const file of new Set(
+    [
+      config.listen.tls?.certFile,
+      config.listen.tls?.keyFile,
+      config.admin?.tls?.certFile,
+      config.admin?.tls?.keyFile,
+      config.admin?.tls?.clientCaFile,
+    ].filter((f) => f !== undefined),
+  )) {
+    // A file that cannot be watched (no inotify watch left, a directory that cannot be read) costs the
+    // reload on change, not the gateway: its certificate still reloads with the config.
+    const unwatched = (err: Error) =>
+      log.warn(
+        { file, err: err.message },
+        "TLS file not watched; its certificate reloads with the config only",
+      );
+    try {
+      tlsWatches.push(watchFile(file, onTlsFile, unwatched));
+    } catch (err) {
+      unwatched(err as Error);
+    }
+  }
 
   let closed = false;
   async function close(): Promise<void> {
@@ -424,6 +442,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
     keys?.close();
     tokenWatch?.close();
     for (const w of tlsWatches) w.close();
+    clearTimeout(tlsChanged);
     rollouts.close();
     await leader.close(); // a leader hands the rollout Lease over now rather than when it expires
     await control.close();

@@ -12,6 +12,7 @@ import type { GatewayConfig } from "./gateway-config.js";
 export const RESTART_ONLY: readonly string[] = [
   "listen.host",
   "listen.port",
+  "listen.tls",
   "limits.maxConcurrentStreams",
   "limits.maxResponseBytes",
   "limits.maxTimeoutMs",

@@ -62,7 +62,7 @@ export interface Admitter {
   authenticate(credential: string): ApiKeyRecord;
   /**
    * Admits a validated request for `model` (or its LoRA `adapter`, when the request names one) under its
-   * key. Throws NOT_FOUND for a model or adapter the key may not use (its existence is not revealed) or
+   * key. Throws NOT_FOUND for a model or adapter the key may not use (refused as one not served) or
    * RESOURCE_EXHAUSTED over a limit.
    */
   admit(key: ApiKeyRecord, model: string, estimatedTokens: number, adapter?: string): Admission;

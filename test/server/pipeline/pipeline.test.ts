@@ -323,13 +323,14 @@ describe("a request that finishes", () => {
     expect(await r.metric("kinfer_gateway_tokens_total", { ...labels, kind: "cached" })).toBe(4);
     expect(await r.metric("kinfer_gateway_time_to_first_token_seconds", labels)).toBe(1);
     expect(await r.metric("kinfer_gateway_inter_token_latency_seconds", labels)).toBe(1);
-    // In seconds: the request's duration, its first token and the gap of ~30 ms between its two tokens.
+    // In seconds: the request's duration, its first token and the gap between its two tokens (30 ms at the
+    // replica; less when the first one's chunk reached the gateway late, on a loaded machine).
     const seconds = async (name: string) => r.metric(name, labels, "_sum");
     expect(await seconds("kinfer_gateway_request_duration_seconds")).toBeGreaterThan(0.02);
     expect(await seconds("kinfer_gateway_request_duration_seconds")).toBeLessThan(took / 1000 + 0.001);
     expect(await seconds("kinfer_gateway_time_to_first_token_seconds")).toBeGreaterThan(0);
     expect(await seconds("kinfer_gateway_time_to_first_token_seconds")).toBeLessThan(took / 1000);
-    expect(await seconds("kinfer_gateway_inter_token_latency_seconds")).toBeGreaterThan(0.02);
+    expect(await seconds("kinfer_gateway_inter_token_latency_seconds")).toBeGreaterThan(0);
     expect(await seconds("kinfer_gateway_inter_token_latency_seconds")).toBeLessThan(took / 1000);
     expect(await r.metric("kinfer_gateway_requests_in_flight", { model: "m" })).toBe(0);
     const line = r.logs.find((l) => l.msg === "request");
