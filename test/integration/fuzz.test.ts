@@ -376,7 +376,9 @@ function grpcCall(
       grpcStatus = String(trailers["grpc-status"] ?? grpcStatus);
     });
     stream.on("data", (d: Buffer) => chunks.push(d));
-    stream.on("end", () => resolve({ status, grpcStatus, text: Buffer.concat(chunks).toString("latin1") }));
+    // On close, not end: a stream reset (or closed by the timeout above) ends without "end", and is then
+    // reported (no grpc-status) instead of hanging the test.
+    stream.on("close", () => resolve({ status, grpcStatus, text: Buffer.concat(chunks).toString("latin1") }));
     stream.on("error", reject);
     stream.end(input.body);
   });
