@@ -618,6 +618,8 @@ describe("API keys for LoRA adapters", () => {
       expect(error?.rawMessage).toContain(`"${model}"`);
     }
     expect(r.fleet.seen).toHaveLength(1);
+    // Refused before routing (no version drawn): no rollout's outcome, only the served request's.
+    expect(r.ended).toEqual([["m", "v1", undefined, expect.any(Number)]]);
     expect(r.usage.filter((u) => u.startsWith("refused"))).toEqual([
       "refused acme model_not_allowed",
       "refused acme model_not_allowed",
